@@ -1,0 +1,12 @@
+"""MATLAB / MatConvNet interop: the one place where the package meets MATLAB.
+
+Public surface: `loadmat`, `savemat`, `MatFileError`, the value types of
+`mattypes`, MATLAB numerics (`numerics`), SimpleNN <-> PyTorch conversion
+(`simplenn`) and the golden-case parity runner (`python -m legacy_compat.parity`).
+legacy_compat imports nothing from the rest of the package.
+"""
+from .mattypes import MatStruct, StructArray, cell, cell_items, is_cell, scalar
+from .matio import MatFileError, loadmat
+
+__all__ = ["MatStruct", "StructArray", "cell", "cell_items", "is_cell", "scalar",
+           "MatFileError", "loadmat"]
