@@ -309,4 +309,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: adapters register into `legacy_compat.parity`'s
+    # registry, which is not this `__main__` module's.
+    sys.exit(importlib.import_module("legacy_compat.parity").main())
