@@ -1,0 +1,132 @@
+"""Benchmark of the evaluation: location stability and the occlusion pass, time per image.
+
+- Location stability (computeStability.m, batched): a vgg-vd-16-sized ICNN
+  (network_init('vgg-vd-16'), random trunk: the time does not depend on the
+  weights) measured at its conv_mask layer (layerID 14) over the fox images
+  (n02118333, the images with a part: getI, forward to the layer, peaks,
+  distances). Reported: seconds per image end to end, and for the forward +
+  peak search alone (patches loaded beforehand).
+- Occlusion pass (step_drawRF.m computeRF): one image's 484 occluded copies
+  (33 x 33 squares, stride 9, 224 x 224) through the same net up to the
+  layer, in batches. Reported: seconds per image (all its copies) and per copy.
+
+`run() -> dict` returns the numbers; `python -m reproduce.bench_eval` prints
+them. CPU by default (the issue asks for CPU timings); `--device cuda` too.
+On a small CPU, `--max-images` and `--occlusions` time a part and scale up
+(per-image numbers stay per image).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+CATEGORY = "n02118333"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _vgg16_icnn(device: torch.device):
+    from reproduce.models import network_init
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")             # no pretrained trunk: random weights are fine for timing
+        net, _, _ = network_init(1, "vgg-vd-16", 0.5, seed=0)
+    return net.to(device).eval()
+
+
+def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_images: int | None = None,
+        batch_size: int = 32, occlusions: int | None = None, occlusion_batch_size: int = 64,
+        threads: int | None = None) -> dict[str, Any]:
+    """Time location stability and one occlusion pass; returns a dict of the numbers and settings."""
+    from data_prep.ilsvrc import ilsvrc_conf
+    from reproduce import draw_rf as rf
+    from reproduce import evaluate as ev
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    net = _vgg16_icnn(dev)
+    layer_id = ev.layer_id_for_model("vgg-vd-16")
+    conf = ilsvrc_conf(data_root)
+    source = ev.CategorySource.from_conf(CATEGORY, conf, (1, 2))
+    if max_images is not None:
+        source.objects = list(source.objects)[:int(max_images)]
+    mean = np.full((224, 224, 3), 115.0, dtype=np.float32)
+
+    # ---- end to end
+    _sync(dev)
+    t0 = time.perf_counter()
+    res = ev.compute_stability(net, source, layer_id, mean, part_list=(1, 2), image_size=(224, 224),
+                               device=dev, batch_size=batch_size)
+    _sync(dev)
+    total = time.perf_counter() - t0
+    n_img = int(res.valid_images.sum())
+
+    # ---- forward + peaks alone, patches preloaded
+    idx = [int(i) for i in np.flatnonzero(res.valid_images)]
+    patches = {i: source.load_patch(source.objects[i], (224, 224)) for i in idx}
+    target = ev.target_layer_index(ev._conv_net_para(net), layer_id)
+    batches = list(ev.iterate_patch_batches(lambda i: patches[i], idx, mean, batch_size))
+    _sync(dev)
+    t0 = time.perf_counter()
+    ev.extract_layer_peaks(net, batches, target, len(source.objects), None, dev)
+    _sync(dev)
+    forward = time.perf_counter() - t0
+
+    # ---- one occlusion pass
+    st = rf._setup(net, layer_id, (224, 224))
+    corners = rf.occlusion_list(224, 224)
+    n_all = len(corners)
+    if occlusions is not None:
+        corners = corners[:int(occlusions)]
+    image = torch.from_numpy(np.ascontiguousarray((patches[idx[0]] - mean).transpose(2, 0, 1))).to(dev)
+    _sync(dev)
+    t0 = time.perf_counter()
+    rf._occlusion_values(net, st, image, corners, rf.OCCLUDE_SIZE, 1, occlusion_batch_size, dev)
+    _sync(dev)
+    occ = time.perf_counter() - t0
+    per_copy = occ / len(corners)
+    return {
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "net": "vgg-vd-16 ICNN (random trunk), layerID 14 (conv_mask, 14 x 14 x 512)",
+        "images": n_img, "batch_size": batch_size,
+        "stability_s_per_image": total / n_img,
+        "stability_forward_s_per_image": forward / n_img,
+        "stability": res.stability,
+        "occlusions_timed": len(corners), "occlusions_per_image": n_all,
+        "occlusion_batch_size": occlusion_batch_size,
+        "occlusion_s_per_copy": per_copy,
+        "occlusion_s_per_image": per_copy * n_all,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reproduce.bench_eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    p.add_argument("--max-images", type=int, default=None, help="time only the first N fox images")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--occlusions", type=int, default=None, help="time only N of the 484 occluded copies")
+    p.add_argument("--occlusion-batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    out = run(a.device, a.data_root, a.max_images, a.batch_size, a.occlusions, a.occlusion_batch_size, a.threads)
+    for k, v in out.items():
+        print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

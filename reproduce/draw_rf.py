@@ -1,0 +1,709 @@
+"""Receptive-field pictures of an ICNN's filters (step_drawRF.m, drawEdge.m).
+
+Ports tool/main/step_drawRF.m (createImages, generateAMTOriginalImages,
+drawRawFMaskF, getMaskMap, computeRF, getValue, getImg_occlude, drawRF,
+getRFMask, getRegion, maskX, getMu_max, imagewrite) and tool/main/drawEdge.m.
+
+What `draw_rf` writes, under ``<out_dir>`` (the original's ``./draw_RF``),
+with the original's file names (`<name>` is Name_batch, `<dep>` the filter,
+1-based, `%04d`, `<k>` the k-th top image, `%05d`):
+
+- ``img_ori/<name>-<dep>-<k>.jpg``: the showNum (10) images that activate
+  filter dep most (an image counts when its peak reaches `tau`, the value
+  exceeded by `integrateEnergy` = 0.3 % of the filter's activations; showNum
+  of them are drawn at random), as the network sees them (getI crop, uint8);
+- ``img_ori/<name>_tau.mat``: `tau`, one threshold per filter;
+- ``img_maskF/<name>-<dep>-<k>_rawX.jpg``, ``_mask.jpg``, ``_maskX.jpg``: the
+  filter's raw (pre-ReLU) map, the mask of the layer above, and the masked
+  map, each scaled to 0-255 and blown up 16 x (`imagewrite`);
+- ``img_ori/<name>-<dep>_template.mat``: `template` (2ih x 2iw x showNum,
+  the occlusion receptive field: where covering the image with a 33 x 33
+  grey square lowers the filter most, relative to its peak) and `map`;
+- ``img_RF/<name>-<dep>-<k>.jpg``: the image with the filter's receptive
+  region (getRegion) kept bright, the rest darkened, its edge drawn red;
+- beyond the original: ``<name>_contact_sheet.png``, one row per visualised
+  filter with its top images as in img_RF, for a person to look at.
+
+Filters drawn: 1, 1 + visualizationStep (50), ... as in the original.
+
+Substitutions and fixes (each where the original cannot run or depends on
+closed code):
+- drawEdge.m finds the region's edge with MATLAB's `edge(wei, 'canny')`
+  (Image Processing Toolbox); here `skimage.feature.canny` with MATLAB's
+  sigma sqrt(2) and its automatic thresholds (high: the 70th percentile of
+  the 64-bin histogram of the normalised gradient magnitude, low 0.4 x
+  high). (showResults.m also puts Piotr's toolbox on the path, but
+  drawEdge.m does not use its structured edges.) On these binary regions
+  both give the region's outline; pixel-exact edges are not promised.
+- getRFMask indexes `T(hmin:hmin+ih-1, ...)` with `hmin = ih - thePos + 1`,
+  where thePos = x2p_ of a map cell can be fractional (targetCenter 8.5 for
+  vgg-vd-16): MATLAB errors on non-integer subscripts. Here thePos is
+  rounded first (MATLAB round, halves away from zero).
+- The random draws (rng(1), randperm) cannot be replayed in Python: a
+  seeded numpy Generator is used (`seed`, default 1), so which of the images
+  over tau are drawn differs from MATLAB's, not the rule.
+- Empty objset elements (boxes under minArea) are skipped (the original's
+  getI would fail on them).
+- A layer whose upper neighbour is a plain conv (the plain-CNN baseline):
+  maskX returns max(x, 0) unmasked, as the original; its `mask` is all ones
+  here (the original leaves it unset and getMaskMap crashes).
+
+Batched: the top-image search runs `batch_size` images per forward, and the
+occlusion pass of computeRF runs `occlusion_batch_size` occluded copies per
+forward (the original: 32 and 65), on any device.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import scipy.ndimage
+import torch
+from PIL import Image, ImageDraw
+
+from legacy_compat.numerics import mlinspace, mmax_reduce, mround, sort_ascend_stable, sort_descend_stable
+
+__all__ = [
+    "SHOW_NUM", "INTEGRATE_ENERGY", "VISUALIZATION_STEP", "DRAW_THRESHOLD", "SCALE_W",
+    "OCCLUDE_SIZE", "OCCLUDE_STRIDE", "TOP_OCC_NUM", "DrawRFError", "DrawRFResult",
+    "get_mu_max", "mask_x", "image_to_uint8_blocks", "imagewrite", "gaussian_kernel",
+    "smooth_template", "get_rf_mask", "get_region", "canny_edges", "draw_edge",
+    "occlusion_list", "occluded_batch", "select_top_images", "accumulate_template",
+    "contact_sheet", "draw_rf",
+]
+
+SHOW_NUM = 10                 # step_drawRF.m showNum
+INTEGRATE_ENERGY = 0.003      # step_drawRF.m integrateEnergy
+VISUALIZATION_STEP = 50       # step_drawRF.m visualizationStep
+SAMPLING_TIMES = 1000         # generateAMTOriginalImages samplingTimes
+DRAW_THRESHOLD = 0.5          # drawRF drawThreshold
+SCALE_W = 16                  # imagewrite scaleW
+OCCLUDE_SIZE = 33             # computeRF occludeSize
+OCCLUDE_STRIDE = 9            # computeRF stride
+TOP_OCC_NUM = 4               # computeRF topOccNum
+GAUSS_SIZE, GAUSS_SIGMA = 50, 30   # getRFMask: fspecial('gaussian', 50, 30)
+
+
+class DrawRFError(ValueError):
+    """Bad input to the receptive-field drawing: the message names the argument or layer."""
+
+
+# =================================================================== maskX, getMu_max
+def get_mu_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """getMu_max (step_drawRF.m): the position of every map's maximum, in linspace(-1, 1, h) units.
+
+    x: (N, D, H, W). The maximum is searched in MATLAB's column-major order
+    (rows fastest; ties -> the first); mu_x is the row's value and mu_y the
+    column's, both read from linspace(-1, 1, H) (the original assumes square
+    maps; a column beyond H raises, where MATLAB errors). Returns (mu_x,
+    mu_y) as float64 (N, D) and the 0-based (row, column) of the maxima.
+    """
+    n, d, h, w = x.shape
+    flat = x.transpose(2, 3).reshape(n, d, w * h)          # column-major: index = col * H + row
+    _, p = mmax_reduce(flat, axis=2)
+    col, row = p // h, p % h
+    if w > h and int(col.max()) >= h:
+        raise DrawRFError(f"getMu_max: a maximum in column {int(col.max()) + 1} of a {h} x {w} map: the original "
+                          f"reads linspace(-1,1,{h}) there (index past the end)")
+    tmp = torch.as_tensor(mlinspace(-1, 1, h), dtype=torch.float64, device=x.device)
+    return tmp[row], tmp[col], row, col
+
+
+def mask_x(x: torch.Tensor, beta: torch.Tensor | None, filter_type: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """maskX (step_drawRF.m): the upper conv_mask layer's mask, centred on each map's maximum.
+
+    x: (N, D, H, W), the measured layer's output; beta, filter_type: (D,) of
+    the conv_mask layer ABOVE (its weights{3} and `filter`), or None when
+    that layer is a plain conv. Computes
+        x = max(x, 0);  (mu_x, mu_y) = getMu_max(x)
+        mask = max(1 - beta_d (|posX - mu_x| + |posY - mu_y|), 0);  mask = 1 where filter ~= 1
+    (note the clip at 0, where the layer's own mask clips at -1). Returns
+    (x .* mask, mask, mu_x, mu_y); without a conv_mask above: (max(x, 0),
+    ones, None, None).
+    """
+    x = torch.clamp(x, min=0)
+    if beta is None:
+        return x, torch.ones_like(x), None, None
+    n, d, h, w = x.shape
+    mu_x, mu_y, _, _ = get_mu_max(x)
+    pos_x = torch.as_tensor(mlinspace(-1, 1, h, dtype=np.float32), device=x.device).view(1, 1, h, 1)
+    pos_y = torch.as_tensor(mlinspace(-1, 1, w, dtype=np.float32), device=x.device).view(1, 1, 1, w)
+    # single - double in MATLAB gives single: the double mu is rounded to single first
+    dist = (pos_x - mu_x.to(x.dtype)[..., None, None]).abs() + (pos_y - mu_y.to(x.dtype)[..., None, None]).abs()
+    mask = torch.clamp(1 - dist * beta.to(x.dtype).view(1, d, 1, 1), min=0)
+    not_part = (filter_type.to(x.device).view(-1) != 1)
+    mask[:, not_part] = 1
+    return x * mask, mask, mu_x, mu_y
+
+
+# =================================================================== imagewrite
+def image_to_uint8_blocks(x: np.ndarray, scale: int = SCALE_W) -> np.ndarray:
+    """imagewrite's picture: uint8(x ./ max(x(:)) .* 255), each cell blown up to scale x scale.
+
+    x: (xh, xw) map (float32). MATLAB's uint8 rounds halves away from zero,
+    saturates at 0 and 255 and maps NaN (0/0) to 0. Returns (xh*scale, xw*scale) uint8.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise DrawRFError(f"imagewrite expects one map (xh x xw), got shape {x.shape}")
+    top = np.fmax.reduce(x.reshape(-1)) if x.size else np.float32(np.nan)   # MATLAB max ignores NaN
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = (x / top) * np.float32(255)
+    v = np.nan_to_num(mround(v), nan=0.0, posinf=255.0, neginf=0.0)
+    img = np.clip(v, 0, 255).astype(np.uint8)
+    return np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+
+
+def imagewrite(x: np.ndarray, filename: os.PathLike | str, scale: int = SCALE_W) -> np.ndarray:
+    """imagewrite (step_drawRF.m): write `image_to_uint8_blocks(x)` as an image file (JPEG by name)."""
+    img = image_to_uint8_blocks(x, scale)
+    _write_image(img, filename)
+    return img
+
+
+# =================================================================== getRFMask, getRegion
+def gaussian_kernel(size: int = GAUSS_SIZE, sigma: float = GAUSS_SIGMA) -> np.ndarray:
+    """fspecial('gaussian', size, sigma): exp(-(x^2+y^2)/(2 sigma^2)) on -(size-1)/2..(size-1)/2, summing to 1."""
+    half = (size - 1) / 2.0
+    t = np.arange(size, dtype=np.float64) - half
+    h = np.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / (2.0 * sigma * sigma))
+    h[h < np.finfo(np.float64).eps * h.max()] = 0
+    return h / h.sum()
+
+
+def smooth_template(t: np.ndarray, size: int = GAUSS_SIZE, sigma: float = GAUSS_SIGMA) -> np.ndarray:
+    """imfilter(T, fspecial('gaussian', size, sigma), 'replicate', 'same') for a 2-D T (float64).
+
+    imfilter correlates with the kernel anchored at floor((size+1)/2): for an
+    even size the window reaches one cell further down/right than up/left.
+    The kernel is separable (its eps cut-off removes nothing for 50 / 30), so
+    it is applied as two 1-D passes.
+    """
+    k2 = gaussian_kernel(size, sigma)
+    g = k2.sum(axis=1)                       # the 1-D factor (normalised: sums to 1)
+    origin = (size + 1) // 2 - 1 - size // 2  # scipy centres at size//2; MATLAB at floor((size+1)/2) (1-based)
+    out = scipy.ndimage.correlate1d(np.asarray(t, dtype=np.float64), g, axis=0, mode="nearest", origin=origin)
+    return scipy.ndimage.correlate1d(out, g, axis=1, mode="nearest", origin=origin)
+
+
+def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_id: int, convnet: Any
+                ) -> np.ndarray:
+    """getRFMask (step_drawRF.m): the smoothed occlusion template shifted onto every map cell.
+
+    template: (2ih, 2iw, showNum) (MATLAB layout, as computeRF saves it);
+    T = smoothed sum over the images. For map cell (H, W) (1-based) at image
+    position thePos = x2p_([H; W]), the receptive field is
+    T(ih-thePos(1)+1 : ..+ih-1, iw-thePos(2)+1 : ..+iw-1). Returns
+    (xh*xw, ih, iw) float32, cells in MATLAB's column-major order
+    (c = h + w*xh, 0-based).
+
+    Fix: thePos is rounded (MATLAB round) because a fractional centre (8.5
+    in vgg-vd-16) makes MATLAB fail on non-integer subscripts. The original
+    takes the width range with ih (its nets are square); iw is used here.
+    """
+    from reproduce.geometry import x2p
+    t = smooth_template(np.asarray(template, dtype=np.float64).reshape(2 * ih, 2 * iw, -1).sum(axis=2))
+    hh, ww = np.meshgrid(np.arange(1, xh + 1), np.arange(1, xw + 1), indexing="ij")
+    hh, ww = hh.reshape(-1, order="F"), ww.reshape(-1, order="F")        # H fastest, as the loops
+    pos = mround(x2p(np.stack([hh, ww]), layer_id, convnet)).astype(np.int64)
+    hmin, wmin = ih - pos[0], iw - pos[1]                               # 0-based starts
+    if hmin.min() < 0 or wmin.min() < 0 or hmin.max() > ih or wmin.max() > iw:
+        raise DrawRFError(f"getRFMask: map positions of layer {layer_id} fall outside the {ih} x {iw} image "
+                          f"(rows {pos[0].min()}..{pos[0].max()}, columns {pos[1].min()}..{pos[1].max()})")
+    rows = hmin[:, None] + np.arange(ih)[None, :]
+    cols = wmin[:, None] + np.arange(iw)[None, :]
+    return t[rows[:, :, None], cols[:, None, :]].astype(np.float32)
+
+
+def get_region(ih: int, iw: int, xh: int, xw: int, feature_map: Any, tau: float,
+               draw_threshold: float, rf_mask: Any) -> np.ndarray:
+    """getRegion (step_drawRF.m): the pixels the filter's active cells cover.
+
+    feature_map: (xh, xw) masked map of the filter; rf_mask: (xh*xw, ih, iw)
+    as `get_rf_mask` gives it. In single precision, as the original:
+        tau = min(tau, max(map)); map(map < tau) = 0;
+        map = min(map * 1.5 / max(max(map), 1e-11), 1); map(map >= tau) = 1   (compared after scaling)
+        wei = max_c RFMask(:,:,c) * map(c);  region = wei >= drawThreshold * max(wei)
+    Returns (ih, iw) float32 of 0 / 1.
+    """
+    m = torch.as_tensor(np.asarray(feature_map, dtype=np.float32).reshape(-1, order="F")) \
+        if not isinstance(feature_map, torch.Tensor) else feature_map.to(torch.float32).t().reshape(-1)
+    rf = torch.as_tensor(rf_mask, dtype=torch.float32)
+    if m.numel() != xh * xw or tuple(rf.shape) != (xh * xw, ih, iw):
+        raise DrawRFError(f"getRegion: map has {m.numel()} cells for {xh} x {xw}, RFMask shape {tuple(rf.shape)}")
+    rf = rf.to(m.device) if isinstance(feature_map, torch.Tensor) else rf
+    tau = torch.minimum(torch.tensor(float(tau), dtype=torch.float32, device=m.device), m.max())
+    m = torch.where(m < tau, torch.zeros_like(m), m)
+    scale = torch.tensor(1.5, dtype=torch.float32, device=m.device) / torch.clamp(m.max(), min=1e-11)
+    m = torch.clamp(m * scale, max=1)
+    m = torch.where(m >= tau, torch.ones_like(m), m)
+    wei = (rf * m.view(-1, 1, 1)).amax(dim=0)
+    region = (wei >= torch.tensor(float(draw_threshold), dtype=torch.float32) * wei.max()).to(torch.float32)
+    return region.cpu().numpy()
+
+
+# =================================================================== drawEdge
+def canny_edges(region: np.ndarray) -> np.ndarray:
+    """edge(wei, 'canny') substitute: scikit-image's Canny with MATLAB's defaults.
+
+    sigma sqrt(2); thresholds as MATLAB picks them when none are given: on
+    the gradient magnitude normalised by its maximum, high = (the first of
+    64 histogram bins whose cumulative count exceeds 70 % of the pixels) / 64,
+    low = 0.4 * high. The magnitude used for the thresholds is a Gaussian-
+    derivative magnitude (MATLAB's own); skimage then runs its Canny with
+    them scaled to its Sobel magnitude.
+    """
+    from skimage.feature import canny
+
+    wei = np.asarray(region, dtype=np.float64)
+    sigma = math.sqrt(2.0)
+    mag = scipy.ndimage.gaussian_gradient_magnitude(wei, sigma)
+    top = mag.max()
+    if top <= 0:
+        return np.zeros(wei.shape, dtype=bool)
+    counts, _ = np.histogram(mag / top, bins=64, range=(0.0, 1.0))
+    high_rel = (int(np.argmax(np.cumsum(counts) > 0.7 * wei.size)) + 1) / 64.0
+    smoothed = scipy.ndimage.gaussian_filter(wei, sigma, mode="constant")
+    sob = np.hypot(scipy.ndimage.sobel(smoothed, axis=0), scipy.ndimage.sobel(smoothed, axis=1))
+    top_sob = sob.max()
+    if top_sob <= 0:
+        return np.zeros(wei.shape, dtype=bool)
+    return canny(wei, sigma=sigma, low_threshold=0.4 * high_rel * top_sob, high_threshold=high_rel * top_sob)
+
+
+def draw_edge(region: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """drawEdge.m: darken the image outside the region, draw the region's edge in red.
+
+        E = imfilter(edge(wei, 'canny'), ones(5)) > 0, times 255   (edges thickened to 5 x 5)
+        R = max(I_r (wei+1)/2, E);  G = min(I_g (wei+1)/2, 255-E);  B likewise
+    region: (ih, iw) 0/1; image: (ih, iw, 3) uint8. Returns uint8 (MATLAB's
+    rounding and saturation). Edges: see `canny_edges`.
+    """
+    wei = np.asarray(region, dtype=np.float32)
+    img = np.asarray(image, dtype=np.float32)
+    if img.shape[:2] != wei.shape or img.ndim != 3:
+        raise DrawRFError(f"drawEdge: region {wei.shape} and image {img.shape} do not match")
+    edges = scipy.ndimage.binary_dilation(canny_edges(wei), structure=np.ones((5, 5), dtype=bool))
+    e = edges.astype(np.float32) * np.float32(255)
+    shade = (wei + 1) / 2
+    out = np.empty_like(img)
+    out[..., 0] = np.maximum(img[..., 0] * shade, e)
+    out[..., 1] = np.minimum(img[..., 1] * shade, 255 - e)
+    out[..., 2] = np.minimum(img[..., 2] * shade, 255 - e)
+    return np.clip(mround(out), 0, 255).astype(np.uint8)
+
+
+# =================================================================== occlusion (computeRF)
+def occlusion_list(ih: int, iw: int, size: int = OCCLUDE_SIZE, stride: int = OCCLUDE_STRIDE) -> np.ndarray:
+    """computeRF's occludeList: (n, 2) 1-based top-left corners [sh, sw], sw varying fastest."""
+    sh = np.arange(1, ih - size + 2, stride)
+    sw = np.arange(1, iw - size + 2, stride)
+    hh, ww = np.meshgrid(sh, sw, indexing="ij")
+    return np.stack([hh.reshape(-1), ww.reshape(-1)], axis=1)
+
+
+def occluded_batch(image: torch.Tensor, corners: np.ndarray, size: int = OCCLUDE_SIZE) -> torch.Tensor:
+    """getImg_occlude: copies of `image` (3 x H x W, mean already subtracted) with a size x size square set to 0."""
+    n = len(corners)
+    h, w = image.shape[-2:]
+    rows = torch.arange(h, device=image.device).view(1, h, 1)
+    cols = torch.arange(w, device=image.device).view(1, 1, w)
+    sh = torch.as_tensor(corners[:, 0] - 1, device=image.device).view(n, 1, 1)
+    sw = torch.as_tensor(corners[:, 1] - 1, device=image.device).view(n, 1, 1)
+    hole = (rows >= sh) & (rows < sh + size) & (cols >= sw) & (cols < sw + size)     # (n, H, W)
+    return image.unsqueeze(0).expand(n, -1, -1, -1) * (~hole).unsqueeze(1).to(image.dtype)
+
+
+def accumulate_template(template: np.ndarray, corners: np.ndarray, peak_hw: np.ndarray, drop: np.ndarray,
+                        ih: int, iw: int, size: int = OCCLUDE_SIZE) -> None:
+    """computeRF's update of one image's template (2ih x 2iw, in place) for its chosen occlusions.
+
+    For each chosen occlusion with corner (sh, sw), the occluded image's
+    peak position pHW and value drop val: the square, shifted so that the
+    peak sits at (ih, iw), gets + val:
+        hmin = max(round(sh - pHW(1) + ih), 1), hmax = min(round(sh + size - 1 - pHW(1) + ih), 2ih)
+    (1-based inclusive; likewise for w).
+    """
+    for (sh, sw), (ph, pw), val in zip(corners, peak_hw, drop):
+        hmin = max(int(mround(np.float64(sh - ph + ih))), 1)
+        hmax = min(int(mround(np.float64(sh + size - 1 - ph + ih))), ih * 2)
+        wmin = max(int(mround(np.float64(sw - pw + iw))), 1)
+        wmax = min(int(mround(np.float64(sw + size - 1 - pw + iw))), iw * 2)
+        if hmax >= hmin and wmax >= wmin:
+            template[hmin - 1:hmax, wmin - 1:wmax] += val
+
+
+# =================================================================== top images (generateAMTOriginalImages)
+def select_top_images(dep_max: np.ndarray, tau: np.ndarray, show_num: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """generateAMTOriginalImages' choice of images per filter.
+
+    dep_max: (D, I) peak of each filter's masked map per image; tau: (D,).
+    An image qualifies when its peak reaches tau; with fewer than show_num
+    qualifying, the show_num highest (stable descending sort) qualify and tau
+    becomes the show_num-th peak. Then show_num of the qualifying images are
+    kept at random. Returns (valid_map (D, I) bool, tau updated).
+    """
+    d, n = dep_max.shape
+    if n < show_num:
+        raise DrawRFError(f"drawing needs at least showNum = {show_num} images, got {n}")
+    tau = np.asarray(tau, dtype=np.float32).copy()
+    valid = np.zeros((d, n), dtype=bool)
+    for k in range(d):
+        lst = np.flatnonzero(dep_max[k] >= tau[k])
+        if lst.size < show_num:
+            vals, order = sort_descend_stable(dep_max[k])
+            lst = np.sort(order[:show_num])
+            tau[k] = vals[show_num - 1]
+        keep = lst[rng.permutation(lst.size)[:show_num]]
+        valid[k, keep] = True
+    return valid, tau
+
+
+# =================================================================== contact sheet
+def contact_sheet(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] | None = None, gap: int = 4,
+                  label_width: int = 72, background: int = 255) -> tuple[np.ndarray, list[list[tuple[int, int, int, int]]]]:
+    """A grid picture: one row per filter, its images side by side.
+
+    rows[r][c]: (h, w, 3) uint8, all the same size. Returns the sheet
+    (H, W, 3) uint8, with H = R*(h+gap)+gap and W = label_width + C*(w+gap) + gap,
+    and every cell's box (top, left, bottom, right), exclusive ends.
+    """
+    if not rows or not rows[0]:
+        raise DrawRFError("contact sheet: nothing to draw")
+    h, w = rows[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    sheet = np.full((len(rows) * (h + gap) + gap, label_width + ncol * (w + gap) + gap, 3), background, np.uint8)
+    boxes: list[list[tuple[int, int, int, int]]] = []
+    for r, row in enumerate(rows):
+        top = gap + r * (h + gap)
+        row_boxes = []
+        for c, cell in enumerate(row):
+            if cell.shape[:2] != (h, w):
+                raise DrawRFError(f"contact sheet: cell ({r}, {c}) is {cell.shape[:2]}, expected {(h, w)}")
+            left = label_width + gap + c * (w + gap)
+            sheet[top:top + h, left:left + w] = cell
+            row_boxes.append((top, left, top + h, left + w))
+        boxes.append(row_boxes)
+    if labels and label_width > 0:
+        pil = Image.fromarray(sheet)
+        draw = ImageDraw.Draw(pil)
+        for r, text in enumerate(labels):
+            draw.text((4, gap + r * (h + gap) + h // 2 - 6), str(text), fill=(0, 0, 0))
+        sheet = np.asarray(pil).copy()
+    return sheet, boxes
+
+
+# =================================================================== files
+def _write_image(img: np.ndarray, filename: os.PathLike | str) -> None:
+    """imwrite, atomically: a temporary file in the same folder, then os.replace (format from the name)."""
+    path = Path(filename)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower())
+    if fmt is None:
+        raise DrawRFError(f"cannot write {path}: unknown image type {path.suffix!r}")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(tmp, format=fmt, **({"quality": 75} if fmt == "JPEG" else {}))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_image(filename: os.PathLike | str) -> np.ndarray:
+    with Image.open(filename) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _save_mat(path: Path, variables: dict[str, Any]) -> None:
+    from legacy_compat.matio import savemat
+    path.parent.mkdir(parents=True, exist_ok=True)
+    savemat(path, variables)
+
+
+# =================================================================== the net
+def _layers(net: Any) -> list[Any]:
+    return list(net.layers)
+
+
+def _layer_type(layer: Any) -> str:
+    t = getattr(layer, "layer_type", None) or getattr(layer, "type", None)
+    if not isinstance(t, str):
+        raise DrawRFError(f"cannot tell the type of layer {layer!r}")
+    return t
+
+
+def _mask_params(net: Any, upper_layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """beta (weights{3}) and filter of SimpleNN layer `upper_layer` (1-based) when it is a conv_mask layer."""
+    layer = _layers(net)[upper_layer - 1]
+    if _layer_type(layer) != "conv_mask":
+        return None, None
+    beta = getattr(layer, "beta", None)
+    filt = getattr(layer, "filter_type", None)
+    if beta is None:                                  # a LayerSpec
+        beta = layer.weights[2]
+        filt = torch.as_tensor(np.asarray(layer.fields["filter"]))
+    return beta.detach(), torch.as_tensor(filt).detach()
+
+
+def _conv_out_channels(net: Any, layer_index: int) -> int:
+    layer = _layers(net)[layer_index - 1]
+    w = getattr(layer, "weight", None)
+    if w is None:
+        w = layer.weights[0]
+    return int(w.shape[0])
+
+
+@dataclass
+class _Setup:
+    layer_id: int
+    target: int
+    upper: int
+    convnet: Any
+    ih: int
+    iw: int
+    depth: int
+    beta: torch.Tensor | None
+    filter_type: torch.Tensor | None
+
+
+def _setup(net: Any, layer_id: int, image_size: tuple[int, int]) -> _Setup:
+    from reproduce.evaluate import _conv_net_para, target_layer_index
+    convnet = _conv_net_para(net)
+    n_conv = len(np.asarray(convnet.target_layers).reshape(-1))
+    if not 1 <= int(layer_id) < n_conv:
+        raise DrawRFError(f"layerID {layer_id}: drawing needs the conv layer AND the one above it "
+                          f"(layerID in 1..{n_conv - 1} for this net of {n_conv} conv layers)")
+    target = target_layer_index(convnet, layer_id)
+    upper = target_layer_index(convnet, layer_id + 1)
+    beta, filt = _mask_params(net, upper)
+    depth = _conv_out_channels(net, target)
+    if beta is not None and beta.numel() != depth:
+        raise DrawRFError(f"layer {upper} masks {beta.numel()} channels, layer {target} gives {depth}")
+    return _Setup(int(layer_id), target, upper, convnet, int(image_size[0]), int(image_size[1]), depth, beta, filt)
+
+
+@torch.no_grad()
+def _masked_maps(net: Any, st: _Setup, images: torch.Tensor, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """getValue / getMaskMap's forward: (raw x, masked x, mask), each (N, D, xh, xw) on `device`."""
+    from reproduce.evaluate import _layer_output
+    raw = _layer_output(net, images.to(device), st.target)
+    beta = None if st.beta is None else st.beta.to(device)
+    masked, mask, _, _ = mask_x(raw, beta, st.filter_type)
+    return raw, masked, mask
+
+
+# =================================================================== the whole procedure
+@dataclass
+class DrawRFResult:
+    """What draw_rf drew: per visualised filter its images' files and regions.
+
+    filters: the visualised filters (1-based); images[dep]: the paths of its
+    img_ori pictures; regions[dep]: (showNum, ih, iw) 0/1 float32 arrays;
+    tau: (D,) thresholds; contact_sheet: path; sheet_boxes: cell boxes.
+    """
+
+    out_dir: Path
+    filters: list[int]
+    images: dict[int, list[Path]] = field(default_factory=dict)
+    regions: dict[int, np.ndarray] = field(default_factory=dict)
+    tau: np.ndarray | None = None
+    contact_sheet: Path | None = None
+    sheet_size: tuple[int, int] = (0, 0)
+    sheet_boxes: list[list[tuple[int, int, int, int]]] = field(default_factory=list)
+
+
+def _tau_from_batches(net: Any, st: _Setup, batches: Any, num_images: int, device: torch.device,
+                      gen: torch.Generator, integrate_energy: float, sampling_times: int,
+                      progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """generateAMTOriginalImages' statistics: tau per filter and each image's peak (dep_max).
+
+    The original fills depStat (D x samplingTimes*imgNum) with each batch's
+    activations of the masked map, randomly permuted and repeated to
+    samplingTimes per image, sorts it and reads entry round(integrateEnergy *
+    width). Only that many top values matter, so a running top-k is kept
+    instead of the whole array (same result, far less memory).
+    """
+    from tqdm import tqdm
+    tar_p = int(mround(np.float64(integrate_energy * sampling_times * num_images)))
+    if tar_p < 1:
+        raise DrawRFError(f"integrateEnergy {integrate_energy} x {sampling_times} x {num_images} images rounds to 0")
+    top = None
+    dep_max = np.zeros((st.depth, num_images), dtype=np.float32)
+    for idx, x in tqdm(batches, desc="top images", unit="batch", disable=not progress):
+        _, masked, _ = _masked_maps(net, st, x, device)
+        b = masked.shape[0]
+        vals = masked.transpose(0, 1).reshape(st.depth, -1)                     # (D, L)
+        length = vals.shape[1]
+        need = b * sampling_times
+        keys = torch.rand(vals.shape, generator=gen).to(vals.device)
+        perm = torch.argsort(keys, dim=1)
+        shuffled = torch.gather(vals, 1, perm)
+        sample = shuffled.repeat(1, math.ceil(need / length))[:, :need]
+        pool = sample if top is None else torch.cat([top, sample], dim=1)
+        k = min(tar_p, pool.shape[1])
+        top = torch.topk(pool, k, dim=1, largest=True, sorted=True).values
+        dep_max[:, idx] = masked.amax(dim=(2, 3)).t().cpu().numpy()
+    if top is None:
+        raise DrawRFError("no image to draw")
+    if top.shape[1] < tar_p:   # depStat is zero-filled beyond the samples
+        top = torch.cat([top, torch.zeros(st.depth, tar_p - top.shape[1], device=top.device)], dim=1)
+    return top[:, tar_p - 1].cpu().numpy().astype(np.float32), dep_max
+
+
+def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[Any, tuple[int, int]], np.ndarray],
+            mean_data: Any, layer_id: int, out_dir: os.PathLike | str = "draw_RF", *,
+            show_num: int = SHOW_NUM, visualization_step: int = VISUALIZATION_STEP,
+            integrate_energy: float = INTEGRATE_ENERGY, sampling_times: int = SAMPLING_TIMES,
+            draw_threshold: float = DRAW_THRESHOLD, occlude_size: int = OCCLUDE_SIZE,
+            occlude_stride: int = OCCLUDE_STRIDE, top_occ_num: int = TOP_OCC_NUM,
+            image_size: tuple[int, int] | None = None, device: Any = "cpu", batch_size: int = 32,
+            occlusion_batch_size: int = 128, seed: int = 1, overwrite_templates: bool = False,
+            contact_sheet_name: str | None = None, progress: bool = True) -> DrawRFResult:
+    """step_drawRF.m for one trained net: the four steps, then the contact sheet.
+
+    net: a SimpleNN in evaluation mode; name: Name_batch (file-name prefix);
+    objects: the objset (data_prep readers; None entries are skipped; for
+    'cub200' the original keeps the first 500); load_patch(obj, (h, w)):
+    getI's patch (H x W x 3 float32, 0-255); mean_data: the imdb's dataMean
+    (any form reproduce.evaluate takes: H x W x 3, 3 x H x W, an Imdb, an
+    imdb.mat); layer_id: the measured conv layer (needs one above it).
+    computeRF skips a filter whose template file exists, as the original
+    (`overwrite_templates=True` recomputes). Returns a DrawRFResult.
+    """
+    from reproduce.evaluate import _image_size, _read_mean_data
+    device = torch.device(device)
+    out = Path(out_dir)
+    root_ori, root_mask, root_rf = out / "img_ori", out / "img_maskF", out / "img_RF"
+    size = tuple(image_size) if image_size is not None else _image_size(net)
+    st = _setup(net, layer_id, size)
+    ih, iw = st.ih, st.iw
+    mean = _read_mean_data(mean_data)
+    if mean.shape != (ih, iw, 3):
+        raise DrawRFError(f"mean_data has shape {mean.shape}, the net takes {ih} x {iw} x 3")
+    mean_t = torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1)))
+    if name == "cub200":
+        objects = list(objects)[:500]
+    kept = [i for i, o in enumerate(objects) if o is not None]
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(seed))
+    filters = list(range(1, st.depth + 1, int(visualization_step)))
+    result = DrawRFResult(out, filters)
+
+    # ---- generateAMTOriginalImages
+    def batches():
+        for s in range(0, len(kept), batch_size):
+            chunk = kept[s:s + batch_size]
+            imgs = np.stack([np.asarray(load_patch(objects[i], (ih, iw)), np.float32) for i in chunk])
+            x = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))) - mean_t
+            yield list(range(s, s + len(chunk))), x
+
+    tau, dep_max = _tau_from_batches(net, st, batches(), len(kept), device, gen, integrate_energy,
+                                     sampling_times, progress)
+    valid, tau = select_top_images(dep_max, tau, show_num, rng)
+    for dep in filters:
+        chosen = np.flatnonzero(valid[dep - 1])
+        paths = []
+        for count, j in enumerate(chosen, start=1):
+            patch = np.asarray(load_patch(objects[kept[j]], (ih, iw)), np.float32)
+            path = root_ori / f"{name}-{dep:04d}-{count:05d}.jpg"
+            _write_image(np.clip(mround(patch), 0, 255).astype(np.uint8), path)
+            paths.append(path)
+        result.images[dep] = paths
+    _save_mat(root_ori / f"{name}_tau.mat", {"tau": tau.reshape(-1, 1).astype(np.float32)})
+    result.tau = tau
+
+    def read_back(dep: int) -> tuple[list[np.ndarray], torch.Tensor]:
+        pics = [_read_image(p) for p in result.images[dep]]
+        x = torch.from_numpy(np.stack(pics).astype(np.float32).transpose(0, 3, 1, 2)) - mean_t
+        return pics, x
+
+    # ---- drawRawFMaskF
+    for dep in filters:
+        _, x = read_back(dep)
+        raw, masked, mask = _masked_maps(net, st, x, device)
+        for k in range(x.shape[0]):
+            stem = f"{name}-{dep:04d}-{k + 1:05d}"
+            imagewrite(raw[k, dep - 1].cpu().numpy(), root_mask / f"{stem}_rawX.jpg")
+            imagewrite(mask[k, dep - 1].cpu().numpy(), root_mask / f"{stem}_mask.jpg")
+            imagewrite(masked[k, dep - 1].cpu().numpy(), root_mask / f"{stem}_maskX.jpg")
+
+    # ---- computeRF
+    corners = occlusion_list(ih, iw, occlude_size, occlude_stride)
+    templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    from tqdm import tqdm
+    for dep in tqdm(filters, desc="occlusion", unit="filter", disable=not progress):
+        tfile = root_ori / f"{name}-{dep:04d}_template.mat"
+        if tfile.exists() and not overwrite_templates:
+            from legacy_compat import loadmat
+            saved = loadmat(tfile)
+            templates[dep] = (np.asarray(saved["template"], np.float64), np.asarray(saved["map"], np.float64))
+            continue
+        _, x = read_back(dep)
+        n_img = x.shape[0]
+        template = np.zeros((2 * ih, 2 * iw, n_img))
+        _, masked, _ = _masked_maps(net, st, x, device)
+        fmaps = masked[:, dep - 1]                                   # (n_img, xh, xw)
+        maps = fmaps.permute(1, 2, 0).to(torch.float64).cpu().numpy()
+        for k in range(n_img):
+            ori_value = float(fmaps[k].sum())
+            values, peaks = _occlusion_values(net, st, x[k].to(device), corners, occlude_size, dep,
+                                              occlusion_batch_size, device)
+            v, order = sort_ascend_stable(values)
+            chosen = order[:top_occ_num]
+            drop = np.maximum(ori_value - v[:top_occ_num], 0)
+            accumulate_template(template[:, :, k], corners[chosen], peaks[chosen], drop, ih, iw, occlude_size)
+        _save_mat(tfile, {"template": template, "map": maps})
+        templates[dep] = (template, maps)
+
+    # ---- drawRF
+    rows, labels = [], []
+    for dep in filters:
+        template, maps = templates[dep]
+        xh, xw = maps.shape[:2]
+        rf = get_rf_mask(template, ih, iw, xh, xw, layer_id, st.convnet)
+        pics = [_read_image(p) for p in result.images[dep]]
+        regions, drawn = [], []
+        for k, pic in enumerate(pics):
+            region = get_region(ih, iw, xh, xw, maps[:, :, k], float(tau[dep - 1]), draw_threshold, rf)
+            pic_rf = draw_edge(region, pic)
+            _write_image(pic_rf, root_rf / f"{name}-{dep:04d}-{k + 1:05d}.jpg")
+            regions.append(region)
+            drawn.append(pic_rf)
+        result.regions[dep] = np.stack(regions) if regions else np.zeros((0, ih, iw), np.float32)
+        rows.append(drawn)
+        labels.append(f"filter {dep}")
+
+    sheet, boxes = contact_sheet(rows, labels)
+    sheet_path = out / (contact_sheet_name or f"{name}_contact_sheet.png")
+    _write_image(sheet, sheet_path)
+    result.contact_sheet, result.sheet_size, result.sheet_boxes = sheet_path, sheet.shape[:2], boxes
+    return result
+
+
+@torch.no_grad()
+def _occlusion_values(net: Any, st: _Setup, image: torch.Tensor, corners: np.ndarray, size: int, dep: int,
+                      batch: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """getValue over every occluded copy: the filter's summed masked map and its peak's image position."""
+    from reproduce.geometry import x2p
+    values, peaks = [], []
+    for s in range(0, len(corners), batch):
+        imgs = occluded_batch(image, corners[s:s + batch], size)
+        _, masked, _ = _masked_maps(net, st, imgs, device)
+        fmap = masked[:, dep - 1]                                           # (n, xh, xw)
+        n, xh, xw = fmap.shape
+        _, p = mmax_reduce(fmap.transpose(1, 2).reshape(n, xh * xw), axis=1)  # column-major argmax
+        ph, pw = (p % xh + 1).cpu().numpy(), (p // xh + 1).cpu().numpy()
+        peaks.append(x2p(np.stack([ph, pw], axis=1), st.layer_id, st.convnet))
+        values.append(fmap.sum(dim=(1, 2)).to(torch.float64).cpu().numpy())
+    return np.concatenate(values), np.concatenate(peaks)

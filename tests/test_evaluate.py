@@ -1,0 +1,366 @@
+"""Tests of reproduce.evaluate: binary error, location stability, checkpoints, bad input."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reproduce import evaluate as ev
+
+
+# ------------------------------------------------------------------ helpers
+def _tiny_net(seed: int = 0):
+    from reproduce.models import network_init
+    net, _, _ = network_init(1, "tiny", 0.5, seed=seed)
+    return net.eval()
+
+
+def _blob_images(n: int, size: int = 64, seed: int = 0):
+    """n synthetic images (size x size x 3, 0-255) with a bright blob at a known place, and the blob centres."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[1:size + 1, 1:size + 1]
+    imgs, centres = [], []
+    for _ in range(n):
+        h, w = rng.uniform(12, size - 12, size=2)
+        blob = 200 * np.exp(-((yy - h) ** 2 + (xx - w) ** 2) / (2 * 4.0 ** 2))
+        img = rng.uniform(0, 40, size=(size, size, 3)) + blob[..., None]
+        imgs.append(img.astype(np.float32))
+        centres.append(np.array([h, w]))
+    return imgs, centres
+
+
+def _source(imgs, truths: dict, name: str = "synthetic") -> ev.CategorySource:
+    return ev.CategorySource(name=name, objects=list(range(len(imgs))),
+                             load_patch=lambda i, size: imgs[i], truth_files=truths)
+
+
+MEAN64 = np.full((64, 64, 3), 100.0, dtype=np.float32)
+
+
+def _matlab_peaks(x: np.ndarray):
+    """computeStability.m's peak search, literally, for one image: x is H x W x P (MATLAB layout)."""
+    h, w, p = x.shape
+    idx = np.argmax(x, axis=0)                 # (W, P), first max over h
+    v = np.max(x, axis=0)
+    tmp = np.argmax(v, axis=0)                 # (P,), first max over w
+    flat = idx.reshape(-1, order="F")          # 1 x W x P in linear order
+    idx_h = flat[tmp + np.arange(p) * h]
+    return idx_h + 1, tmp + 1, v.max(axis=0)
+
+
+# ------------------------------------------------------------------ showResults.m pieces
+def test_format_result_line_matches_demo_output():
+    assert ev.format_result_line(0.05, 0.123456789) == "binary error 0.050000     location stability 0.123457"
+    assert ev.format_result_line(0, float("nan")) == "binary error 0.000000     location stability NaN"
+
+
+def test_final_val_error_from_package_stats_and_softmax_hint():
+    stats = {"train": [{"binerr": 0.5}], "val": [{"binerr": 0.4, "num": 10}, {"binerr": 0.25, "num": 10}]}
+    assert ev.final_val_error(stats) == 0.25
+    softmax = {"val": [{"top1err": 0.3, "lossForClassification": 1.0}]}
+    assert ev.final_val_error(softmax, "top1err") == 0.3
+    with pytest.raises(ev.EvaluationError, match="top1err"):
+        ev.final_val_error(softmax)
+    with pytest.raises(ev.EvaluationError, match="no validation"):
+        ev.final_val_error({"train": [], "val": []})
+
+
+def test_final_val_error_from_original_checkpoint(checkpoints_dir):
+    from legacy_compat import loadmat
+    stats = loadmat(checkpoints_dir / "checkpoint_single_epoch3.mat")["stats"]
+    assert ev.final_val_error(stats) == pytest.approx(0.75)
+
+
+def test_layer_and_part_choices():
+    assert ev.layer_id_for_model("vgg-vd-16") == 14
+    assert ev.layer_id_for_model("alexnet") == ev.layer_id_for_model("vgg-s") == 6
+    with pytest.raises(ev.EvaluationError, match="invalid model"):
+        ev.layer_id_for_model("resnet")
+    assert ev.part_list_for("cub200") == (1, 6, 14)
+    assert ev.part_list_for("ilsvrcanimalpart", "n01443537") == (1,)
+    assert ev.first_conv_mask_layer_id(["conv", "relu", "pool", "conv", "conv_mask", "conv_mask"]) == 3
+    assert ev.first_conv_mask_layer_id(["conv", "relu", "conv"]) is None
+
+
+def test_layer_id_out_of_range_is_a_clear_error():
+    net = _tiny_net()
+    convnet = ev._conv_net_para(net)
+    assert ev.target_layer_index(convnet, 4) == 9          # the first conv_mask layer (1-based SimpleNN index)
+    assert net.layer_types[9 - 1] == "conv_mask"
+    for bad in (0, 8, -1):
+        with pytest.raises(ev.EvaluationError, match="out of range"):
+            ev.target_layer_index(convnet, bad)
+
+
+# ------------------------------------------------------------------ peaks
+def test_peak_positions_follow_the_original_with_ties():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(3, 5, 6, 6)).astype(np.float32)    # many ties
+    idx_h, idx_w, score = ev.peak_positions(torch.from_numpy(x))
+    for n in range(3):
+        h, w, s = _matlab_peaks(x[n].transpose(1, 2, 0))
+        np.testing.assert_array_equal(idx_h[n].numpy(), h)
+        np.testing.assert_array_equal(idx_w[n].numpy(), w)
+        np.testing.assert_array_equal(score[n].numpy(), s)
+
+
+def test_peak_positions_nonsquare_quirk_and_fix():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 4, 5, 3)).astype(np.float32)            # H=5 > W=3
+    with pytest.raises(IndexError):
+        # P*W = 12 cells, the original's index tmp + (P-1)*H reaches 15+: MATLAB errors too
+        ev.peak_positions(torch.from_numpy(x))
+    x2 = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)           # H=3 < W=5: reads other cells
+    h_quirk, _, _ = ev.peak_positions(torch.from_numpy(x2))
+    for n in range(2):
+        np.testing.assert_array_equal(h_quirk[n].numpy(), _matlab_peaks(x2[n].transpose(1, 2, 0))[0])
+    h_fix, w_fix, s_fix = ev.peak_positions(torch.from_numpy(x2), fix_nonsquare_index=True)
+    for n in range(2):
+        for p in range(4):
+            h, w = np.unravel_index(np.argmax(x2[n, p].T), (5, 3))[::-1]   # column-major first max
+            assert (h_fix[n, p].item(), w_fix[n, p].item()) == (h + 1, w + 1)
+    np.testing.assert_allclose(s_fix.numpy(), x2.reshape(2, 4, -1).max(axis=2))
+
+
+def test_peaks_to_image_is_x2p():
+    convnet = {"targetStride": [4.0, 8.0], "targetCenter": [1.0, 3.5]}
+    pos = ev.peaks_to_image(np.array([[1, 2]]), np.array([[3, 1]]), 2, convnet)
+    np.testing.assert_array_equal(pos, [[[3.5, 19.5], [11.5, 3.5]]])
+
+
+# ------------------------------------------------------------------ getDistSqrtVar
+def test_get_dist_sqrt_var_known_answer():
+    # 4 images, 2 filters, 1 part; image 3 has no landmark, image 4 has two (ignored)
+    truth = ev.part_centres([[np.array([[10.0], [10.0]]), np.array([10.0, 20.0]), None,
+                              np.array([1.0, 2.0, 3.0, 4.0])]])
+    pos = np.zeros((4, 2, 2))
+    pos[:, 0] = [[13, 14], [10, 20], [0, 0], [0, 0]]      # filter 1: distances 5 and 0
+    pos[:, 1] = [[10, 10], [10, 20], [0, 0], [0, 0]]      # filter 2: distances 0 and 0
+    score = np.ones((4, 2))
+    d = ev.get_dist_sqrt_var(pos, score, truth, patch_num_per_pattern=100)
+    np.testing.assert_allclose(d, [np.std([5.0, 0.0], ddof=1), 0.0])
+    assert truth.valid_images.tolist() == [True, True, False, True]
+
+
+def test_get_dist_sqrt_var_takes_the_top_scored_images_stably():
+    centres = [np.array([0.0, 0.0])] * 5
+    truth = ev.part_centres([centres])
+    pos = np.zeros((5, 1, 2))
+    pos[:, 0, 0] = [1, 2, 3, 100, 200]
+    score = np.array([[5.0], [5.0], [5.0], [1.0], [5.0]])  # ties: images 1, 2, 3, 5 in order
+    d = ev.get_dist_sqrt_var(pos, score, truth, patch_num_per_pattern=3)
+    np.testing.assert_allclose(d, [np.std([1, 2, 3], ddof=1)])
+
+
+def test_a_part_with_fewer_than_two_images_gives_nan():
+    truth = ev.part_centres([[np.array([1.0, 1.0])] * 3, [np.array([2.0, 2.0]), None, None]])
+    d = ev.get_dist_sqrt_var(np.zeros((3, 2, 2)), np.ones((3, 2)), truth)
+    assert np.isnan(d).all()
+
+
+def test_stability_from_distances_drops_nan_and_keeps_the_smallest():
+    d = np.array([3.0, np.nan, 1.0, 2.0])
+    assert ev.stability_from_distances(d, 2, (3, 4)) == pytest.approx(1.5 / 5)
+    assert ev.stability_from_distances(d, 10, (3, 4)) == pytest.approx(2.0 / 5)
+    assert np.isnan(ev.stability_from_distances(np.array([np.nan, np.nan]), 2, (3, 4)))
+
+
+def test_multiclass_stability_assigns_each_filter_to_its_best_category():
+    stab = np.array([[0.1, 0.5], [0.3, 0.2], [np.nan, 0.4]])
+    score = np.array([[2.0, 1.0], [1.0, 3.0], [5.0, 5.0]])   # filter 3: tie -> category 1 (NaN, dropped)
+    assert ev.multiclass_stability(stab, score) == pytest.approx((0.1 + 0.2) / 2)
+
+
+def test_location_stability_on_real_fox_truth_files(shared_data):
+    """Peaks placed at a fixed offset from the fox's head never move relative to it: stability 0;
+    random peaks reproduce a direct loop over the original's steps."""
+    from data_prep.ilsvrc import ilsvrc_conf
+    conf = ilsvrc_conf(shared_data)
+    files = [conf.truth_file("n02118333", p) for p in (1, 2)]
+    truth = ev.read_part_centres(files)
+    assert truth.num_images == 286
+    assert truth.present.sum(axis=1).tolist() == [211, 143]
+    head = truth.centres[0]
+    usable = ~np.isnan(head[:, 0])
+    pos = np.zeros((286, 3, 2))
+    pos[usable] = head[usable][:, None, :] + np.array([5.0, -7.0])
+    d = ev.get_dist_sqrt_var(pos, np.random.default_rng(0).random((286, 3)), ev.read_part_centres(files[:1]))
+    np.testing.assert_allclose(d, 0.0, atol=1e-12)
+    assert ev.stability_from_distances(d, 3, (224, 224)) == pytest.approx(0.0, abs=1e-12)
+
+    rng = np.random.default_rng(1)
+    pos = rng.uniform(1, 224, size=(286, 4, 2))
+    score = rng.random((286, 4))
+    d = ev.get_dist_sqrt_var(pos, score, truth, 100)
+    expected = np.zeros(4)
+    for p in range(4):
+        order = np.argsort(-score[:, p], kind="stable")
+        for k in range(2):
+            keep = [i for i in order if not np.isnan(truth.centres[k, i, 0])][:100]
+            dist = np.linalg.norm(truth.centres[k, keep] - pos[keep, p], axis=1)
+            expected[p] += np.std(dist, ddof=1) / 2
+    np.testing.assert_allclose(d, expected, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ end to end on a tiny net
+def test_compute_stability_batched_equals_one_by_one():
+    net = _tiny_net()
+    imgs, centres = _blob_images(10)
+    source = _source(imgs, {1: centres, 2: [c + 3 for c in centres]})
+    results = [ev.compute_stability(net, source, 4, MEAN64, part_list=(1, 2), batch_size=b) for b in (1, 4, 32)]
+    for r in results[1:]:
+        np.testing.assert_array_equal(r.pos, results[0].pos)
+        np.testing.assert_allclose(r.score, results[0].score, rtol=1e-5)   # conv sums differ by batch size
+        assert r.stability == pytest.approx(results[0].stability, rel=1e-12)
+    r = results[0]
+    assert r.map_size == (16, 16) and r.image_size == (64, 64) and r.target_layer == 9
+    assert r.pos.shape == (10, 64, 2) and np.isfinite(r.stability)
+    # positions are x2p_ of map cells: centre 2.5, stride 4
+    assert set(np.unique((r.pos - 2.5) / 4)) <= set(range(16))
+
+
+def test_compute_stability_part_rate_and_selected_ratio():
+    net = _tiny_net()
+    imgs, centres = _blob_images(6)
+    source = _source(imgs, {1: centres})
+    full = ev.compute_stability(net, source, 4, MEAN64, part_list=(1,))
+    half = ev.compute_stability(net, source, 4, MEAN64, part_list=(1,), part_rate=0.5,
+                                selected_pattern_ratio=0.5)
+    assert half.dist_sqrt_var.shape == (32,)
+    np.testing.assert_array_equal(half.dist_sqrt_var, full.dist_sqrt_var[:32])
+    expected = np.sort(full.dist_sqrt_var[:32])[:16].mean() / np.hypot(64, 64)
+    assert half.stability == pytest.approx(expected)
+
+
+def test_no_image_with_any_part_is_a_clear_error():
+    net = _tiny_net()
+    imgs, _ = _blob_images(3)
+    with pytest.raises(ev.EvaluationError, match="no image has any of the parts"):
+        ev.compute_stability(net, _source(imgs, {1: [None] * 3}), 4, MEAN64, part_list=(1,))
+
+
+def test_a_part_without_images_gives_nan_with_a_warning():
+    net = _tiny_net()
+    imgs, centres = _blob_images(4)
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        r = ev.compute_stability(net, _source(imgs, {1: centres, 2: [None] * 4}), 4, MEAN64, part_list=(1, 2))
+    assert np.isnan(r.stability) and np.isnan(r.dist_sqrt_var).all()
+
+
+def test_filters_that_never_fire_are_dropped_like_nan():
+    # a filter that never fires peaks at the first cell everywhere: distance spread of the landmarks
+    net = _tiny_net()
+    imgs, centres = _blob_images(5)
+    with torch.no_grad():
+        layer = net.layers[8]
+        layer.weight[:3] = 0
+        layer.bias[:3] = -1.0
+    r = ev.compute_stability(net, _source(imgs, {1: centres}), 4, MEAN64, part_list=(1,))
+    assert (r.pos[:, :3] == 2.5).all() and (r.score[:, :3] == -1.0).all()
+    d = r.dist_sqrt_var.copy()
+    d[5] = np.nan                                          # a NaN filter is left out of the mean
+    assert ev.stability_from_distances(d, 64, (64, 64)) == pytest.approx(np.delete(d, 5).mean() / np.hypot(64, 64))
+
+
+def test_input_guard_names_the_image():
+    net = _tiny_net()
+    imgs, centres = _blob_images(3)
+    with pytest.raises(ev.EvaluationError, match="no value below -10"):
+        ev.compute_stability(net, _source(imgs, {1: centres}), 4, np.zeros((64, 64, 3), np.float32), part_list=(1,))
+    with pytest.raises(ev.EvaluationError, match="meanData is 32 x 32"):
+        ev.compute_stability(net, _source(imgs, {1: centres}), 4, np.zeros((32, 32, 3), np.float32), part_list=(1,))
+
+
+def test_multiclass_on_two_synthetic_categories():
+    net = _tiny_net()
+    a_imgs, a_c = _blob_images(5, seed=1)
+    b_imgs, b_c = _blob_images(5, seed=2)
+    sources = [_source(a_imgs, {1: a_c, 2: a_c}, "a"), _source(b_imgs, {1: b_c, 2: b_c}, "b")]
+    value, details = ev.compute_stability_multiclass(net, sources, 4, MEAN64, part_list=(1, 2))
+    assert details["stability"].shape == (64, 2)
+    singles = [ev.compute_stability(net, s, 4, MEAN64, part_list=(1, 2)) for s in sources]
+    for k, s in enumerate(singles):
+        np.testing.assert_allclose(details["stability"][:, k], s.dist_sqrt_var / np.hypot(64, 64))
+        np.testing.assert_allclose(details["score"][:, k], s.score.mean(axis=0))
+    assert value == pytest.approx(ev.multiclass_stability(details["stability"], details["score"]))
+
+
+def test_goldfish_rule_sticks_for_later_categories():
+    net = _tiny_net()
+    imgs, c = _blob_images(4)
+    sources = [_source(imgs, {1: c, 2: c}, ev.GOLDFISH), _source(imgs, {1: c, 2: [None] * 4}, "later")]
+    _, details = ev.compute_stability_multiclass(net, sources, 4, MEAN64, part_list=(1, 2))
+    assert details["part_lists"] == [(1,), (1,)]
+    pass_through = ev.compute_stability_multiclass(net, sources, 4, MEAN64, part_list=(1, 2),
+                                                   goldfish_rule_sticks=False)
+    assert pass_through[1]["part_lists"] == [(1,), (1, 2)]
+    assert np.isnan(pass_through[1]["stability"][:, 1]).all()
+
+
+# ------------------------------------------------------------------ baseline and checkpoints
+def _plain_copy(net):
+    """The same net with every conv_mask layer replaced by a plain conv (the baseline)."""
+    from reproduce.network import SimpleNN
+    specs = net.to_specs()
+    for s in specs:
+        if s.type == "conv_mask":
+            s.type = "conv"
+            s.weights = s.weights[:2]
+            s.fields = {k: v for k, v in s.fields.items() if k in ("pad", "stride", "dilate")}
+    plain = SimpleNN.from_specs(specs, meta=dict(net.meta)).eval()
+    return plain
+
+
+def test_plain_cnn_baseline_is_measured_on_its_conv_layer():
+    net = _tiny_net()
+    plain = _plain_copy(net)
+    assert "conv_mask" not in plain.layer_types
+    imgs, centres = _blob_images(5)
+    stats = {"val": [{"binerr": 0.125}]}
+    with pytest.raises(ev.EvaluationError, match="no conv_mask layer"):
+        ev.evaluate_net(plain, stats, [_source(imgs, {1: centres})], MEAN64, part_list=(1,))
+    res = ev.evaluate_net(plain, stats, [_source(imgs, {1: centres})], MEAN64, part_list=(1,), layer_id=4)
+    assert res.is_baseline and res.binary_error == 0.125 and np.isfinite(res.stability)
+    # the plain conv at layerID 4 sees an unmasked input: compare with the ICNN's masked one
+    icnn = ev.evaluate_net(net, stats, [_source(imgs, {1: centres})], MEAN64, part_list=(1,))
+    assert icnn.layer_id == 4 and not icnn.is_baseline
+    assert res.line() == ev.format_result_line(0.125, res.stability)
+
+
+def _subset_fox_conf(tmp_path: Path, shared_data: Path, n: int):
+    """A data folder holding the first n fox images (links), the real data.mat and truth files."""
+    from data_prep.ilsvrc import ilsvrc_conf
+    root = tmp_path / "detanimalpart" / "n02118333_obj" / "img"
+    (root / "img").mkdir(parents=True)
+    src = shared_data / "detanimalpart" / "n02118333_obj" / "img"
+    os.symlink(src / "data.mat", root / "data.mat")
+    for i in range(1, n + 1):
+        os.symlink(src / "img" / f"{i:05d}.jpg", root / "img" / f"{i:05d}.jpg")
+    return ilsvrc_conf(shared_data, imgdir=tmp_path / "detanimalpart")
+
+
+def test_evaluate_original_mat_checkpoint_and_package_checkpoint_agree(tmp_path, shared_data, checkpoints_dir):
+    from reproduce.checkpoints import load_mat_checkpoint, save_checkpoint
+    conf = _subset_fox_conf(tmp_path, shared_data, 24)
+    mat = checkpoints_dir / "checkpoint_single_epoch3.mat"
+    mean = np.full((16, 16, 3), 120.0, dtype=np.float32)
+    res_mat = ev.evaluate_checkpoint(mat, "n02118333", conf, mean, progress=False)
+    assert res_mat.binary_error == pytest.approx(0.75) and res_mat.layer_id == 3
+    assert np.isfinite(res_mat.stability) and res_mat.details.pos.shape == (24, 6, 2)
+
+    state = load_mat_checkpoint(mat)
+    pt = save_checkpoint(tmp_path / "net-epoch-3.pt", state)
+    res_pt = ev.evaluate_checkpoint(pt, "n02118333", conf, mean.transpose(2, 0, 1), progress=False)
+    assert res_pt.stability == pytest.approx(res_mat.stability, rel=1e-12)
+    assert res_pt.binary_error == res_mat.binary_error
+    assert res_pt.line().startswith("binary error 0.750000     location stability ")
+
+
+def test_missing_checkpoint_and_bad_mean():
+    with pytest.raises(ev.EvaluationError, match="not found"):
+        ev.load_net_for_evaluation("/nonexistent/net-epoch-1.mat")
+    with pytest.raises(ev.EvaluationError, match="H x W x 3"):
+        ev._read_mean_data(np.zeros((5, 5)))
