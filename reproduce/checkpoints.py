@@ -1,0 +1,464 @@
+"""Training checkpoints: the package's own safe format, MATLAB `net-epoch-N.mat`, resuming.
+
+Ports the checkpoint half of `tool/main/our_cnn_train.m` (saveState,
+saveStats, loadState, findLastCheckpoint): after every epoch the training
+state is written to ``<exp_dir>/net-epoch-N.pt``; a later run in the same
+folder resumes from the highest epoch found.
+
+The package's own format (``net-epoch-N.pt``)
+----------------------------------------------
+One ``torch.save`` file holding ONLY plain containers (dict, list, tuple, str,
+int, float, bool, None) and tensors, so that it loads with
+``torch.load(..., weights_only=True)``: nothing in it can run code.
+
+| key            | holds                                                                 |
+|----------------|-----------------------------------------------------------------------|
+| `format`       | ``"icnn-train-checkpoint"``; `version` 1                              |
+| `epoch`        | the last completed epoch (1-based, as MATLAB counts)                  |
+| `architecture` | per layer ``[type, name, [weight shapes]]``: what must match to resume |
+| `specs`        | the layer specs (LayerSpec as plain data, see `to_plain`); a weight    |
+|                | that is a parameter of the net is stored once, as a reference into    |
+|                | `state_dict`                                                          |
+| `state_dict`   | ``net.state_dict()``: parameters and buffers (beta, sliceMag, ...)    |
+| `momentum`     | per layer, per weight: the SGD momentum (PyTorch layout) or None where |
+|                | MATLAB's solverState still holds the scalar 0                         |
+| `stats`        | ``{"train": [per-epoch dict], "val": [...]}``                          |
+| `options`      | the training options (learning rates, batch size, seed, ...)          |
+| `meta`         | the net's meta (classes, normalization, ...) as plain data            |
+
+MATLAB checkpoints (``net-epoch-N.mat``)
+----------------------------------------
+Written on request (``save_mat=True`` in `reproduce.train.train`) through
+`legacy_compat.checkpoint.write_icnn_checkpoint`, read through
+`legacy_compat.checkpoint.read_icnn_checkpoint`, so a run can resume from a
+checkpoint the original MATLAB code wrote. When both files exist for an
+epoch, the ``.pt`` one is used.
+
+Safety rules
+------------
+- every file is written to a temporary file in the same folder and moved into
+  place with ``os.replace``: a file named ``net-epoch-N.*`` is always complete;
+- a checkpoint that fails to load raises `CheckpointError` naming the file and
+  telling the user to delete it (nothing falls back silently to an older one);
+- a folder whose checkpoints belong to a different network raises
+  `CheckpointMismatchError`; an existing ``net-epoch-N`` file is never
+  overwritten.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from legacy_compat.mattypes import MatStruct, StructArray
+from legacy_compat.simplenn import LayerSpec
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "CheckpointMismatchError",
+    "TrainingState", "checkpoint_path", "find_checkpoints", "last_checkpoint_epoch",
+    "architecture_of", "check_architecture", "save_checkpoint", "load_checkpoint",
+    "load_any_checkpoint", "save_mat_checkpoint", "load_mat_checkpoint",
+    "atomic_write", "to_plain", "from_plain", "remove_stale_temporaries",
+]
+
+CHECKPOINT_FORMAT = "icnn-train-checkpoint"
+CHECKPOINT_VERSION = 1
+_NAME_RE = re.compile(r"^net-epoch-(\d+)\.(pt|mat)$")
+_TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file could not be read or written; the message names the file."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoints in a folder belong to a different network than the one being trained."""
+
+
+# ------------------------------------------------------------------ state
+@dataclass
+class TrainingState:
+    """What our_cnn_train's saveState/saveStats keep: net, solver state, statistics.
+
+    `specs` rebuild the network (`SimpleNN.from_specs`); `state_dict`, when
+    present, is loaded on top (exactly the saved parameters and buffers).
+    `momentum[layer][j]` follows MATLAB's `state.solverState{layer}{j}`
+    (0-based here) in PyTorch layout, None where MATLAB holds the scalar 0.
+    """
+
+    epoch: int
+    specs: list[LayerSpec]
+    momentum: list[list[torch.Tensor | None]]
+    stats: dict[str, list[dict[str, float]]]
+    state_dict: dict[str, torch.Tensor] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    meta: Any = None
+    source: Path | None = None
+
+
+# ------------------------------------------------------------------ names
+def checkpoint_path(exp_dir: os.PathLike | str, epoch: int, ext: str = "pt") -> Path:
+    """``<exp_dir>/net-epoch-<epoch>.<ext>`` (our_cnn_train's modelPath)."""
+    return Path(exp_dir) / f"net-epoch-{int(epoch)}.{ext}"
+
+
+def find_checkpoints(exp_dir: os.PathLike | str) -> dict[int, dict[str, Path]]:
+    """Every ``net-epoch-N.pt`` / ``.mat`` in the folder: ``{N: {"pt": path, "mat": path}}``."""
+    exp_dir = Path(exp_dir)
+    found: dict[int, dict[str, Path]] = {}
+    if not exp_dir.is_dir():
+        return found
+    for entry in exp_dir.iterdir():
+        m = _NAME_RE.match(entry.name)
+        if m and entry.is_file():
+            found.setdefault(int(m.group(1)), {})[m.group(2)] = entry
+    return found
+
+
+def last_checkpoint_epoch(exp_dir: os.PathLike | str) -> int:
+    """The highest N with a ``net-epoch-N`` file, 0 when none (findLastCheckpoint)."""
+    return max(find_checkpoints(exp_dir), default=0)
+
+
+def remove_stale_temporaries(exp_dir: os.PathLike | str) -> list[Path]:
+    """Delete temporary files an interrupted write of ours left (``.tmp-net-epoch-*``)."""
+    removed = []
+    exp_dir = Path(exp_dir)
+    if exp_dir.is_dir():
+        for entry in exp_dir.iterdir():
+            if entry.name.startswith(_TMP_PREFIX) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
+# ------------------------------------------------------------------ atomic writes
+def atomic_write(path: os.PathLike | str, write: Callable[[Path], None], overwrite: bool = True) -> Path:
+    """Write through `write(tmp_path)` to a temporary file beside `path`, then os.replace it.
+
+    The temporary name keeps the final extension (writers such as savemat
+    look at it). With `overwrite=False` an existing `path` raises
+    `CheckpointError` before anything is written.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise CheckpointError(f"{path}: already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; give the mode a plain open() would
+        if not overwrite and path.exists():
+            raise CheckpointError(f"{path}: appeared while writing; refusing to overwrite it")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _file_mode() -> int:
+    """0o666 minus the process umask (what open(path, 'w') would create)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# ------------------------------------------------------------------ plain data
+def to_plain(value: Any, where: str = "value") -> Any:
+    """Turn specs / MATLAB values into what ``torch.load(weights_only=True)`` accepts.
+
+    Plain scalars, str and None stay (paths become str); tensors are stored detached on the CPU;
+    numpy arrays, tuples, dicts, MatStruct, cells, struct arrays and
+    LayerSpecs become dicts tagged with ``"__type__"`` that `from_plain`
+    turns back into the same Python values; any other dataclass is stored
+    (and read back) as a dict of its fields. Anything else is a TypeError.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, LayerSpec):
+        return {"__type__": "LayerSpec", "type": value.type, "name": value.name,
+                "weights": [to_plain(w, f"{where}.weights[{j}]") for j, w in enumerate(value.weights)],
+                "fields": to_plain(dict(value.fields), f"{where}.fields")}
+    if isinstance(value, StructArray):
+        flat = list(np.asarray(value).reshape(-1))
+        return {"__type__": "StructArray", "shape": list(value.shape), "fieldnames": list(value.fieldnames),
+                "items": [to_plain(v, f"{where}[{i}]") for i, v in enumerate(flat)]}
+    if isinstance(value, np.ndarray):
+        return _ndarray_to_plain(value, where)
+    if isinstance(value, MatStruct):
+        return {"__type__": "MatStruct", "fields": {str(k): to_plain(v, f"{where}.{k}") for k, v in value.items()}}
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"{where}: dict keys must be strings to be stored in a checkpoint")
+        return {"__type__": "dict", "fields": {k: to_plain(v, f"{where}.{k}") for k, v in value.items()}}
+    if isinstance(value, tuple):
+        return {"__type__": "tuple", "items": [to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__type__": "dict", "fields": {f.name: to_plain(getattr(value, f.name), f"{where}.{f.name}")
+                                               for f in dataclasses.fields(value)}}
+    raise TypeError(f"{where}: a {type(value).__name__} cannot be stored in a checkpoint")
+
+
+def _ndarray_to_plain(value: np.ndarray, where: str) -> dict:
+    if value.dtype == object:
+        flat = list(value.reshape(-1))
+        return {"__type__": "cell", "shape": list(value.shape),
+                "items": [to_plain(v, f"{where}[{i}]") for i, v in enumerate(flat)]}
+    if value.dtype.kind == "U":
+        return {"__type__": "chars", "shape": list(value.shape), "items": [str(v) for v in value.reshape(-1)]}
+    if value.dtype.kind not in "biufc":
+        raise TypeError(f"{where}: numpy dtype {value.dtype} cannot be stored in a checkpoint")
+    arr = np.ascontiguousarray(value.astype(value.dtype.newbyteorder("="), copy=False))
+    return {"__type__": "ndarray", "dtype": arr.dtype.str, "data": torch.from_numpy(arr.copy())}
+
+
+def from_plain(value: Any) -> Any:
+    """Inverse of `to_plain`."""
+    if isinstance(value, list):
+        return [from_plain(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    kind = value.get("__type__")
+    if kind == "LayerSpec":
+        return LayerSpec(type=value["type"], name=value["name"],
+                         weights=[from_plain(w) for w in value["weights"]],
+                         fields=from_plain(value["fields"]))
+    if kind == "dict":
+        return {k: from_plain(v) for k, v in value["fields"].items()}
+    if kind == "MatStruct":
+        return MatStruct((k, from_plain(v)) for k, v in value["fields"].items())
+    if kind == "tuple":
+        return tuple(from_plain(v) for v in value["items"])
+    if kind == "ndarray":
+        return value["data"].numpy().astype(np.dtype(value["dtype"]), copy=False)
+    if kind == "chars":
+        return np.array(value["items"], dtype="<U1").reshape(value["shape"])
+    if kind == "cell":
+        out = np.empty(len(value["items"]), dtype=object)
+        for i, v in enumerate(value["items"]):
+            out[i] = from_plain(v)
+        return out.reshape(value["shape"])
+    if kind == "StructArray":
+        out = StructArray(value["shape"], value["fieldnames"])
+        flat = np.asarray(out).reshape(-1)
+        for i, v in enumerate(value["items"]):
+            flat[i] = from_plain(v)
+        return out
+    if kind == "param_ref":
+        return value  # resolved by load_checkpoint
+    raise CheckpointError(f"unknown plain-data tag {kind!r}")
+
+
+# ------------------------------------------------------------------ architecture
+def architecture_of(specs: Iterable[LayerSpec]) -> list[list[Any]]:
+    """Per layer ``[type, name, [weight shapes]]``: what identifies a network for resuming."""
+    out = []
+    for s in specs:
+        shapes = [list(np.shape(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w))
+                  for w in s.weights]
+        out.append([str(s.type), str(s.name), shapes])
+    return out
+
+
+def check_architecture(expected: list[list[Any]], found: list[list[Any]], source: os.PathLike | str) -> None:
+    """Raise `CheckpointMismatchError` (naming `source` and the first difference) unless equal."""
+    def norm(arch):
+        return [[str(t), str(n), [list(map(int, sh)) for sh in shapes]] for t, n, shapes in arch]
+    expected, found = norm(expected), norm(found)
+    if expected == found:
+        return
+    if len(expected) != len(found):
+        why = f"{len(found)} layers there, {len(expected)} in the network being trained"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(expected, found)) if a != b)
+        why = (f"layer {i + 1} is {found[i][0]} {found[i][1]!r} with weights {found[i][2]} there, "
+               f"{expected[i][0]} {expected[i][1]!r} with weights {expected[i][2]} in the network being trained")
+    raise CheckpointMismatchError(
+        f"{source}: this checkpoint belongs to a different network ({why}); "
+        f"train into another folder or delete the checkpoints of the other run")
+
+
+# ------------------------------------------------------------------ the package's format
+def save_checkpoint(path: os.PathLike | str, state: TrainingState,
+                    param_names: dict[tuple[int, int], str] | None = None) -> Path:
+    """Write `state` atomically to `path` in the package's format (never over an existing file).
+
+    `param_names` maps (layer 0-based, weight 0-based) to the `state_dict`
+    key of that weight, so that each weight is stored once.
+    """
+    path = Path(path)
+    state_dict = {k: v.detach().cpu() for k, v in (state.state_dict or {}).items()}
+    specs_plain = []
+    for li, spec in enumerate(state.specs):
+        plain = to_plain(spec, f"specs[{li}]")
+        for j in range(len(spec.weights)):
+            key = (param_names or {}).get((li, j))
+            if key is not None and key in state_dict and tuple(state_dict[key].shape) == tuple(spec.weights[j].shape):
+                plain["weights"][j] = {"__type__": "param_ref", "key": key}
+        specs_plain.append(plain)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": int(state.epoch),
+        "architecture": architecture_of(state.specs),
+        "specs": specs_plain,
+        "state_dict": state_dict,
+        "momentum": [[None if m is None else m.detach().cpu() for m in layer] for layer in state.momentum],
+        "stats": to_plain(_plain_stats(state.stats), "stats"),
+        "options": to_plain(dict(state.options), "options"),
+        "meta": to_plain(state.meta, "meta"),
+        "torch_version": str(torch.__version__),
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=False)
+
+
+def load_checkpoint(path: os.PathLike | str, map_location: str | torch.device = "cpu") -> TrainingState:
+    """Read a ``net-epoch-N.pt`` written by `save_checkpoint` (safe: weights_only)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the file
+        raise CheckpointError(_unreadable(path, _short_reason(exc))) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(_unreadable(path, "it is not an ICNN training checkpoint of this package"))
+    if int(payload.get("version", -1)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {payload['version']} is newer than this "
+                              f"package reads ({CHECKPOINT_VERSION}); update the package")
+    try:
+        state_dict = dict(payload["state_dict"])
+        specs = []
+        for plain in payload["specs"]:
+            spec = from_plain(plain)
+            spec.weights = [state_dict[w["key"]].clone() if isinstance(w, dict) else w for w in spec.weights]
+            specs.append(spec)
+        return TrainingState(
+            epoch=int(payload["epoch"]), specs=specs,
+            momentum=[list(layer) for layer in payload["momentum"]],
+            stats=from_plain(payload["stats"]), state_dict=state_dict,
+            options=from_plain(payload["options"]), meta=from_plain(payload["meta"]), source=path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(_unreadable(path, f"incomplete or damaged content ({type(exc).__name__}: {exc})")) from exc
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The exception's type and first line (torch's weights_only errors run to many lines)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _unreadable(path: Path, why: str) -> str:
+    return f"{path}: cannot load this checkpoint ({why}). Delete this file and run again to resume from the one before."
+
+
+def _plain_stats(stats: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
+    return {mode: [{k: float(v) for k, v in entry.items()} for entry in stats.get(mode, [])]
+            for mode in ("train", "val")}
+
+
+# ------------------------------------------------------------------ MATLAB checkpoints
+def _legacy_checkpoint_module():
+    try:
+        from legacy_compat import checkpoint as legacy
+    except ImportError as exc:  # pragma: no cover - depends on the teammate's module
+        raise CheckpointError(f"MATLAB checkpoints need legacy_compat.checkpoint, which cannot be imported ({exc})") from exc
+    return legacy
+
+
+def save_mat_checkpoint(path: os.PathLike | str, state: TrainingState, version: str = "7.3") -> Path:
+    """Write `state` as the original's ``net-epoch-N.mat`` (net, state.solverState, stats), atomically."""
+    legacy = _legacy_checkpoint_module()
+    ckpt = legacy.IcnnCheckpoint(specs=state.specs, meta=state.meta, momentum=state.momentum,
+                                 stats=_plain_stats(state.stats), epoch=int(state.epoch))
+    return atomic_write(path, lambda tmp: legacy.write_icnn_checkpoint(tmp, ckpt, version=version), overwrite=False)
+
+
+def load_mat_checkpoint(path: os.PathLike | str, epoch: int | None = None) -> TrainingState:
+    """Read a ``net-epoch-N.mat`` (the original code's, or ours) into a `TrainingState`."""
+    path = Path(path)
+    legacy = _legacy_checkpoint_module()
+    try:
+        ckpt = legacy.read_icnn_checkpoint(path)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(_unreadable(path, _short_reason(exc))) from exc
+    stats = getattr(ckpt, "stats", None)
+    if stats is None:  # loadState: 'was only partially saved'
+        raise CheckpointError(f"{path}: epoch was only partially saved (no stats). Delete this file and try again.")
+    if epoch is None:
+        epoch = getattr(ckpt, "epoch", None)
+        if epoch is None:
+            m = _NAME_RE.match(path.name)
+            epoch = int(m.group(1)) if m else 0
+    try:
+        momentum = [[_momentum_tensor(m) for m in layer] for layer in (ckpt.momentum or [])]
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if not momentum:
+        momentum = [[None] * len(s.weights) for s in ckpt.specs]
+    return TrainingState(epoch=int(epoch), specs=list(ckpt.specs), momentum=momentum,
+                         stats=normalize_stats(stats), state_dict=None, options={},
+                         meta=getattr(ckpt, "meta", None), source=path)
+
+
+def _momentum_tensor(m: Any) -> torch.Tensor | None:
+    """A solverState entry: None for MATLAB's scalar 0 (never updated), else a float32 tensor."""
+    if m is None:
+        return None
+    if not isinstance(m, (torch.Tensor, np.ndarray)) or (isinstance(m, np.ndarray) and m.dtype.kind not in "fiu"):
+        raise CheckpointError(f"solverState holds a {type(m).__name__}, not SGD momentum: the checkpoint was "
+                              f"written with another solver, which this port does not implement")
+    t = m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m, dtype=np.float32).copy())
+    if t.numel() <= 1 and (t.numel() == 0 or float(t.reshape(-1)[0]) == 0.0) and t.dim() <= 2:
+        return None
+    return t.to(torch.float32)
+
+
+def normalize_stats(stats: Any) -> dict[str, list[dict[str, float]]]:
+    """Statistics in any form a checkpoint holds -> ``{"train": [dict per epoch], "val": [...]}``."""
+    out: dict[str, list[dict[str, float]]] = {"train": [], "val": []}
+    if stats is None:
+        return out
+    for mode in ("train", "val"):
+        entries = stats.get(mode) if isinstance(stats, dict) else getattr(stats, mode, None)
+        if entries is None:
+            continue
+        if isinstance(entries, dict):
+            entries = [entries]
+        elif isinstance(entries, np.ndarray):
+            entries = list(entries.reshape(-1, order="F"))
+        out[mode] = [{str(k): float(np.asarray(v, dtype=np.float64).reshape(-1)[0]) if np.size(v) else float("nan")
+                      for k, v in dict(e).items()} for e in entries]
+    return out
+
+
+# ------------------------------------------------------------------ choosing what to resume from
+def load_any_checkpoint(exp_dir: os.PathLike | str, epoch: int) -> TrainingState:
+    """The checkpoint of `epoch` in `exp_dir`: the ``.pt`` file when there is one, else the ``.mat``."""
+    files = find_checkpoints(exp_dir).get(int(epoch), {})
+    if "pt" in files:
+        return load_checkpoint(files["pt"])
+    if "mat" in files:
+        return load_mat_checkpoint(files["mat"], epoch=int(epoch))
+    raise CheckpointError(f"{exp_dir}: no checkpoint for epoch {epoch}")

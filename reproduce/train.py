@@ -1,0 +1,796 @@
+"""SGD training of an ICNN exactly as the original trains it.
+
+Ports `tool/main/our_cnn_train.m` (MatConvNet's cnn_train with the ICNN
+additions) as `learn_icnn.m` / `learn_icnn_multiclass.m` call it:
+
+- epochs ``start+1 .. numEpochs``; the learning rate of epoch e is
+  ``learningRate(min(e, numel(learningRate)))`` (a schedule shorter than the
+  epochs repeats its last value);
+- each epoch reseeds from ``epoch + seed`` and shuffles the training and the
+  validation images (`epoch_orders`); batches of ``batchSize``, the last one
+  smaller; training in 'normal' mode with dzdy = 1 (backward of the summed
+  loss), validation in 'test' mode without backward;
+- every batch hands the conv_mask layers the training context of the loss
+  layer (`FilterLossContext`: the batch labels, the epoch as `iter`, and the
+  label density ``mean(labels > 0)`` per class over the whole imdb when there
+  is more than one class);
+- MatConvNet's SGD with momentum (`MatConvNetSGD`, accumulateGradients);
+- after every training step, the sliceMag update of every conv_mask layer
+  (`update_slice_mag`);
+- statistics per epoch as extractStats / error_binary / error_multiclass,
+  a progress bar per phase, `net-train.png` / `.pdf` after each epoch, and a
+  checkpoint per epoch (`reproduce.checkpoints`), resumed from automatically.
+
+Randomness. MATLAB's ``rng(epoch + seed); randperm(...)`` stream cannot be
+reproduced in Python. Here each epoch seeds a ``torch.Generator`` with
+``epoch + seed`` for the two permutations (training order first, then
+validation order) and calls ``torch.manual_seed(epoch + seed)`` for
+everything else random in the epoch (dropout masks), which makes runs
+repeatable and resumable at any epoch boundary without storing RNG state.
+To reproduce a MATLAB run exactly, pass its recorded batches
+(`batch_order`, replay mode).
+
+Labels must be +1 / -1. MatConvNet reads 0 as "ignore this label" in the
+loss, but the ICNN filter loss, sliceMag and the label density would read it
+as a negative; rather than mix the two meanings, an imdb with any other value
+is rejected (`ValueError`).
+
+Differences from the original, each documented where it happens:
+- an imdb without training images is an error (our_cnn_train would only
+  evaluate and save nothing);
+- a phase without images (no validation split) gets NaN loss and error
+  statistics beside num = 0 and time;
+- resuming loads the checkpoint's parameters and buffers into the given net
+  (MATLAB replaces the whole struct; the network must be the same, which is
+  checked);
+- cnn_train's options that ICNN never sets are not ported: numSubBatches,
+  several GPUs / parameter server, prefetch, epochSize, other solvers,
+  Nesterov, plotDiagnostics, postEpochFn.
+
+Command line: ``python -m reproduce.train --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import checkpoints as ckpt
+
+__all__ = [
+    "SLICE_MAG_FILL_COLUMN1", "SLICE_MAG_FILL_OWN_COLUMN", "BatchInfo", "TrainData", "MatConvNetSGD",
+    "train", "learning_rate_for_epoch", "epoch_orders", "split_into_batches", "replayed_batches",
+    "label_density", "check_labels", "update_slice_mag", "update_slice_mags", "batch_errors",
+    "error_name_for", "resolve_device", "main",
+]
+
+# sliceMag update, where a class's new per-filter mean is exactly 0:
+SLICE_MAG_FILL_COLUMN1 = "column1"        # the original: sliceMag(meantmp==0) reads column 1 (linear indexing)
+SLICE_MAG_FILL_OWN_COLUMN = "own_column"  # corrected: keep that class's own previous value
+SLICE_MAG_MOMENTUM = 0.9                  # our_cnn_train.m: tmptmp = 0.9
+SLICE_MAG_FLOOR = 0.1                     # first update: max(meantmp, 0.1)
+
+
+# ====================================================================== data
+@dataclass
+class TrainData:
+    """The parts of an imdb training reads, checked once.
+
+    `data` N x 3 x H x W (numpy array, memmap or tensor), `labels` N x L
+    float32 tensor of +1/-1 (CPU), `train_idx` / `val_idx` 0-based indices of
+    the images with set == 1 / set == 2 (our_cnn_train's opts.train / opts.val).
+    """
+
+    data: Any
+    labels: torch.Tensor
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    @classmethod
+    def from_imdb(cls, imdb: Any) -> "TrainData":
+        """Read `imdb.data`, `imdb.labels` (N x L) and `imdb.set` (N,) (data_prep.imdb.Imdb or alike)."""
+        data = _field(imdb, "data")
+        labels = _field(imdb, "labels")
+        sets = _field(imdb, "set")
+        labels = torch.as_tensor(np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels,
+                                            dtype=np.float32))
+        if labels.dim() == 1:
+            labels = labels[:, None]
+        if labels.dim() != 2:
+            raise ValueError(f"imdb.labels: expected N x L, got shape {tuple(labels.shape)}")
+        sets = np.asarray(sets.cpu() if isinstance(sets, torch.Tensor) else sets).reshape(-1)
+        n = int(data.shape[0])
+        if labels.shape[0] != n or sets.shape[0] != n:
+            raise ValueError(f"imdb: {n} images in data but {labels.shape[0]} rows in labels and {sets.shape[0]} "
+                             f"entries in set")
+        if len(data.shape) != 4:
+            raise ValueError(f"imdb.data: expected N x C x H x W, got shape {tuple(data.shape)}")
+        check_labels(labels)
+        return cls(data=data, labels=labels, train_idx=np.flatnonzero(sets == 1), val_idx=np.flatnonzero(sets == 2))
+
+    @property
+    def num_images(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.shape[1])
+
+    def images(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+        """getSimpleBatch: the images `idx` (0-based) as float32 N x C x H x W on `device`."""
+        if isinstance(self.data, torch.Tensor):
+            x = self.data[torch.from_numpy(idx).to(self.data.device)]
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(self.data[idx], dtype=np.float32))
+        return x.to(device=device, dtype=torch.float32)
+
+
+def _field(imdb: Any, name: str) -> Any:
+    value = imdb.get(name) if isinstance(imdb, dict) else getattr(imdb, name, None)
+    if value is None:
+        raise ValueError(f"imdb has no {name!r}")
+    return value
+
+
+def check_labels(labels: torch.Tensor) -> None:
+    """Reject any label other than +1 / -1 (see the module docstring on 0 = 'ignore')."""
+    bad = ~((labels == 1) | (labels == -1))
+    if bool(bad.any()):
+        values = sorted({float(v) for v in labels[bad].unique()[:5].tolist()})
+        raise ValueError(
+            f"imdb.labels must be +1 or -1; found {values} at {int(bad.sum())} places. MatConvNet's 0 "
+            f"('ignore') is not supported because the ICNN filter loss would treat it as a negative")
+
+
+def label_density(labels: torch.Tensor) -> torch.Tensor | None:
+    """processEpoch: ``mean(labels > 0, 2)`` per class over the whole imdb; None (MATLAB's 0) for one class."""
+    if labels.shape[1] <= 1:
+        return None
+    return (labels > 0).to(torch.float64).mean(dim=0).to(torch.float32)
+
+
+# ====================================================================== schedule and order
+def learning_rate_for_epoch(schedule: float | Sequence[float], epoch: int) -> float:
+    """our_cnn_train.m's ``learningRate(min(epoch, numel(learningRate)))``; `epoch` is 1-based."""
+    values = [float(v) for v in np.asarray(schedule, dtype=np.float64).reshape(-1)]
+    if not values:
+        raise ValueError("learning_rate: the schedule is empty")
+    return values[min(int(epoch), len(values)) - 1]
+
+
+def epoch_orders(train_idx: np.ndarray, val_idx: np.ndarray, epoch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """our_cnn_train.m: seed the epoch (``rng(epoch + seed)``), shuffle the training, then the validation images.
+
+    Seeds torch's global generators with ``epoch + seed`` (dropout) and a
+    private ``torch.Generator`` with the same value for the two permutations.
+    """
+    s = int(epoch) + int(seed)
+    torch.manual_seed(s)
+    gen = torch.Generator().manual_seed(s)
+    train = np.asarray(train_idx)[torch.randperm(len(train_idx), generator=gen).numpy()]
+    val = np.asarray(val_idx)[torch.randperm(len(val_idx), generator=gen).numpy()]
+    return train, val
+
+
+def split_into_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """processEpoch (our_cnn_train.m), ``for t = 1:batchSize:numel(subset)``: batches, the last one smaller."""
+    return [np.asarray(order[t:t + batch_size]) for t in range(0, len(order), int(batch_size))]
+
+
+def replayed_batches(recorded: Sequence[Any], data: TrainData, batch_size: int,
+                     num_epochs: int) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """A recorded batch order -> per epoch (train batches, val batches), 0-based.
+
+    `recorded` lists the index arrays of every getBatch call in order, 1-based
+    as MATLAB recorded them: per epoch ceil(nTrain / batchSize) training
+    batches, then ceil(nVal / batchSize) validation batches. Each batch must
+    come from the right split; there must be enough batches for `num_epochs`.
+    """
+    nbt = math.ceil(len(data.train_idx) / batch_size)
+    nbv = math.ceil(len(data.val_idx) / batch_size)
+    per_epoch = nbt + nbv
+    batches = [np.asarray(b, dtype=np.float64).reshape(-1) for b in recorded]
+    if len(batches) < per_epoch * num_epochs:
+        raise ValueError(f"batch_order: {len(batches)} recorded batches, but {num_epochs} epochs of {nbt} training "
+                         f"and {nbv} validation batches need {per_epoch * num_epochs}")
+    train_set, val_set = set(data.train_idx.tolist()), set(data.val_idx.tolist())
+    out = []
+    for e in range(num_epochs):
+        epoch_batches = []
+        for k, b in enumerate(batches[e * per_epoch:(e + 1) * per_epoch]):
+            if b.size == 0 or np.any(b != np.round(b)) or b.min() < 1 or b.max() > data.num_images:
+                raise ValueError(f"batch_order[{e * per_epoch + k}]: indices must be 1-based image numbers "
+                                 f"1..{data.num_images}")
+            idx = b.astype(np.int64) - 1
+            allowed, split = (train_set, "training") if k < nbt else (val_set, "validation")
+            if not set(idx.tolist()) <= allowed:
+                raise ValueError(f"batch_order[{e * per_epoch + k}] (epoch {e + 1}) holds images outside the "
+                                 f"{split} split")
+            epoch_batches.append(idx)
+        out.append((epoch_batches[:nbt], epoch_batches[nbt:]))
+    return out
+
+
+# ====================================================================== SGD
+class MatConvNetSGD:
+    """accumulateGradients of our_cnn_train.m (default solver, no Nesterov), in float32.
+
+    For every parameter whose ``lr * layerLr`` or ``weightDecay * layerDecay``
+    is positive::
+
+        g = dzdw / actualBatchSize + weightDecay * layerDecay * w
+        m = momentum * m - g
+        w = w + lr * layerLr * m
+
+    `params` is `SimpleNN.matconvnet_params()` (ParamInfo: layer_index, j,
+    name, param, learning_rate, weight_decay — the layer's multipliers, so the
+    conv_mask beta carries 0.05 and 0). The momentum of a parameter is None
+    (MATLAB's scalar 0) until its first update.
+    """
+
+    def __init__(self, params: Iterable[Any], momentum: float = 0.9, weight_decay: float = 5e-4):
+        self.params = list(params)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    @torch.no_grad()
+    def step(self, learning_rate: float, batch_size: int) -> None:
+        """One update with the gradients in ``param.grad`` (summed over the batch of `batch_size`)."""
+        active = [i for i, p in enumerate(self.params)
+                  if learning_rate * float(p.learning_rate) > 0 or self.weight_decay * float(p.weight_decay) > 0]
+        if not active:
+            return
+        weights = [self.params[i].param for i in active]
+        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in weights]
+        for i, w in zip(active, weights):
+            if self.buffers[i] is None:
+                self.buffers[i] = torch.zeros_like(w, memory_format=torch.preserve_format)
+        moms = [self.buffers[i] for i in active]
+        decays = [self.weight_decay * float(self.params[i].weight_decay) for i in active]
+        rates = [learning_rate * float(self.params[i].learning_rate) for i in active]
+        g = torch._foreach_mul(grads, 1.0 / batch_size)
+        torch._foreach_add_(g, torch._foreach_mul(weights, decays))
+        torch._foreach_mul_(moms, self.momentum)
+        torch._foreach_sub_(moms, g)
+        torch._foreach_add_(weights, torch._foreach_mul(moms, rates))
+
+    def momentum_by_layer(self, weights_per_layer: Sequence[int]) -> list[list[torch.Tensor | None]]:
+        """``state.solverState``: per layer (0-based), per weight, the momentum or None."""
+        out: list[list[torch.Tensor | None]] = [[None] * int(n) for n in weights_per_layer]
+        for info, buf in zip(self.params, self.buffers):
+            out[_layer0(info)][int(info.j)] = buf
+        return out
+
+    def load_momentum(self, nested: Sequence[Sequence[torch.Tensor | None]]) -> None:
+        """Take momentum saved by `momentum_by_layer` (or read from a MATLAB solverState)."""
+        for i, info in enumerate(self.params):
+            li, j = _layer0(info), int(info.j)
+            m = nested[li][j] if li < len(nested) and j < len(nested[li]) else None
+            if m is None:
+                self.buffers[i] = None
+                continue
+            m = torch.as_tensor(m, dtype=info.param.dtype)
+            if m.numel() != info.param.numel():
+                raise ckpt.CheckpointError(f"momentum of layer {li + 1} weight {j + 1} has {m.numel()} values, "
+                                           f"the weight has {info.param.numel()}")
+            self.buffers[i] = m.reshape(info.param.shape).to(info.param.device).clone()
+
+
+def _layer0(info: Any) -> int:
+    """ParamInfo.layer_index as a 0-based position in `net.layers`."""
+    return int(info.layer_index)
+
+
+# ====================================================================== sliceMag
+@torch.no_grad()
+def update_slice_mag(layer: Any, layer_input: torch.Tensor, positives: torch.Tensor,
+                     fill: str = SLICE_MAG_FILL_COLUMN1) -> None:
+    """The sliceMag update of our_cnn_train.m for one conv_mask layer, after a training step.
+
+    `layer_input` is the layer's input of that batch's forward (``res(lay).x``,
+    N x D x H x W), `positives` the N x L boolean ``class == 1``. sliceMag is
+    created as zeros(D, L) the first time. For each class with positives in
+    the batch, ``meantmp`` = the mean over those images of each map's maximum
+    over H and W; then
+
+    - a column that still sums to 0 is set to ``max(meantmp, 0.1)``;
+    - otherwise, where meantmp == 0 it is replaced by the OLD sliceMag value
+      and the column becomes ``0.9 * sliceMag + 0.1 * meantmp``.
+
+    The original writes ``meantmp(meantmp==0) = sliceMag(meantmp==0)``:
+    linear indexing with a D-element mask reads COLUMN 1 whatever the class
+    (after column 1 was updated in the same batch). That is the default
+    (`SLICE_MAG_FILL_COLUMN1`); `SLICE_MAG_FILL_OWN_COLUMN` reads the class's
+    own column instead.
+    """
+    if fill not in (SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN):
+        raise ValueError(f"slice_mag_fill must be {SLICE_MAG_FILL_COLUMN1!r} or {SLICE_MAG_FILL_OWN_COLUMN!r}, "
+                         f"got {fill!r}")
+    depth, num_labels = int(layer_input.shape[1]), int(positives.shape[1])
+    current = layer.slice_mag
+    if current is None or current.numel() == 0:
+        slice_mag = torch.zeros(depth, num_labels, dtype=torch.float32, device=layer_input.device)
+    else:
+        slice_mag = current.detach().to(device=layer_input.device, dtype=torch.float32).clone()
+    maxima = layer_input.detach().amax(dim=(2, 3))  # N x D: max over H and W of each map
+    pos_counts = positives.sum(dim=0).tolist()
+    first_time = (slice_mag.to(torch.float64).sum(dim=0) == 0).tolist()
+    floor = torch.tensor(SLICE_MAG_FLOOR, dtype=torch.float32, device=slice_mag.device)
+    for lab in range(num_labels):
+        if pos_counts[lab] == 0:
+            continue
+        meantmp = maxima[positives[:, lab]].mean(dim=0)
+        if first_time[lab]:
+            slice_mag[:, lab] = torch.fmax(meantmp, floor)  # fmax ignores NaN like MATLAB's max
+        else:
+            source = slice_mag[:, 0] if fill == SLICE_MAG_FILL_COLUMN1 else slice_mag[:, lab]
+            meantmp = torch.where(meantmp == 0, source, meantmp)
+            slice_mag[:, lab] = slice_mag[:, lab] * SLICE_MAG_MOMENTUM + meantmp * (1 - SLICE_MAG_MOMENTUM)
+    layer.slice_mag = slice_mag
+
+
+def update_slice_mags(net: Any, res: Sequence[torch.Tensor], labels: torch.Tensor,
+                      fill: str = SLICE_MAG_FILL_COLUMN1) -> None:
+    """`update_slice_mag` for every conv_mask layer of `net`, with the inputs `res` of the batch."""
+    positives = labels == 1
+    for index, layer in net.conv_mask_layers():
+        update_slice_mag(layer, res[index], positives, fill)
+
+
+# ====================================================================== statistics
+def error_name_for(loss_type: str) -> str:
+    """our_cnn_train: 'top1err' (error_multiclass) for ourloss_softmaxlog, else 'binerr' (error_binary)."""
+    return "top1err" if loss_type == "ourloss_softmaxlog" else "binerr"
+
+
+def batch_errors(prediction: torch.Tensor, labels: torch.Tensor, error_name: str) -> float:
+    """our_cnn_train.m's error_binary (wrong signs / labelNum) or error_multiclass (top-1 misses), summed."""
+    pred = prediction.detach().reshape(labels.shape[0], -1)
+    if error_name == "top1err":
+        return float((pred.argmax(dim=1) != labels.argmax(dim=1)).sum())
+    return float((pred * labels < 0).sum()) / labels.shape[1]
+
+
+def _phase_stats(loss_sum: float, err_sum: float, num: int, elapsed: float, error_name: str) -> dict[str, float]:
+    """extractStats (our_cnn_train.m): the running averages of a phase.
+
+    A phase without images (an empty validation split) has NaN loss and
+    error where MATLAB's struct would only hold num and time.
+    """
+    if num == 0:
+        return {"lossForClassification": math.nan, error_name: math.nan, "num": 0.0, "time": float(elapsed)}
+    return {"lossForClassification": loss_sum / num, error_name: err_sum / num, "num": float(num),
+            "time": float(elapsed)}
+
+
+@dataclass
+class BatchInfo:
+    """What `on_batch` callbacks receive after each batch (its step and sliceMag update done)."""
+
+    epoch: int
+    mode: str            # 'train' or 'val'
+    index: int           # 0-based batch number within the phase
+    count: int           # batches in the phase
+    indices: np.ndarray  # 0-based image indices of the batch
+    labels: torch.Tensor  # N x L (+1/-1), on the training device
+    stats: dict[str, float] = field(default_factory=dict)  # the phase's running statistics
+
+
+# ====================================================================== one phase of an epoch
+@dataclass
+class _EpochSetup:
+    net: Any
+    data: TrainData
+    epoch: int
+    learning_rate: float
+    sgd: MatConvNetSGD
+    density: torch.Tensor | None
+    device: torch.device
+    error_name: str
+    slice_mag_fill: str
+    progress: bool
+    on_batch: Callable[[BatchInfo], None] | None
+
+
+def _make_context(labels: torch.Tensor, epoch: int, density: torch.Tensor | None):
+    from .conv_mask import FilterLossContext
+    return FilterLossContext(labels=labels, epoch=epoch, density=density)
+
+
+def _process_phase(setup: _EpochSetup, mode: str, batches: list[np.ndarray]) -> dict[str, float]:
+    """processEpoch of our_cnn_train.m for one phase ('train' or 'val')."""
+    from tqdm import tqdm
+
+    net, training = setup.net, mode == "train"
+    net.train(training)
+    loss_sum = err_sum = 0.0
+    num = 0
+    stats = _phase_stats(0.0, 0.0, 0, 0.0, setup.error_name)
+    adjust = 0.0
+    start = time.perf_counter()
+    bar = tqdm(total=len(batches), desc=f"epoch {setup.epoch:02d} {mode:5s}", unit="batch",
+               disable=not setup.progress, leave=True, dynamic_ncols=True)
+    try:
+        for k, idx in enumerate(batches):
+            x = setup.data.images(idx, setup.device)
+            labels = setup.data.labels[torch.from_numpy(idx)].to(setup.device)
+            context = _make_context(labels, setup.epoch, setup.density)
+            if training:
+                net.zero_grad(set_to_none=True)
+                res = net.run(x, context=context)
+                loss = res[-1].sum()
+                loss.backward()
+                setup.sgd.step(setup.learning_rate, batch_size=len(idx))
+                update_slice_mags(net, res, labels, setup.slice_mag_fill)
+            else:
+                with torch.no_grad():
+                    res = net.run(x, context=context)
+                    loss = res[-1].sum()
+            num += len(idx)
+            loss_sum += float(loss.detach().to(torch.float64))
+            err_sum += batch_errors(res[-2], labels, setup.error_name)
+            del res, loss, x
+            elapsed = time.perf_counter() - start + adjust
+            batch_time = elapsed - stats["time"]
+            stats = _phase_stats(loss_sum, err_sum, num, elapsed, setup.error_name)
+            if k == 3:  # cnn_train: compensate for the first three iterations, which are outliers
+                adjust = 4 * batch_time - elapsed
+                stats["time"] = elapsed + adjust
+            if setup.progress:
+                bar.set_postfix_str(f"{num / max(stats['time'], 1e-12):.1f} Hz  loss {stats['lossForClassification']:.4f}"
+                                    f"  {setup.error_name} {stats[setup.error_name]:.3f}", refresh=False)
+                bar.update(1)
+            if setup.on_batch is not None:
+                setup.on_batch(BatchInfo(setup.epoch, mode, k, len(batches), idx, labels, dict(stats)))
+    finally:
+        bar.close()
+    return stats
+
+
+# ====================================================================== train
+def resolve_device(device: str | torch.device) -> torch.device:
+    """torch.device(device); a CUDA device without a usable GPU is a clear error."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU "
+                           f"(torch.cuda.is_available() is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    return dev
+
+
+def _opt(opts: Any, name: str, default: Any = None) -> Any:
+    value = opts.get(name, default) if isinstance(opts, dict) else getattr(opts, name, default)
+    if value is None:
+        raise ValueError(f"training options have no {name!r}")
+    return value
+
+
+def _options_record(opts: Any, seed: int, slice_mag_fill: str, replay: bool) -> dict[str, Any]:
+    return {
+        "learning_rate": [float(v) for v in np.asarray(_opt(opts, "learning_rate"), dtype=np.float64).reshape(-1)],
+        "num_epochs": int(_opt(opts, "num_epochs")),
+        "batch_size": int(_opt(opts, "batch_size")),
+        "weight_decay": float(_opt(opts, "weight_decay", 5e-4)),
+        "momentum": float(_opt(opts, "momentum", 0.9)),
+        "seed": int(seed),
+        "slice_mag_fill": slice_mag_fill,
+        "replay": bool(replay),
+    }
+
+
+def _weights_per_layer(net: Any) -> list[int]:
+    counts = [0] * len(net.layers)
+    for info in net.matconvnet_params():
+        li = _layer0(info)
+        counts[li] = max(counts[li], int(info.j) + 1)
+    return counts
+
+
+def _param_names(net: Any) -> dict[tuple[int, int], str]:
+    names = {id(p): n for n, p in net.named_parameters()}
+    return {(_layer0(i), int(i.j)): names[id(i.param)] for i in net.matconvnet_params() if id(i.param) in names}
+
+
+def _training_state(net: Any, sgd: MatConvNetSGD, stats: dict, epoch: int, options: dict, meta: Any) -> ckpt.TrainingState:
+    specs = net.to_specs()
+    return ckpt.TrainingState(epoch=epoch, specs=specs, momentum=sgd.momentum_by_layer(_weights_per_layer(net)),
+                              stats={m: [dict(s) for s in stats[m]] for m in ("train", "val")},
+                              state_dict=dict(net.state_dict()), options=options, meta=meta)
+
+
+def _restore(net: Any, state: ckpt.TrainingState, device: torch.device) -> Any:
+    """loadState: the checkpoint's parameters and buffers (weights, beta, sliceMag ...) loaded into `net`.
+
+    A MATLAB checkpoint has no state_dict: its specs are built into a net
+    first. `net` keeps its identity and runtime settings.
+    """
+    values = state.state_dict
+    if values is None:
+        values = type(net).from_specs(state.specs).state_dict()
+    try:
+        net.load_state_dict(values, strict=True)
+    except RuntimeError as exc:
+        raise ckpt.CheckpointMismatchError(
+            f"{state.source}: its parameters do not fit the network being trained ({str(exc).strip()[:300]})") from exc
+    return net.to(device)
+
+
+def _storable_meta(meta: Any) -> Any:
+    """`meta` if checkpoints can store it; else None, with a warning (checked before training starts)."""
+    try:
+        ckpt.to_plain(meta, "meta")
+    except TypeError as exc:
+        warnings.warn(f"the net's meta cannot be stored in checkpoints and is left out ({exc})", stacklevel=3)
+        return None
+    return meta
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        from tqdm import tqdm
+        tqdm.write(text, file=sys.stderr)
+
+
+def _format_stats(stats: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if k not in ("num", "time")) + \
+        f"  ({int(stats['num'])} images, {stats['time']:.1f} s)"
+
+
+def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, device: str | torch.device = "cpu", seed: int = 0,
+          batch_order: Sequence[Any] | None = None, save_mat: bool = False, progress: bool = True,
+          resume: bool = True, *, meta: Any = None, slice_mag_fill: str = SLICE_MAG_FILL_COLUMN1,
+          plot: bool = True, mat_version: str = "7.3",
+          on_batch: Callable[[BatchInfo], None] | None = None,
+          on_epoch: Callable[[int, dict], None] | None = None) -> tuple[Any, dict[str, list[dict[str, float]]]]:
+    """Train `net` on `imdb` as our_cnn_train.m does; returns ``(net, stats)``.
+
+    Ports tool/main/our_cnn_train.m (called from learn_icnn.m /
+    learn_icnn_multiclass.m with ``net.meta.trainOpts``).
+
+    Args:
+      net: a `reproduce.network.SimpleNN` (its last layer the loss).
+      imdb: `data_prep.imdb.Imdb` or anything with `data` (N x C x H x W,
+        mean-subtracted), `labels` (N x L, +1/-1) and `set` (N,: 1 train, 2 val).
+      opts: `TrainOpts` (learning_rate list per epoch, num_epochs, batch_size,
+        weight_decay, momentum) or a dict with those keys.
+      exp_dir: where ``net-epoch-N.pt`` (and ``.mat``), ``net-train.png/.pdf`` go.
+      device: "cpu", "cuda", "cuda:1" ...
+      seed: opts.randomSeed; epoch e is seeded with e + seed.
+      batch_order: replay mode: every recorded getBatch call's indices
+        (1-based), per epoch the training then the validation batches.
+      save_mat: also write ``net-epoch-N.mat`` (MATLAB; `mat_version` "7.3" or "5").
+      progress: progress bars and epoch summaries on stderr.
+      resume: continue from the last checkpoint in `exp_dir` (our .pt or a
+        MATLAB .mat, e.g. the original code's). With False, a folder that
+        already holds checkpoints is an error (nothing is overwritten).
+      meta: the net's meta (network_init's), stored in checkpoints.
+      slice_mag_fill: `SLICE_MAG_FILL_COLUMN1` (original) or `SLICE_MAG_FILL_OWN_COLUMN`.
+      plot: write net-train.png / .pdf after each epoch.
+      on_batch / on_epoch: callbacks after each batch (`BatchInfo`) and after
+        each epoch's checkpoint is written (epoch, stats).
+
+    Returns `net` itself, trained (when resuming, the checkpoint's parameters
+    and buffers are loaded into it first), and ``{"train": [...], "val": [...]}``:
+    per epoch a dict of lossForClassification, binerr (or top1err), num, time.
+
+    Ctrl-C (KeyboardInterrupt) leaves only complete checkpoints; run again to resume.
+    """
+    dev = resolve_device(device)
+    exp_dir = Path(exp_dir)
+    data = TrainData.from_imdb(imdb)
+    if len(data.train_idx) == 0:
+        raise ValueError("imdb.set has no training images (set == 1): there is nothing to train on")
+    batch_size = int(_opt(opts, "batch_size"))
+    num_epochs = int(_opt(opts, "num_epochs"))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    schedule = _opt(opts, "learning_rate")
+    learning_rate_for_epoch(schedule, 1)  # checks that it is not empty
+    replay = replayed_batches(batch_order, data, batch_size, num_epochs) if batch_order is not None else None
+    options = _options_record(opts, seed, slice_mag_fill, replay is not None)
+    meta = _storable_meta(meta if meta is not None else getattr(net, "meta", None))
+    density = label_density(data.labels)
+    density = None if density is None else density.to(dev)
+    error_name = error_name_for(str(net.layer_types[-1]))
+
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_stale_temporaries(exp_dir)
+    net = net.to(dev)
+    stats: dict[str, list[dict[str, float]]] = {"train": [], "val": []}
+    momentum_state = None
+    start = ckpt.last_checkpoint_epoch(exp_dir)
+    if start > 0:
+        if not resume:
+            raise ckpt.CheckpointError(
+                f"{exp_dir}: already holds checkpoints (up to net-epoch-{start}); they are never overwritten. "
+                f"Resume from them (resume=True), choose another folder, or delete them")
+        state = ckpt.load_any_checkpoint(exp_dir, start)
+        ckpt.check_architecture(ckpt.architecture_of(net.to_specs()), ckpt.architecture_of(state.specs), state.source)
+        net = _restore(net, state, dev)
+        momentum_state = state.momentum
+        stats = {m: list(state.stats.get(m, []))[:start] for m in ("train", "val")}
+        if state.meta is not None and meta is None:
+            meta = state.meta
+        _say(progress, f"train: resuming by loading epoch {start} ({state.source.name})")
+    sgd = MatConvNetSGD(net.matconvnet_params(), momentum=_opt(opts, "momentum", 0.9),
+                        weight_decay=_opt(opts, "weight_decay", 5e-4))
+    if momentum_state is not None:
+        sgd.load_momentum(momentum_state)
+
+    epoch = start
+    try:
+        for epoch in range(start + 1, num_epochs + 1):
+            lr = learning_rate_for_epoch(schedule, epoch)
+            train_order, val_order = epoch_orders(data.train_idx, data.val_idx, epoch, seed)
+            if replay is not None:
+                train_batches, val_batches = replay[epoch - 1]
+            else:
+                train_batches = split_into_batches(train_order, batch_size)
+                val_batches = split_into_batches(val_order, batch_size)
+            setup = _EpochSetup(net, data, epoch, lr, sgd, density, dev, error_name, slice_mag_fill,
+                                progress, on_batch)
+            train_stats = _process_phase(setup, "train", train_batches)
+            val_stats = _process_phase(setup, "val", val_batches)
+            stats["train"].append(train_stats)
+            stats["val"].append(val_stats)
+            state = _training_state(net, sgd, stats, epoch, options, meta)
+            if save_mat:
+                ckpt.save_mat_checkpoint(ckpt.checkpoint_path(exp_dir, epoch, "mat"), state, version=mat_version)
+            ckpt.save_checkpoint(ckpt.checkpoint_path(exp_dir, epoch, "pt"), state, _param_names(net))
+            _say(progress, f"epoch {epoch:02d} (lr {lr:.3g}): train {_format_stats(train_stats)} | "
+                           f"val {_format_stats(val_stats)}")
+            if plot:
+                from .plots import plot_training_stats
+                plot_training_stats(stats, exp_dir)
+            if on_epoch is not None:
+                on_epoch(epoch, stats)
+    except KeyboardInterrupt:
+        done = ckpt.last_checkpoint_epoch(exp_dir)
+        _say(True, f"train: interrupted during epoch {epoch}; checkpoints up to epoch {done} are complete in "
+                   f"{exp_dir}. Run again to resume.")
+        raise
+    return net, stats
+
+
+# ====================================================================== command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m reproduce.train",
+        description="Train an interpretable CNN as the original learn_icnn.m / learn_icnn_multiclass.m do "
+                    "(our_cnn_train.m: MatConvNet SGD with momentum, the conv_mask filter loss, sliceMag). "
+                    "Builds (or reuses) the imdb with data_prep in OUT/imdb, the network with network_init "
+                    "from the pretrained ImageNet model, then trains, writing net-epoch-N.pt checkpoints and "
+                    "net-train.png/.pdf into OUT. Running the same command again resumes from the last "
+                    "checkpoint; Ctrl-C stops without leaving a half-written file.",
+        epilog="example: python -m reproduce.train --dataset ilsvrcanimalpart --category n02118333 "
+               "--model vgg-vd-16 --dropout 0.8 --device cuda --out output/n02118333")
+    parser.add_argument("--dataset", required=True, choices=["ilsvrcanimalpart", "vocpart", "cub200", "toy"],
+                        help="dataset the imdb is built from (demo.m's choices, plus the offline toy dataset)")
+    parser.add_argument("--category", required=True, nargs="+",
+                        help="category, e.g. n02118333 (fox), bird (VOC), cub200; several categories train one "
+                             "multi-class net as learn_icnn_multiclass.m")
+    parser.add_argument("--model", default="vgg-vd-16", choices=["vgg-vd-16", "alexnet", "vgg-m", "vgg-s", "tiny"],
+                        help="network (network_init.m; default vgg-vd-16; 'tiny' is the package's small net "
+                             "for 64 x 64 inputs, without pretrained weights)")
+    parser.add_argument("--pretrained", default="auto",
+                        help="the MatConvNet ImageNet model file the trunk comes from; 'auto' (default): the "
+                             "model's file under --models-root, downloaded when missing; 'none': random trunk")
+    parser.add_argument("--dropout", type=float, default=0.8, help="dropout rate (demo.m's default 0.8)")
+    parser.add_argument("--loss", default="ourloss_logistic", choices=["ourloss_logistic", "ourloss_softmaxlog"],
+                        help="loss of a multi-class net (learn_icnn_multiclass.m's lossType; default logistic)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="number of epochs (default: network_init's trainOpts.numEpochs: 50, multi-class 80)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override trainOpts.batchSize")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--out", required=True, help="experiment folder: checkpoints, plots, the imdb cache")
+    parser.add_argument("--data-root", default=None, help="datasets folder (default: data_prep's default)")
+    parser.add_argument("--models-root", default=None, help="folder of the MatConvNet ImageNet models "
+                                                           "(default: data_prep's default)")
+    parser.add_argument("--offline", action="store_true", help="download nothing; fail naming what is missing")
+    parser.add_argument("--seed", type=int, default=0, help="opts.randomSeed: epoch e is seeded with e + seed")
+    parser.add_argument("--save-mat", action="store_true", help="also write MATLAB net-epoch-N.mat checkpoints")
+    parser.add_argument("--fix-slicemag-quirk", action="store_true",
+                        help="sliceMag update: fill zero means from the class's own column instead of column 1 "
+                             "(the original's linear-indexing quirk, kept by default)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or epoch summaries")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m reproduce.train`: build the data and the net, train, print the last epoch's val statistics."""
+    args = build_parser().parse_args(argv)
+    try:
+        resolve_device(args.device)
+        net, opts, meta = _build_net(args)
+        imdb = _build_imdb(args, _image_size(meta))
+        if args.epochs is not None:
+            _set_opt(opts, "num_epochs", int(args.epochs))
+        if args.batch_size is not None:
+            _set_opt(opts, "batch_size", int(args.batch_size))
+        net, stats = train(net, imdb, opts, args.out, device=args.device, seed=args.seed, save_mat=args.save_mat,
+                           progress=not args.no_progress, meta=meta,
+                           slice_mag_fill=SLICE_MAG_FILL_OWN_COLUMN if args.fix_slicemag_quirk else SLICE_MAG_FILL_COLUMN1)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, ValueError, OSError) as exc:  # CheckpointError is a RuntimeError
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    last = stats["val"][-1] if stats["val"] else {}
+    print(" ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("num", "time")))
+    return 0
+
+
+def _set_opt(opts: Any, name: str, value: Any) -> None:
+    if isinstance(opts, dict):
+        opts[name] = value
+    else:
+        setattr(opts, name, value)
+
+
+def _build_net(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """network_init (as learn_icnn.m / learn_icnn_multiclass.m call it) on the pretrained ImageNet model."""
+    from .models import MODELS, network_init
+    pretrained: Any = None
+    if args.pretrained == "auto":
+        if MODELS[args.model].pretrained_file:
+            from data_prep.setup import ensure_model
+            pretrained = ensure_model(args.model, root=args.models_root, offline=args.offline,
+                                      progress=not args.no_progress)
+    elif args.pretrained != "none":
+        pretrained = Path(args.pretrained)
+        if not pretrained.is_file():
+            raise FileNotFoundError(f"--pretrained {args.pretrained}: no such file")
+    label_num = len(args.category)
+    return network_init(label_num, args.model, args.dropout, pretrained=pretrained, loss_type=args.loss,
+                        multiclass_adjust=label_num > 1, seed=args.seed)
+
+
+def _image_size(meta: Any) -> tuple[int, int]:
+    """The network's input size: meta['image_size'] (network_init), else normalization.imageSize(1:2)."""
+    size = meta.get("image_size") if isinstance(meta, dict) else getattr(meta, "image_size", None)
+    if size is None:
+        norm = meta.get("normalization") if isinstance(meta, dict) else getattr(meta, "normalization", None)
+        size = norm.get("imageSize") if isinstance(norm, dict) else getattr(norm, "imageSize", None)
+    if size is None:
+        raise ValueError("the net's meta has no image_size / normalization.imageSize: cannot size the imdb's images")
+    values = [int(v) for v in np.asarray(size).reshape(-1)[:2]]
+    return values[0], values[1]
+
+
+def _build_imdb(args: argparse.Namespace, image_size: tuple[int, int]) -> Any:
+    """The imdb as learn_icnn.m (getImdb) or learn_icnn_multiclass.m (produceIMDB) builds it, cached in OUT."""
+    from data_prep.imdb import get_category_imdb, load_or_build_imdb, produce_imdb
+    from data_prep.readers import read_annotation
+    from data_prep.setup import ensure_dataset
+    paths = ensure_dataset(args.dataset, root=args.data_root, offline=args.offline, categories=args.category,
+                           progress=not args.no_progress)
+    conf = paths.data_conf()
+    out = Path(args.out)
+
+    def category_imdb(category: str, cache: Path) -> Any:
+        settings = {"dataset": args.dataset, "category": category, "image_size": list(image_size),
+                    "root": str(paths.root)}
+        return load_or_build_imdb(cache, lambda tmp: get_category_imdb(category, conf, image_size, out=tmp,
+                                                                       progress=not args.no_progress), settings)
+    if len(args.category) == 1:
+        return category_imdb(args.category[0], out / "imdb")
+    imdbs = [category_imdb(c, out / f"imdb-{c}") for c in args.category]
+    npos = [len(read_annotation(c, conf)) for c in args.category]
+    settings = {"dataset": args.dataset, "categories": list(args.category), "image_size": list(image_size),
+                "root": str(paths.root)}
+    return load_or_build_imdb(out / "imdb", lambda tmp: produce_imdb(imdbs, list(args.category), npos, out=tmp),
+                              settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
