@@ -1,0 +1,453 @@
+"""What every dataset reader shares: the object record, the part truth, the conf.
+
+The original code describes every object it crops as one element of a MATLAB
+struct array `objset` (data_input/*/readAnnotation.m, getNegObjSet.m):
+
+    objset(i).folder, .filename    image = [imgdir, folder, '/', filename]
+    objset(i).name                 category (ILSVRC: the file name, a quirk)
+    objset(i).bndbox.xmin/ymin/xmax/ymax   1-based, inclusive, int2str strings
+    objset(i).ID
+
+`ObjRecord` is one such element (the box as ints, `BndBox`; `to_matlab()`
+gives the int2str strings back). A reader returns a `list[ObjRecord | None]`:
+`None` is an EMPTY element, which the ILSVRC reader keeps where the original
+skips a box under `minArea` without compacting the array.
+
+`PartTruth` is one element of a `truth_partNN.mat` file (`pHW_center`,
+`pHW_scale` in 224 x 224 crop coordinates, [h; w], and `obj`).
+
+`DataConf` is the `conf.data` struct that setup_ilsvrcanimalpart.m,
+setup_vocpart.m and setup_cub200.m save (imgdir, catedir, readCode, minArea),
+plus the folder of the 1000 shared negatives (the original reads them from
+'../data/neg' relative to the code folder). `read_annotation(name, conf)`
+dispatches on `conf.dataset` to the dataset's reader.
+
+Ports: the shared pieces of data_input/*/readAnnotation.m (IsAreaValid,
+int2str boxes) and the `conf.data` part of setup_*.m.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from legacy_compat import MatStruct, StructArray, loadmat
+from legacy_compat.mattypes import is_cell
+
+__all__ = [
+    "DatasetError", "BndBox", "ObjRecord", "PartTruth", "DataConf", "MIN_AREA",
+    "int2str", "is_area_valid", "read_annotation", "read_part_truth_file",
+    "objset_to_matlab", "truth_to_matlab", "count_objects", "DATASETS", "conf_from_paths", "default_readcode",
+]
+
+MIN_AREA = 50 ** 2   # conf.data.minArea in all three setup_*.m
+# "toy": the generated toy dataset, written in the ILSVRC layout and read by its reader.
+DATASETS = ("ilsvrcanimalpart", "vocpart", "cub200", "toy")
+
+
+class DatasetError(ValueError):
+    """Bad dataset input: the message names the file, entry or category at fault."""
+
+
+# ----------------------------------------------------------------- records
+def int2str(x: Any) -> str:
+    """MATLAB `int2str(x)` for a scalar: rounded half away from zero, as text ('NaN' for NaN)."""
+    v = float(np.asarray(x, dtype=np.float64).reshape(-1)[0])
+    if np.isnan(v):
+        return "NaN"
+    if np.isinf(v):
+        return "Inf" if v > 0 else "-Inf"
+    r = np.trunc(v)
+    if abs(v - r) >= 0.5:
+        r += np.sign(v)
+    return str(int(r))
+
+
+@dataclass(frozen=True)
+class BndBox:
+    """An object box, 1-based and inclusive: rows ymin..ymax, columns xmin..xmax.
+
+    The original keeps the four values as int2str strings; here they are the
+    same integers. `area()` is IsAreaValid's (xmax-xmin+1)*(ymax-ymin+1).
+    """
+
+    xmin: int
+    ymin: int
+    xmax: int
+    ymax: int
+
+    @classmethod
+    def from_values(cls, xmin: Any, ymin: Any, xmax: Any, ymax: Any) -> "BndBox":
+        """From numbers or numeric strings, rounded as int2str rounds them."""
+        vals = []
+        for v in (xmin, ymin, xmax, ymax):
+            s = int2str(float(v)) if isinstance(v, str) else int2str(v)
+            if s in ("NaN", "Inf", "-Inf"):
+                raise DatasetError(f"bounding box value {v!r} is not a finite number")
+            vals.append(int(s))
+        return cls(*vals)
+
+    def area(self) -> int:
+        """IsAreaValid's area: (xmax - xmin + 1) * (ymax - ymin + 1)."""
+        return (self.xmax - self.xmin + 1) * (self.ymax - self.ymin + 1)
+
+    def to_matlab(self) -> MatStruct:
+        """The bndbox struct as readAnnotation builds it: int2str strings, fields xmin, xmax, ymin, ymax."""
+        return MatStruct(xmin=str(self.xmin), xmax=str(self.xmax), ymin=str(self.ymin), ymax=str(self.ymax))
+
+
+def is_area_valid(bndbox: BndBox, min_area: float) -> bool:
+    """IsAreaValid (data_input/*/readAnnotation.m): the box area is at least minArea."""
+    return bndbox.area() >= min_area
+
+
+@dataclass(frozen=True)
+class ObjRecord:
+    """One element of the original `objset` struct array.
+
+    `image_path(imgdir)` joins imgdir, folder and filename (the original's
+    `[imgdir, folder, '/', filename]`; the VOC reader's folder ends in '/').
+    `image_id` is CUB's image id (images.txt), None elsewhere; it is not in
+    the original struct.
+    """
+
+    folder: str
+    filename: str
+    name: str
+    bndbox: BndBox
+    ID: int
+    image_id: int | None = None
+
+    def image_path(self, imgdir: os.PathLike | str) -> Path:
+        if not self.filename:
+            raise DatasetError(f"object record {self.ID} names no image file (folder {self.folder!r})")
+        return Path(os.path.join(os.fspath(imgdir), self.folder, self.filename))
+
+    def to_matlab(self) -> MatStruct:
+        return MatStruct(folder=self.folder, filename=self.filename, name=self.name,
+                         bndbox=self.bndbox.to_matlab(), ID=np.array([[float(self.ID)]]))
+
+
+@dataclass
+class PartTruth:
+    """One element of a truth_partNN.mat `truth` array (readPartTruth.m's `partset`).
+
+    `pHW_center` / `pHW_scale`: float64 arrays in MATLAB shape ([h; w] is
+    (2, 1)), or None where the element is empty (the part is not annotated,
+    or the object was skipped). `obj` is the annotated object or None.
+    `center` is the (2,) [h, w] landmark, or None where getDistSqrtVar.m
+    ignores the element (empty, or more than two numbers).
+    """
+
+    pHW_center: np.ndarray | None = None
+    pHW_scale: np.ndarray | None = None
+    obj: ObjRecord | None = None
+
+    @property
+    def center(self) -> np.ndarray | None:
+        c = self.pHW_center
+        if c is None or c.size == 0 or c.size > 2:
+            return None
+        return np.asarray(c, dtype=np.float64).reshape(-1)
+
+    def is_empty(self) -> bool:
+        return self.pHW_center is None or self.pHW_center.size == 0
+
+
+@dataclass
+class DataConf:
+    """`conf.data` of setup_*.m, with the folder of the shared negatives.
+
+    - dataset: 'ilsvrcanimalpart', 'vocpart' or 'cub200'
+    - imgdir: images root (detanimalpart/, VOC2010/JPEGImages/, CUB_200_2011/images/)
+    - catedir: VOC: the folder of truth_<category>.mat for readPartTruth;
+      CUB: the CUB_200_2011 folder with its text files; unused for ILSVRC
+    - readcode: the original data_input/<dataset> folder: the shipped
+      truth_partNN.mat files (<readcode>/<category>/truth_partNN.mat), VOC's
+      truth_<category>.mat that readAnnotation reads, CUB's sampling.mat
+    - min_area: minArea, 50^2
+    - neg_dir: the 1000 shared negatives neg/00001.JPEG ... (getNegObjSet.m)
+    - imgdir_neg: conf.data.imgdir_neg, which getImdb.m uses for the
+      negatives when set (the original never sets it)
+    - num_neg: how many negatives getNegObjSet reads (its MaxObjNum, 1000;
+      the toy dataset has its own count)
+    """
+
+    dataset: str
+    imgdir: Path
+    neg_dir: Path
+    catedir: Path | None = None
+    readcode: Path | None = None
+    min_area: float = MIN_AREA
+    imgdir_neg: Path | None = None
+    num_neg: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise DatasetError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        self.imgdir = Path(self.imgdir)
+        self.neg_dir = Path(self.neg_dir)
+        self.catedir = None if self.catedir is None else Path(self.catedir)
+        self.readcode = None if self.readcode is None else Path(self.readcode)
+        self.imgdir_neg = None if self.imgdir_neg is None else Path(self.imgdir_neg)
+
+    def with_(self, **changes: Any) -> "DataConf":
+        return replace(self, **changes)
+
+    def truth_file(self, name: str, part_id: int) -> Path:
+        """<readcode>/<name>/truth_partNN.mat, the file computeStability.m and getDistSqrtVar.m load."""
+        if self.readcode is None:
+            raise DatasetError(f"conf for {self.dataset} has no readcode folder (the truth_partNN.mat files)")
+        return self.readcode / name / f"truth_part{int(part_id):02d}.mat"
+
+
+# ----------------------------------------------------------------- dispatch
+def read_annotation(name: str, conf: DataConf) -> list[ObjRecord | None]:
+    """readAnnotation(Name_batch, theConf) of the dataset `conf.dataset` (CUB: the objset only)."""
+    if conf.dataset in ("ilsvrcanimalpart", "toy"):
+        from .ilsvrc import read_annotation_ilsvrc
+        return read_annotation_ilsvrc(name, conf)
+    if conf.dataset == "vocpart":
+        from .vocpart import read_annotation_voc
+        return read_annotation_voc(name, conf)
+    from .cub200 import read_annotation_cub
+    return read_annotation_cub(name, conf)[0]
+
+
+def conf_from_paths(paths: Any) -> DataConf:
+    """A DataConf from data_prep.setup's `DatasetPaths` (duck-typed: name, image_dir,
+    truth_dir, neg_dir, cate_dir, min_area).
+
+    For the toy dataset the number of negatives is the run of consecutive
+    files 00001.JPEG, 00002.JPEG ... in its neg folder.
+    """
+    num_neg = 1000
+    if paths.name == "toy":
+        num_neg = 0
+        while (Path(paths.neg_dir) / f"{num_neg + 1:05d}.JPEG").exists():
+            num_neg += 1
+    return DataConf(dataset=paths.name, imgdir=paths.image_dir, neg_dir=paths.neg_dir,
+                    catedir=getattr(paths, "cate_dir", None), readcode=paths.truth_dir,
+                    min_area=getattr(paths, "min_area", MIN_AREA), num_neg=num_neg)
+
+
+def default_readcode(data_root: os.PathLike | str, folder: str) -> Path:
+    """Where the original's data_input/<folder> files are under a data root.
+
+    data_prep.setup puts them in <root>/data_input/<folder>; ../shared/data
+    keeps them in <root>/original/<folder>. The first that exists wins
+    (setup's layout when neither does).
+    """
+    root = Path(data_root)
+    for cand in (root / "data_input" / folder, root / "original" / folder):
+        if cand.is_dir():
+            return cand
+    return root / "data_input" / folder
+
+
+def count_objects(objset: Sequence[ObjRecord | None]) -> int:
+    """The objects a reader found, not counting the empty elements."""
+    return sum(o is not None for o in objset)
+
+
+# ----------------------------------------------------------------- MAT values
+def _empty(v: Any) -> bool:
+    return v is None or (isinstance(v, np.ndarray) and v.size == 0) or (isinstance(v, str) and v == "")
+
+
+def _text(v: Any, where: str) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, np.ndarray) and v.dtype.kind == "U":
+        return "".join(np.asarray(v).reshape(-1, order="F").tolist())
+    if _empty(v):
+        return ""
+    raise DatasetError(f"{where}: expected text, got {type(v).__name__}")
+
+
+def _number(v: Any, where: str) -> float:
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            raise DatasetError(f"{where}: {v!r} is not a number") from None
+    a = np.asarray(v)
+    if a.size != 1:
+        raise DatasetError(f"{where}: expected one number, got {a.size}")
+    return float(a.reshape(-1)[0])
+
+
+def struct_elements(value: Any, where: str) -> list[MatStruct | None]:
+    """The elements of a struct array (or a cell of structs) in MATLAB linear order."""
+    if isinstance(value, MatStruct):
+        return [value]
+    if isinstance(value, StructArray):
+        return list(value.elements())
+    if is_cell(value):
+        return [v if isinstance(v, MatStruct) else None for v in np.asarray(value).reshape(-1, order="F")]
+    raise DatasetError(f"{where}: expected a struct array, got {type(value).__name__}")
+
+
+def obj_from_matlab(s: Any, where: str) -> ObjRecord | None:
+    """An `obj` struct (folder, filename, name, bndbox, ID) as an ObjRecord; None when empty."""
+    if not isinstance(s, MatStruct):
+        if _empty(s):
+            return None
+        raise DatasetError(f"{where}: expected an obj struct, got {type(s).__name__}")
+    try:
+        bb = s["bndbox"]
+        box = BndBox.from_values(*(_number(bb[k], f"{where}.bndbox.{k}") for k in ("xmin", "ymin", "xmax", "ymax")))
+        ident = s.get("ID")
+        return ObjRecord(folder=_text(s.get("folder", ""), f"{where}.folder"),
+                         filename=_text(s.get("filename", ""), f"{where}.filename"),
+                         name=_text(s.get("name", ""), f"{where}.name"),
+                         bndbox=box, ID=0 if _empty(ident) else int(_number(ident, f"{where}.ID")))
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{where}: malformed obj struct ({exc})") from None
+
+
+def _column(v: Any) -> np.ndarray | None:
+    if _empty(v):
+        return None
+    return np.asarray(v, dtype=np.float64)
+
+
+@lru_cache(maxsize=32)
+def _load_variable_cached(path: str, name: str, mtime_ns: int, size: int) -> Any:
+    return loadmat(path, variable_names=[name])[name]
+
+
+def load_variable(path: os.PathLike | str, name: str) -> Any:
+    """One variable of a MAT file, cached while the file is unchanged (same mtime and size).
+
+    The truth files are read again for every part and every evaluation; a
+    v7.3 file with hundreds of structs takes seconds to parse. Treat the
+    result as read-only.
+    """
+    st = os.stat(path)
+    return _load_variable_cached(os.path.abspath(os.fspath(path)), name, st.st_mtime_ns, st.st_size)
+
+
+def read_part_truth_file(path: os.PathLike | str) -> list[PartTruth]:
+    """A truth_partNN.mat file (`truth` struct array) as a list of PartTruth, in MATLAB order.
+
+    The files shipped with the original (ILSVRC, VOC, CUB) and those that
+    readPartTruth writes all hold `truth(i).pHW_center`, `.obj` and (not CUB)
+    `.pHW_scale`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"part truth file not found: {path}")
+    truth = load_variable(path, "truth")
+    out = []
+    for i, e in enumerate(struct_elements(truth, f"{path}: truth"), start=1):
+        if e is None:
+            out.append(PartTruth())
+            continue
+        out.append(PartTruth(pHW_center=_column(e.get("pHW_center")),
+                             pHW_scale=_column(e.get("pHW_scale")),
+                             obj=obj_from_matlab(e.get("obj"), f"{path}: truth({i}).obj")))
+    return out
+
+
+def _empty_double() -> np.ndarray:
+    return np.zeros((0, 0))
+
+
+def objset_to_matlab(objset: Sequence[ObjRecord | None]) -> StructArray:
+    """objset as the 1 x N struct array the original builds (empty elements have [] fields)."""
+    names = ["folder", "filename", "name", "bndbox", "ID"]
+    structs = []
+    for o in objset:
+        structs.append(o.to_matlab() if o is not None else MatStruct((k, _empty_double()) for k in names))
+    out = StructArray((1, len(structs)), names)
+    for i, s in enumerate(structs):
+        out[0, i] = s
+    return out
+
+
+def truth_to_matlab(truth: Sequence[PartTruth], with_scale: bool = True) -> StructArray:
+    """A `truth` list as the 1 x N struct array readPartTruth.m saves."""
+    names = ["pHW_center", "pHW_scale", "obj"] if with_scale else ["pHW_center", "obj"]
+    out = StructArray((1, len(truth)), names)
+    for i, t in enumerate(truth):
+        s = MatStruct(pHW_center=_empty_double() if t.pHW_center is None else t.pHW_center)
+        if with_scale:
+            s["pHW_scale"] = _empty_double() if t.pHW_scale is None else t.pHW_scale
+        s["obj"] = _empty_double() if t.obj is None else t.obj.to_matlab()
+        out[0, i] = s
+    return out
+
+
+def save_part_truth(path: os.PathLike | str, truth: Sequence[PartTruth], with_scale: bool = True,
+                    version: str = "7.3") -> str:
+    """Write a truth list as readPartTruth.m saves it (`save(..., 'truth')`), through
+    legacy_compat's savemat; `with_scale=False` for CUB's (no pHW_scale field)."""
+    from legacy_compat.matio import savemat
+    return savemat(path, {"truth": truth_to_matlab(truth, with_scale)}, version=version)
+
+
+def parse_int_table(path: Path, ncols: int, what: str) -> np.ndarray:
+    """A whitespace-separated numeric text table read as textscan(fid, '%d %d ...') reads it.
+
+    Numbers with a fraction are truncated toward zero (CUB's boxes and part
+    locations are written as '60.0'). Returns int64 (rows, ncols).
+    """
+    if not path.exists():
+        raise DatasetError(f"{what} not found: {path}")
+    rows = []
+    with open(path, "r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != ncols:
+                raise DatasetError(f"{path}:{lineno}: expected {ncols} numbers, got {len(parts)}: {line.strip()!r}")
+            try:
+                rows.append([int(np.trunc(float(p))) for p in parts])
+            except ValueError:
+                raise DatasetError(f"{path}:{lineno}: not a number in {line.strip()!r}") from None
+    return np.asarray(rows, dtype=np.int64).reshape(-1, ncols)
+
+
+def parse_id_name_table(path: Path, what: str) -> tuple[np.ndarray, list[str]]:
+    """A '<id> <text>' file read as textscan(fid, '%d %s'): ids and the first word after each."""
+    if not path.exists():
+        raise DatasetError(f"{what} not found: {path}")
+    ids, names = [], []
+    with open(path, "r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise DatasetError(f"{path}:{lineno}: expected '<id> <name>', got {line.strip()!r}")
+            try:
+                ids.append(int(np.trunc(float(parts[0]))))
+            except ValueError:
+                raise DatasetError(f"{path}:{lineno}: {parts[0]!r} is not an id") from None
+            names.append(parts[1])
+    return np.asarray(ids, dtype=np.int64), names
+
+
+def matlab_intersect_index(a: Iterable[int], b: Iterable[int]) -> np.ndarray:
+    """`[~, ia] = intersect(a, b)`: 0-based indices into a of the common values, sorted by value.
+
+    For a value repeated in a, the first occurrence (MATLAB's current
+    behaviour).
+    """
+    a = np.asarray(list(a) if not isinstance(a, np.ndarray) else a).reshape(-1)
+    b = np.asarray(list(b) if not isinstance(b, np.ndarray) else b).reshape(-1)
+    common = np.intersect1d(a, b)
+    first = {}
+    for i, v in enumerate(a.tolist()):
+        first.setdefault(v, i)
+    return np.asarray([first[v] for v in common.tolist()], dtype=np.int64)
+
+
+__all__ += ["load_variable", "save_part_truth", "struct_elements", "obj_from_matlab", "parse_int_table", "parse_id_name_table",
+            "matlab_intersect_index"]

@@ -1,0 +1,96 @@
+"""Small synthetic datasets in the original layouts, for the data_prep tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data_prep.readers import DataConf
+from legacy_compat import MatStruct, StructArray
+from legacy_compat.matio import savemat
+
+
+def _box(xmin, ymin, xmax, ymax) -> MatStruct:
+    return MatStruct(xmin=np.array([[float(xmin)]]), ymin=np.array([[float(ymin)]]),
+                     xmax=np.array([[float(xmax)]]), ymax=np.array([[float(ymax)]]))
+
+
+def write_ilsvrc_category(imgdir: Path, name: str, boxes: list[tuple[int, int, int, int]],
+                          sizes: list[tuple[int, int]], seed: int = 0, version: str = "7.3") -> list[np.ndarray]:
+    """<imgdir>/<name>_obj/img/data.mat (samples(i).obj.bndbox) and img/img/%05d.jpg; returns the images.
+
+    The images are saved as PNG bytes under the .jpg names (PIL reads by
+    content), so their pixels are known exactly.
+    """
+    rng = np.random.default_rng(seed)
+    folder = imgdir / f"{name}_obj" / "img" / "img"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i, (h, w) in enumerate(sizes, start=1):
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"{i:05d}.jpg", format="PNG")
+        images.append(arr)
+    samples = StructArray.from_structs([MatStruct(obj=MatStruct(bndbox=_box(*b))) for b in boxes])
+    savemat(imgdir / f"{name}_obj" / "img" / "data.mat", {"samples": samples}, version=version)
+    return images
+
+
+def write_negatives(neg_dir: Path, sizes: list[tuple[int, int]], seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    neg_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i, (h, w) in enumerate(sizes, start=1):
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(neg_dir / f"{i:05d}.JPEG", format="PNG")
+        images.append(arr)
+    return images
+
+
+def small_ilsvrc(root: Path, n_pos: int = 6, n_neg: int = 5, min_area: float = 100) -> tuple[DataConf, dict]:
+    """A category 'nTEST' with n_pos images (the 3rd box under min_area) and n_neg negatives."""
+    rng = np.random.default_rng(3)
+    sizes = [(int(rng.integers(30, 60)), int(rng.integers(30, 60))) for _ in range(n_pos)]
+    boxes = []
+    for i, (h, w) in enumerate(sizes):
+        if i == 2:
+            boxes.append((3, 3, 7, 7))                       # 5 x 5 = 25 < min_area
+        else:
+            x0, y0 = int(rng.integers(1, w // 3)), int(rng.integers(1, h // 3))
+            boxes.append((x0, y0, int(rng.integers(w // 2, w + 5)), int(rng.integers(h // 2, h + 5))))
+    pos = write_ilsvrc_category(root / "detanimalpart", "nTEST", boxes, sizes)
+    negs = write_negatives(root / "neg", [(int(rng.integers(20, 50)), int(rng.integers(20, 50))) for _ in range(n_neg)])
+    conf = DataConf(dataset="ilsvrcanimalpart", imgdir=root / "detanimalpart", neg_dir=root / "neg",
+                    readcode=root / "data_input", min_area=min_area, num_neg=n_neg)
+    return conf, {"pos": pos, "neg": negs, "boxes": boxes}
+
+
+def write_cub(root: Path, with_images: bool = False) -> Path:
+    """A CUB_200_2011 folder with 6 images of 2 classes (image 4's box under 50^2);
+    with_images writes 420 x 340 noise images under images/."""
+    cub = root / "CUB_200_2011"
+    (cub / "parts").mkdir(parents=True, exist_ok=True)
+    names = ["001.Black_footed_Albatross/a1.jpg", "001.Black_footed_Albatross/a2.jpg",
+             "001.Black_footed_Albatross/a3.jpg", "002.Laysan_Albatross/b1.jpg",
+             "002.Laysan_Albatross/b2.jpg", "002.Laysan_Albatross/b3.jpg"]
+    (cub / "images.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(names, start=1)))
+    (cub / "image_class_labels.txt").write_text("1 1\n2 1\n3 1\n4 2\n5 2\n6 2\n")
+    (cub / "train_test_split.txt").write_text("1 1\n2 0\n3 1\n4 0\n5 1\n6 0\n")
+    (cub / "classes.txt").write_text("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
+    (cub / "bounding_boxes.txt").write_text(
+        "1 60.0 27.0 325.0 304.0\n2 139.0 30.0 153.0 264.0\n3 14.0 112.0 388.0 186.0\n"
+        "4 10.0 10.0 40.0 40.0\n5 20.0 30.0 100.0 80.0\n6 5.0 5.0 90.0 60.0\n")
+    locs = []
+    for img in range(1, 7):
+        for part in range(1, 16):
+            visible = 0 if (img == 6 and part == 1) else 1
+            x, y = (100.0 + img + part, 120.0 + img) if visible else (0.0, 0.0)
+            locs.append(f"{img} {part} {x} {y} {visible}\n")
+    (cub / "parts" / "part_locs.txt").write_text("".join(locs))
+    if with_images:
+        rng = np.random.default_rng(5)
+        for n in names:
+            (cub / "images" / n).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, size=(340, 420, 3), dtype=np.uint8)).save(cub / "images" / n,
+                                                                                          format="PNG")
+    return cub
