@@ -1,0 +1,113 @@
+"""Benchmark: conv_mask forward+backward against a plain Conv2d of the same shape.
+
+At the VGG-16 conv6 size (batch 32, 512 -> 512 channels, 14 x 14 maps, 3 x 3 filters, pad 1),
+in one run: a ConvMask layer in training mode with the filter loss (FilterLossContext,
+single-class and 6-class with sliceMag set) against nn.Conv2d, both with the input requiring a
+gradient, forward + backward. Prints the median time of each over `repeats` interleaved
+rounds (after a warm-up) and the ratios (issue 3's target: at most 1.15x).
+
+    python -m reproduce.bench_conv_mask [--repeats 5] [--threads N] [--device cpu] [--batch 32]
+
+`run(device="cpu", repeats=...) -> dict` is what the benchmark suite calls.
+
+On a shared machine, OpenMP worker threads that spin after each parallel region take the core
+the main thread needs for conv_mask's many small element-wise steps, which inflates its time
+but not a plain convolution's; run with `OMP_WAIT_POLICY=PASSIVE` (set before Python starts),
+or `--threads 1`, to measure the layer rather than the neighbours.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .conv_mask import ConvMask, FilterLossContext
+
+__all__ = ["run", "main"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(device: str = "cpu", repeats: int = 5, batch: int = 32, channels: int = 512, size: int = 14,
+        threads: int | None = None, seed: int = 0) -> dict:
+    """Time conv_mask (1 class, 6 classes) and Conv2d forward+backward; returns the medians (s) and ratios."""
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.relu(torch.randn(batch, channels, size, size, generator=gen)).to(dev).requires_grad_(True)
+    gout = torch.randn(batch, channels, size, size, generator=gen).to(dev)
+
+    conv = nn.Conv2d(channels, channels, 3, padding=1).to(dev)
+    mask = ConvMask(channels, channels, 3, size, pad=1, generator=gen).to(dev).train()
+
+    def plain_step() -> None:
+        x.grad = None
+        conv.zero_grad(set_to_none=True)
+        conv(x).backward(gout)
+
+    labels1 = (torch.arange(batch) % 3 == 0).float().mul(2).sub(1)[:, None].to(dev)
+    ctx1 = FilterLossContext(labels1, epoch=3)
+    n_cls = 6
+    labels6 = -torch.ones(batch, n_cls)
+    labels6[torch.arange(batch), torch.arange(batch) % n_cls] = 1
+    ctx6 = FilterLossContext(labels6.to(dev), epoch=3, density=torch.full((n_cls,), 1.0 / n_cls))
+    slice_mag = torch.rand(channels, n_cls, generator=gen)
+
+    def mask_step(ctx: FilterLossContext) -> Callable[[], None]:
+        def step() -> None:
+            x.grad = None
+            mask.zero_grad(set_to_none=True)
+            mask(x, ctx).backward(gout)
+        return step
+
+    single, multi = mask_step(ctx1), mask_step(ctx6)
+
+    def multi_step() -> None:
+        mask.set_slice_mag(slice_mag)
+        multi()
+        mask.set_slice_mag(None)
+
+    # interleaved (plain, single, multi) rounds, so that a change of machine load hits all three
+    steps = {"plain": plain_step, "single": single, "multi": multi_step}
+    for step in steps.values():          # warm-up
+        step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, step in steps.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            step()
+            _sync(dev)
+            times[k].append(time.perf_counter() - t0)
+    t_plain, t_single, t_multi = (statistics.median(times[k]) for k in ("plain", "single", "multi"))
+    return {"device": str(dev), "threads": torch.get_num_threads(), "repeats": repeats,
+            "shape": [batch, channels, size, size], "conv2d_s": t_plain, "conv_mask_single_s": t_single,
+            "conv_mask_multi6_s": t_multi, "ratio_single": t_single / t_plain, "ratio_multi6": t_multi / t_plain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reproduce.bench_conv_mask", description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=32)
+    args = p.parse_args(argv)
+    r = run(args.device, args.repeats, args.batch, threads=args.threads)
+    print(f"device {r['device']}, {r['threads']} threads, input {r['shape']}, 3x3 conv 512->512, "
+          f"median of {r['repeats']} forward+backward runs")
+    print(f"  Conv2d                      {r['conv2d_s'] * 1000:9.1f} ms")
+    print(f"  conv_mask, 1 class          {r['conv_mask_single_s'] * 1000:9.1f} ms   ratio {r['ratio_single']:.3f}")
+    print(f"  conv_mask, 6 classes        {r['conv_mask_multi6_s'] * 1000:9.1f} ms   ratio {r['ratio_multi6']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

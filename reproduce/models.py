@@ -1,0 +1,489 @@
+"""The four ICNN networks (and a tiny one), built the way network_init.m builds them.
+
+Ports `tool/main/network_init.m`, `tool/nets/{vgg_vd_16,alexnet,vgg_m,vgg_s}.m`,
+`tool/basic_net_functions/{add_block,add_block_mask,add_dropout,init_weight}.m` and the
+training-option adjustments of `learn_icnn_multiclass.m`.
+
+A network = a pretrained trunk (a MatConvNet ImageNet model cut as tool/nets/*.m cut it:
+`layers(1:end-7)`, its last conv at learning rates [1 5]) + the ICNN head, as one table per
+model (`MODELS`):
+
+    conv_mask '6' (3x3, pad 1) + relu, max pool, conv_mask '7' (fc, k x k) + relu, dropout,
+    conv '8' (1x1) + relu, dropout, conv '9' (1x1, label_num outputs), loss 'ourloss_logistic'
+
+New weights ~ N(0, 0.01^2) (init_weight.m 'gaussian'), biases 0, beta 2, filter type 1 (all
+parts: partRate 1, textureRate 0), mag 0.1, lossWeight 0.02, learning rates [1 2 (0.05)], weight
+decays [1 0 (0)], `posTemp` sized from the data size at the layer; a block is named 'fc<id>'
+when its filter covers the whole input map (our_vl_simplenn_display's data size), else
+'conv<id>'. Dropout layers take the caller's rate.
+
+'tiny' is not in the original: a 3-conv trunk (16/32/64 channels, for 64 x 64 input: the
+conv_mask maps are 16 x 16) with the same head (64 channels, fc 128), for CPU demos and tests.
+Without a pretrained model the trunk is random (He / MatConvNet 'xavierimproved' init; a
+warning says so for the four ImageNet models). The tiny net's head is also initialised
+'xavierimproved' (classifier / 10, as network_init.m does for that method): with a random trunk
+and the original N(0, 0.01^2) head, the filter loss's input gradient at conv6 is ~40x the
+classification gradient at the start and the net does not learn its classes.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from legacy_compat.simplenn import LayerSpec, layers_from_matlab
+
+from .conv_mask import pos_templates
+from .geometry import layer_output_sizes
+from .network import LossLayer, SimpleNN
+
+__all__ = ["MODELS", "ModelDef", "TrainOpts", "network_init", "init_weight", "build_icnn_specs", "train_opts", "train_opts_multiclass",
+           "apply_multiclass_adjustments", "trunk_specs", "load_pretrained", "LOSS_WEIGHT", "MAG",
+           "ALPHA_INIT", "INIT_STD"]
+
+LOSS_WEIGHT = 0.02     # network_init.m: lossWeight
+MAG = 0.1              # tool/nets/*.m: mag
+ALPHA_INIT = 2.0       # add_block_mask.m: alphaInit (beta)
+INIT_STD = 0.01        # init_weight.m 'gaussian': 0.01 / opts.scale
+CUT = 7                # tool/nets/*.m: net.layers(1:end-7)
+
+
+# ------------------------------------------------------------------ model tables
+# trunk rows: ("conv", name, kh, kw, in/groups, out, stride, pad) | ("relu", name)
+#             | ("lrn", name, (N, kappa, alpha, beta)) | ("pool", name, size, stride, pad) | ("softmax", name)
+def _vgg16_table() -> list[tuple]:
+    rows: list[tuple] = []
+    cin = 3
+    for block, (n_conv, cout) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
+        for k in range(1, n_conv + 1):
+            rows += [("conv", f"conv{block}_{k}", 3, 3, cin, cout, 1, 1), ("relu", f"relu{block}_{k}")]
+            cin = cout
+        rows.append(("pool", f"pool{block}", 2, 2, (0, 1, 0, 1)))
+    return rows + _classifier(7, 512)
+
+
+def _classifier(k: int, cin: int) -> list[tuple]:
+    """fc6 .. prob of the ImageNet models (cut away by the ICNN builders)."""
+    return [("conv", "fc6", k, k, cin, 4096, 1, 0), ("relu", "relu6"), ("conv", "fc7", 1, 1, 4096, 4096, 1, 0),
+            ("relu", "relu7"), ("conv", "fc8", 1, 1, 4096, 1000, 1, 0), ("softmax", "prob")]
+
+
+def _alexnet_table() -> list[tuple]:
+    lrn = (5.0, 1.0, 2e-5, 0.75)
+    p = (0, 1, 0, 1)
+    return [("conv", "conv1", 11, 11, 3, 96, 4, 0), ("relu", "relu1"), ("lrn", "norm1", lrn),
+            ("pool", "pool1", 3, 2, p), ("conv", "conv2", 5, 5, 48, 256, 1, 2), ("relu", "relu2"),
+            ("lrn", "norm2", lrn), ("pool", "pool2", 3, 2, p), ("conv", "conv3", 3, 3, 256, 384, 1, 1),
+            ("relu", "relu3"), ("conv", "conv4", 3, 3, 192, 384, 1, 1), ("relu", "relu4"),
+            ("conv", "conv5", 3, 3, 192, 256, 1, 1), ("relu", "relu5"), ("pool", "pool5", 3, 2, p)] + _classifier(6, 256)
+
+
+def _vggm_table() -> list[tuple]:
+    lrn = (5.0, 2.0, 1e-4, 0.75)
+    p = (0, 1, 0, 1)
+    return [("conv", "conv1", 7, 7, 3, 96, 2, 0), ("relu", "relu1"), ("lrn", "norm1", lrn),
+            ("pool", "pool1", 3, 2, p), ("conv", "conv2", 5, 5, 96, 256, 2, 1), ("relu", "relu2"),
+            ("lrn", "norm2", lrn), ("pool", "pool2", 3, 2, p), ("conv", "conv3", 3, 3, 256, 512, 1, 1),
+            ("relu", "relu3"), ("conv", "conv4", 3, 3, 512, 512, 1, 1), ("relu", "relu4"),
+            ("conv", "conv5", 3, 3, 512, 512, 1, 1), ("relu", "relu5"), ("pool", "pool5", 3, 2, p)] + _classifier(6, 512)
+
+
+def _vggs_table() -> list[tuple]:
+    lrn = (5.0, 2.0, 1e-4, 0.75)
+    return [("conv", "conv1", 7, 7, 3, 96, 2, 0), ("relu", "relu1"), ("lrn", "norm1", lrn),
+            ("pool", "pool1", 3, 3, (0, 2, 0, 2)), ("conv", "conv2", 5, 5, 96, 256, 1, 0), ("relu", "relu2"),
+            ("pool", "pool2", 2, 2, (0, 1, 0, 1)), ("conv", "conv3", 3, 3, 256, 512, 1, 1), ("relu", "relu3"),
+            ("conv", "conv4", 3, 3, 512, 512, 1, 1), ("relu", "relu4"), ("conv", "conv5", 3, 3, 512, 512, 1, 1),
+            ("relu", "relu5"), ("pool", "pool5", 3, 3, (0, 2, 0, 2))] + _classifier(6, 512)
+
+
+def _tiny_table() -> list[tuple]:
+    return [("conv", "conv1", 3, 3, 3, 16, 1, 1), ("relu", "relu1"), ("pool", "pool1", 2, 2, 0),
+            ("conv", "conv2", 3, 3, 16, 32, 1, 1), ("relu", "relu2"), ("pool", "pool2", 2, 2, 0),
+            ("conv", "conv3", 3, 3, 32, 64, 1, 1), ("relu", "relu3")]
+
+
+@dataclass(frozen=True)
+class ModelDef:
+    """One row of the model registry: the trunk, the head's settings and the training defaults.
+
+    fc7_kernel None: the whole map (the tiny net); the originals hard-code 7 / 6.
+    """
+
+    name: str
+    netname: str
+    trunk: tuple
+    cut: int
+    image_size: int
+    channel_num: int
+    pool: tuple            # (name, size, stride, pad) of the pool between the conv_mask blocks
+    fc7_kernel: int | None
+    fc_channels: int
+    ids: tuple             # add_dropout / add_block ids of '7' and '8'
+    batch_size: int
+    lr_mag: float          # network_init.m: lrMag = lr_mag * labelNum
+    pretrained_file: str   # the MatConvNet model file tool/nets/*.m loads
+    head_init: str = "gaussian"   # init_weight.m method of the new layers (network_init.m: 'gaussian')
+
+
+MODELS: dict[str, ModelDef] = {
+    "vgg-vd-16": ModelDef("vgg-vd-16", "vgg-vd-16", tuple(_vgg16_table()), CUT, 224, 512, ("pool5", 2, 2, 0), 7,
+                          4096, ("fc--7", "fc--8"), 32, 1.0, "imagenet-vgg-verydeep-16.mat"),
+    "alexnet": ModelDef("alexnet", "alexnet", tuple(_alexnet_table()), CUT, 227, 256, ("pool6", 3, 2, 0), 6,
+                        4096, ("fc-7", "fc-8"), 512, 30.0, "imagenet-caffe-alex.mat"),
+    "vgg-m": ModelDef("vgg-m", "vgg-m", tuple(_vggm_table()), CUT, 224, 512, ("pool6", 3, 2, 0), 6,
+                      4096, ("7", "8"), 196, 30.0, "imagenet-vgg-m.mat"),
+    "vgg-s": ModelDef("vgg-s", "vgg-s", tuple(_vggs_table()), CUT, 224, 512, ("pool6", 3, 3, (0, 1, 0, 1)), 6,
+                      4096, ("7", "8"), 128, 10.0, "imagenet-vgg-s.mat"),
+    "tiny": ModelDef("tiny", "tiny", tuple(_tiny_table()), 0, 64, 64, ("pool5", 2, 2, 0), None,
+                     128, ("fc--7", "fc--8"), 32, 30.0, "", "xavierimproved"),
+}
+
+
+def _model(model: str) -> ModelDef:
+    if model not in MODELS:
+        raise ValueError(f"Unknown model {model!r} (choose from {', '.join(MODELS)})")
+    return MODELS[model]
+
+
+# ------------------------------------------------------------------ training options
+@dataclass
+class TrainOpts:
+    """net.meta.trainOpts (+ our_cnn_train's momentum)."""
+
+    learning_rate: list[float]
+    num_epochs: int
+    batch_size: int
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+
+    def as_matlab(self) -> dict[str, Any]:
+        return {"learningRate": np.asarray(self.learning_rate, dtype=np.float64).reshape(1, -1),
+                "numEpochs": np.array([[float(self.num_epochs)]]),
+                "batchSize": np.array([[float(self.batch_size)]]),
+                "weightDecay": np.array([[float(self.weight_decay)]])}
+
+
+def _logspace(a: float, b: float, n: int) -> np.ndarray:
+    return 10.0 ** np.linspace(a, b, n)   # MATLAB logspace = 10.^linspace(a, b, n)
+
+
+def train_opts(label_num: int, model: str) -> TrainOpts:
+    """network_init.m's trainOpts: one class: [logspace(-4,-5,10), 1e-5 x 40] x lrMag (50 epochs);
+    several: logspace(-4,-5,80) x lrMag; lrMag = (1 | 30 | 30 | 10) x labelNum."""
+    md = _model(model)
+    lr_mag = md.lr_mag * label_num
+    if label_num == 1:
+        lr = np.concatenate([_logspace(-4, -5, 10), _logspace(-5, -5, 50)])[:50] * lr_mag
+    else:
+        lr = _logspace(-4, -5, 80) * lr_mag
+    return TrainOpts([float(v) for v in lr], int(lr.size), md.batch_size, 0.0005)
+
+
+def train_opts_multiclass(opts: TrainOpts, label_num: int, loss_type: str, model: str,
+                          fix_vggm_name: bool = False) -> tuple[TrainOpts, float]:
+    """learn_icnn_multiclass.m's adjustments: returns (new options, factor for every conv_mask's mag).
+
+    softmax ('ourloss_softmaxlog'): > 10 classes lr / 50 and mag / 50 (vggm: lr / 10 more, mag
+    / 1e6 more); otherwise lr / 5 and mag x 0.2. logistic: > 10 classes lr / 10 (vggm: x 2).
+    Quirk kept: the original compares the model name with 'vggm', which the names it is called
+    with ('vgg-m') never equal, so the vggm rules never apply; `fix_vggm_name=True` applies them
+    to 'vgg-m'.
+    """
+    is_vggm = model == "vggm" or (fix_vggm_name and model == "vgg-m")
+    lr = np.asarray(opts.learning_rate, dtype=np.float64)
+    mag = 1.0
+    if loss_type == "ourloss_softmaxlog":
+        if label_num > 10:
+            lr = lr / 50
+            if is_vggm:
+                lr = lr / 10
+            mag = 1.0 / 50
+            if is_vggm:
+                mag = mag / 1000000
+        else:
+            lr = lr / 5
+            mag = 0.2
+    elif label_num > 10:
+        lr = lr / 10
+        if is_vggm:
+            lr = lr * 2
+    return replace(opts, learning_rate=[float(v) for v in lr]), mag
+
+
+def apply_multiclass_adjustments(net: SimpleNN, opts: TrainOpts, label_num: int, loss_type: str, model: str,
+                                 fix_vggm_name: bool = False) -> TrainOpts:
+    """learn_icnn_multiclass.m after network_init: set the loss type, scale the conv_mask mags,
+    return the adjusted training options."""
+    new_opts, factor = train_opts_multiclass(opts, label_num, loss_type, model, fix_vggm_name)
+    _set_loss_type(net, loss_type)
+    for _, layer in net.conv_mask_layers():
+        layer.mag = layer.mag * factor
+    return new_opts
+
+
+def _set_loss_type(net: SimpleNN, loss_type: str) -> None:
+    old = net.layers[-1]
+    if not isinstance(old, LossLayer):
+        raise ValueError("the net has no loss layer to change")
+    net.layers[-1] = LossLayer(loss_type, name=old.name, extra_fields=old.extra_fields)
+
+
+# ------------------------------------------------------------------ layer specs
+def _he_init(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """init_weight.m 'xavierimproved': randn * sqrt(2 / (h w out)); shape OUT x IN x h x w."""
+    out, _, h, w = shape
+    return torch.randn(shape, generator=gen) * float(np.sqrt(2.0 / (h * w * out)))
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    """A private generator: seeded, or from OS entropy (the global RNG is left alone)."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+def _row_spec(row: tuple, gen: torch.Generator | None) -> LayerSpec:
+    kind, name = row[0], row[1]
+    if kind == "conv":
+        _, _, kh, kw, cin, cout, stride, pad = row
+        w = _he_init((cout, cin, kh, kw), gen) if gen is not None else torch.zeros(cout, cin, kh, kw)
+        return LayerSpec("conv", name, [w, torch.zeros(cout)],
+                         {"pad": _quad(pad), "stride": (stride, stride), "dilate": (1, 1)})
+    if kind == "relu":
+        return LayerSpec("relu", name, [], {"leak": 0.0})
+    if kind == "lrn":
+        return LayerSpec("lrn", name, [], {"param": tuple(float(v) for v in row[2])})
+    if kind == "pool":
+        _, _, size, stride, pad = row
+        return LayerSpec("pool", name, [], {"pool": (size, size), "stride": (stride, stride), "pad": _quad(pad),
+                                            "method": "max"})
+    if kind == "softmax":
+        return LayerSpec("softmax", name, [], {})
+    raise ValueError(f"unknown trunk row {row}")
+
+
+def _quad(v: Any) -> tuple[int, int, int, int]:
+    a = np.asarray(v).reshape(-1)
+    return (int(a[0]),) * 4 if a.size == 1 else tuple(int(b) for b in a)  # type: ignore[return-value]
+
+
+def trunk_specs(model: str, seed: int | None = None, cut: bool = True,
+                generator: torch.Generator | None = None) -> list[LayerSpec]:
+    """The model's ImageNet layer list with random weights (He init), cut like tool/nets/*.m."""
+    md = _model(model)
+    rows = list(md.trunk[:len(md.trunk) - md.cut] if cut else md.trunk)
+    gen = generator if generator is not None else _generator(seed)
+    return [_row_spec(r, gen) for r in rows]
+
+
+def load_pretrained(path: str | Path) -> tuple[list[LayerSpec], dict]:
+    """A MatConvNet model file -> (LayerSpecs, meta dict); through
+    legacy_compat.simplenn.load_matconvnet_model when it exists, else loadmat + layers_from_matlab."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pretrained model file not found: {path}")
+    try:
+        from legacy_compat.simplenn import load_matconvnet_model  # type: ignore[attr-defined]
+    except ImportError:
+        load_matconvnet_model = None
+    if load_matconvnet_model is not None:
+        res = load_matconvnet_model(path)
+        if isinstance(res, tuple):
+            return list(res[0]), dict(res[1] or {})
+        if isinstance(res, list):
+            return res, {}
+        return list(getattr(res, "layers", getattr(res, "specs", []))), dict(getattr(res, "meta", {}) or {})
+    from legacy_compat import loadmat
+    m = loadmat(path)
+    if "layers" not in m:
+        raise ValueError(f"{path}: not a MatConvNet SimpleNN model (no 'layers')")
+    return layers_from_matlab(m["layers"]), dict(m.get("meta", {}) or {})
+
+
+def _meta_image_size(meta: dict) -> int | None:
+    try:
+        size = np.asarray(meta["normalization"]["imageSize"]).reshape(-1)
+        return int(size[0])
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _tidy(spec: LayerSpec) -> LayerSpec:
+    """vl_simplenn_tidy's defaults for a pretrained layer (learningRate / weightDecay ones, pads ...)."""
+    f = spec.fields
+    if spec.weights:
+        f.setdefault("learningRate", (1.0,) * len(spec.weights))
+        f.setdefault("weightDecay", (1.0,) * len(spec.weights))
+    if spec.type in ("conv", "conv_mask"):
+        f.setdefault("pad", (0, 0, 0, 0))
+        f.setdefault("stride", (1, 1))
+        f.setdefault("dilate", (1, 1))
+    elif spec.type == "pool":
+        f.setdefault("pad", (0, 0, 0, 0))
+        f.setdefault("stride", (1, 1))
+        f.setdefault("method", "max")
+    elif spec.type == "relu":
+        f.setdefault("leak", 0.0)
+    elif spec.type == "dropout":
+        f.setdefault("rate", 0.5)
+    return spec
+
+
+def init_weight(method: str, h: int, w: int, cin: int, cout: int, gen: torch.Generator,
+                scale: float = 1.0) -> torch.Tensor:
+    """Port of tool/basic_net_functions/init_weight.m, filters OUT x IN x h x w:
+    'gaussian' randn * 0.01 / scale; 'xavier' (rand * 2 - 1) * sqrt(3 / (h w in));
+    'xavierimproved' randn * sqrt(2 / (h w out))."""
+    method = method.lower()
+    shape = (cout, cin, h, w)
+    if method == "gaussian":
+        return torch.empty(shape).normal_(0.0, 1.0, generator=gen).mul_(INIT_STD / scale)
+    if method == "xavier":
+        return torch.empty(shape).uniform_(0.0, 1.0, generator=gen).mul_(2).sub_(1).mul_(float(np.sqrt(3 / (h * w * cin))))
+    if method == "xavierimproved":
+        return torch.empty(shape).normal_(0.0, 1.0, generator=gen).mul_(float(np.sqrt(2 / (h * w * cout))))
+    raise ValueError(f"Unknown weight initialization method {method!r} (gaussian, xavier, xavierimproved)")
+
+
+def _fc_or_conv(h: int, w: int, size: tuple[int, int]) -> str:
+    """add_block.m: 'fc' when the filter covers the current data size, else 'conv'."""
+    return "fc" if (h == size[0] and w == size[1]) else "conv"
+
+
+def _add_block_mask(specs: list[LayerSpec], ident: str, h: int, w: int, cin: int, cout: int, stride: int, pad: int,
+                    image_size: int, gen: torch.Generator, init: str) -> None:
+    """add_block_mask.m: conv_mask + relu."""
+    size = layer_output_sizes(specs, image_size)[-1]
+    px, py = pos_templates(cin, size[0], size[1])
+    filt = np.ones(cin, dtype=np.int64)          # partRate 1, textureRate 0
+    specs.append(LayerSpec("conv_mask", f"{_fc_or_conv(h, w, size)}{ident}",
+                           [init_weight(init, h, w, cin, cout, gen), torch.zeros(cout), torch.full((cin,), ALPHA_INIT)],
+                           {"stride": (stride, stride), "pad": (pad,) * 4, "dilate": (1, 1),
+                            "learningRate": (1.0, 2.0, 0.05), "weightDecay": (1.0, 0.0, 0.0),
+                            "posTemp": (px.numpy(), py.numpy()), "lossWeight": LOSS_WEIGHT, "sliceMag": None,
+                            "filter": filt, "mag": MAG}))
+    specs.append(LayerSpec("relu", f"relu{ident}", [], {"leak": 0.0}))
+
+
+def _add_block(specs: list[LayerSpec], ident: str, h: int, w: int, cin: int, cout: int, stride: int, pad: int,
+               image_size: int, gen: torch.Generator, init: str) -> None:
+    """add_block.m: conv + relu."""
+    size = layer_output_sizes(specs, image_size)[-1]
+    specs.append(LayerSpec("conv", f"{_fc_or_conv(h, w, size)}{ident}", [init_weight(init, h, w, cin, cout, gen), torch.zeros(cout)],
+                           {"stride": (stride, stride), "pad": (pad,) * 4, "dilate": (1, 1),
+                            "learningRate": (1.0, 2.0), "weightDecay": (1.0, 0.0)}))
+    specs.append(LayerSpec("relu", f"relu{ident}", [], {"leak": 0.0}))
+
+
+def _add_dropout(specs: list[LayerSpec], ident: str, rate: float) -> None:
+    specs.append(LayerSpec("dropout", f"dropout{ident}", [], {"rate": float(rate)}))
+
+
+def _out_channels(specs: Sequence[LayerSpec]) -> int:
+    for s in reversed(specs):
+        if s.type in ("conv", "conv_mask") and s.weights:
+            return int(s.weights[0].shape[0])
+    return 3
+
+
+def build_icnn_specs(trunk: list[LayerSpec], model: str, label_num: int, dropout_rate: float, image_size: int,
+                     seed: int | None = None, weight_init: str | None = None,
+                     generator: torch.Generator | None = None) -> list[LayerSpec]:
+    """tool/nets/<model>.m + network_init.m on an already cut trunk: the head, loss, rates.
+
+    weight_init: network_init.m's opts.weightInitMethod for the new layers (default: the
+    model's, 'gaussian' for the four ImageNet models); with 'xavier' / 'xavierimproved' the
+    classifier's weights are divided by 10, as network_init.m does.
+    """
+    md = _model(model)
+    init = (weight_init or md.head_init).lower()
+    specs = [_tidy(s) for s in trunk]
+    # net.layers{end-1}.learningRate = [1, 5]  (the last pretrained conv)
+    specs[-2].fields["learningRate"] = (1.0, 5.0)
+    gen = generator if generator is not None else _generator(seed)
+    cin = _out_channels(specs)
+    c = md.channel_num
+    _add_block_mask(specs, "6", 3, 3, cin, c, 1, 1, image_size, gen, init)
+    pname, psize, pstride, ppad = md.pool
+    specs.append(LayerSpec("pool", pname, [], {"method": "max", "pool": (psize, psize), "stride": (pstride, pstride),
+                                               "pad": _quad(ppad)}))
+    k = md.fc7_kernel or layer_output_sizes(specs, image_size)[-1][0]
+    _add_block_mask(specs, "7", k, k, c, md.fc_channels, 1, 0, image_size, gen, init)
+    id7, id8 = md.ids
+    _add_dropout(specs, id7, dropout_rate)
+    _add_block(specs, id8, 1, 1, md.fc_channels, md.fc_channels, 1, 0, image_size, gen, init)
+    _add_dropout(specs, id8, dropout_rate)
+    _add_block(specs, "9", 1, 1, md.fc_channels, label_num, 1, 0, image_size, gen, init)
+    specs.pop()                                              # net.layers(end) = []: no relu on the classifier
+    if init in ("xavier", "xavierimproved"):                 # network_init.m's "final touches"
+        specs[-1].weights[0] = specs[-1].weights[0] / 10
+    specs.append(LayerSpec("ourloss_logistic", "loss", [], {}))
+    for s in specs:                                          # network_init: every dropout at the caller's rate
+        if s.type == "dropout":
+            s.fields["rate"] = float(dropout_rate)
+    return specs
+
+
+def network_init(label_num: int, model: str, dropout_rate: float,
+                 pretrained: str | Path | Sequence[LayerSpec] | None = None, loss_type: str = "ourloss_logistic",
+                 image_size: int | None = None, seed: int | None = None, multiclass_adjust: bool = False,
+                 input_guard: bool = True, weight_init: str | None = None) -> tuple[SimpleNN, TrainOpts, dict]:
+    """Port of network_init.m (with tool/nets/<model>.m): (net, trainOpts, meta).
+
+    label_num: number of classes (outputs); model: a key of MODELS; dropout_rate: every dropout
+    layer's rate; pretrained: the MatConvNet ImageNet model file (the one tool/nets/*.m loads,
+    MODELS[model].pretrained_file), its LayerSpecs (the full list, cut here as the original cuts
+    it), or None for a random trunk (warned for the ImageNet models); loss_type: the last
+    layer's type (learn_icnn_multiclass.m sets it after network_init); multiclass_adjust: also
+    apply learn_icnn_multiclass.m's learning-rate and mag adjustments (`train_opts_multiclass`);
+    image_size: the input size (default: the model file's meta, else 227 for alexnet, 224 for
+    the VGGs, 64 for tiny); seed: for the random weights; weight_init: init_weight.m's method
+    for the new layers (default 'gaussian', N(0, 0.01^2), as the original; 'xavierimproved' for
+    tiny, see the module docstring).
+    meta: model, netname, label_num, image_size (H, W, 3), pretrained_count (how many leading
+    layers come from the trunk), data_sizes (our_vl_simplenn_display's data size per res),
+    classes, and the pretrained file's normalization when there is one.
+    """
+    md = _model(model)
+    if int(label_num) < 1:
+        raise ValueError(f"network_init: label_num must be >= 1, got {label_num}")
+    label_num = int(label_num)
+    file_meta: dict = {}
+    gen = _generator(seed)
+    if pretrained is None:
+        if md.cut:
+            warnings.warn(f"network_init({model!r}): no pretrained model given ({md.pretrained_file}); the trunk is "
+                          f"randomly initialised, so results will not match the paper's", stacklevel=2)
+        trunk = trunk_specs(model, generator=gen)
+    else:
+        if isinstance(pretrained, (str, Path)):
+            full, file_meta = load_pretrained(pretrained)
+        else:
+            full = [LayerSpec(s.type, s.name, [w.clone() for w in s.weights], dict(s.fields)) for s in pretrained]
+        if len(full) <= md.cut + 1:
+            raise ValueError(f"network_init({model!r}): the pretrained model has {len(full)} layers, too few to cut "
+                             f"{md.cut}")
+        trunk = full[:len(full) - md.cut]
+    size = int(image_size or _meta_image_size(file_meta) or md.image_size)
+    specs = build_icnn_specs(trunk, model, label_num, dropout_rate, size, weight_init=weight_init, generator=gen)
+    net = SimpleNN.from_specs(specs, input_guard=input_guard, copy=False)
+    opts = train_opts(label_num, model)
+    if loss_type != "ourloss_logistic":
+        _set_loss_type(net, loss_type)
+    if multiclass_adjust:
+        opts = apply_multiclass_adjustments(net, opts, label_num, loss_type, model)
+    meta = {"model": model, "netname": md.netname, "label_num": label_num, "image_size": (size, size, 3),
+            "pretrained_count": len(trunk), "data_sizes": layer_output_sizes(specs, size),
+            "classes": {"name": ["pos"], "description": ["pos"]}}
+    if "normalization" in file_meta:
+        meta["normalization"] = file_meta["normalization"]
+    net.meta.update(meta)
+    return net, opts, meta
