@@ -69,9 +69,11 @@ __all__ = [
 INVALID_OFFSET = 100000.0          # getDistSqrtVar.m's invalidNum
 GOLDFISH = "n01443537"             # step_computeStability*.m: this category has only part 1
 # showResults.m: the layer measured, an index into getConvNetPara's conv layers
-DEFAULT_LAYER_ID = {"alexnet": 6, "vgg-m": 6, "vgg-s": 6, "vgg-vd-16": 14}
+# showResults.m: the first conv_mask layer, as an index into getConvNetPara's conv layers
+# ('tiny', the package's small net: conv1-3, then conv_mask conv6 = the 4th conv layer)
+DEFAULT_LAYER_ID = {"alexnet": 6, "vgg-m": 6, "vgg-s": 6, "vgg-vd-16": 14, "tiny": 4}
 # showResults.m: the parts evaluated per dataset
-PART_LISTS = {"ilsvrcanimalpart": (1, 2), "vocpart": (1, 2, 3), "cub200": (1, 6, 14)}
+PART_LISTS = {"ilsvrcanimalpart": (1, 2), "vocpart": (1, 2, 3), "cub200": (1, 6, 14), "toy": (1, 2)}
 PATCH_NUM_PER_PATTERN = 100        # step_computeStability*.m
 SELECTED_PATTERN_RATIO = 1.0       # step_computeStability*.m
 

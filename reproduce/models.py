@@ -41,7 +41,7 @@ from .conv_mask import pos_templates
 from .geometry import layer_output_sizes
 from .network import LossLayer, SimpleNN
 
-__all__ = ["MODELS", "ModelDef", "TrainOpts", "network_init", "init_weight", "build_icnn_specs", "train_opts", "train_opts_multiclass",
+__all__ = ["MODELS", "ModelDef", "TrainOpts", "network_init", "plain_cnn_specs", "init_weight", "build_icnn_specs", "train_opts", "train_opts_multiclass",
            "apply_multiclass_adjustments", "trunk_specs", "load_pretrained", "LOSS_WEIGHT", "MAG",
            "ALPHA_INIT", "INIT_STD"]
 
@@ -432,10 +432,33 @@ def build_icnn_specs(trunk: list[LayerSpec], model: str, label_num: int, dropout
     return specs
 
 
+_CONV_MASK_ONLY_FIELDS = ("posTemp", "lossWeight", "sliceMag", "filter", "mag", "mu_x", "mu_y", "sqrtvar",
+                          "strength", "iter")
+
+
+def plain_cnn_specs(specs: Sequence[LayerSpec]) -> list[LayerSpec]:
+    """The ordinary CNN of the paper's comparison: every conv_mask layer becomes a plain conv.
+
+    Same filters and biases (so the same random initialisation), learning rates [1 2] and
+    weight decays [1 0] (add_block.m's), no beta, no filter loss, no sliceMag.
+    """
+    out = []
+    for s in specs:
+        if s.type != "conv_mask":
+            out.append(s)
+            continue
+        fields = {k: v for k, v in s.fields.items() if k not in _CONV_MASK_ONLY_FIELDS and k != "_matlab"}
+        fields["learningRate"] = tuple(s.fields.get("learningRate", (1.0, 2.0)))[:2]
+        fields["weightDecay"] = tuple(s.fields.get("weightDecay", (1.0, 0.0)))[:2]
+        out.append(LayerSpec("conv", s.name, list(s.weights[:2]), fields))
+    return out
+
+
 def network_init(label_num: int, model: str, dropout_rate: float,
                  pretrained: str | Path | Sequence[LayerSpec] | None = None, loss_type: str = "ourloss_logistic",
                  image_size: int | None = None, seed: int | None = None, multiclass_adjust: bool = False,
-                 input_guard: bool = True, weight_init: str | None = None) -> tuple[SimpleNN, TrainOpts, dict]:
+                 input_guard: bool = True, weight_init: str | None = None,
+                 interpretable: bool = True) -> tuple[SimpleNN, TrainOpts, dict]:
     """Port of network_init.m (with tool/nets/<model>.m): (net, trainOpts, meta).
 
     label_num: number of classes (outputs); model: a key of MODELS; dropout_rate: every dropout
@@ -448,6 +471,8 @@ def network_init(label_num: int, model: str, dropout_rate: float,
     the VGGs, 64 for tiny); seed: for the random weights; weight_init: init_weight.m's method
     for the new layers (default 'gaussian', N(0, 0.01^2), as the original; 'xavierimproved' for
     tiny, see the module docstring).
+    interpretable: False builds the ordinary CNN the paper compares with: the same layers,
+    weights and rates, with plain conv layers in place of the conv_mask ones (`plain_cnn_specs`).
     meta: model, netname, label_num, image_size (H, W, 3), pretrained_count (how many leading
     layers come from the trunk), data_sizes (our_vl_simplenn_display's data size per res),
     classes, and the pretrained file's normalization when there is one.
@@ -474,6 +499,8 @@ def network_init(label_num: int, model: str, dropout_rate: float,
         trunk = full[:len(full) - md.cut]
     size = int(image_size or _meta_image_size(file_meta) or md.image_size)
     specs = build_icnn_specs(trunk, model, label_num, dropout_rate, size, weight_init=weight_init, generator=gen)
+    if not interpretable:
+        specs = plain_cnn_specs(specs)
     net = SimpleNN.from_specs(specs, input_guard=input_guard, copy=False)
     opts = train_opts(label_num, model)
     if loss_type != "ourloss_logistic":
@@ -481,6 +508,7 @@ def network_init(label_num: int, model: str, dropout_rate: float,
     if multiclass_adjust:
         opts = apply_multiclass_adjustments(net, opts, label_num, loss_type, model)
     meta = {"model": model, "netname": md.netname, "label_num": label_num, "image_size": (size, size, 3),
+            "interpretable": bool(interpretable),
             "pretrained_count": len(trunk), "data_sizes": layer_output_sizes(specs, size),
             "classes": {"name": ["pos"], "description": ["pos"]}}
     if "normalization" in file_meta:

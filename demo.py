@@ -1,0 +1,275 @@
+"""demo.m in Python: learn an interpretable CNN, then show its results.
+
+    python demo.py --quick          # offline: toy dataset, tiny net, CPU, a few minutes
+    python demo.py                  # demo.m's defaults: ILSVRC part fox, vgg-vd-16, dropout 0.8
+    python demo.py --help           # every option
+
+demo.m's settings are the options (dataset, category, model, dropout rate,
+multi-class with its loss) with demo.m's values as defaults; its steps are the
+same: set up the data and the pretrained model (downloading what is missing,
+or saying exactly what is missing when offline), learn the ICNN
+(learn_icnn.m / learn_icnn_multiclass.m), show results (showResults.m: binary
+error, location stability, receptive-field drawings). The last line is
+demo.m's `binary error <x>     location stability <y>`, followed by the
+paper's figures for the same dataset and model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+QUICK = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 0.5, "epochs": 8,
+         "device": "cpu", "out": "output/quick"}
+DEMO_DEFAULTS = {"dataset": "ilsvrcanimalpart", "categories": ["n02118333"], "model": "vgg-vd-16",
+                 "dropout": 0.8, "epochs": None, "device": None, "out": "output"}
+LOSSES = {"logistic": "ourloss_logistic", "softmaxlog": "ourloss_softmaxlog"}
+
+
+def _lists() -> tuple[dict, list[str]]:
+    from data_prep.setup import ILSVRC_CATEGORIES, VOC_CATEGORIES
+    from data_prep.toy import TOY_CATEGORIES
+    from reproduce.models import MODELS
+    categories = {"ilsvrcanimalpart": list(ILSVRC_CATEGORIES), "vocpart": list(VOC_CATEGORIES),
+                  "cub200": ["cub200"], "toy": list(TOY_CATEGORIES)}
+    return categories, list(MODELS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    categories, models = _lists()
+    parser = argparse.ArgumentParser(
+        prog="python demo.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n", 2)[2],
+        epilog="categories:\n"
+               f"  ilsvrcanimalpart: {' '.join(categories['ilsvrcanimalpart'])}\n"
+               f"  vocpart:          {' '.join(categories['vocpart'])}\n"
+               "  cub200:           cub200\n"
+               f"  toy:              {' '.join(categories['toy'])} (generated offline)\n\n"
+               "outputs (under --out): mat/<category>/ (imdb cache, net-epoch-N.pt checkpoints, "
+               "net-train.png), mat/<category>-ordinary/ (with --baseline), draw_RF/ (receptive fields "
+               "and a contact sheet).\n"
+               "Running the same command again resumes training from the last checkpoint.")
+    parser.add_argument("--quick", action="store_true",
+                        help="the embedded default: generate the toy dataset, train the tiny net on the CPU "
+                             f"({QUICK['epochs']} epochs) and show results, all offline "
+                             "(other options still override)")
+    parser.add_argument("--dataset", choices=list(categories), default=None,
+                        help="dataset (demo.m: 'ilsvrcanimalpart', 'vocpart', 'cub200'; plus 'toy'); "
+                             "default ilsvrcanimalpart")
+    parser.add_argument("--category", nargs="+", default=None, metavar="C",
+                        help="category (default n02118333, the fox); several with --multiclass; "
+                             "the valid ones are listed below")
+    parser.add_argument("--model", choices=models, default=None,
+                        help="network (default vgg-vd-16; 'tiny' is the package's small CPU net)")
+    parser.add_argument("--dropout", type=float, default=None, help="dropout rate (demo.m: 0.8)")
+    parser.add_argument("--multiclass", action="store_true",
+                        help="learn one CNN for several categories (learn_icnn_multiclass.m); "
+                             "vocpart defaults to its six animals, as demo.m")
+    parser.add_argument("--loss", choices=list(LOSSES), default="logistic",
+                        help="loss of a multi-class CNN (demo.m's lossType; default logistic)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when present, else cpu; --quick: cpu)")
+    parser.add_argument("--out", default=None, help="output folder (default ./output; --quick: ./output/quick)")
+    parser.add_argument("--data-root", default=None,
+                        help="datasets folder (default $ICNN_DATA_ROOT or output/data)")
+    parser.add_argument("--models-root", default=None,
+                        help="folder of the MatConvNet ImageNet models (default $ICNN_MODELS_ROOT or output/nets)")
+    parser.add_argument("--pretrained", default="auto",
+                        help="'auto' (the model's MatConvNet file, downloaded when missing), 'none' "
+                             "(random trunk), or a model file")
+    parser.add_argument("--offline", action="store_true",
+                        help="download nothing: say exactly what is missing, from where, and where it goes")
+    parser.add_argument("--net", default=None, metavar="PATH",
+                        help="skip training: show results for a trained net, a net-epoch-N.mat written by "
+                             "the original MATLAB code or this package's net-epoch-N.pt")
+    parser.add_argument("--imdb", default=None, metavar="PATH",
+                        help="with --net: the imdb whose dataMean the net was trained with (the original's "
+                             "imdb.mat, or this package's imdb cache folder); default: build or reuse ours")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also train the ordinary CNN (plain conv layers instead of conv_mask, trained "
+                             "the same way) and print the two side by side")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="number of epochs (default: the original's 50, multi-class 80; --quick: "
+                             f"{QUICK['epochs']})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (weights, batch order)")
+    parser.add_argument("--save-mat", action="store_true",
+                        help="also write MATLAB net-epoch-N.mat checkpoints")
+    parser.add_argument("--no-draw", action="store_true", help="skip the receptive-field drawings")
+    parser.add_argument("--fix-slicemag-quirk", action="store_true",
+                        help="use the corrected sliceMag update instead of the original's column-1 quirk")
+    return parser
+
+
+class DemoError(Exception):
+    """A problem with the demo's settings or environment, said before any long work starts."""
+
+
+def resolve_settings(args: argparse.Namespace) -> dict:
+    """demo.m's settings from the options: --quick's, then demo.m's defaults, then what was given."""
+    categories, models = _lists()
+    base = dict(QUICK if args.quick else DEMO_DEFAULTS)
+    dataset = args.dataset or base["dataset"]
+    if args.category:
+        cats = list(args.category)
+    elif args.multiclass and dataset == "vocpart":
+        cats = list(categories["vocpart"])              # demo.m's multi-class VOC run
+    elif dataset == base["dataset"]:
+        cats = list(base["categories"])
+    elif args.multiclass:
+        cats = list(categories[dataset])
+    else:
+        cats = [categories[dataset][0]] if dataset != "ilsvrcanimalpart" else ["n02118333"]
+    valid = categories[dataset]
+    for c in cats:
+        if c not in valid:
+            other = [d for d, cs in categories.items() if c in cs]
+            hint = f" ({c} is a category of {other[0]})" if other else ""
+            raise DemoError(f"category {c!r} is not in dataset {dataset!r}{hint}; valid categories: "
+                            f"{' '.join(valid)}")
+    if len(cats) > 1 and not args.multiclass:
+        raise DemoError(f"{len(cats)} categories given: add --multiclass to learn one CNN for all of them")
+    if args.multiclass and len(cats) < 2:
+        raise DemoError("--multiclass needs at least two categories (--category A B ...)")
+    model = args.model or base["model"]
+    if model not in models:
+        raise DemoError(f"unknown model {model!r}; valid models: {' '.join(models)}")
+    return {"dataset": dataset, "categories": cats, "model": model,
+            "dropout": args.dropout if args.dropout is not None else base["dropout"],
+            "epochs": args.epochs if args.epochs is not None else base["epochs"],
+            "device": resolve_device(args.device or base["device"]),
+            "out": Path(args.out or base["out"])}
+
+
+def resolve_device(device: str | None) -> str:
+    """cuda when present (unless asked otherwise); asking for cuda without a GPU is an error."""
+    import torch
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DemoError(f"--device {device} asked for, but PyTorch sees no CUDA GPU here "
+                        f"(torch {torch.__version__}); use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise DemoError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    return device
+
+
+def check_output_folder(out: Path, needed_bytes: int) -> None:
+    """Say before hours of training, not after, that the output folder is unusable or too small."""
+    from data_prep.download import InsufficientDiskSpaceError, check_disk_space
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DemoError(f"the output folder {out} is not writable: {exc}") from exc
+    try:
+        check_disk_space(out, needed_bytes)
+    except InsufficientDiskSpaceError as exc:
+        raise DemoError(str(exc)) from exc
+
+
+def estimate_bytes(settings: dict, baseline: bool) -> int:
+    """A rough lower bound of what a run writes: the imdb and two checkpoints' worth of weights."""
+    from reproduce.models import MODELS
+    size = MODELS[settings["model"]].image_size
+    images = 4000 * max(1, len(settings["categories"]))       # 1000 negatives -> 4000 images per category
+    imdb = images * 3 * size * size * 4
+    weights = {"vgg-vd-16": 540e6, "alexnet": 260e6, "vgg-m": 330e6, "vgg-s": 330e6}.get(settings["model"], 5e6)
+    return int(imdb + 2 * weights * (2 if baseline else 1))
+
+
+def experiment(settings: dict, args: argparse.Namespace):
+    from reproduce.pipeline import Experiment
+    return Experiment(dataset=settings["dataset"], categories=settings["categories"], model=settings["model"],
+                      dropout=settings["dropout"], loss=LOSSES[args.loss], out=settings["out"],
+                      data_root=Path(args.data_root) if args.data_root else None,
+                      models_root=Path(args.models_root) if args.models_root else None,
+                      pretrained=args.pretrained, offline=args.offline or settings["dataset"] == "toy",
+                      device=settings["device"], seed=args.seed, epochs=settings["epochs"],
+                      save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
+                      draw=not args.no_draw)
+
+
+def show_trained_net(exp, net_path: Path, imdb_path: str | None):
+    """--net: showResults.m on an existing net (MATLAB net-epoch-N.mat or this package's .pt)."""
+    from reproduce.evaluate import load_net_for_evaluation
+    from reproduce.pipeline import RunResult, build_imdb, image_size_of, prepare_dataset, show_results
+    if not net_path.is_file():
+        raise DemoError(f"--net {net_path}: no such file")
+    net, stats, meta = load_net_for_evaluation(net_path, exp.device)
+    size = tuple(int(s) for s in list(getattr(net, "meta", {}).get("image_size", ()) or ())[:2]) or None
+    if size is None:
+        from reproduce.evaluate import _image_size
+        size = _image_size(net)
+    paths = prepare_dataset(exp, size[0])
+    if imdb_path:
+        from reproduce.evaluate import _read_mean_data
+        import numpy as np
+
+        class _Mean:  # show_results needs only data_mean (3 x H x W)
+            data_mean = np.ascontiguousarray(_read_mean_data(imdb_path).transpose(2, 0, 1))
+        imdb = _Mean()
+    else:
+        imdb = build_imdb(exp, paths, (size[0], size[1]))
+    return show_results(exp, net, stats, imdb, paths)
+
+
+def print_comparison(ordinary, interpretable) -> None:
+    print()
+    print("                       binary error   location instability   (lower is better)")
+    for label, r in (("ordinary CNN", ordinary), ("interpretable CNN", interpretable)):
+        print(f"  {label:<20s} {r.binary_error:12.4f}   {r.stability:20.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        settings = resolve_settings(args)
+        exp = experiment(settings, args)
+        check_output_folder(exp.out, estimate_bytes(settings, args.baseline) if args.net is None else 10**6)
+        print(f"demo: dataset {exp.dataset}, {'categories' if exp.multiclass else 'category'} "
+              f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}, "
+              f"output {exp.out}", flush=True)
+        from reproduce.pipeline import ordinary_counterpart, prepare_dataset, run_experiment
+        if args.net:
+            result = show_trained_net(exp, Path(args.net), args.imdb)
+            ordinary = None
+        else:
+            from reproduce.pipeline import build_net, image_size_of
+            _, _, meta = build_net(exp)
+            paths = prepare_dataset(exp, image_size_of(meta)[0])
+            ordinary = run_experiment(ordinary_counterpart(exp), paths) if args.baseline else None
+            result = run_experiment(exp, paths)
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted; run the same command again to resume from the last checkpoint.",
+              file=sys.stderr)
+        return 130
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the message names the file/setting; --help explains
+        from data_prep.setup import MissingDataError
+        if isinstance(exc, MissingDataError):
+            print(f"demo: the data is not all here.\n{exc}", file=sys.stderr)
+            return 3
+        raise
+    if ordinary is not None:
+        print_comparison(ordinary, result)
+    if result.drawing is not None:
+        print(f"receptive fields: {exp.draw_dir} (contact sheet: {result.drawing.contact_sheet})")
+    print(f"demo: done in {time.perf_counter() - start:.0f} s")
+    from reproduce.paper_numbers import format_rows, rows_for
+    print(result.line())
+    scope = "multi-class" if exp.multiclass else "single-class"
+    print(format_rows(rows_for(exp.dataset, exp.model, exp.categories[0], scope)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
