@@ -6,7 +6,7 @@ Public surface: `loadmat`, `savemat`, `MatFileError`, the value types of
 legacy_compat imports nothing from the rest of the package.
 """
 from .mattypes import MatStruct, StructArray, cell, cell_items, is_cell, scalar
-from .matio import MatFileError, loadmat
+from .matio import MatFileError, loadmat, savemat
 
 __all__ = ["MatStruct", "StructArray", "cell", "cell_items", "is_cell", "scalar",
-           "MatFileError", "loadmat"]
+           "MatFileError", "loadmat", "savemat"]

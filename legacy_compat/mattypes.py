@@ -1,6 +1,7 @@
 """Python values for MATLAB values: the types `loadmat` returns and `savemat` takes.
 
-The mapping (both MAT v5/v7 and v7.3 read to exactly these):
+The mapping (both MAT v5/v7 and v7.3 read to exactly these; docs/MATLAB_MAPPING.md
+has the full table, both directions, and what savemat does with plain Python values):
 
 | MATLAB                                   | Python                                                  |
 |------------------------------------------|---------------------------------------------------------|
@@ -8,13 +9,16 @@ The mapping (both MAT v5/v7 and v7.3 read to exactly these):
 | struct array (any other shape, incl. 0x0)| `StructArray` (ndarray of `MatStruct`, MATLAB shape,    |
 |                                          | `.fieldnames` keeps the field order)                    |
 | cell array                               | `numpy.ndarray` of dtype object, MATLAB shape           |
-| char row (1 x n) and the empty char ''   | `str`                                                   |
+| char row (1 x n, incl. 1 x 0) and ''     | `str`                                                   |
 | char of any other shape (m x n, n x 1)   | `numpy.ndarray` of dtype '<U1', MATLAB shape            |
 | logical                                  | `numpy.ndarray` of bool, MATLAB shape                   |
 | double/single/int8..uint64               | `numpy.ndarray` of float64/float32/int8..uint64          |
-| complex                                  | `numpy.ndarray` of complex128/complex64                 |
-| sparse (double or logical)               | `scipy.sparse.csc_matrix` (float64 / bool)              |
+| complex                                  | `numpy.ndarray` of complex128/complex64 (complex        |
+|                                          | integers, which numpy lacks, read as complex128)        |
+| sparse (double or logical)               | `scipy.sparse.csc_matrix` (float64 / bool; complex128)  |
 | empty of any class                       | an array of that class with its MATLAB shape (0 x 0 ...)|
+|                                          | (empty char: '' for 0 x 0 and 1 x 0, else '<U1' array)  |
+| function handle, MATLAB object           | not representable: `loadmat` raises `MatFileError`      |
 
 Arrays are at least 2-D and keep MATLAB's shape: a 2 x 1 stays (2, 1), a
 scalar is (1, 1). Indexing inside Python is 0-based (``sa[0, 2]`` is MATLAB's
@@ -71,6 +75,14 @@ class StructArray(np.ndarray):
 
     def __array_finalize__(self, obj: Any) -> None:
         self.fieldnames = list(getattr(obj, "fieldnames", []))
+
+    def __reduce__(self):  # keep fieldnames through pickle (DataLoader workers, multiprocessing)
+        reconstruct, args, state = super().__reduce__()
+        return reconstruct, args, (state, self.fieldnames)
+
+    def __setstate__(self, state: Any) -> None:
+        array_state, self.fieldnames = state
+        super().__setstate__(array_state)
 
     @classmethod
     def from_structs(cls, structs: Iterable[MatStruct], shape: tuple[int, ...] | None = None) -> "StructArray":

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from legacy_compat.simplenn import pair, quad
+
 __all__ = ["LayerGeometry", "layer_geometry", "layer_output_sizes", "ConvNetPara",
            "get_conv_net_para", "x2p", "CONV_TYPES"]
 
@@ -51,22 +53,6 @@ class LayerGeometry:
         return (1, 1)
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.size == 1:
-        return int(a[0]), int(a[0])
-    if a.size == 2:
-        return int(a[0]), int(a[1])
-    raise ValueError(f"expected a scalar or a pair, got {a.tolist()}")
-
-
-def _quad(v: Any) -> tuple[int, int, int, int]:
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.size == 1:
-        return (int(a[0]),) * 4  # type: ignore[return-value]
-    if a.size == 4:
-        return tuple(int(b) for b in a)  # type: ignore[return-value]
-    raise ValueError(f"expected a scalar or [top bottom left right], got {a.tolist()}")
 
 
 def layer_geometry(layer: Any) -> LayerGeometry:
@@ -79,14 +65,14 @@ def layer_geometry(layer: Any) -> LayerGeometry:
     if ltype is None:
         raise TypeError(f"cannot read the geometry of a {type(layer).__name__} (expected a LayerSpec or a layer module)")
     fields = getattr(layer, "fields", {})
-    pad = _quad(fields.get("pad", 0))
-    stride = _pair(fields.get("stride", 1))
+    pad = quad(fields.get("pad", 0))
+    stride = pair(fields.get("stride", 1))
     if ltype in CONV_TYPES:
         w = layer.weights[0] if getattr(layer, "weights", None) else None
         kernel = (int(w.shape[2]), int(w.shape[3])) if w is not None else (1, 1)
-        return LayerGeometry(ltype, kernel, _pair(fields.get("dilate", 1)), pad, stride)
+        return LayerGeometry(ltype, kernel, pair(fields.get("dilate", 1)), pad, stride)
     if ltype == "pool":
-        return LayerGeometry(ltype, _pair(fields["pool"]), (1, 1), pad, stride)
+        return LayerGeometry(ltype, pair(fields["pool"]), (1, 1), pad, stride)
     return LayerGeometry(ltype, (1, 1), (1, 1), pad, stride)
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from legacy_compat.simplenn import (LayerSpec, filters_to_matlab, maps_to_matlab, maps_to_torch,
+from legacy_compat.simplenn import (LayerSpec, pair, quad, filters_to_matlab, maps_to_matlab, maps_to_torch,
                                     vector_to_matlab)
 
 from . import losses
@@ -44,22 +44,6 @@ class InputGuardError(ValueError):
     """our_vl_simplenn.m's input check failed: no input value below -10."""
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.size == 1:
-        return int(a[0]), int(a[0])
-    if a.size == 2:
-        return int(a[0]), int(a[1])
-    raise ValueError(f"expected a scalar or [y x], got {a.tolist()}")
-
-
-def _quad(v: Any) -> tuple[int, int, int, int]:
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.size == 1:
-        return (int(a[0]),) * 4  # type: ignore[return-value]
-    if a.size == 4:
-        return tuple(int(b) for b in a)  # type: ignore[return-value]
-    raise ValueError(f"expected a scalar or [top bottom left right], got {a.tolist()}")
 
 
 class _Layer(nn.Module):
@@ -111,9 +95,9 @@ class MatConv(_Layer):
         w = torch.as_tensor(weight, dtype=torch.float32)
         self.weight = nn.Parameter(w.clone() if copy else w)
         self.bias = None if bias is None else nn.Parameter(torch.as_tensor(bias, dtype=torch.float32).reshape(-1).clone())
-        self.pad = _quad(pad)
-        self.stride = _pair(stride)
-        self.dilate = _pair(dilate)
+        self.pad = quad(pad)
+        self.stride = pair(stride)
+        self.dilate = pair(dilate)
         self.groups = int(groups)
 
     def weights(self):
@@ -163,9 +147,9 @@ class Pool(_Layer):
 
     def __init__(self, pool: Any, *, stride: Any = 1, pad: Any = 0, method: str = "max", **kw):
         super().__init__(**kw)
-        self.pool = _pair(pool)
-        self.stride = _pair(stride)
-        self.pad = _quad(pad)
+        self.pool = pair(pool)
+        self.stride = pair(stride)
+        self.pad = quad(pad)
         self.method = str(method).lower()
         if self.method not in ("max", "avg"):
             raise ValueError(f"pool layer {self.name!r}: unknown method {method!r} (max or avg)")
