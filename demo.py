@@ -21,10 +21,24 @@ import sys
 import time
 from pathlib import Path
 
+# Before torch loads its OpenMP runtime (libgomp in the Linux wheels): idle OpenMP threads spin for
+# 30000 rounds, not libgomp's default 300000, before they sleep. On a small machine shared with other
+# work, long-spinning threads fight for the cores. Measured on 2 cores, one training batch of the tiny
+# net: alone 52 ms (default) / 55 ms (30000) / 69 ms (OMP_WAIT_POLICY=PASSIVE); beside two busy
+# processes 1183 / 137 / 168 ms. Setting OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself overrides this.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+
+# --quick: the toy dataset's default size (1500 positives of toy01 + 1000 negatives -> an imdb of
+# 4000 images, 3600 for training), the tiny net, 8 epochs (its lr schedule: the first 8 of
+# network_init.m's logspace(-4, -5, 10) x lrMag), dropout 0.5 instead of demo.m's 0.8 (the tiny
+# head has 128 fc channels, not 4096). Measured on an idle 2-core CPU: about 90 s for --quick and
+# 140 s with --baseline (toy dataset generated in both), both nets to a validation error <= 1.5 %.
 QUICK = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 0.5, "epochs": 8,
          "device": "cpu", "out": "output/quick"}
 DEMO_DEFAULTS = {"dataset": "ilsvrcanimalpart", "categories": ["n02118333"], "model": "vgg-vd-16",
                  "dropout": 0.8, "epochs": None, "device": None, "out": "output"}
+TOY_NEGATIVES = 1000   # data_prep.toy's default n_neg (getNegObjSet.m's MaxObjNum); the imdb holds 4 x n_neg
 LOSSES = {"logistic": "ourloss_logistic", "softmaxlog": "ourloss_softmaxlog"}
 
 
@@ -100,7 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-draw", action="store_true", help="skip the receptive-field drawings")
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
+    # hidden, for tests and smoke runs: a smaller toy dataset (N positives per category and N negatives)
+    parser.add_argument("--toy-images", type=_positive_int, default=None, metavar="N", help=argparse.SUPPRESS)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
 
 
 class DemoError(Exception):
@@ -136,11 +162,13 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     model = args.model or base["model"]
     if model not in models:
         raise DemoError(f"unknown model {model!r}; valid models: {' '.join(models)}")
+    if args.toy_images is not None and dataset != "toy":
+        raise DemoError(f"--toy-images is for the toy dataset, not {dataset!r}")
     return {"dataset": dataset, "categories": cats, "model": model,
             "dropout": args.dropout if args.dropout is not None else base["dropout"],
             "epochs": args.epochs if args.epochs is not None else base["epochs"],
             "device": resolve_device(args.device or base["device"]),
-            "out": Path(args.out or base["out"])}
+            "out": Path(args.out or base["out"]), "toy_images": args.toy_images}
 
 
 def resolve_device(device: str | None) -> str:
@@ -176,7 +204,8 @@ def estimate_bytes(settings: dict, baseline: bool) -> int:
     """A rough lower bound of what a run writes: the imdb and two checkpoints' worth of weights."""
     from reproduce.models import MODELS
     size = MODELS[settings["model"]].image_size
-    images = 4000 * max(1, len(settings["categories"]))       # 1000 negatives -> 4000 images per category
+    negatives = settings.get("toy_images") or TOY_NEGATIVES
+    images = 4 * negatives * max(1, len(settings["categories"]))   # 1000 negatives -> 4000 images per category
     imdb = images * 3 * size * size * 4
     weights = {"vgg-vd-16": 540e6, "alexnet": 260e6, "vgg-m": 330e6, "vgg-s": 330e6}.get(settings["model"], 5e6)
     return int(imdb + 2 * weights * (2 if baseline else 1))
@@ -191,7 +220,14 @@ def experiment(settings: dict, args: argparse.Namespace):
                       pretrained=args.pretrained, offline=args.offline or settings["dataset"] == "toy",
                       device=settings["device"], seed=args.seed, epochs=settings["epochs"],
                       save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
-                      draw=not args.no_draw)
+                      draw=not args.no_draw, toy_options=toy_options(args))
+
+
+def toy_options(args: argparse.Namespace) -> dict:
+    """data_prep.toy.generate_toy_dataset's size options: its defaults unless --toy-images N."""
+    if args.toy_images is None:
+        return {}
+    return {"n_pos": int(args.toy_images), "n_neg": int(args.toy_images)}
 
 
 def show_trained_net(exp, net_path: Path, imdb_path: str | None):
@@ -220,9 +256,16 @@ def show_trained_net(exp, net_path: Path, imdb_path: str | None):
 
 def print_comparison(ordinary, interpretable) -> None:
     print()
-    print("                       binary error   location instability   (lower is better)")
+    print("                       binary error   location instability   learn s   show s   (lower is better)")
     for label, r in (("ordinary CNN", ordinary), ("interpretable CNN", interpretable)):
-        print(f"  {label:<20s} {r.binary_error:12.4f}   {r.stability:20.4f}")
+        t = r.seconds or {}
+        print(f"  {label:<20s} {r.binary_error:12.4f}   {r.stability:20.4f}   {t.get('learn', float('nan')):7.0f}"
+              f"   {t.get('show_results', float('nan')):6.0f}")
+
+
+def stage(text: str) -> None:
+    """A heading between the steps, so that the progress bars below it say whose they are."""
+    print(f"\n== {text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,8 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from reproduce.pipeline import build_net, image_size_of
             _, _, meta = build_net(exp)
+            from data_prep.setup import default_data_root
+            how = ("generated once, then reused" if exp.dataset == "toy" else
+                   "checked" if exp.offline else "downloaded when missing")
+            stage(f"data: {exp.dataset} in {exp.data_root or default_data_root()} ({how})")
             paths = prepare_dataset(exp, image_size_of(meta)[0])
-            ordinary = run_experiment(ordinary_counterpart(exp), paths) if args.baseline else None
+            ordinary = None
+            if args.baseline:
+                stage("the ordinary CNN (baseline): learn, then binary error and location instability")
+                ordinary = run_experiment(ordinary_counterpart(exp), paths)
+            stage("the interpretable CNN: learn (learn_icnn), then show results (showResults)")
             result = run_experiment(exp, paths)
     except KeyboardInterrupt:
         print("\ndemo: interrupted; run the same command again to resume from the last checkpoint.",

@@ -1,0 +1,157 @@
+"""demo.py (demo.m): its settings, the errors it gives before any long work, and one small
+end-to-end run of the embedded default (toy dataset, tiny net, CPU) with the baseline."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import demo
+
+RESULT_LINE = re.compile(r"^binary error (\d+\.\d{6})     location stability (\d+\.\d{6})$")
+
+
+def _main(argv, capsys):
+    rc = demo.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _parse_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        demo.main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ settings
+def test_quick_settings_and_demo_m_defaults():
+    parser = demo.build_parser()
+    quick = demo.resolve_settings(parser.parse_args(["--quick"]))
+    assert (quick["dataset"], quick["categories"], quick["model"], quick["device"]) == ("toy", ["toy01"], "tiny", "cpu")
+    assert quick["epochs"] == demo.QUICK["epochs"] and quick["out"] == Path("output/quick")
+    full = demo.resolve_settings(parser.parse_args(["--device", "cpu"]))
+    assert (full["dataset"], full["categories"], full["model"], full["dropout"], full["epochs"]) == \
+        ("ilsvrcanimalpart", ["n02118333"], "vgg-vd-16", 0.8, None)                 # demo.m's values
+    voc = demo.resolve_settings(parser.parse_args(["--dataset", "vocpart", "--multiclass", "--device", "cpu"]))
+    assert voc["categories"] == ["bird", "cat", "cow", "dog", "horse", "sheep"]      # demo.m's multi-class run
+    over = demo.resolve_settings(parser.parse_args(["--quick", "--epochs", "2", "--dropout", "0.1", "--out", "x"]))
+    assert (over["epochs"], over["dropout"], over["out"]) == (2, 0.1, Path("x"))   # options override --quick
+
+
+def test_toy_images_sets_the_toy_size_and_the_disk_estimate():
+    parser = demo.build_parser()
+    args = parser.parse_args(["--quick", "--toy-images", "40"])
+    assert demo.toy_options(args) == {"n_pos": 40, "n_neg": 40}
+    assert demo.toy_options(parser.parse_args(["--quick"])) == {}
+    small = demo.estimate_bytes(demo.resolve_settings(args), baseline=False)
+    full = demo.estimate_bytes(demo.resolve_settings(parser.parse_args(["--quick"])), baseline=False)
+    assert small - 2 * 5e6 == pytest.approx((full - 2 * 5e6) * 40 / 1000, rel=1e-6)   # imdb: 4 x n_neg images
+    assert "--toy-images" not in parser.format_help()                                 # hidden
+
+
+# ------------------------------------------------------------------ bad input
+def test_unknown_dataset_and_model_list_the_valid_ones(capsys):
+    err = _parse_error(["--dataset", "imagenet"], capsys)
+    assert "imagenet" in err and all(d in err for d in ("ilsvrcanimalpart", "vocpart", "cub200", "toy"))
+    err = _parse_error(["--model", "resnet50"], capsys)
+    assert "resnet50" in err and all(m in err for m in ("vgg-vd-16", "alexnet", "vgg-m", "vgg-s", "tiny"))
+
+
+def test_unknown_category_lists_the_valid_ones(capsys):
+    rc, out, err = _main(["--category", "n99999999", "--device", "cpu"], capsys)
+    assert rc == 2 and out == ""
+    assert "'n99999999' is not in dataset 'ilsvrcanimalpart'" in err
+    assert all(c in err for c in ("n02118333", "n01674464", "n01443537"))
+
+
+def test_a_voc_category_with_ilsvrcanimalpart_names_its_dataset(capsys):
+    rc, _, err = _main(["--dataset", "ilsvrcanimalpart", "--category", "bird", "--device", "cpu"], capsys)
+    assert rc == 2 and "'bird' is not in dataset 'ilsvrcanimalpart' (bird is a category of vocpart)" in err
+    rc, _, err = _main(["--dataset", "toy", "--category", "n02118333", "--device", "cpu"], capsys)
+    assert rc == 2 and "of ilsvrcanimalpart" in err and "toy01 toy02 toy03" in err
+
+
+def test_several_categories_need_multiclass(capsys):
+    rc, _, err = _main(["--dataset", "vocpart", "--category", "bird", "cat", "--device", "cpu"], capsys)
+    assert rc == 2 and "--multiclass" in err
+    rc, _, err = _main(["--dataset", "vocpart", "--category", "bird", "--multiclass", "--device", "cpu"], capsys)
+    assert rc == 2 and "at least two categories" in err
+
+
+def test_toy_images_only_for_the_toy_dataset(capsys):
+    rc, _, err = _main(["--toy-images", "10", "--device", "cpu"], capsys)
+    assert rc == 2 and "--toy-images is for the toy dataset" in err
+    assert "expected a number >= 1" in _parse_error(["--quick", "--toy-images", "0"], capsys)
+
+
+def test_cuda_without_a_gpu_is_said_at_once(capsys, monkeypatch, tmp_path):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, out, err = _main(["--quick", "--device", "cuda", "--out", tmp_path / "out"], capsys)
+    assert rc == 2 and "--device cuda asked for, but PyTorch sees no CUDA GPU" in err and "--device cpu" in err
+    assert not (tmp_path / "out").exists()
+    rc, _, err = _main(["--quick", "--device", "tpu", "--out", tmp_path / "out"], capsys)
+    assert rc == 2 and "use cpu, cuda or cuda:N" in err
+    assert demo.resolve_device(None) == "cpu"                                         # the default without a GPU
+
+
+def test_unwritable_output_folder_is_said_before_any_work(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    data = tmp_path / "data"
+    rc, out, err = _main(["--quick", "--out", blocker / "out", "--data-root", data], capsys)
+    assert rc == 2 and f"the output folder {blocker / 'out'} is not writable" in err
+    assert not data.exists() and "epoch" not in out + err                            # nothing generated or trained
+
+
+def test_a_full_disk_is_said_before_any_work(capsys, tmp_path, monkeypatch):
+    from data_prep import download
+
+    def full(path, needed):
+        raise download.InsufficientDiskSpaceError(f"not enough free disk space for {path}: need {needed} bytes")
+    monkeypatch.setattr(download, "check_disk_space", full)
+    rc, _, err = _main(["--quick", "--out", tmp_path / "out", "--data-root", tmp_path / "data"], capsys)
+    assert rc == 2 and "not enough free disk space" in err and not (tmp_path / "data").exists()
+
+
+def test_missing_net_file(capsys, tmp_path):
+    rc, _, err = _main(["--quick", "--net", tmp_path / "nope.pt", "--out", tmp_path / "out",
+                        "--data-root", tmp_path / "data"], capsys)
+    assert rc == 2 and "nope.pt: no such file" in err
+
+
+# ------------------------------------------------------------------ one whole run
+def test_quick_end_to_end_on_a_small_toy_set_with_the_baseline(capsys, tmp_path):
+    """--quick with 40 toy images a side and one epoch: every step of demo.m runs, the outputs are where
+    the original put them, the last lines are showResults.m's line and the paper's (absent) figures;
+    running the same command again resumes from the checkpoint and prints the same line."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    argv = ["--quick", "--toy-images", 40, "--epochs", 1, "--baseline", "--out", out, "--data-root", data]
+    rc, text, _ = _main(argv, capsys)
+    assert rc == 0
+    lines = text.strip().splitlines()
+    assert lines[-1] == "The paper reports no figures for this dataset/model."
+    match = RESULT_LINE.match(lines[-2])
+    assert match, lines[-2]
+    binerr, stability = (float(v) for v in match.groups())
+    assert 0 <= binerr <= 1 and 0 < stability < 1
+    rows = {ln.split("  ")[1].strip(): ln for ln in lines if ln.startswith("  ordinary CNN")
+            or ln.startswith("  interpretable CNN")}
+    assert set(rows) == {"ordinary CNN", "interpretable CNN"}
+    icnn = rows["interpretable CNN"].split()
+    assert float(icnn[2]) == pytest.approx(binerr, abs=1e-4) and float(icnn[3]) == pytest.approx(stability, abs=1e-4)
+
+    assert (data / "toy" / "toy.json").is_file()
+    for name in ("toy01", "toy01-ordinary"):
+        assert (out / "mat" / name / "net-epoch-1.pt").is_file() and (out / "mat" / name / "net-train.png").is_file()
+    assert (out / "mat" / "toy01" / "imdb").is_dir()
+    sheet = out / "draw_RF" / "toy01_contact_sheet.png"
+    assert sheet.is_file() and f"contact sheet: {sheet}" in text
+    for sub in ("img_ori", "img_RF", "img_maskF"):
+        assert any((out / "draw_RF" / sub).iterdir())
+
+    rc, again, _ = _main(argv, capsys)                                      # resume: nothing to train
+    assert rc == 0 and "epoch 01 (" not in again
+    assert again.strip().splitlines()[-2] == lines[-2]
