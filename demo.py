@@ -284,13 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             result = show_trained_net(exp, Path(args.net), args.imdb)
             ordinary = None
         else:
-            from reproduce.pipeline import build_net, image_size_of
-            _, _, meta = build_net(exp)
+            from reproduce.pipeline import input_size
             from data_prep.setup import default_data_root
             how = ("generated once, then reused" if exp.dataset == "toy" else
                    "checked" if exp.offline else "downloaded when missing")
             stage(f"data: {exp.dataset} in {exp.data_root or default_data_root()} ({how})")
-            paths = prepare_dataset(exp, image_size_of(meta)[0])
+            paths = prepare_dataset(exp, input_size(exp))
             ordinary = None
             if args.baseline:
                 stage("the ordinary CNN (baseline): learn, then binary error and location instability")

@@ -72,7 +72,7 @@ __all__ = [
     "SHOW_NUM", "INTEGRATE_ENERGY", "VISUALIZATION_STEP", "DRAW_THRESHOLD", "SCALE_W",
     "OCCLUDE_SIZE", "OCCLUDE_STRIDE", "TOP_OCC_NUM", "DrawRFError", "DrawRFResult",
     "get_mu_max", "mask_x", "image_to_uint8_blocks", "imagewrite", "gaussian_kernel",
-    "smooth_template", "get_rf_mask", "get_region", "canny_edges", "draw_edge",
+    "smooth_template", "get_rf_mask", "scaled_rf_settings", "get_region", "canny_edges", "draw_edge",
     "occlusion_list", "occluded_batch", "select_top_images", "accumulate_template",
     "contact_sheet", "draw_rf",
 ]
@@ -192,8 +192,8 @@ def smooth_template(t: np.ndarray, size: int = GAUSS_SIZE, sigma: float = GAUSS_
     return scipy.ndimage.correlate1d(out, g, axis=1, mode="nearest", origin=origin)
 
 
-def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_id: int, convnet: Any
-                ) -> np.ndarray:
+def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_id: int, convnet: Any,
+                gauss_size: int = GAUSS_SIZE, gauss_sigma: float = GAUSS_SIGMA) -> np.ndarray:
     """getRFMask (step_drawRF.m): the smoothed occlusion template shifted onto every map cell.
 
     template: (2ih, 2iw, showNum) (MATLAB layout, as computeRF saves it);
@@ -208,7 +208,8 @@ def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_
     takes the width range with ih (its nets are square); iw is used here.
     """
     from reproduce.geometry import x2p
-    t = smooth_template(np.asarray(template, dtype=np.float64).reshape(2 * ih, 2 * iw, -1).sum(axis=2))
+    t = smooth_template(np.asarray(template, dtype=np.float64).reshape(2 * ih, 2 * iw, -1).sum(axis=2),
+                        gauss_size, gauss_sigma)
     hh, ww = np.meshgrid(np.arange(1, xh + 1), np.arange(1, xw + 1), indexing="ij")
     hh, ww = hh.reshape(-1, order="F"), ww.reshape(-1, order="F")        # H fastest, as the loops
     pos = mround(x2p(np.stack([hh, ww]), layer_id, convnet)).astype(np.int64)
@@ -561,12 +562,23 @@ def _tau_from_batches(net: Any, st: _Setup, batches: Any, num_images: int, devic
     return top[:, tar_p - 1].cpu().numpy().astype(np.float32), dep_max
 
 
+def scaled_rf_settings(input_size: int, reference: int = 224) -> dict[str, Any]:
+    """The occluder and smoothing of computeRF / getRFMask scaled from the original's 224 x 224
+    input to `input_size` (a package choice for small inputs such as the toy's 64 x 64; at 224
+    they are the original's values)."""
+    s = float(input_size) / reference
+    return {"occlude_size": max(3, int(round(OCCLUDE_SIZE * s))),
+            "occlude_stride": max(1, int(round(OCCLUDE_STRIDE * s))),
+            "gauss_size": max(3, int(round(GAUSS_SIZE * s))), "gauss_sigma": GAUSS_SIGMA * s}
+
+
 def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[Any, tuple[int, int]], np.ndarray],
             mean_data: Any, layer_id: int, out_dir: os.PathLike | str = "draw_RF", *,
             show_num: int = SHOW_NUM, visualization_step: int = VISUALIZATION_STEP,
             integrate_energy: float = INTEGRATE_ENERGY, sampling_times: int = SAMPLING_TIMES,
             draw_threshold: float = DRAW_THRESHOLD, occlude_size: int = OCCLUDE_SIZE,
             occlude_stride: int = OCCLUDE_STRIDE, top_occ_num: int = TOP_OCC_NUM,
+            gauss_size: int = GAUSS_SIZE, gauss_sigma: float = GAUSS_SIGMA,
             image_size: tuple[int, int] | None = None, device: Any = "cpu", batch_size: int = 32,
             occlusion_batch_size: int = 128, seed: int = 1, overwrite_templates: bool = False,
             contact_sheet_name: str | None = None, progress: bool = True) -> DrawRFResult:
@@ -578,6 +590,10 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
     getI's patch (H x W x 3 float32, 0-255); mean_data: the imdb's dataMean
     (any form reproduce.evaluate takes: H x W x 3, 3 x H x W, an Imdb, an
     imdb.mat); layer_id: the measured conv layer (needs one above it).
+    The occluder (occlude_size, occlude_stride) and the template smoothing
+    (gauss_size, gauss_sigma: getRFMask's fspecial('gaussian', 50, 30)) are
+    the original's, chosen for 224 x 224 input; `scaled_rf_settings` gives
+    values scaled to another input size.
     computeRF skips a filter whose template file exists, as the original
     (`overwrite_templates=True` recomputes). Returns a DrawRFResult.
     """
@@ -671,7 +687,7 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
     for dep in filters:
         template, maps = templates[dep]
         xh, xw = maps.shape[:2]
-        rf = get_rf_mask(template, ih, iw, xh, xw, layer_id, st.convnet)
+        rf = get_rf_mask(template, ih, iw, xh, xw, layer_id, st.convnet, gauss_size, gauss_sigma)
         pics = [_read_image(p) for p in result.images[dep]]
         regions, drawn = [], []
         for k, pic in enumerate(pics):

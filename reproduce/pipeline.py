@@ -175,6 +175,12 @@ def build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
                               settings)
 
 
+def input_size(exp: Experiment) -> int:
+    """The network's input size (network_init's default for the model: 224, 227 for alexnet, 64 for tiny)."""
+    from .models import MODELS
+    return int(MODELS[exp.model].image_size)
+
+
 def image_size_of(meta: dict) -> tuple[int, int]:
     size = np.asarray(meta["image_size"]).reshape(-1)
     return int(size[0]), int(size[1])
@@ -196,7 +202,8 @@ def learn(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any, Any]:
 def show_results(exp: Experiment, net: Any, stats: dict, imdb: Any, paths: Any) -> RunResult:
     """showResults.m: the last epoch's validation error, the location stability of the first
     conv_mask layer (the conv layer at the same place for the ordinary CNN), and, for a
-    single-class ICNN, step_drawRF.m's pictures."""
+    single-class ICNN, step_drawRF.m's pictures (occluder and smoothing scaled to the input
+    size when it is not the original's 224: `draw_rf.scaled_rf_settings`)."""
     from .evaluate import CategorySource, evaluate_net
     conf = paths.data_conf()
     error_name = "top1err" if exp.loss == "ourloss_softmaxlog" else "binerr"
@@ -208,10 +215,11 @@ def show_results(exp: Experiment, net: Any, stats: dict, imdb: Any, paths: Any) 
                               progress=exp.progress)
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
     if exp.draw and exp.interpretable and not exp.multiclass:
-        from .draw_rf import draw_rf
+        from .draw_rf import draw_rf, scaled_rf_settings
         source = sources[0]
         result.drawing = draw_rf(net, source.name, source.objects, source.load_patch, mean, evaluation.layer_id,
-                                 exp.draw_dir, device=exp.device, progress=exp.progress)
+                                 exp.draw_dir, device=exp.device, progress=exp.progress,
+                                 **scaled_rf_settings(mean.shape[0]))
     return result
 
 

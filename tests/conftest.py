@@ -5,7 +5,13 @@ tests that need them skip, saying why, when they are absent.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# As demo.py does: idle OpenMP threads sleep sooner, so that tests on a small, shared machine
+# do not lose most of their time to spinning threads (see demo.py).
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 import pytest
 
