@@ -19,6 +19,7 @@ from pathlib import Path
 
 from legacy_compat import MatStruct, loadmat
 
+from .setup import ILSVRC_CATEGORIES   # setup_*.m's Name_batch: one list, kept in data_prep.setup
 from .readers import (default_readcode, BndBox, DataConf, DatasetError, ObjRecord, PartTruth, _number,
                       is_area_valid, read_part_truth_file, struct_elements)
 
@@ -26,13 +27,6 @@ __all__ = ["ILSVRC_CATEGORIES", "ILSVRC_PART_LIST", "ilsvrc_conf", "read_annotat
            "read_part_truth_ilsvrc", "ilsvrc_categories_on_disk"]
 
 # demo.m / setup_ilsvrcanimalpart.m: the 30 animal categories (WordNet ids).
-ILSVRC_CATEGORIES: tuple[str, ...] = (
-    "n01443537", "n01503061", "n01639765", "n01662784", "n01674464", "n01882714", "n01982650",
-    "n02084071", "n02118333", "n02121808", "n02129165", "n02129604", "n02131653", "n02324045",
-    "n02342885", "n02355227", "n02374451", "n02391049", "n02395003", "n02398521", "n02402425",
-    "n02411705", "n02419796", "n02437136", "n02444819", "n02454379", "n02484322", "n02503517",
-    "n02509815", "n02510455",
-)
 # showResults.m: the parts evaluated on this dataset (goldfish n01443537 has only part 1).
 ILSVRC_PART_LIST: tuple[int, ...] = (1, 2)
 

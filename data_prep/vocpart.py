@@ -26,6 +26,7 @@ import numpy as np
 from legacy_compat import MatStruct, loadmat
 from legacy_compat.numerics import mlinspace, mround
 
+from .setup import VOC_CATEGORIES   # setup_*.m's Name_batch: one list, kept in data_prep.setup
 from .readers import (default_readcode, load_variable, BndBox, DataConf, DatasetError, ObjRecord, PartTruth, _empty, _number, _text,
                       is_area_valid, struct_elements)
 
@@ -33,7 +34,6 @@ __all__ = ["VOC_CATEGORIES", "VOC_PART_LIST", "VOC_PART_MERGE", "VOC_CLASS_INDEX
            "read_truth_voc", "read_annotation_voc", "read_part_truth_voc", "voc_part_index_map",
            "voc_maps_from_annotation", "voc_part_mask", "voc_part_masks_and_positions"]
 
-VOC_CATEGORIES: tuple[str, ...] = ("bird", "cat", "cow", "dog", "horse", "sheep")   # setup_vocpart.m
 VOC_PART_LIST: tuple[int, ...] = (1, 2, 3)   # showResults.m
 # getPart.m getPart_cate: Pascal-Part part indices merged into each part.
 VOC_PART_MERGE: dict[str, tuple[tuple[int, ...], ...]] = {
