@@ -26,7 +26,6 @@ from .readers import (default_readcode, BndBox, DataConf, DatasetError, ObjRecor
 __all__ = ["ILSVRC_CATEGORIES", "ILSVRC_PART_LIST", "ilsvrc_conf", "read_annotation_ilsvrc",
            "read_part_truth_ilsvrc", "ilsvrc_categories_on_disk"]
 
-# demo.m / setup_ilsvrcanimalpart.m: the 30 animal categories (WordNet ids).
 # showResults.m: the parts evaluated on this dataset (goldfish n01443537 has only part 1).
 ILSVRC_PART_LIST: tuple[int, ...] = (1, 2)
 

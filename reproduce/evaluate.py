@@ -70,8 +70,9 @@ INVALID_OFFSET = 100000.0          # getDistSqrtVar.m's invalidNum
 GOLDFISH = "n01443537"             # step_computeStability*.m: this category has only part 1
 # showResults.m: the layer measured, an index into getConvNetPara's conv layers
 # showResults.m: the first conv_mask layer, as an index into getConvNetPara's conv layers
-# ('tiny', the package's small net: conv1-3, then conv_mask conv6 = the 4th conv layer)
-DEFAULT_LAYER_ID = {"alexnet": 6, "vgg-m": 6, "vgg-s": 6, "vgg-vd-16": 14, "tiny": 4}
+# ('tiny', the package's small net: conv1-3, then conv_mask conv6 = the 4th conv layer;
+#  'alexnet-narrow', ours, not the paper's: conv1-5, then conv_mask conv6 = the 6th, as alexnet)
+DEFAULT_LAYER_ID = {"alexnet": 6, "vgg-m": 6, "vgg-s": 6, "vgg-vd-16": 14, "tiny": 4, "alexnet-narrow": 6}
 # showResults.m: the parts evaluated per dataset
 PART_LISTS = {"ilsvrcanimalpart": (1, 2), "vocpart": (1, 2, 3), "cub200": (1, 6, 14), "toy": (1, 2)}
 PATCH_NUM_PER_PATTERN = 100        # step_computeStability*.m

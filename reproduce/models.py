@@ -18,7 +18,9 @@ when its filter covers the whole input map (our_vl_simplenn_display's data size)
 'conv<id>'. Dropout layers take the caller's rate.
 
 'tiny' is not in the original: a 3-conv trunk (16/32/64 channels, for 64 x 64 input: the
-conv_mask maps are 16 x 16) with the same head (64 channels, fc 128), for CPU demos and tests.
+conv_mask maps are 16 x 16) with the same head (64 channels, fc 128), for CPU demos and tests;
+lrMag 15 (`TINY_LR_MAG`: the largest of 10 / 15 / 21 / 30 at which its ordinary counterpart
+still learns).
 Without a pretrained model the trunk is random (He / MatConvNet 'xavierimproved' init; a
 warning says so for the four ImageNet models). The tiny net's head is also initialised
 'xavierimproved' (classifier / 10, as network_init.m does for that method): with a random trunk
@@ -101,10 +103,42 @@ def _vggs_table() -> list[tuple]:
             ("relu", "relu5"), ("pool", "pool5", 3, 3, (0, 2, 0, 2))] + _classifier(6, 512)
 
 
+def _alexnet_narrow_table() -> list[tuple]:
+    """'alexnet-narrow', NOT the paper's network: an AlexNet-shaped trunk (conv1 11x11 stride 4,
+    max pools 3/2, conv2 5x5, conv3-5 3x3) with 1/6 .. 1/8 of AlexNet's channels (16, 32, 48, 48,
+    32), no channel groups and no LRN but one, `scale0`, in front: an LRN with N = 1, alpha = 0,
+    i.e. vl_nnnormalize's y = x / kappa^beta = x / 64, which brings the mean-subtracted 0-255
+    pixels to about unit scale, as the He ('xavierimproved') init of a random trunk assumes.
+    Without it (std ~60 input) the ordinary CNN's loss is NaN within 3 steps at lr 0.01 and dead
+    (all-positive) at 0.003, the ICNN filter loss's exp(S / 0.5) overflows single precision at
+    0.03, and the CPU runs ~2.5x slower (denormal gradients). For 224 x 224 input (the crop size
+    the truth files' pHW_center use), trained from scratch (no pretrained file) with the
+    original 50-epoch schedule in ~12 minutes on a 2-core CPU. Maps 54 -> 27 -> 27 -> 13 -> 13;
+    the ICNN head as alexnet's: conv_mask conv6 (32 filters, 13 x 13, layerID 6), pool6 3/2 ->
+    6 x 6, conv_mask fc7 6 x 6 (128), fc8, fc9. Registry row: batch 32 (alexnet's 512 gives 7
+    steps an epoch), lrMag 100 (lr 0.01 -> 0.001 over the first 10 epochs, then 0.001), head
+    init 'xavierimproved' (as 'tiny': random trunk)."""
+    p = (0, 1, 0, 1)
+    return [("lrn", "scale0", (1.0, 64.0, 0.0, 1.0)),
+            ("conv", "conv1", 11, 11, 3, 16, 4, 0), ("relu", "relu1"), ("pool", "pool1", 3, 2, p),
+            ("conv", "conv2", 5, 5, 16, 32, 1, 2), ("relu", "relu2"), ("pool", "pool2", 3, 2, p),
+            ("conv", "conv3", 3, 3, 32, 48, 1, 1), ("relu", "relu3"), ("conv", "conv4", 3, 3, 48, 48, 1, 1),
+            ("relu", "relu4"), ("conv", "conv5", 3, 3, 48, 32, 1, 1), ("relu", "relu5")]
+
+
 def _tiny_table() -> list[tuple]:
     return [("conv", "conv1", 3, 3, 3, 16, 1, 1), ("relu", "relu1"), ("pool", "pool1", 2, 2, 0),
             ("conv", "conv2", 3, 3, 16, 32, 1, 1), ("relu", "relu2"), ("pool", "pool2", 2, 2, 0),
             ("conv", "conv3", 3, 3, 32, 64, 1, 1), ("relu", "relu3")]
+
+
+# The tiny net's lrMag (network_init.m: 1 for vgg-vd-16, 30 for alexnet / vgg-m, 10 for vgg-s):
+# its first epochs then run at 1.5e-3 .. 7.5e-4. At 30 (3e-3) the ICNN trains fine, but its ordinary
+# counterpart (plain_cnn_specs: the same weights without the masks) starts with ~10x larger head
+# activations (classifier outputs ~20, not ~3: the masks zero most of the conv6 / fc7 input) and
+# its first steps blow up and kill relu6 (seed 0: validation error stuck at 0.25; at 21 too).
+# At 15 both learn the toy set in 8 epochs (README, "demo results").
+TINY_LR_MAG = 15.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +174,10 @@ MODELS: dict[str, ModelDef] = {
     "vgg-s": ModelDef("vgg-s", "vgg-s", tuple(_vggs_table()), CUT, 224, 512, ("pool6", 3, 3, (0, 1, 0, 1)), 6,
                       4096, ("7", "8"), 128, 10.0, "imagenet-vgg-s.mat"),
     "tiny": ModelDef("tiny", "tiny", tuple(_tiny_table()), 0, 64, 64, ("pool5", 2, 2, 0), None,
-                     128, ("fc--7", "fc--8"), 32, 30.0, "", "xavierimproved"),
+                     128, ("fc--7", "fc--8"), 32, TINY_LR_MAG, "", "xavierimproved"),
+    # not the paper's (see _alexnet_narrow_table): alexnet's head (pool6 3/2, fc7 6 x 6), narrow
+    "alexnet-narrow": ModelDef("alexnet-narrow", "alexnet-narrow", tuple(_alexnet_narrow_table()), 0, 224, 32,
+                               ("pool6", 3, 2, 0), 6, 128, ("fc-7", "fc-8"), 32, 100.0, "", "xavierimproved"),
 }
 
 

@@ -40,6 +40,7 @@ def test_tiny_has_the_vgg16_icnn_head():
     assert para.conv_layers == [0, 3, 6, 8, 11, 14, 17]
     assert para.target_stride.tolist() == [1, 2, 4, 4, 8, 8, 8]
     assert opts.batch_size == 32 and opts.num_epochs == 80          # several classes: logspace(-4,-5,80)
+    assert opts.learning_rate[0] == pytest.approx(1e-4 * 15 * 3)      # lrMag 15 x labelNum (TINY_LR_MAG)
 
 
 def test_train_opts_follow_network_init():
@@ -140,7 +141,7 @@ def test_tiny_trains_a_few_steps_and_beta_moves_as_the_formula_says():
 
 
 def test_models_registry_matches_tool_nets():
-    assert set(MODELS) == {"vgg-vd-16", "alexnet", "vgg-m", "vgg-s", "tiny"}
+    assert set(MODELS) == {"vgg-vd-16", "alexnet", "vgg-m", "vgg-s", "tiny", "alexnet-narrow"}
     # tool/nets/*.m hard-code the conv_mask input depth (512, or 256 for alexnet): the cut trunk's last conv
     expected_in = {"vgg-vd-16": 512, "alexnet": 256, "vgg-m": 512, "vgg-s": 512}
     for name, in_ch in expected_in.items():
