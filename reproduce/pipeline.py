@@ -161,7 +161,7 @@ def build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
 
     def category_imdb(category: str, cache: Path) -> Any:
         settings = {"dataset": exp.dataset, "category": category, "image_size": list(image_size),
-                    "root": str(paths.root)}
+                    "root": str(paths.root), "toy_options": exp.toy_options if exp.dataset == "toy" else None}
         return load_or_build_imdb(cache, lambda tmp: get_category_imdb(category, conf, image_size, out=tmp,
                                                                        progress=exp.progress), settings)
 
@@ -170,7 +170,7 @@ def build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
     imdbs = [category_imdb(c, exp.out / "mat" / c / "imdb") for c in exp.categories]
     npos = [count_objects(read_annotation(c, conf)) for c in exp.categories]
     settings = {"dataset": exp.dataset, "categories": list(exp.categories), "image_size": list(image_size),
-                "root": str(paths.root)}
+                "root": str(paths.root), "toy_options": exp.toy_options if exp.dataset == "toy" else None}
     return load_or_build_imdb(exp.imdb_dir, lambda tmp: produce_imdb(imdbs, list(exp.categories), npos, out=tmp),
                               settings)
 

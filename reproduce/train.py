@@ -668,18 +668,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m reproduce.train",
         description="Train an interpretable CNN as the original learn_icnn.m / learn_icnn_multiclass.m do "
                     "(our_cnn_train.m: MatConvNet SGD with momentum, the conv_mask filter loss, sliceMag). "
-                    "Builds (or reuses) the imdb with data_prep in OUT/imdb, the network with network_init "
-                    "from the pretrained ImageNet model, then trains, writing net-epoch-N.pt checkpoints and "
-                    "net-train.png/.pdf into OUT. Running the same command again resumes from the last "
+                    "Builds (or reuses) the imdb with data_prep in OUT/mat/<name>/imdb, the network with "
+                    "network_init from the pretrained ImageNet model, then trains, writing net-epoch-N.pt "
+                    "checkpoints and net-train.png/.pdf into OUT/mat/<name> (<name>: the category, or the "
+                    "original's multi-class name). Running the same command again resumes from the last "
                     "checkpoint; Ctrl-C stops without leaving a half-written file.",
         epilog="example: python -m reproduce.train --dataset ilsvrcanimalpart --category n02118333 "
-               "--model vgg-vd-16 --dropout 0.8 --device cuda --out output/n02118333")
+               "--model vgg-vd-16 --dropout 0.8 --device cuda --out output")
     parser.add_argument("--dataset", required=True, choices=["ilsvrcanimalpart", "vocpart", "cub200", "toy"],
                         help="dataset the imdb is built from (demo.m's choices, plus the offline toy dataset)")
     parser.add_argument("--category", required=True, nargs="+",
                         help="category, e.g. n02118333 (fox), bird (VOC), cub200; several categories train one "
                              "multi-class net as learn_icnn_multiclass.m")
-    parser.add_argument("--model", default="vgg-vd-16", choices=["vgg-vd-16", "alexnet", "vgg-m", "vgg-s", "tiny"],
+    from .models import MODELS
+    parser.add_argument("--model", default="vgg-vd-16", choices=list(MODELS),
                         help="network (network_init.m; default vgg-vd-16; 'tiny' is the package's small net "
                              "for 64 x 64 inputs, without pretrained weights)")
     parser.add_argument("--pretrained", default="auto",
@@ -692,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="number of epochs (default: network_init's trainOpts.numEpochs: 50, multi-class 80)")
     parser.add_argument("--batch-size", type=int, default=None, help="override trainOpts.batchSize")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--out", required=True, help="experiment folder: checkpoints, plots, the imdb cache")
+    parser.add_argument("--out", required=True, help="output folder (as demo.py's): OUT/mat/<name>/ gets the "
+                                                     "checkpoints, the plots and the imdb cache")
     parser.add_argument("--data-root", default=None, help="datasets folder (default: data_prep's default)")
     parser.add_argument("--models-root", default=None, help="folder of the MatConvNet ImageNet models "
                                                            "(default: data_prep's default)")
@@ -707,19 +710,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m reproduce.train`: build the data and the net, train, print the last epoch's val statistics."""
+    """`python -m reproduce.train`: learn_icnn.m / learn_icnn_multiclass.m through
+    reproduce.pipeline (data, network_init, imdb, train); prints the last epoch's val statistics."""
+    from .pipeline import Experiment, learn
     args = build_parser().parse_args(argv)
     try:
         resolve_device(args.device)
-        net, opts, meta = _build_net(args)
-        imdb = _build_imdb(args, _image_size(meta))
-        if args.epochs is not None:
-            _set_opt(opts, "num_epochs", int(args.epochs))
-        if args.batch_size is not None:
-            _set_opt(opts, "batch_size", int(args.batch_size))
-        net, stats = train(net, imdb, opts, args.out, device=args.device, seed=args.seed, save_mat=args.save_mat,
-                           progress=not args.no_progress, meta=meta,
-                           slice_mag_fill=SLICE_MAG_FILL_OWN_COLUMN if args.fix_slicemag_quirk else SLICE_MAG_FILL_COLUMN1)
+        exp = Experiment(dataset=args.dataset, categories=args.category, model=args.model, dropout=args.dropout,
+                         loss=args.loss, out=Path(args.out),
+                         data_root=Path(args.data_root) if args.data_root else None,
+                         models_root=Path(args.models_root) if args.models_root else None,
+                         pretrained=args.pretrained, offline=args.offline, device=args.device, seed=args.seed,
+                         epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
+                         fix_slicemag_quirk=args.fix_slicemag_quirk, progress=not args.no_progress)
+        net, stats, _, _ = learn(exp)
     except KeyboardInterrupt:
         return 130
     except (RuntimeError, ValueError, OSError) as exc:  # CheckpointError is a RuntimeError
@@ -728,68 +732,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     last = stats["val"][-1] if stats["val"] else {}
     print(" ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("num", "time")))
     return 0
-
-
-def _set_opt(opts: Any, name: str, value: Any) -> None:
-    if isinstance(opts, dict):
-        opts[name] = value
-    else:
-        setattr(opts, name, value)
-
-
-def _build_net(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """network_init (as learn_icnn.m / learn_icnn_multiclass.m call it) on the pretrained ImageNet model."""
-    from .models import MODELS, network_init
-    pretrained: Any = None
-    if args.pretrained == "auto":
-        if MODELS[args.model].pretrained_file:
-            from data_prep.setup import ensure_model
-            pretrained = ensure_model(args.model, root=args.models_root, offline=args.offline,
-                                      progress=not args.no_progress)
-    elif args.pretrained != "none":
-        pretrained = Path(args.pretrained)
-        if not pretrained.is_file():
-            raise FileNotFoundError(f"--pretrained {args.pretrained}: no such file")
-    label_num = len(args.category)
-    return network_init(label_num, args.model, args.dropout, pretrained=pretrained, loss_type=args.loss,
-                        multiclass_adjust=label_num > 1, seed=args.seed)
-
-
-def _image_size(meta: Any) -> tuple[int, int]:
-    """The network's input size: meta['image_size'] (network_init), else normalization.imageSize(1:2)."""
-    size = meta.get("image_size") if isinstance(meta, dict) else getattr(meta, "image_size", None)
-    if size is None:
-        norm = meta.get("normalization") if isinstance(meta, dict) else getattr(meta, "normalization", None)
-        size = norm.get("imageSize") if isinstance(norm, dict) else getattr(norm, "imageSize", None)
-    if size is None:
-        raise ValueError("the net's meta has no image_size / normalization.imageSize: cannot size the imdb's images")
-    values = [int(v) for v in np.asarray(size).reshape(-1)[:2]]
-    return values[0], values[1]
-
-
-def _build_imdb(args: argparse.Namespace, image_size: tuple[int, int]) -> Any:
-    """The imdb as learn_icnn.m (getImdb) or learn_icnn_multiclass.m (produceIMDB) builds it, cached in OUT."""
-    from data_prep.imdb import get_category_imdb, load_or_build_imdb, produce_imdb
-    from data_prep.readers import read_annotation
-    from data_prep.setup import ensure_dataset
-    paths = ensure_dataset(args.dataset, root=args.data_root, offline=args.offline, categories=args.category,
-                           progress=not args.no_progress)
-    conf = paths.data_conf()
-    out = Path(args.out)
-
-    def category_imdb(category: str, cache: Path) -> Any:
-        settings = {"dataset": args.dataset, "category": category, "image_size": list(image_size),
-                    "root": str(paths.root)}
-        return load_or_build_imdb(cache, lambda tmp: get_category_imdb(category, conf, image_size, out=tmp,
-                                                                       progress=not args.no_progress), settings)
-    if len(args.category) == 1:
-        return category_imdb(args.category[0], out / "imdb")
-    imdbs = [category_imdb(c, out / f"imdb-{c}") for c in args.category]
-    npos = [len(read_annotation(c, conf)) for c in args.category]
-    settings = {"dataset": args.dataset, "categories": list(args.category), "image_size": list(image_size),
-                "root": str(paths.root)}
-    return load_or_build_imdb(out / "imdb", lambda tmp: produce_imdb(imdbs, list(args.category), npos, out=tmp),
-                              settings)
 
 
 if __name__ == "__main__":

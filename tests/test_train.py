@@ -372,23 +372,25 @@ def test_cli_help_explains_the_options(capsys):
 
 
 def test_cli_trains_and_resumes_through_the_seams(tiny, tmp_path, monkeypatch, capsys):
+    from reproduce import pipeline
     make_net, imdb = tiny
     built = []
 
-    def fake_net(args):
-        built.append((tuple(args.category), args.model, args.dropout))
-        return make_net(), dict(_opts(epochs=1)), {"image_size": (16, 16, 3)}
-    monkeypatch.setattr(tr, "_build_net", fake_net)
-    monkeypatch.setattr(tr, "_build_imdb", lambda args, size: imdb if size == (16, 16) else None)
+    def fake_net(exp):
+        built.append((tuple(exp.categories), exp.model, exp.dropout))
+        return make_net(), dict(_opts(epochs=exp.epochs or 1)), {"image_size": (16, 16, 3)}
+    monkeypatch.setattr(pipeline, "build_net", fake_net)
+    monkeypatch.setattr(pipeline, "prepare_dataset", lambda exp, size=None: "paths")
+    monkeypatch.setattr(pipeline, "build_imdb", lambda exp, paths, size: imdb if size == (16, 16) else None)
     argv = ["--dataset", "toy", "--category", "toy01", "--model", "tiny", "--dropout", "0.0",
             "--out", str(tmp_path), "--no-progress"]
     assert tr.main(argv) == 0
     assert built == [(("toy01",), "tiny", 0.0)]
     first = capsys.readouterr().out.strip()
     assert first.startswith("lossForClassification ") and " binerr " in first
-    assert sorted(find_checkpoints(tmp_path)) == [1]
+    assert sorted(find_checkpoints(tmp_path / "mat" / "toy01")) == [1]
     assert tr.main(argv + ["--epochs", "2"]) == 0
-    assert sorted(find_checkpoints(tmp_path)) == [1, 2]
+    assert sorted(find_checkpoints(tmp_path / "mat" / "toy01")) == [1, 2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
