@@ -231,27 +231,19 @@ def toy_options(args: argparse.Namespace) -> dict:
 
 
 def show_trained_net(exp, net_path: Path, imdb_path: str | None):
-    """--net: showResults.m on an existing net (MATLAB net-epoch-N.mat or this package's .pt)."""
-    from reproduce.evaluate import load_net_for_evaluation
-    from reproduce.pipeline import RunResult, build_imdb, image_size_of, prepare_dataset, show_results
+    """--net: showResults.m on an existing net (MATLAB net-epoch-N.mat or this package's .pt).
+
+    The dataMean the net was trained with comes from --imdb (the original's imdb.mat or our
+    imdb cache folder), else from our own imdb of the category (built once, then reused)."""
+    from reproduce.evaluate import load_net_for_evaluation, net_input_size
+    from reproduce.pipeline import build_imdb, prepare_dataset, show_results
     if not net_path.is_file():
         raise DemoError(f"--net {net_path}: no such file")
-    net, stats, meta = load_net_for_evaluation(net_path, exp.device)
-    size = tuple(int(s) for s in list(getattr(net, "meta", {}).get("image_size", ()) or ())[:2]) or None
-    if size is None:
-        from reproduce.evaluate import _image_size
-        size = _image_size(net)
+    net, stats, _ = load_net_for_evaluation(net_path, exp.device)
+    size = net_input_size(net)
     paths = prepare_dataset(exp, size[0])
-    if imdb_path:
-        from reproduce.evaluate import _read_mean_data
-        import numpy as np
-
-        class _Mean:  # show_results needs only data_mean (3 x H x W)
-            data_mean = np.ascontiguousarray(_read_mean_data(imdb_path).transpose(2, 0, 1))
-        imdb = _Mean()
-    else:
-        imdb = build_imdb(exp, paths, (size[0], size[1]))
-    return show_results(exp, net, stats, imdb, paths)
+    mean_data = imdb_path if imdb_path else build_imdb(exp, paths, size)
+    return show_results(exp, net, stats, mean_data, paths)
 
 
 def print_comparison(ordinary, interpretable) -> None:

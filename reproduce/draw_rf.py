@@ -597,14 +597,14 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
     computeRF skips a filter whose template file exists, as the original
     (`overwrite_templates=True` recomputes). Returns a DrawRFResult.
     """
-    from reproduce.evaluate import _image_size, _read_mean_data
+    from reproduce.evaluate import net_input_size, read_mean_data
     device = torch.device(device)
     out = Path(out_dir)
     root_ori, root_mask, root_rf = out / "img_ori", out / "img_maskF", out / "img_RF"
-    size = tuple(image_size) if image_size is not None else _image_size(net)
+    size = tuple(image_size) if image_size is not None else net_input_size(net)
     st = _setup(net, layer_id, size)
     ih, iw = st.ih, st.iw
-    mean = _read_mean_data(mean_data)
+    mean = read_mean_data(mean_data)
     if mean.shape != (ih, iw, 3):
         raise DrawRFError(f"mean_data has shape {mean.shape}, the net takes {ih} x {iw} x 3")
     mean_t = torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1)))

@@ -536,7 +536,7 @@ class StabilityResult:
     part_list: tuple[int, ...]
 
 
-def _image_size(net: Any) -> tuple[int, int]:
+def net_input_size(net: Any) -> tuple[int, int]:
     """The net's input size: meta.normalization.imageSize (MATLAB nets) or meta['image_size'] (network_init)."""
     meta = getattr(net, "meta", None)
     size = None
@@ -572,7 +572,7 @@ def _category_peaks(net: Any, source: CategorySource, part_list: Sequence[int], 
             raise EvaluationError(f"category {source.name!r}: image {i + 1} has part landmarks but no object "
                                   f"record (its box is under minArea); the original's getI fails on it too")
     target = target_layer_index(convnet, layer_id)
-    mean = _read_mean_data(mean_data)
+    mean = read_mean_data(mean_data)
     if mean.shape[:2] != tuple(image_size):
         raise EvaluationError(f"meanData is {mean.shape[0]} x {mean.shape[1]}, the net's input {image_size[0]} x "
                               f"{image_size[1]}: the mean belongs to another imdb or net")
@@ -625,7 +625,7 @@ def compute_stability(net: Any, source: CategorySource, layer_id: int, mean_data
     """
     convnet = _conv_net_para(net) if convnet is None else convnet
     part_list = tuple(int(p) for p in np.asarray(part_list).reshape(-1))
-    image_size = _image_size(net) if image_size is None else (int(image_size[0]), int(image_size[1]))
+    image_size = net_input_size(net) if image_size is None else (int(image_size[0]), int(image_size[1]))
     target = target_layer_index(convnet, layer_id)
     pat_num = int(mround(np.float64(_num_output_filters(net, target) * part_rate)))
     selected = int(mround(np.float64(pat_num * selected_pattern_ratio)))
@@ -663,7 +663,7 @@ def compute_stability_multiclass(net: Any, sources: Sequence[CategorySource], la
     """
     convnet = _conv_net_para(net) if convnet is None else convnet
     part_list = tuple(int(p) for p in np.asarray(part_list).reshape(-1))
-    image_size = _image_size(net) if image_size is None else (int(image_size[0]), int(image_size[1]))
+    image_size = net_input_size(net) if image_size is None else (int(image_size[0]), int(image_size[1]))
     stab_cols, score_cols, used_parts = [], [], []
     for source in sources:
         parts = part_list
@@ -785,7 +785,7 @@ def evaluate_checkpoint(path: os.PathLike | str, categories: Sequence[str] | str
     ``net-epoch-N.mat`` (legacy_compat.checkpoint; the original's own files
     too). categories: the category name(s) (net.meta.classes.name order for
     a multi-class net). conf: a data_prep DataConf (images, truth files).
-    mean_data: the imdb's dataMean in any form `_read_mean_data` takes (an
+    mean_data: the imdb's dataMean in any form `read_mean_data` takes (an
     H x W x 3 or 3 x H x W array, an Imdb, a MATLAB imdb.mat, an imdb cache
     folder). dataset defaults to conf.dataset and picks the part list
     (showResults.m). layer_id / model: see `evaluate_net` (a checkpoint
@@ -796,14 +796,14 @@ def evaluate_checkpoint(path: os.PathLike | str, categories: Sequence[str] | str
         categories = [categories]
     dataset = dataset or getattr(conf, "dataset", None)
     part_list = part_list_for(dataset) if dataset else (1, 2)
-    mean = _read_mean_data(mean_data)
+    mean = read_mean_data(mean_data)
     sources = [CategorySource.from_conf(c, conf, sorted(set(part_list) | {1})) for c in categories]
     return evaluate_net(net, stats, sources, mean, layer_id=layer_id, model=model, part_list=part_list,
                         multiclass=multiclass, error_name=error_name, device=device, batch_size=batch_size,
                         progress=progress, image_size=image_size)
 
 
-def _read_mean_data(mean_data: Any) -> np.ndarray:
+def read_mean_data(mean_data: Any) -> np.ndarray:
     """The imdb's dataMean as H x W x 3 float32 (MATLAB layout), from any of the forms it comes in.
 
     Accepted: an array H x W x 3 (MATLAB's meta.dataMean) or 3 x H x W (the

@@ -199,16 +199,17 @@ def learn(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any, Any]:
     return net, stats, imdb, paths
 
 
-def show_results(exp: Experiment, net: Any, stats: dict, imdb: Any, paths: Any) -> RunResult:
+def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: Any) -> RunResult:
     """showResults.m: the last epoch's validation error, the location stability of the first
     conv_mask layer (the conv layer at the same place for the ordinary CNN), and, for a
     single-class ICNN, step_drawRF.m's pictures (occluder and smoothing scaled to the input
-    size when it is not the original's 224: `draw_rf.scaled_rf_settings`)."""
-    from .evaluate import CategorySource, evaluate_net
+    size when it is not the original's 224: `draw_rf.scaled_rf_settings`). mean_data: the imdb
+    the net was trained on, or its dataMean in any form `evaluate.read_mean_data` takes."""
+    from .evaluate import CategorySource, evaluate_net, read_mean_data
     conf = paths.data_conf()
     error_name = "top1err" if exp.loss == "ourloss_softmaxlog" else "binerr"
     sources = [CategorySource.from_conf(c, conf, sorted(set(paths.parts_for(c)) | {1})) for c in exp.categories]
-    mean = np.ascontiguousarray(np.asarray(imdb.data_mean).transpose(1, 2, 0))
+    mean = read_mean_data(mean_data)
     net = net.eval()
     evaluation = evaluate_net(net, stats, sources, mean, model=exp.model, part_list=paths.parts_for(exp.categories[0]),
                               multiclass=exp.multiclass, error_name=error_name, device=exp.device,

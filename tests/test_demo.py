@@ -155,3 +155,10 @@ def test_quick_end_to_end_on_a_small_toy_set_with_the_baseline(capsys, tmp_path)
     rc, again, _ = _main(argv, capsys)                                      # resume: nothing to train
     assert rc == 0 and "epoch 01 (" not in again
     assert again.strip().splitlines()[-2] == lines[-2]
+
+    # --net: show results for the trained net alone (our checkpoint; the imdb cache gives dataMean)
+    net_argv = ["--quick", "--toy-images", 40, "--out", out, "--data-root", data, "--no-draw",
+                "--net", out / "mat" / "toy01" / "net-epoch-1.pt", "--imdb", out / "mat" / "toy01" / "imdb"]
+    rc, shown, _ = _main(net_argv, capsys)
+    assert rc == 0 and "epoch 01 (" not in shown
+    assert shown.strip().splitlines()[-2] == lines[-2]

@@ -363,4 +363,4 @@ def test_missing_checkpoint_and_bad_mean():
     with pytest.raises(ev.EvaluationError, match="not found"):
         ev.load_net_for_evaluation("/nonexistent/net-epoch-1.mat")
     with pytest.raises(ev.EvaluationError, match="H x W x 3"):
-        ev._read_mean_data(np.zeros((5, 5)))
+        ev.read_mean_data(np.zeros((5, 5)))
