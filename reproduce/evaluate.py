@@ -824,7 +824,7 @@ def read_mean_data(mean_data: Any) -> np.ndarray:
             from legacy_compat import loadmat
             if not path.exists():
                 raise EvaluationError(f"imdb file not found: {path}")
-            meta = loadmat(path).get("meta")
+            meta = loadmat(path, variable_names=["meta"]).get("meta")     # not images.data (GBs)
             if meta is None or "dataMean" not in meta:
                 raise EvaluationError(f"{path}: no meta.dataMean in this imdb file")
             mean_data = meta["dataMean"]
