@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -156,22 +155,16 @@ def bench_train_step(device: str = "cpu", batch: int = 2, repeats: int = 3, mode
 
 # ================================================================== the suite
 def _machine() -> dict:
+    """Where the benchmarks ran (reproduce.paper's machine record) and the load when they started."""
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from .paper import machine_info
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "load_1min_at_start": load, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    info = machine_info("cuda" if torch.cuda.is_available() else "cpu")
+    info["load_1min_at_start"] = load
+    return info
 
 
 def _conv_mask(a: argparse.Namespace) -> BenchResult:

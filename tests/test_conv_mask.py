@@ -361,7 +361,6 @@ def test_state_dict_round_trip_with_slice_mag_and_mag():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
-    layer = _layer()
     g = torch.Generator().manual_seed(4)
     x = torch.relu(torch.randn(6, 4, 5, 5, generator=g))
     labels = torch.tensor([[1.0], [-1.0], [1.0], [-1.0], [-1.0], [1.0]])

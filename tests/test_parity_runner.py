@@ -9,7 +9,6 @@ import pytest
 
 from legacy_compat import MatStruct, cell
 from legacy_compat.parity import Adapter, compare, compare_arrays, matlab_shape, run_case
-from legacy_compat.matio import MatFileError  # noqa: F401  (the runner's loader)
 
 from conftest import PROJECT_ROOT
 
