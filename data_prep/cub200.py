@@ -31,12 +31,11 @@ from legacy_compat import loadmat
 from .readers import (default_readcode, BndBox, DataConf, DatasetError, ObjRecord, PartTruth, is_area_valid,
                       matlab_intersect_index, parse_id_name_table, parse_int_table)
 
-__all__ = ["CUB_NAME", "CUB_PART_LIST", "CUB_PART_MERGE", "cub200_conf", "read_annotation_cub",
+__all__ = ["CUB_NAME", "CUB_PART_MERGE", "cub200_conf", "read_annotation_cub",
            "read_annotation_sampling_cub", "read_part_truth_cub", "cub_part_positions",
            "read_sampling", "CubTables", "read_cub_tables"]
 
 CUB_NAME = "cub200"                  # setup_cub200.m: Name_batch
-CUB_PART_LIST: tuple[int, ...] = (1, 6, 14)   # showResults.m
 # getPart.m: the parts merged into each of its 15 parts. The 11th lists part 1
 # again (not 11): as the assignments run in order, part 1's landmarks end up in
 # merged part 11 and merged part 1 is left without any. Kept as written.

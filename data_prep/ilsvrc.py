@@ -23,11 +23,8 @@ from .setup import ILSVRC_CATEGORIES   # setup_*.m's Name_batch: one list, kept 
 from .readers import (default_readcode, BndBox, DataConf, DatasetError, ObjRecord, PartTruth, _number,
                       is_area_valid, read_part_truth_file, struct_elements)
 
-__all__ = ["ILSVRC_CATEGORIES", "ILSVRC_PART_LIST", "ilsvrc_conf", "read_annotation_ilsvrc",
+__all__ = ["ILSVRC_CATEGORIES", "ilsvrc_conf", "read_annotation_ilsvrc",
            "read_part_truth_ilsvrc", "ilsvrc_categories_on_disk"]
-
-# showResults.m: the parts evaluated on this dataset (goldfish n01443537 has only part 1).
-ILSVRC_PART_LIST: tuple[int, ...] = (1, 2)
 
 _READCODE_NAME = "data_input_DET-2015-subset-ILSVRC2013train"
 

@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from legacy_compat import MatStruct, cell
+from legacy_compat.atomic import atomic_write_bytes
 from legacy_compat.mattypes import cell_items, is_cell
 from legacy_compat.numerics import mlinspace, mround
 
@@ -760,15 +761,6 @@ def load_cached_imdb(cache_dir: os.PathLike | str, settings: dict | None = None,
     return imdb
 
 
-def _atomic_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -787,7 +779,7 @@ def _write_meta(cache_dir: Path, imdb: Imdb) -> None:
     np.savez(buf, labels=imdb.labels, set=imdb.set, data_mean=imdb.data_mean,
              classes=np.asarray(imdb.classes, dtype=str),
              order=imdb.order if imdb.order is not None else np.zeros(0, dtype=np.int64))
-    _atomic_bytes(cache_dir / _META_FILE, buf.getvalue())
+    atomic_write_bytes(cache_dir / _META_FILE, buf.getvalue())
 
 
 def _store_data(cache_dir: Path, data: np.ndarray, tmp: Path) -> None:
@@ -868,7 +860,7 @@ def load_or_build_imdb(cache_dir: os.PathLike | str, build_fn: Callable[[Path], 
     marker = {"format_version": FORMAT_VERSION, "fingerprint": imdb_fingerprint(settings),
               "settings": json.loads(json.dumps(settings or {}, default=str)),
               "shape": [built.labels.shape[0], 3, *built.image_size], "created": time.time()}
-    _atomic_bytes(cache_dir / _MARKER_FILE, json.dumps(marker, indent=1).encode())
+    atomic_write_bytes(cache_dir / _MARKER_FILE, json.dumps(marker, indent=1).encode())
     _fsync_dir(cache_dir)
     imdb = load_cached_imdb(cache_dir, settings)
     if imdb is None:

@@ -56,7 +56,7 @@ __all__ = [
     "ensure_dataset", "ensure_model", "describe_missing", "find_missing", "dataset_paths",
     "check_disk_space", "default_data_root", "default_models_root",
     "DATASETS", "ILSVRC_CATEGORIES", "VOC_CATEGORIES", "CUB_CATEGORIES", "MODELS", "SOURCES",
-    "ILSVRC_IMAGE_COUNTS",
+    "ILSVRC_IMAGE_COUNTS", "GOLDFISH",
 ]
 
 check_disk_space = dl.check_disk_space
@@ -80,6 +80,9 @@ ILSVRC_IMAGE_COUNTS: dict[str, int] = {
     "n02355227": 276, "n02374451": 752, "n02391049": 679, "n02395003": 240, "n02398521": 581,
     "n02402425": 230, "n02411705": 217, "n02419796": 256, "n02437136": 289, "n02444819": 564,
     "n02454379": 491, "n02484322": 749, "n02503517": 414, "n02509815": 625, "n02510455": 538}
+
+#: step_computeStability*.m: the ILSVRC category (goldfish) evaluated on part 1 only.
+GOLDFISH = "n01443537"
 
 #: setup_vocpart.m's Name_batch: the six VOC Part animals.
 VOC_CATEGORIES: tuple[str, ...] = ("bird", "cat", "cow", "dog", "horse", "sheep")
@@ -296,11 +299,12 @@ def _all_categories(name: str) -> tuple[str, ...]:
     return _toy_categories() if name == "toy" else DATASETS[name].categories
 
 
-def _parts_for(name: str, category: str) -> tuple[int, ...]:
-    """showResults.m's partList, with step_computeStability.m's n01443537 (goldfish) exception."""
-    if name == "ilsvrcanimalpart" and category == "n01443537":
+def _parts_for(name: str, category: str, part_list: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """showResults.m's partList (`part_list`, default the dataset's), with step_computeStability.m's
+    GOLDFISH exception (part 1 only)."""
+    if name == "ilsvrcanimalpart" and category == GOLDFISH:
         return (1,)
-    return DATASETS[name].part_list
+    return DATASETS[name].part_list if part_list is None else part_list
 
 
 def _spec(name: str) -> _DatasetSpec:
@@ -353,10 +357,8 @@ class DatasetPaths:
     extra: dict = field(default_factory=dict, compare=False)
 
     def parts_for(self, category: str) -> tuple[int, ...]:
-        """The part ids evaluated for one category (ILSVRC n01443537 has only part 1)."""
-        if self.name == "ilsvrcanimalpart" and category == "n01443537":
-            return (1,)
-        return self.part_list
+        """The part ids evaluated for one category (ILSVRC GOLDFISH has only part 1)."""
+        return _parts_for(self.name, category, self.part_list)
 
     def truth_file(self, category: str, part: int) -> Path:
         """``<truth_dir>/<category>/truth_partNN.mat`` (getDistSqrtVar.m's file name)."""

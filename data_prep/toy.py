@@ -512,14 +512,14 @@ def _savemat(path: Path, variables: dict, version: str = "7.3") -> None:
     The file is written under a temporary name, its header date replaced,
     then renamed into place.
     """
+    from legacy_compat.atomic import atomic_write
     from legacy_compat.matio import savemat
-    tmp = path.with_name(f".{path.name}.toy.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         savemat(tmp, variables, version=version)
         _fix_header_date(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)
 
 
 def _fix_header_date(path: Path) -> None:

@@ -30,11 +30,10 @@ from .setup import VOC_CATEGORIES   # setup_*.m's Name_batch: one list, kept in 
 from .readers import (default_readcode, load_variable, BndBox, DataConf, DatasetError, ObjRecord, PartTruth, _empty, _number, _text,
                       is_area_valid, struct_elements)
 
-__all__ = ["VOC_CATEGORIES", "VOC_PART_LIST", "VOC_PART_MERGE", "VOC_CLASS_INDEX", "vocpart_conf",
+__all__ = ["VOC_CATEGORIES", "VOC_PART_MERGE", "VOC_CLASS_INDEX", "vocpart_conf",
            "read_truth_voc", "read_annotation_voc", "read_part_truth_voc", "voc_part_index_map",
            "voc_maps_from_annotation", "voc_part_mask", "voc_part_masks_and_positions"]
 
-VOC_PART_LIST: tuple[int, ...] = (1, 2, 3)   # showResults.m
 # getPart.m getPart_cate: Pascal-Part part indices merged into each part.
 VOC_PART_MERGE: dict[str, tuple[tuple[int, ...], ...]] = {
     "bird": ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13,)),

@@ -3,6 +3,7 @@
 Public surface: `loadmat`, `savemat`, `MatFileError`, the value types of
 `mattypes`, MATLAB numerics (`numerics`), SimpleNN <-> PyTorch conversion
 (`simplenn`) and the golden-case parity runner (`python -m legacy_compat.parity`).
+`atomic` holds the one atomic-write helper every writer of the port uses.
 legacy_compat imports nothing from the rest of the package.
 """
 from .mattypes import MatStruct, StructArray, cell, cell_items, is_cell, scalar

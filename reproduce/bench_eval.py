@@ -51,6 +51,7 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
     from data_prep.ilsvrc import ilsvrc_conf
     from reproduce import draw_rf as rf
     from reproduce import evaluate as ev
+    from reproduce.geometry import get_conv_net_para
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -75,7 +76,7 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
     # ---- forward + peaks alone, patches preloaded
     idx = [int(i) for i in np.flatnonzero(res.valid_images)]
     patches = {i: source.load_patch(source.objects[i], (224, 224)) for i in idx}
-    target = ev.target_layer_index(ev._conv_net_para(net), layer_id)
+    target = ev.target_layer_index(get_conv_net_para(net), layer_id)
     batches = list(ev.iterate_patch_batches(lambda i: patches[i], idx, mean, batch_size))
     _sync(dev)
     t0 = time.perf_counter()

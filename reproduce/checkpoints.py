@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -57,6 +56,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from legacy_compat import checkpoint as legacy
+from legacy_compat.atomic import TMP_PREFIX
+from legacy_compat.atomic import atomic_write as _atomic_write
 from legacy_compat.mattypes import MatStruct, StructArray
 from legacy_compat.simplenn import LayerSpec
 
@@ -71,7 +73,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "icnn-train-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME_RE = re.compile(r"^net-epoch-(\d+)\.(pt|mat)$")
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TMP_PREFIX
 
 
 class CheckpointError(RuntimeError):
@@ -141,38 +143,19 @@ def remove_stale_temporaries(exp_dir: os.PathLike | str) -> list[Path]:
 
 # ------------------------------------------------------------------ atomic writes
 def atomic_write(path: os.PathLike | str, write: Callable[[Path], None], overwrite: bool = True) -> Path:
-    """Write through `write(tmp_path)` to a temporary file beside `path`, then os.replace it.
-
-    The temporary name keeps the final extension (writers such as savemat
-    look at it). With `overwrite=False` an existing `path` raises
-    `CheckpointError` before anything is written.
-    """
+    """legacy_compat.atomic.atomic_write (a temporary beside `path`, then os.replace), and with
+    `overwrite=False` an existing `path` raises `CheckpointError` before anything is written (or
+    before the rename, when it appeared while writing)."""
     path = Path(path)
     if not overwrite and path.exists():
         raise CheckpointError(f"{path}: already exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def write_then_check(tmp: Path) -> None:
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; give the mode a plain open() would
         if not overwrite and path.exists():
             raise CheckpointError(f"{path}: appeared while writing; refusing to overwrite it")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
-
-def _file_mode() -> int:
-    """0o666 minus the process umask (what open(path, 'w') would create)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return _atomic_write(path, write_then_check)
 
 
 # ------------------------------------------------------------------ plain data
@@ -379,17 +362,8 @@ def _plain_stats(stats: dict[str, list[dict[str, float]]]) -> dict[str, list[dic
 
 
 # ------------------------------------------------------------------ MATLAB checkpoints
-def _legacy_checkpoint_module():
-    try:
-        from legacy_compat import checkpoint as legacy
-    except ImportError as exc:  # pragma: no cover - depends on the teammate's module
-        raise CheckpointError(f"MATLAB checkpoints need legacy_compat.checkpoint, which cannot be imported ({exc})") from exc
-    return legacy
-
-
 def save_mat_checkpoint(path: os.PathLike | str, state: TrainingState, version: str = "7.3") -> Path:
     """Write `state` as the original's ``net-epoch-N.mat`` (net, state.solverState, stats), atomically."""
-    legacy = _legacy_checkpoint_module()
     ckpt = legacy.IcnnCheckpoint(specs=state.specs, meta=state.meta, momentum=state.momentum,
                                  stats=_plain_stats(state.stats), epoch=int(state.epoch))
     return atomic_write(path, lambda tmp: legacy.write_icnn_checkpoint(tmp, ckpt, version=version), overwrite=False)
@@ -398,16 +372,15 @@ def save_mat_checkpoint(path: os.PathLike | str, state: TrainingState, version: 
 def load_mat_checkpoint(path: os.PathLike | str, epoch: int | None = None) -> TrainingState:
     """Read a ``net-epoch-N.mat`` (the original code's, or ours) into a `TrainingState`."""
     path = Path(path)
-    legacy = _legacy_checkpoint_module()
     try:
         ckpt = legacy.read_icnn_checkpoint(path)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(_unreadable(path, _short_reason(exc))) from exc
-    stats = getattr(ckpt, "stats", None)
+    stats = ckpt.stats
     if stats is None:  # loadState: 'was only partially saved'
         raise CheckpointError(f"{path}: epoch was only partially saved (no stats). Delete this file and try again.")
     if epoch is None:
-        epoch = getattr(ckpt, "epoch", None)
+        epoch = ckpt.epoch
         if epoch is None:
             m = _NAME_RE.match(path.name)
             epoch = int(m.group(1)) if m else 0
@@ -419,7 +392,7 @@ def load_mat_checkpoint(path: os.PathLike | str, epoch: int | None = None) -> Tr
         momentum = [[None] * len(s.weights) for s in ckpt.specs]
     return TrainingState(epoch=int(epoch), specs=list(ckpt.specs), momentum=momentum,
                          stats=normalize_stats(stats), state_dict=None, options={},
-                         meta=getattr(ckpt, "meta", None), source=path)
+                         meta=ckpt.meta, source=path)
 
 
 def _momentum_tensor(m: Any) -> torch.Tensor | None:

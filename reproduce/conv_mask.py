@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from legacy_compat.numerics import mlinspace, mround
+from legacy_compat.simplenn import pair, quad
 
 __all__ = ["FilterLossContext", "FilterLossError", "ConvMask", "get_mu", "get_mask", "get_mask_separable",
            "pos_templates", "filter_loss_gradients", "divide_filters", "conv_mask_forward",
@@ -463,16 +464,6 @@ def conv_mask_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 # ------------------------------------------------------------------ the module
-def _as_pair(v: Any) -> tuple[int, int]:
-    a = np.asarray(v).reshape(-1)
-    return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
-
-
-def _as_quad(v: Any) -> tuple[int, int, int, int]:
-    a = np.asarray(v).reshape(-1)
-    return (int(a[0]),) * 4 if a.size == 1 else tuple(int(b) for b in a)  # type: ignore[return-value]
-
-
 class ConvMask(nn.Module):
     """The conv_mask layer (add_block_mask.m + our_vl_simplenn.m), usable like nn.Conv2d.
 
@@ -503,8 +494,8 @@ class ConvMask(nn.Module):
                  generator: torch.Generator | None = None, device: Any = None,
                  weight: torch.Tensor | None = None):
         super().__init__()
-        kh, kw = _as_pair(kernel_size)
-        fh, fw = _as_pair(feature_size)
+        kh, kw = pair(kernel_size)
+        fh, fw = pair(feature_size)
         if weight is not None:            # given filters (OUT x IN x kh x kw), used as they are
             w = torch.as_tensor(weight, dtype=torch.float32, device=device)
             if tuple(w.shape) != (out_channels, in_channels, kh, kw):
@@ -526,9 +517,9 @@ class ConvMask(nn.Module):
         self.register_buffer("slice_mag", torch.zeros(0, dtype=torch.float32, device=device))
         self.register_buffer("mag", torch.tensor(float(mag), dtype=torch.float64, device=device))
         self.register_buffer("loss_weight", torch.tensor(float(loss_weight), dtype=torch.float64, device=device))
-        self.stride = _as_pair(stride)
-        self.pad = _as_quad(pad)
-        self.dilate = _as_pair(dilate)
+        self.stride = pair(stride)
+        self.pad = quad(pad)
+        self.dilate = pair(dilate)
         self.name = name
         self.learning_rate = tuple(float(v) for v in learning_rate)
         self.weight_decay = tuple(float(v) for v in weight_decay)
@@ -649,7 +640,7 @@ class ConvMask(nn.Module):
         if pos is not None:
             fs = (int(pos[0].shape[1]), int(pos[0].shape[2]))
         elif feature_size is not None:
-            fs = _as_pair(feature_size)
+            fs = pair(feature_size)
         else:
             raise ValueError(f"conv_mask {spec.name!r}: no posTemp and no feature size given")
         filt = f.get("filter")

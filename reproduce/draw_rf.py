@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,6 +65,7 @@ import scipy.ndimage
 import torch
 from PIL import Image, ImageDraw
 
+from legacy_compat.atomic import atomic_write
 from legacy_compat.numerics import mlinspace, mmax_reduce, mround, sort_ascend_stable, sort_descend_stable
 
 __all__ = [
@@ -405,19 +405,11 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] | 
 def _write_image(img: np.ndarray, filename: os.PathLike | str) -> None:
     """imwrite, atomically: a temporary file in the same folder, then os.replace (format from the name)."""
     path = Path(filename)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(path.suffix.lower())
     if fmt is None:
         raise DrawRFError(f"cannot write {path}: unknown image type {path.suffix!r}")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(tmp, format=fmt, **({"quality": 75} if fmt == "JPEG" else {}))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    pil = Image.fromarray(np.asarray(img, dtype=np.uint8))
+    atomic_write(path, lambda tmp: pil.save(tmp, format=fmt, **({"quality": 75} if fmt == "JPEG" else {})))
 
 
 def _read_image(filename: os.PathLike | str) -> np.ndarray:
@@ -478,8 +470,9 @@ class _Setup:
 
 
 def _setup(net: Any, layer_id: int, image_size: tuple[int, int]) -> _Setup:
-    from reproduce.evaluate import _conv_net_para, target_layer_index
-    convnet = _conv_net_para(net)
+    from reproduce.evaluate import target_layer_index
+    from reproduce.geometry import get_conv_net_para
+    convnet = get_conv_net_para(net)
     n_conv = len(np.asarray(convnet.target_layers).reshape(-1))
     if not 1 <= int(layer_id) < n_conv:
         raise DrawRFError(f"layerID {layer_id}: drawing needs the conv layer AND the one above it "

@@ -52,7 +52,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from data_prep.setup import DATASETS, GOLDFISH
 from legacy_compat.numerics import mmax_reduce, mround, mvar, sort_ascend_stable, sort_descend_stable
+
+from .geometry import CONV_TYPES, get_conv_net_para
 
 __all__ = [
     "INVALID_OFFSET", "GOLDFISH", "DEFAULT_LAYER_ID", "PART_LISTS", "EvaluationError",
@@ -67,14 +70,13 @@ __all__ = [
 ]
 
 INVALID_OFFSET = 100000.0          # getDistSqrtVar.m's invalidNum
-GOLDFISH = "n01443537"             # step_computeStability*.m: this category has only part 1
 # showResults.m: the layer measured, an index into getConvNetPara's conv layers
 # showResults.m: the first conv_mask layer, as an index into getConvNetPara's conv layers
 # ('tiny', the package's small net: conv1-3, then conv_mask conv6 = the 4th conv layer;
 #  'alexnet-narrow', ours, not the paper's: conv1-5, then conv_mask conv6 = the 6th, as alexnet)
 DEFAULT_LAYER_ID = {"alexnet": 6, "vgg-m": 6, "vgg-s": 6, "vgg-vd-16": 14, "tiny": 4, "alexnet-narrow": 6}
-# showResults.m: the parts evaluated per dataset
-PART_LISTS = {"ilsvrcanimalpart": (1, 2), "vocpart": (1, 2, 3), "cub200": (1, 6, 14), "toy": (1, 2)}
+# showResults.m: the parts evaluated per dataset (kept in data_prep.setup.DATASETS)
+PART_LISTS = {name: spec.part_list for name, spec in DATASETS.items()}
 PATCH_NUM_PER_PATTERN = 100        # step_computeStability*.m
 SELECTED_PATTERN_RATIO = 1.0       # step_computeStability*.m
 
@@ -141,11 +143,6 @@ def final_val_error(stats: Any, name: str = "binerr") -> float:
 
 
 # =================================================================== geometry glue
-def _conv_net_para(net_or_specs: Any) -> Any:
-    from reproduce.geometry import get_conv_net_para
-    return get_conv_net_para(net_or_specs)
-
-
 _CONVNET_FIELDS = {"targetLayers": "target_layers", "targetStride": "target_stride",
                    "targetCenter": "target_center", "targetScale": "target_scale"}
 
@@ -178,7 +175,7 @@ def first_conv_mask_layer_id(layer_types: Sequence[str]) -> int | None:
     """The layerID (1-based among conv / conv_aNet / conv_mask layers) of the first conv_mask layer, or None."""
     conv_count = 0
     for t in layer_types:
-        if t in ("conv", "conv_aNet", "conv_mask"):
+        if t in CONV_TYPES:
             conv_count += 1
             if t == "conv_mask":
                 return conv_count
@@ -593,7 +590,7 @@ def _num_output_filters(net: Any, target: int) -> int:
     """numel(net.layers{target}.weights{2}): the number of filters (biases) of conv layer `target` (1-based)."""
     layer = list(net.layers)[target - 1]
     ltype = getattr(layer, "layer_type", None) or getattr(layer, "type", "")
-    if ltype not in ("conv", "conv_aNet", "conv_mask"):
+    if ltype not in CONV_TYPES:
         raise EvaluationError(f"layer {target} ({ltype} {getattr(layer, 'name', '')!r}) is not a conv layer")
     weights = layer.weights() if callable(getattr(layer, "weights", None)) else layer.weights
     if len(weights) >= 2:
@@ -623,7 +620,7 @@ def compute_stability(net: Any, source: CategorySource, layer_id: int, mean_data
     NaN stability, as in the original. `image_size` (ih, iw) is the net's
     input size, read from net.meta.normalization.imageSize when not given.
     """
-    convnet = _conv_net_para(net) if convnet is None else convnet
+    convnet = get_conv_net_para(net) if convnet is None else convnet
     part_list = tuple(int(p) for p in np.asarray(part_list).reshape(-1))
     image_size = net_input_size(net) if image_size is None else (int(image_size[0]), int(image_size[1]))
     target = target_layer_index(convnet, layer_id)
@@ -661,7 +658,7 @@ def compute_stability_multiclass(net: Any, sources: Sequence[CategorySource], la
     after the goldfish is measured on part 1 only.
     `goldfish_rule_sticks=False` applies the rule to the goldfish alone.
     """
-    convnet = _conv_net_para(net) if convnet is None else convnet
+    convnet = get_conv_net_para(net) if convnet is None else convnet
     part_list = tuple(int(p) for p in np.asarray(part_list).reshape(-1))
     image_size = net_input_size(net) if image_size is None else (int(image_size[0]), int(image_size[1]))
     stab_cols, score_cols, used_parts = [], [], []

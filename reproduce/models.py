@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from legacy_compat.simplenn import LayerSpec, layers_from_matlab
+from legacy_compat.simplenn import LayerSpec, load_matconvnet_model, quad
 
 from .conv_mask import pos_templates
 from .geometry import layer_output_sizes
@@ -293,23 +293,18 @@ def _row_spec(row: tuple, gen: torch.Generator | None) -> LayerSpec:
         _, _, kh, kw, cin, cout, stride, pad = row
         w = _he_init((cout, cin, kh, kw), gen) if gen is not None else torch.zeros(cout, cin, kh, kw)
         return LayerSpec("conv", name, [w, torch.zeros(cout)],
-                         {"pad": _quad(pad), "stride": (stride, stride), "dilate": (1, 1)})
+                         {"pad": quad(pad), "stride": (stride, stride), "dilate": (1, 1)})
     if kind == "relu":
         return LayerSpec("relu", name, [], {"leak": 0.0})
     if kind == "lrn":
         return LayerSpec("lrn", name, [], {"param": tuple(float(v) for v in row[2])})
     if kind == "pool":
         _, _, size, stride, pad = row
-        return LayerSpec("pool", name, [], {"pool": (size, size), "stride": (stride, stride), "pad": _quad(pad),
+        return LayerSpec("pool", name, [], {"pool": (size, size), "stride": (stride, stride), "pad": quad(pad),
                                             "method": "max"})
     if kind == "softmax":
         return LayerSpec("softmax", name, [], {})
     raise ValueError(f"unknown trunk row {row}")
-
-
-def _quad(v: Any) -> tuple[int, int, int, int]:
-    a = np.asarray(v).reshape(-1)
-    return (int(a[0]),) * 4 if a.size == 1 else tuple(int(b) for b in a)  # type: ignore[return-value]
 
 
 def trunk_specs(model: str, seed: int | None = None, cut: bool = True,
@@ -322,27 +317,13 @@ def trunk_specs(model: str, seed: int | None = None, cut: bool = True,
 
 
 def load_pretrained(path: str | Path) -> tuple[list[LayerSpec], dict]:
-    """A MatConvNet model file -> (LayerSpecs, meta dict); through
-    legacy_compat.simplenn.load_matconvnet_model when it exists, else loadmat + layers_from_matlab."""
+    """A MatConvNet model file (what tool/nets/*.m loads) -> (LayerSpecs, its `net.meta` as MATLAB
+    values), through legacy_compat.simplenn.load_matconvnet_model."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"pretrained model file not found: {path}")
-    try:
-        from legacy_compat.simplenn import load_matconvnet_model  # type: ignore[attr-defined]
-    except ImportError:
-        load_matconvnet_model = None
-    if load_matconvnet_model is not None:
-        res = load_matconvnet_model(path)
-        if isinstance(res, tuple):
-            return list(res[0]), dict(res[1] or {})
-        if isinstance(res, list):
-            return res, {}
-        return list(getattr(res, "layers", getattr(res, "specs", []))), dict(getattr(res, "meta", {}) or {})
-    from legacy_compat import loadmat
-    m = loadmat(path)
-    if "layers" not in m:
-        raise ValueError(f"{path}: not a MatConvNet SimpleNN model (no 'layers')")
-    return layers_from_matlab(m["layers"]), dict(m.get("meta", {}) or {})
+    specs, meta = load_matconvnet_model(path)
+    return specs, meta.raw
 
 
 def _meta_image_size(meta: dict) -> int | None:
@@ -451,7 +432,7 @@ def build_icnn_specs(trunk: list[LayerSpec], model: str, label_num: int, dropout
     _add_block_mask(specs, "6", 3, 3, cin, c, 1, 1, image_size, gen, init)
     pname, psize, pstride, ppad = md.pool
     specs.append(LayerSpec("pool", pname, [], {"method": "max", "pool": (psize, psize), "stride": (pstride, pstride),
-                                               "pad": _quad(ppad)}))
+                                               "pad": quad(ppad)}))
     k = md.fc7_kernel or layer_output_sizes(specs, image_size)[-1][0]
     _add_block_mask(specs, "7", k, k, c, md.fc_channels, 1, 0, image_size, gen, init)
     id7, id8 = md.ids

@@ -273,7 +273,7 @@ def _common(spec: LayerSpec, known: Sequence[str]) -> dict[str, Any]:
             "extra_fields": {k: v for k, v in f.items() if k not in skip}}
 
 
-def _build_conv(spec: LayerSpec, channels: int | None, size: Any, copy: bool = True) -> MatConv:
+def _build_conv(spec: LayerSpec, channels: int | None, copy: bool = True) -> MatConv:
     w = spec.weights[0]
     groups = spec.get("groups")
     if groups is None:
@@ -286,32 +286,32 @@ def _build_conv(spec: LayerSpec, channels: int | None, size: Any, copy: bool = T
                    groups=int(groups), copy=copy, **_common(spec, ("pad", "stride", "dilate", "groups")))
 
 
-def _build_conv_mask(spec: LayerSpec, channels: int | None, size: Any, copy: bool = True) -> ConvMask:
-    return ConvMask.from_spec(spec, feature_size=size, copy=copy)
+def _build_conv_mask(spec: LayerSpec, channels: int | None, copy: bool = True) -> ConvMask:
+    return ConvMask.from_spec(spec, copy=copy)
 
 
-def _build_relu(spec, channels, size, copy=True):
+def _build_relu(spec, channels, copy=True):
     return ReLU(float(spec.get("leak", 0.0) or 0.0), **_common(spec, ("leak",)))
 
 
-def _build_pool(spec, channels, size, copy=True):
+def _build_pool(spec, channels, copy=True):
     return Pool(spec.get("pool"), stride=spec.get("stride", 1), pad=spec.get("pad", 0),
                 method=str(spec.get("method", "max")), **_common(spec, ("pool", "stride", "pad", "method")))
 
 
-def _build_lrn(spec, channels, size, copy=True):
+def _build_lrn(spec, channels, copy=True):
     return LRN(spec.get("param"), layer_type=spec.type, **_common(spec, ("param",)))
 
 
-def _build_dropout(spec, channels, size, copy=True):
+def _build_dropout(spec, channels, copy=True):
     return Dropout(float(spec.get("rate", 0.5)), **_common(spec, ("rate",)))
 
 
-def _build_softmax(spec, channels, size, copy=True):
+def _build_softmax(spec, channels, copy=True):
     return Softmax(**_common(spec, ()))
 
 
-def _build_loss(spec, channels, size, copy=True):
+def _build_loss(spec, channels, copy=True):
     return LossLayer(spec.type, **_common(spec, ()))
 
 
@@ -322,7 +322,7 @@ LAYER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_layer(spec: LayerSpec, channels: int | None = None, size: Any = None, index: int | None = None,
+def build_layer(spec: LayerSpec, channels: int | None = None, index: int | None = None,
                 copy: bool = True) -> nn.Module:
     """One layer module from a LayerSpec; `channels` (input channels) infers conv groups;
     copy=False lets the module's parameters share the spec's filter tensors."""
@@ -331,7 +331,7 @@ def build_layer(spec: LayerSpec, channels: int | None = None, size: Any = None, 
     if builder is None:
         raise ValueError(f"{where}{spec.name!r}: unknown layer type {spec.type!r} "
                          f"(supported: {', '.join(sorted(LAYER_BUILDERS))})")
-    return builder(spec, channels, size, copy=copy)
+    return builder(spec, channels, copy=copy)
 
 
 # ------------------------------------------------------------------ the network
@@ -372,7 +372,7 @@ class SimpleNN(nn.Module):
         layers = []
         channels: int | None = input_channels
         for i, spec in enumerate(specs):
-            layer = build_layer(spec, channels, None, i, copy=copy)
+            layer = build_layer(spec, channels, i, copy=copy)
             if isinstance(layer, (MatConv, ConvMask)):
                 channels = int(layer.weight.shape[0])
             layers.append(layer)

@@ -47,6 +47,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from legacy_compat.atomic import atomic_write_text
+
 from .pipeline import Experiment
 
 __all__ = ["GridExperiment", "ResultsStore", "RunnerError", "CNN_KINDS", "plan_grid", "config_slug",
@@ -247,19 +249,6 @@ def _check_files(paths: Any, categories: Sequence[str]) -> None:
 
 
 # ================================================================== the results file
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class ResultsStore:
     """The results file: JSON ``{"format", "version", "runs": [record, ...]}`` and a CSV beside it
     (`CSV_COLUMNS`, one line per run). Every change re-reads the file under an exclusive lock
@@ -304,8 +293,8 @@ class ResultsStore:
         with self._locked():
             runs = [r for r in self.load() if r.get("id") != record["id"]] + [record]
             payload = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "runs": runs}
-            _atomic_write(self.path, json.dumps(payload, indent=1, default=_json_default) + "\n")
-            _atomic_write(self.csv_path, _csv_text(runs))
+            atomic_write_text(self.path, json.dumps(payload, indent=1, default=_json_default) + "\n")
+            atomic_write_text(self.csv_path, _csv_text(runs))
 
 
 def _json_default(v: Any) -> Any:
@@ -531,6 +520,8 @@ def _duration(seconds: float | None) -> str:
 
 # ================================================================== command line
 def build_parser() -> argparse.ArgumentParser:
+    from data_prep.setup import DATASETS
+
     from .models import MODELS
     doc = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(
@@ -550,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--models alexnet-narrow --data-root ../shared/data --offline --device cpu --dropout 0.5 "
                "--out /tmp/paper_fox")
     parser.add_argument("--dataset", nargs="+", default=["ilsvrcanimalpart"],
-                        choices=["ilsvrcanimalpart", "vocpart", "cub200", "toy"],
+                        choices=list(DATASETS),
                         help="dataset(s) (default ilsvrcanimalpart; 'toy' is generated offline)")
     parser.add_argument("--categories", nargs="+", default=None, metavar="C",
                         help="categories, or 'all' for every category of the dataset (30 ILSVRC animals, "

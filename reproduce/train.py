@@ -47,7 +47,9 @@ Differences from the original, each documented where it happens:
   several GPUs / parameter server, prefetch, epochSize, other solvers,
   Nesterov, plotDiagnostics, postEpochFn.
 
-Command line: ``python -m reproduce.train --help``.
+Command line: ``python -m reproduce.train --help``: it runs through reproduce.pipeline
+(dataset, network_init, imdb cache, then `train`); ``--out`` is the output root,
+as demo.py's (checkpoints and plots in OUT/mat/<name>/).
 """
 from __future__ import annotations
 
@@ -675,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint; Ctrl-C stops without leaving a half-written file.",
         epilog="example: python -m reproduce.train --dataset ilsvrcanimalpart --category n02118333 "
                "--model vgg-vd-16 --dropout 0.8 --device cuda --out output")
-    parser.add_argument("--dataset", required=True, choices=["ilsvrcanimalpart", "vocpart", "cub200", "toy"],
+    from data_prep.setup import DATASETS
+    parser.add_argument("--dataset", required=True, choices=list(DATASETS),
                         help="dataset the imdb is built from (demo.m's choices, plus the offline toy dataset)")
     parser.add_argument("--category", required=True, nargs="+",
                         help="category, e.g. n02118333 (fox), bird (VOC), cub200; several categories train one "

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from reproduce import evaluate as ev
+from reproduce.geometry import get_conv_net_para
 
 
 # ------------------------------------------------------------------ helpers
@@ -87,7 +88,7 @@ def test_layer_and_part_choices():
 
 def test_layer_id_out_of_range_is_a_clear_error():
     net = _tiny_net()
-    convnet = ev._conv_net_para(net)
+    convnet = get_conv_net_para(net)
     assert ev.target_layer_index(convnet, 4) == 9          # the first conv_mask layer (1-based SimpleNN index)
     assert net.layer_types[9 - 1] == "conv_mask"
     for bad in (0, 8, -1):

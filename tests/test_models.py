@@ -87,6 +87,26 @@ def test_alexnet_random_trunk_warns_and_uses_real_groups():
     assert sizes[14] == (13, 13) and sizes[17] == (6, 6) and sizes[-2] == (1, 1)
 
 
+def test_network_init_reads_a_pretrained_model_file(tmp_path):
+    """pretrained=<MatConvNet file>: the trunk's weights and the file's normalization.imageSize."""
+    from legacy_compat import savemat
+    from legacy_compat.mattypes import MatStruct
+    from legacy_compat.simplenn import net_to_matlab
+    from reproduce.models import trunk_specs
+    trunk = trunk_specs("tiny", seed=3, cut=False)
+    model = net_to_matlab(trunk, MatStruct(normalization=MatStruct(imageSize=np.array([[48.0, 48, 3]]))))
+    path = tmp_path / "pretrained.mat"
+    savemat(path, {"layers": model["layers"], "meta": model["meta"]}, version="5")
+    net, _, meta = network_init(2, "tiny", 0.5, pretrained=path, seed=0)
+    assert meta["image_size"] == (48, 48, 3) and meta["pretrained_count"] == len(trunk)
+    assert meta["normalization"]["imageSize"].tolist() == [[48.0, 48.0, 3.0]]
+    torch.testing.assert_close(net.layers[0].weight.detach(), trunk[0].weights[0], rtol=0, atol=0)
+    torch.testing.assert_close(net.layers[6].weight.detach(), trunk[6].weights[0], rtol=0, atol=0)
+    assert net.conv_mask_layers()[0][1].feature_size == (12, 12)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        network_init(2, "tiny", 0.5, pretrained=tmp_path / "missing.mat")
+
+
 def test_x2p_is_center_plus_stride():
     net, _, _ = network_init(1, "tiny", 0.5, seed=0)
     para = get_conv_net_para(net)

@@ -188,11 +188,12 @@ def test_a_diverged_run_is_flagged(tmp_path):
 
 def test_alexnet_narrow_measures_its_conv_mask_layer_in_224_pixel_units():
     import torch
-    from reproduce.evaluate import DEFAULT_LAYER_ID, _conv_net_para, target_layer_index
+    from reproduce.evaluate import DEFAULT_LAYER_ID, target_layer_index
+    from reproduce.geometry import get_conv_net_para
     from reproduce.models import MODELS, network_init
     net, opts, meta = network_init(1, "alexnet-narrow", 0.5, seed=0)
     assert MODELS["alexnet-narrow"].image_size == 224 and meta["image_size"] == (224, 224, 3)
-    convnet = _conv_net_para(net)
+    convnet = get_conv_net_para(net)
     target = target_layer_index(convnet, DEFAULT_LAYER_ID["alexnet-narrow"])
     layer = net.layers[target - 1]
     assert layer.layer_type == "conv_mask" and layer.name == "conv6"

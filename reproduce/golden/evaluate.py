@@ -19,6 +19,7 @@ from legacy_compat.simplenn import maps_to_matlab, maps_to_torch
 
 from reproduce import draw_rf as rf
 from reproduce import evaluate as ev
+from reproduce.geometry import get_conv_net_para
 
 
 def _ints(v: Any) -> tuple[int, ...]:
@@ -79,7 +80,7 @@ def golden_compute_stability(inputs: MatStruct, ctx: CaseContext) -> dict:
     part_list = _ints(inputs["partList"])
     source = _ilsvrc_source(ctx, str(inputs["category"]), str(inputs["image_root"]),
                             float(scalar(inputs["minArea"])), _texts(inputs["truth_files"]), part_list)
-    convnet = ev._conv_net_para(net)
+    convnet = get_conv_net_para(net)
     res = ev.compute_stability(
         net, source, int(scalar(inputs["layerID"])), np.asarray(inputs["meanData"], dtype=np.float32),
         part_list=part_list, part_rate=float(scalar(inputs["partRate"])),
