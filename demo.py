@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="loss of a multi-class CNN (demo.m's lossType; default logistic)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: cuda when present, else cpu; --quick: cpu)")
+    parser.add_argument("--allow-tf32", action="store_true", help="let CUDA convolutions and matrix products use TF32 (faster on Ampere and later GPUs; the numbers are then no longer MATLAB's IEEE float32 ones, up to 1.6e-3 apart (relative) on an H100). Default: off")
     parser.add_argument("--out", default=None, help="output folder (default ./output; --quick: ./output/quick)")
     parser.add_argument("--data-root", default=None,
                         help="datasets folder (default $ICNN_DATA_ROOT or output/data)")
@@ -263,13 +264,16 @@ def stage(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from reproduce.device import set_tf32
+    set_tf32(args.allow_tf32)
     start = time.perf_counter()
     try:
         settings = resolve_settings(args)
         exp = experiment(settings, args)
         check_output_folder(exp.out, estimate_bytes(settings, args.baseline) if args.net is None else 10**6)
         print(f"demo: dataset {exp.dataset}, {'categories' if exp.multiclass else 'category'} "
-              f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}, "
+              f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}"
+              f"{' (TF32 allowed)' if args.allow_tf32 and exp.device.startswith('cuda') else ''}, "
               f"output {exp.out}", flush=True)
         from reproduce.pipeline import ordinary_counterpart, prepare_dataset, run_experiment
         if args.net:

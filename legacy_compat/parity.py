@@ -53,12 +53,15 @@ DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "
 
 @dataclass
 class CaseContext:
-    """What an adapter may need beside the inputs: where the case and the data are."""
+    """What an adapter may need beside the inputs: where the case and the data are, and the
+    device ('cpu', 'cuda', 'cuda:N') the port runs on (a torch device name; adapters of
+    pure-numpy ports ignore it)."""
 
     path: Path
     case_fn: str
     data_root: Path
     note: str = ""
+    device: str = "cpu"
 
 
 @dataclass
@@ -243,8 +246,8 @@ class CaseResult:
 
 
 def run_case(path: os.PathLike | str, data_root: os.PathLike | str = DEFAULT_DATA_ROOT,
-             verbose: bool = False) -> CaseResult:
-    """Load one golden case, run its adapter, compare; never raises."""
+             verbose: bool = False, device: str = "cpu") -> CaseResult:
+    """Load one golden case, run its adapter on `device`, compare; never raises."""
     path = Path(path)
     try:
         case = loadmat(path)
@@ -254,7 +257,8 @@ def run_case(path: os.PathLike | str, data_root: os.PathLike | str = DEFAULT_DAT
     adapter = _REGISTRY.get(case_fn)
     if adapter is None:
         return CaseResult(path, case_fn, False, problems=[f"no port registered for case_fn {case_fn!r}"])
-    ctx = CaseContext(path=path, case_fn=case_fn, data_root=Path(data_root), note=str(case.get("note", "")))
+    ctx = CaseContext(path=path, case_fn=case_fn, data_root=Path(data_root), note=str(case.get("note", "")),
+                      device=str(device))
     try:
         outputs = adapter.fn(case["inputs"], ctx)
     except Exception as exc:  # noqa: BLE001
@@ -277,6 +281,18 @@ def find_cases(paths: Iterable[os.PathLike | str]) -> list[Path]:
     return found
 
 
+def _device_problem(device: str) -> str:
+    """Why `device` cannot run the port ('' when it can): a bad name, or CUDA asked for without a GPU."""
+    import torch          # here, not at import: legacy_compat's MAT layer needs no torch
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        return f"not a torch device ({exc})"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return "PyTorch sees no CUDA GPU here; use --device cpu"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m legacy_compat.parity",
@@ -286,8 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT),
                         help="folder the cases' original files (images, truth files) are relative to "
                              "(default: ../shared/data beside the project)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device the port runs on: cpu (default), cuda or cuda:N; the golden "
+                             "numbers and tolerances are the same on every device")
     parser.add_argument("-v", "--verbose", action="store_true", help="print tracebacks and every problem")
     args = parser.parse_args(argv)
+    problem = _device_problem(args.device)
+    if problem:
+        print(f"error: --device {args.device}: {problem}", file=sys.stderr)
+        return 2
     for problem in load_adapters():
         print(f"warning: adapter module failed to import: {problem}", file=sys.stderr)
     try:
@@ -297,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     passed = failed = 0
     for path in cases:
-        res = run_case(path, args.data_root, verbose=args.verbose)
+        res = run_case(path, args.data_root, verbose=args.verbose, device=args.device)
         print(res.line(), flush=True)
         if args.verbose and not res.passed:
             for prob in res.problems:

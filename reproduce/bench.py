@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="output/bench.json", help="JSON file of the results (default output/bench.json)")
     p.add_argument("--device", default="cpu", help="device of conv_mask, train_step, eval (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    p.add_argument("--allow-tf32", action="store_true",
+                   help="CUDA convolutions and matrix products in TF32 (default: IEEE float32, as MATLAB)")
     p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT), help="the fox data (default ../shared/data)")
     p.add_argument("--repeats", type=int, default=10, help="conv_mask: timed rounds (default 10)")
     p.add_argument("--repeats-train", type=int, default=5, help="train_step: timed rounds (default 5)")
@@ -298,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .device import set_tf32
+    set_tf32(args.allow_tf32)
     args.eval_images = args.eval_images or None
     args.occlusions = args.occlusions or None
     names = [n for n in (args.only or BENCHMARKS) if n not in set(args.skip)]

@@ -7,6 +7,7 @@ gradient, forward + backward. Prints the median time of each over `repeats` inte
 rounds (after a warm-up) and the ratios (issue 3's target: at most 1.15x).
 
     python -m reproduce.bench_conv_mask [--repeats 5] [--threads N] [--device cpu] [--batch 32]
+    python -m reproduce.bench_conv_mask --profile single --device cuda     # where the time goes
 
 `run(device="cpu", repeats=...) -> dict` is what the benchmark suite calls.
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from .conv_mask import ConvMask, FilterLossContext
+from .device import resolve_device
 
 __all__ = ["run", "main"]
 
@@ -35,12 +37,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(device: str = "cpu", repeats: int = 5, batch: int = 32, channels: int = 512, size: int = 14,
-        threads: int | None = None, seed: int = 0) -> dict:
-    """Time conv_mask (1 class, 6 classes) and Conv2d forward+backward; returns the medians (s) and ratios."""
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    dev = torch.device(device)
+def _steps(dev: torch.device, batch: int, channels: int, size: int, seed: int) -> dict[str, Callable[[], None]]:
+    """The three timed steps (forward + backward): plain Conv2d, conv_mask 1 class, 6 classes."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.relu(torch.randn(batch, channels, size, size, generator=gen)).to(dev).requires_grad_(True)
     gout = torch.randn(batch, channels, size, size, generator=gen).to(dev)
@@ -75,8 +73,17 @@ def run(device: str = "cpu", repeats: int = 5, batch: int = 32, channels: int = 
         multi()
         mask.set_slice_mag(None)
 
+    return {"plain": plain_step, "single": single, "multi": multi_step}
+
+
+def run(device: str = "cpu", repeats: int = 5, batch: int = 32, channels: int = 512, size: int = 14,
+        threads: int | None = None, seed: int = 0) -> dict:
+    """Time conv_mask (1 class, 6 classes) and Conv2d forward+backward; returns the medians (s) and ratios."""
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    dev = resolve_device(device)
     # interleaved (plain, single, multi) rounds, so that a change of machine load hits all three
-    steps = {"plain": plain_step, "single": single, "multi": multi_step}
+    steps = _steps(dev, batch, channels, size, seed)
     for step in steps.values():          # warm-up
         step()
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -93,13 +100,37 @@ def run(device: str = "cpu", repeats: int = 5, batch: int = 32, channels: int = 
             "conv_mask_multi6_s": t_multi, "ratio_single": t_single / t_plain, "ratio_multi6": t_multi / t_plain}
 
 
+def profile(device: str = "cpu", batch: int = 32, channels: int = 512, size: int = 14, step: str = "single",
+            rows: int = 25, seed: int = 0) -> str:
+    """torch.profiler's table of one warmed-up `step` ('plain', 'single', 'multi'): where the time
+    goes, operator by operator (sorted by self time on the device: CUDA kernels, or the CPU)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    dev = resolve_device(device)
+    fn = _steps(dev, batch, channels, size, seed)[step]
+    fn()
+    _sync(dev)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        fn()
+        _sync(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reproduce.bench_conv_mask", description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--profile", choices=["plain", "single", "multi"], default=None,
+                   help="instead of timing: torch.profiler's table of one step of this kind")
     args = p.parse_args(argv)
+    if args.profile:
+        print(profile(args.device, args.batch, step=args.profile))
+        return 0
     r = run(args.device, args.repeats, args.batch, threads=args.threads)
     print(f"device {r['device']}, {r['threads']} threads, input {r['shape']}, 3x3 conv 512->512, "
           f"median of {r['repeats']} forward+backward runs")

@@ -51,11 +51,12 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
     from data_prep.ilsvrc import ilsvrc_conf
     from reproduce import draw_rf as rf
     from reproduce import evaluate as ev
+    from reproduce.device import resolve_device
     from reproduce.geometry import get_conv_net_para
 
     if threads:
         torch.set_num_threads(int(threads))
-    dev = torch.device(device)
+    dev = resolve_device(device)
     net = _vgg16_icnn(dev)
     layer_id = ev.layer_id_for_model("vgg-vd-16")
     conf = ilsvrc_conf(data_root)

@@ -588,10 +588,13 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
     the original's, chosen for 224 x 224 input; `scaled_rf_settings` gives
     values scaled to another input size.
     computeRF skips a filter whose template file exists, as the original
-    (`overwrite_templates=True` recomputes). Returns a DrawRFResult.
+    (`overwrite_templates=True` recomputes). Returns a DrawRFResult. `net` is moved to
+    `device` (IEEE float32 on CUDA: reproduce.device.resolve_device).
     """
+    from reproduce.device import resolve_device
     from reproduce.evaluate import net_input_size, read_mean_data
-    device = torch.device(device)
+    device = resolve_device(device)
+    net.to(device)
     out = Path(out_dir)
     root_ori, root_mask, root_rf = out / "img_ori", out / "img_maskF", out / "img_RF"
     size = tuple(image_size) if image_size is not None else net_input_size(net)

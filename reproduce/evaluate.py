@@ -428,11 +428,15 @@ def extract_layer_peaks(net: Any, batches: Iterable[tuple[list[int], torch.Tenso
     zeros for the images never seen, as the original's preallocated arrays)
     and the (H, W) size of the maps. Only the first `num_filters` channels
     (computeStability.m's `1:patNum`) are kept. Runs on `device`, moving only
-    the peaks back.
+    the peaks back; `net` is moved to `device` first (a no-op when it is there), and a CUDA
+    device computes in IEEE float32 (reproduce.device.resolve_device).
     """
     from tqdm import tqdm
 
-    device = torch.device(device)
+    from .device import resolve_device
+
+    device = resolve_device(device)
+    net.to(device)
     idx_h = idx_w = score = None
     map_size = (0, 0)
     it = tqdm(batches, total=total, desc="stability", unit="batch", disable=not progress)
@@ -718,7 +722,8 @@ def load_net_for_evaluation(path: os.PathLike | str, device: Any = "cpu") -> tup
             net.meta = state.meta
         except AttributeError:
             pass
-    net = net.to(torch.device(device)).eval()
+    from reproduce.device import resolve_device
+    net = net.to(resolve_device(device)).eval()
     return net, state.stats, state.meta
 
 

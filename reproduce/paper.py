@@ -334,7 +334,9 @@ def machine_info(device: str) -> dict:
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "device": device}
     if str(device).startswith("cuda") and torch.cuda.is_available():
+        from .device import tf32_allowed
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda_tf32"] = tf32_allowed()          # False: IEEE float32 convolutions, as MATLAB
     return info
 
 
@@ -563,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="override trainOpts.batchSize")
     parser.add_argument("--seed", type=int, default=0, help="random seed (weights, batch order, dropout)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    parser.add_argument("--allow-tf32", action="store_true", help="let CUDA convolutions and matrix products use TF32 (faster on Ampere and later GPUs; the numbers are then no longer MATLAB's IEEE float32 ones, up to 1.6e-3 apart (relative) on an H100). Default: off")
     parser.add_argument("--out", default="output/paper", help="output folder (default output/paper)")
     parser.add_argument("--results", default=None,
                         help="results file, .json (default OUT/results.json; the .csv is written beside it)")
@@ -709,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.paper`: plan the grid, run what is missing, print the tables."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .device import set_tf32
+    set_tf32(args.allow_tf32)
     try:
         store = ResultsStore(args.results or Path(args.out) / "results.json")
         if args.table:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from reproduce.conv_mask import (ConvMask, FilterLossContext, FilterLossError, filter_loss_gradients, get_mask,
                                  get_mask_separable, get_mu, pos_templates)
+from reproduce.device import resolve_device
 
 
 # ------------------------------------------------------------------ a literal reference
@@ -366,8 +367,8 @@ def test_cuda_matches_cpu():
     labels = torch.tensor([[1.0], [-1.0], [1.0], [-1.0], [-1.0], [1.0]])
     grads = []
     for dev in ("cpu", "cuda"):
-        lay = _layer().to(dev)
-        xx = x.to(dev).requires_grad_(True)
+        lay = _layer().to(resolve_device(dev))                 # IEEE float32 on the GPU (no TF32)
+        xx = x.clone().to(dev).requires_grad_(True)
         lay(xx, FilterLossContext(labels.to(dev), 2)).sum().backward()
         grads.append((xx.grad.cpu(), lay.beta.grad.cpu()))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-6)

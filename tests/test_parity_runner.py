@@ -86,3 +86,25 @@ def test_every_golden_case_passes(golden_dir):
     last = out.stdout.strip().splitlines()[-1]
     assert out.returncode == 0, out.stdout + out.stderr
     assert last.endswith(" 0 failed")
+
+
+def test_cli_refuses_a_device_it_cannot_use(tmp_path):
+    import torch
+    bad = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(tmp_path), "--device", "gpu"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--device gpu: not a torch device" in bad.stderr
+    if not torch.cuda.is_available():
+        no_gpu = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(tmp_path), "--device", "cuda"],
+                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert no_gpu.returncode == 2 and "PyTorch sees no CUDA GPU" in no_gpu.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_every_golden_case_passes_on_cuda(golden_dir):
+    """The same golden numbers and tolerances with the port on the GPU."""
+    out = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(golden_dir), "--device", "cuda"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1].endswith(" 0 failed")

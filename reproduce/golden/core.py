@@ -26,6 +26,7 @@ from legacy_compat.simplenn import (LayerSpec, filters_to_torch, layer_from_matl
 
 from .. import losses
 from ..conv_mask import FilterLossContext, get_mask, get_mu
+from ..device import resolve_device
 from ..geometry import get_conv_net_para
 from ..models import network_init
 from ..network import SimpleNN, simplenn_res
@@ -62,27 +63,28 @@ def _scalar(a: Any) -> float:
 # ------------------------------------------------------------------ getMu, getMask
 @register("getMu")
 def adapt_get_mu(inputs: MatStruct, ctx: CaseContext) -> dict:
-    x = maps_to_torch(inputs["x"])
+    x = maps_to_torch(inputs["x"]).to(ctx.device)
     mu_x, mu_y, sqrtvar = get_mu(x, out_dtype=torch.float64)
     return {"mu_x": _nd_to_matlab(mu_x), "mu_y": _nd_to_matlab(mu_y),
-            "sqrtvar": sqrtvar.numpy().T.astype(np.float32)}
+            "sqrtvar": sqrtvar.cpu().numpy().T.astype(np.float32)}
 
 
 @register("getMask")
 def adapt_get_mask(inputs: MatStruct, ctx: CaseContext) -> dict:
-    mask = get_mask(_matlab_to_nd(inputs["mu_x"]), _matlab_to_nd(inputs["mu_y"]),
-                    torch.as_tensor(np.asarray(inputs["alpha"], dtype=np.float32).reshape(-1)),
-                    torch.as_tensor(np.asarray(inputs["filter"]).reshape(-1).astype(np.int64)),
-                    _hwc_to_chw(inputs["posTemp_x"]), _hwc_to_chw(inputs["posTemp_y"]))
+    args = (_matlab_to_nd(inputs["mu_x"]), _matlab_to_nd(inputs["mu_y"]),
+            torch.as_tensor(np.asarray(inputs["alpha"], dtype=np.float32).reshape(-1)),
+            torch.as_tensor(np.asarray(inputs["filter"]).reshape(-1).astype(np.int64)),
+            _hwc_to_chw(inputs["posTemp_x"]), _hwc_to_chw(inputs["posTemp_y"]))
+    mask = get_mask(*(a.to(ctx.device) for a in args))
     return {"mask": maps_to_matlab(mask)}
 
 
 # ------------------------------------------------------------------ our_vl_nnloss
 @register("our_vl_nnloss")
 def adapt_our_vl_nnloss(inputs: MatStruct, ctx: CaseContext) -> dict:
-    x = maps_to_torch(inputs["x"])                         # N x L x 1 x 1
-    c = maps_to_torch(inputs["c"])
-    k = torch.as_tensor(_as4(inputs["c_index"]).reshape(-1).astype(np.int64) - 1)
+    x = maps_to_torch(inputs["x"]).to(ctx.device)          # N x L x 1 x 1
+    c = maps_to_torch(inputs["c"]).to(ctx.device)
+    k = torch.as_tensor(_as4(inputs["c_index"]).reshape(-1).astype(np.int64) - 1).to(ctx.device)
     out = {}
     xl = x.clone().requires_grad_(True)
     y = losses.ourloss_logistic(xl, c)
@@ -113,7 +115,7 @@ def context_from_loss_layer(last: MatStruct) -> FilterLossContext:
 @register("our_vl_simplenn")
 def adapt_our_vl_simplenn(inputs: MatStruct, ctx: CaseContext) -> dict:
     raw = cell_items(inputs["net"]["layers"])
-    net = SimpleNN.from_specs(layers_from_matlab(inputs["net"]["layers"]))
+    net = SimpleNN.from_specs(layers_from_matlab(inputs["net"]["layers"])).to(resolve_device(ctx.device))
     context = context_from_loss_layer(raw[-1])
     res = simplenn_res(net, inputs["x"], inputs["dzdy"], str(inputs["mode"]), context)
     return {"res_x": res.x, "res_dzdx": res.dzdx, "res_dzdw": res.dzdw}

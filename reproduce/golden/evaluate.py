@@ -69,10 +69,6 @@ def _ilsvrc_source(ctx: CaseContext, name: str, image_root: str, min_area: float
     return source
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @register("computeStability")
 def golden_compute_stability(inputs: MatStruct, ctx: CaseContext) -> dict:
     """computeStability.m end to end: annotation, getI, forward, peaks, distances."""
@@ -86,7 +82,7 @@ def golden_compute_stability(inputs: MatStruct, ctx: CaseContext) -> dict:
         part_list=part_list, part_rate=float(scalar(inputs["partRate"])),
         selected_pattern_ratio=float(scalar(inputs["selectedPatternRatio"])),
         patch_num_per_pattern=int(scalar(inputs["patchNumPerPattern"])), convnet=convnet,
-        image_size=size, device=_device())
+        image_size=size, device=ctx.device)
     out = {"stability": np.array([[res.stability]])}
     out.update(convnet.as_matlab())
     return out
@@ -109,7 +105,7 @@ def golden_compute_stability_multiclass(inputs: MatStruct, ctx: CaseContext) -> 
     value, _ = ev.compute_stability_multiclass(
         net, sources, int(scalar(inputs["layerID"])), np.asarray(inputs["meanData"], dtype=np.float32),
         part_list=part_list, patch_num_per_pattern=int(scalar(inputs["patchNumPerPattern"])),
-        image_size=size, device=_device())
+        image_size=size, device=ctx.device)
     return {"stability": np.array([[value]])}
 
 
@@ -117,13 +113,14 @@ def golden_compute_stability_multiclass(inputs: MatStruct, ctx: CaseContext) -> 
 @register("maskX")
 def golden_mask_x(inputs: MatStruct, ctx: CaseContext) -> dict:
     """maskX and getMu_max of step_drawRF.m."""
-    x = maps_to_torch(inputs["x"])
-    beta = torch.as_tensor(np.asarray(inputs["alpha"], dtype=np.float32).reshape(-1))
-    filt = torch.as_tensor(np.asarray(inputs["filter"]).reshape(-1).astype(np.int64))
+    x = maps_to_torch(inputs["x"]).to(ctx.device)
+    beta = torch.as_tensor(np.asarray(inputs["alpha"], dtype=np.float32).reshape(-1), device=ctx.device)
+    filt = torch.as_tensor(np.asarray(inputs["filter"]).reshape(-1).astype(np.int64), device=ctx.device)
     masked, mask, mu_x, mu_y = rf.mask_x(x, beta, filt)
     n, d = mu_x.shape
     return {"x_masked": maps_to_matlab(masked), "mask": maps_to_matlab(mask),
-            "mu_x_max": mu_x.t().numpy().reshape(1, 1, d, n), "mu_y_max": mu_y.t().numpy().reshape(1, 1, d, n)}
+            "mu_x_max": mu_x.t().cpu().numpy().reshape(1, 1, d, n),
+            "mu_y_max": mu_y.t().cpu().numpy().reshape(1, 1, d, n)}
 
 
 @register("getRegion")

@@ -116,8 +116,8 @@ def our_cnn_train_case(inputs: MatStruct, ctx: Any) -> dict:
         last["batch"] = info
 
     with tempfile.TemporaryDirectory(prefix="golden-cnn-train-") as exp_dir:
-        net, stats = train(net, imdb, opts, exp_dir, batch_order=cell_items(inputs["batches"]), progress=False,
-                           plot=False, on_batch=remember)
+        net, stats = train(net, imdb, opts, exp_dir, device=ctx.device, batch_order=cell_items(inputs["batches"]),
+                           progress=False, plot=False, on_batch=remember)
         state = ckpt.load_checkpoint(ckpt.checkpoint_path(exp_dir, opts["num_epochs"]))
     specs = net.to_specs()
     solver_state = [cell([weight_to_matlab(spec.type, j, m) for j, m in enumerate(layer_momentum)])

@@ -1,0 +1,58 @@
+"""The device a run uses, and its float32 arithmetic.
+
+Not a port of an original file: MatConvNet computes in IEEE single precision
+on the CPU and on the GPU (gpuArray single). PyTorch, on Ampere and later
+GPUs, lets cuDNN convolutions use TF32 by default (inputs rounded to a 10-bit
+mantissa): on an H100 that moved the port's conv_mask outputs and gradients
+up to 1.6e-3 (relative) away from the golden MATLAB numbers, where IEEE
+float32 stays within 1e-5. So every run this package starts on a CUDA device
+goes through `resolve_device`, which switches TF32 off for convolutions and
+matrix products, unless TF32 was asked for with `set_tf32(True)` (the command
+lines' ``--allow-tf32``: faster, no longer MATLAB's numbers).
+
+These are PyTorch's process-wide flags (``torch.backends.cudnn.allow_tf32``,
+``torch.backends.cuda.matmul.allow_tf32``): a program that builds its own
+loop around the package's modules, without `resolve_device`, gets PyTorch's
+defaults unless it calls `set_tf32(False)` itself.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["resolve_device", "set_tf32", "tf32_allowed"]
+
+_TF32 = {"allowed": False}      # the package's choice, applied by resolve_device / set_tf32
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow (True) or forbid (False, the package's default) TF32 in CUDA convolutions and matrix
+    products, now and in every later `resolve_device` of a CUDA device."""
+    _TF32["allowed"] = bool(enabled)
+    _apply_tf32()
+
+
+def tf32_allowed() -> bool:
+    """The package's current choice (see `set_tf32`)."""
+    return _TF32["allowed"]
+
+
+def _apply_tf32() -> None:
+    torch.backends.cudnn.allow_tf32 = _TF32["allowed"]
+    torch.backends.cuda.matmul.allow_tf32 = _TF32["allowed"]
+
+
+def resolve_device(device: Any) -> torch.device:
+    """torch.device(device), checked: a CUDA device without a usable GPU (or past the last one) is
+    a clear error. For a CUDA device, applies the package's TF32 choice (off by default: IEEE
+    float32, as MATLAB computes)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU "
+                           f"(torch.cuda.is_available() is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    if dev.type == "cuda":
+        _apply_tf32()
+    return dev
