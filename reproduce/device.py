@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device", "set_tf32", "tf32_allowed"]
+__all__ = ["resolve_device", "module_device", "set_tf32", "tf32_allowed"]
 
 _TF32 = {"allowed": False}      # the package's choice, applied by resolve_device / set_tf32
 
@@ -56,3 +56,11 @@ def resolve_device(device: Any) -> torch.device:
     if dev.type == "cuda":
         _apply_tf32()
     return dev
+
+
+def module_device(module: Any) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module with neither)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+

@@ -572,7 +572,7 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
             draw_threshold: float = DRAW_THRESHOLD, occlude_size: int = OCCLUDE_SIZE,
             occlude_stride: int = OCCLUDE_STRIDE, top_occ_num: int = TOP_OCC_NUM,
             gauss_size: int = GAUSS_SIZE, gauss_sigma: float = GAUSS_SIGMA,
-            image_size: tuple[int, int] | None = None, device: Any = "cpu", batch_size: int = 32,
+            image_size: tuple[int, int] | None = None, device: Any = None, batch_size: int = 32,
             occlusion_batch_size: int = 128, seed: int = 1, overwrite_templates: bool = False,
             contact_sheet_name: str | None = None, progress: bool = True) -> DrawRFResult:
     """step_drawRF.m for one trained net: the four steps, then the contact sheet.
@@ -588,12 +588,13 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
     the original's, chosen for 224 x 224 input; `scaled_rf_settings` gives
     values scaled to another input size.
     computeRF skips a filter whose template file exists, as the original
-    (`overwrite_templates=True` recomputes). Returns a DrawRFResult. `net` is moved to
-    `device` (IEEE float32 on CUDA: reproduce.device.resolve_device).
+    (`overwrite_templates=True` recomputes). Returns a DrawRFResult. `device` None: where the
+    net is; another device: the net is moved there (IEEE float32 on CUDA:
+    reproduce.device.resolve_device).
     """
-    from reproduce.device import resolve_device
+    from reproduce.device import module_device, resolve_device
     from reproduce.evaluate import net_input_size, read_mean_data
-    device = resolve_device(device)
+    device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
     out = Path(out_dir)
     root_ori, root_mask, root_rf = out / "img_ori", out / "img_maskF", out / "img_RF"

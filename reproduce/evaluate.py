@@ -419,7 +419,7 @@ def _layer_output(net: Any, x: torch.Tensor, layer: int) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_layer_peaks(net: Any, batches: Iterable[tuple[list[int], torch.Tensor]], target_layer: int,
-                        num_images: int, num_filters: int | None = None, device: Any = "cpu",
+                        num_images: int, num_filters: int | None = None, device: Any = None,
                         fix_nonsquare_index: bool = False, progress: bool = False,
                         total: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     """The peaks of every filter of SimpleNN layer `target_layer` over the batches.
@@ -428,14 +428,14 @@ def extract_layer_peaks(net: Any, batches: Iterable[tuple[list[int], torch.Tenso
     zeros for the images never seen, as the original's preallocated arrays)
     and the (H, W) size of the maps. Only the first `num_filters` channels
     (computeStability.m's `1:patNum`) are kept. Runs on `device`, moving only
-    the peaks back; `net` is moved to `device` first (a no-op when it is there), and a CUDA
-    device computes in IEEE float32 (reproduce.device.resolve_device).
+    the peaks back. `device` None: where the net is; another device: the net is moved there
+    first. A CUDA device computes in IEEE float32 (reproduce.device.resolve_device).
     """
     from tqdm import tqdm
 
-    from .device import resolve_device
+    from .device import module_device, resolve_device
 
-    device = resolve_device(device)
+    device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
     idx_h = idx_w = score = None
     map_size = (0, 0)
@@ -606,7 +606,7 @@ def compute_stability(net: Any, source: CategorySource, layer_id: int, mean_data
                       part_list: Sequence[int] = (1, 2), part_rate: float = 1.0,
                       selected_pattern_ratio: float = SELECTED_PATTERN_RATIO,
                       patch_num_per_pattern: int = PATCH_NUM_PER_PATTERN,
-                      convnet: Any = None, image_size: Sequence[int] | None = None, device: Any = "cpu",
+                      convnet: Any = None, image_size: Sequence[int] | None = None, device: Any = None,
                       batch_size: int = 32, progress: bool = False,
                       fix_nonsquare_index: bool = False) -> StabilityResult:
     """computeStability.m (with getCNNFeature.m batched): the location stability of one category.
@@ -615,7 +615,7 @@ def compute_stability(net: Any, source: CategorySource, layer_id: int, mean_data
     indexes getConvNetPara's conv layers; `mean_data` is the imdb's
     dataMean (H x W x 3, MATLAB layout). Only the images with at least one
     part are run through the net, up to the measured layer, `batch_size` at
-    a time on `device`. The patterns measured are the first
+    a time on `device` (None: the net's device). The patterns measured are the first
     round(P * part_rate) filters, of which round(that * selected_pattern_ratio)
     of the most stable are averaged.
 
@@ -646,7 +646,7 @@ def compute_stability_multiclass(net: Any, sources: Sequence[CategorySource], la
                                  selected_pattern_ratio: float = SELECTED_PATTERN_RATIO,
                                  patch_num_per_pattern: int = PATCH_NUM_PER_PATTERN,
                                  convnet: Any = None, image_size: Sequence[int] | None = None,
-                                 device: Any = "cpu", batch_size: int = 32, progress: bool = False,
+                                 device: Any = None, batch_size: int = 32, progress: bool = False,
                                  fix_nonsquare_index: bool = False,
                                  goldfish_rule_sticks: bool = True) -> tuple[float, dict[str, Any]]:
     """step_computeStability_multiClass.m: the location stability of a multi-class net.
@@ -736,7 +736,7 @@ def _net_layer_types(net: Any) -> list[str]:
 
 def evaluate_net(net: Any, stats: Any, sources: Sequence[CategorySource], mean_data: np.ndarray, *,
                  layer_id: int | None = None, model: str | None = None, part_list: Sequence[int] = (1, 2),
-                 multiclass: bool | None = None, error_name: str = "binerr", device: Any = "cpu",
+                 multiclass: bool | None = None, error_name: str = "binerr", device: Any = None,
                  batch_size: int = 32, progress: bool = False,
                  image_size: Sequence[int] | None = None) -> EvaluationResult:
     """showResults.m's getResult / getResult_multiClass on a loaded net.

@@ -44,3 +44,10 @@ def test_a_cpu_device_leaves_the_flags_alone(restore_tf32):
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(RuntimeError, match="PyTorch sees no CUDA GPU"):
         dv.resolve_device("cuda")
+
+
+def test_module_device_is_where_the_first_tensor_lives():
+    assert dv.module_device(torch.nn.ReLU()) == torch.device("cpu")
+    assert dv.module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    net = torch.nn.BatchNorm1d(3, affine=False)                  # buffers only
+    assert dv.module_device(net) == torch.device("cpu")
