@@ -173,16 +173,13 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 
 def resolve_device(device: str | None) -> str:
-    """cuda when present (unless asked otherwise); asking for cuda without a GPU is an error."""
-    import torch
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DemoError(f"--device {device} asked for, but PyTorch sees no CUDA GPU here "
-                        f"(torch {torch.__version__}); use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise DemoError(f"--device {device!r}: use cpu, cuda or cuda:N")
-    return device
+    """cuda when present (unless asked otherwise); asking for cuda without a GPU is an error
+    (reproduce.device.choose_device)."""
+    from reproduce.device import choose_device
+    try:
+        return choose_device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise DemoError(str(exc)) from None
 
 
 def check_output_folder(out: Path, needed_bytes: int) -> None:

@@ -73,7 +73,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "icnn-train-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME_RE = re.compile(r"^net-epoch-(\d+)\.(pt|mat)$")
-_TMP_PREFIX = TMP_PREFIX
 
 
 class CheckpointError(RuntimeError):
@@ -135,7 +134,7 @@ def remove_stale_temporaries(exp_dir: os.PathLike | str) -> list[Path]:
     exp_dir = Path(exp_dir)
     if exp_dir.is_dir():
         for entry in exp_dir.iterdir():
-            if entry.name.startswith(_TMP_PREFIX) and entry.is_file():
+            if entry.name.startswith(TMP_PREFIX) and entry.is_file():
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
     return removed

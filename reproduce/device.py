@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device", "module_device", "set_tf32", "tf32_allowed"]
+__all__ = ["resolve_device", "choose_device", "module_device", "set_tf32", "tf32_allowed"]
 
 _TF32 = {"allowed": False}      # the package's choice, applied by resolve_device / set_tf32
 
@@ -49,8 +49,8 @@ def resolve_device(device: Any) -> torch.device:
     float32, as MATLAB computes)."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU "
-                           f"(torch.cuda.is_available() is False); use --device cpu")
+        raise RuntimeError(f"--device {device} asked for, but PyTorch sees no CUDA GPU here "
+                           f"(torch {torch.__version__}); use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise RuntimeError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
     if dev.type == "cuda":
@@ -63,4 +63,15 @@ def module_device(module: Any) -> torch.device:
     for t in list(module.parameters()) + list(module.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+def choose_device(device: str | None) -> str:
+    """The command lines' --device: None gives cuda when a GPU is there, else cpu; a name is
+    checked (cpu, cuda or cuda:N; a GPU that exists) and returned as given."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    resolve_device(device)
+    return device
 

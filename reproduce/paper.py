@@ -603,15 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_device(device: str | None) -> str:
-    import torch
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    from .train import resolve_device
+    from .device import choose_device
     try:
-        resolve_device(device)
+        return choose_device(device)
     except (RuntimeError, ValueError) as exc:
-        raise RunnerError(f"--device {device}: {exc}") from exc
-    return device
+        raise RunnerError(str(exc)) from exc
 
 
 def _command(argv: Sequence[str] | None) -> str:

@@ -51,3 +51,15 @@ def test_module_device_is_where_the_first_tensor_lives():
     assert dv.module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
     net = torch.nn.BatchNorm1d(3, affine=False)                  # buffers only
     assert dv.module_device(net) == torch.device("cpu")
+
+
+def test_choose_device_defaults_to_the_gpu_when_there_and_checks_names(monkeypatch):
+    assert dv.choose_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="use cpu, cuda or cuda:N"):
+        dv.choose_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dv.choose_device(None) == "cpu"
+    with pytest.raises(RuntimeError, match="--device cuda:0 asked for, but PyTorch sees no CUDA GPU"):
+        dv.choose_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dv.choose_device(None) == "cuda"
