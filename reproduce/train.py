@@ -54,6 +54,7 @@ as demo.py's (checkpoints and plots in OUT/mat/<name>/).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -69,8 +70,8 @@ from . import checkpoints as ckpt
 from .device import resolve_device, set_tf32
 
 __all__ = [
-    "SLICE_MAG_FILL_COLUMN1", "SLICE_MAG_FILL_OWN_COLUMN", "BatchInfo", "TrainData", "MatConvNetSGD",
-    "train", "learning_rate_for_epoch", "epoch_orders", "split_into_batches", "replayed_batches",
+    "SLICE_MAG_FILL_COLUMN1", "SLICE_MAG_FILL_OWN_COLUMN", "BatchInfo", "TrainData", "TrainSettings",
+    "MatConvNetSGD", "train", "learning_rate_for_epoch", "epoch_orders", "split_into_batches", "replayed_batches",
     "label_density", "check_labels", "update_slice_mag", "update_slice_mags", "batch_errors",
     "error_name_for", "resolve_device", "main",
 ]
@@ -388,6 +389,58 @@ class BatchInfo:
     stats: dict[str, float] = field(default_factory=dict)  # the phase's running statistics
 
 
+# ====================================================================== settings
+@dataclass
+class TrainSettings:
+    """How `train` runs (everything but the net, the imdb, the options and the folder).
+
+    device: "cpu", "cuda", "cuda:1" ...
+    seed: opts.randomSeed; epoch e is seeded with e + seed.
+    batch_order: replay mode: every recorded getBatch call's indices (1-based), per epoch the
+      training then the validation batches.
+    save_mat: also write ``net-epoch-N.mat`` (MATLAB; `mat_version` "7.3" or "5").
+    progress: progress bars and epoch summaries on stderr.
+    resume: continue from the last checkpoint in the folder (our .pt or a MATLAB .mat, e.g. the
+      original code's). With False, a folder that already holds checkpoints is an error.
+    meta: the net's meta (network_init's), stored in checkpoints.
+    slice_mag_fill: `SLICE_MAG_FILL_COLUMN1` (original) or `SLICE_MAG_FILL_OWN_COLUMN`.
+    plot: write net-train.png / .pdf after each epoch.
+    on_batch / on_epoch: callbacks after each batch (`BatchInfo`) and after each epoch's
+      checkpoint is written (epoch, stats).
+    """
+
+    device: str | torch.device = "cpu"
+    seed: int = 0
+    batch_order: Sequence[Any] | None = None
+    save_mat: bool = False
+    progress: bool = True
+    resume: bool = True
+    meta: Any = None
+    slice_mag_fill: str = SLICE_MAG_FILL_COLUMN1
+    plot: bool = True
+    mat_version: str = "7.3"
+    on_batch: Callable[[BatchInfo], None] | None = None
+    on_epoch: Callable[[int, dict], None] | None = None
+
+
+@dataclass
+class _Run:
+    """What `train` fixes before the first epoch (checked options, data, device)."""
+
+    settings: TrainSettings
+    exp_dir: Path
+    device: torch.device
+    data: TrainData
+    batch_size: int
+    num_epochs: int
+    schedule: Any
+    replay: list | None
+    options: dict[str, Any]
+    meta: Any
+    density: torch.Tensor | None
+    error_name: str
+
+
 # ====================================================================== one phase of an epoch
 @dataclass
 class _EpochSetup:
@@ -409,54 +462,79 @@ def _make_context(labels: torch.Tensor, epoch: int, density: torch.Tensor | None
     return FilterLossContext(labels=labels, epoch=epoch, density=density)
 
 
+def _batch_step(setup: _EpochSetup, idx: np.ndarray, training: bool) -> tuple[float, float, torch.Tensor]:
+    """One batch of processEpoch: forward (and, training, backward, the SGD step, sliceMag).
+
+    Returns (summed loss, summed errors, labels)."""
+    net = setup.net
+    x = setup.data.images(idx, setup.device)
+    labels = setup.data.labels[torch.from_numpy(idx)].to(setup.device)
+    context = _make_context(labels, setup.epoch, setup.density)
+    if training:
+        net.zero_grad(set_to_none=True)
+        res = net.run(x, context=context)
+        loss = res[-1].sum()
+        loss.backward()
+        setup.sgd.step(setup.learning_rate, batch_size=len(idx))
+        update_slice_mags(net, res, labels, setup.slice_mag_fill)
+    else:
+        with torch.no_grad():
+            res = net.run(x, context=context)
+            loss = res[-1].sum()
+    return float(loss.detach().to(torch.float64)), batch_errors(res[-2], labels, setup.error_name), labels
+
+
+class _PhaseClock:
+    """cnn_train's phase statistics and timing (extractStats, the first-iterations adjustment)."""
+
+    def __init__(self, error_name: str):
+        self.error_name = error_name
+        self.loss_sum = self.err_sum = 0.0
+        self.num = 0
+        self.adjust = 0.0
+        self.start = time.perf_counter()
+        self.stats = _phase_stats(0.0, 0.0, 0, 0.0, error_name)
+
+    def add(self, k: int, loss: float, errors: float, count: int) -> dict[str, float]:
+        """Account batch `k` (0-based) of `count` images; returns the running statistics."""
+        self.num += count
+        self.loss_sum += loss
+        self.err_sum += errors
+        elapsed = time.perf_counter() - self.start + self.adjust
+        batch_time = elapsed - self.stats["time"]
+        self.stats = _phase_stats(self.loss_sum, self.err_sum, self.num, elapsed, self.error_name)
+        if k == 3:  # cnn_train: compensate for the first three iterations, which are outliers
+            self.adjust = 4 * batch_time - elapsed
+            self.stats["time"] = elapsed + self.adjust
+        return self.stats
+
+    def speed_text(self) -> str:
+        s = self.stats
+        return (f"{self.num / max(s['time'], 1e-12):.1f} Hz  loss {s['lossForClassification']:.4f}"
+                f"  {self.error_name} {s[self.error_name]:.3f}")
+
+
 def _process_phase(setup: _EpochSetup, mode: str, batches: list[np.ndarray]) -> dict[str, float]:
     """processEpoch of our_cnn_train.m for one phase ('train' or 'val')."""
     from tqdm import tqdm
 
-    net, training = setup.net, mode == "train"
-    net.train(training)
-    loss_sum = err_sum = 0.0
-    num = 0
-    stats = _phase_stats(0.0, 0.0, 0, 0.0, setup.error_name)
-    adjust = 0.0
-    start = time.perf_counter()
+    training = mode == "train"
+    setup.net.train(training)
+    clock = _PhaseClock(setup.error_name)
     bar = tqdm(total=len(batches), desc=f"epoch {setup.epoch:02d} {mode:5s}", unit="batch",
                disable=not setup.progress, leave=True, dynamic_ncols=True)
     try:
         for k, idx in enumerate(batches):
-            x = setup.data.images(idx, setup.device)
-            labels = setup.data.labels[torch.from_numpy(idx)].to(setup.device)
-            context = _make_context(labels, setup.epoch, setup.density)
-            if training:
-                net.zero_grad(set_to_none=True)
-                res = net.run(x, context=context)
-                loss = res[-1].sum()
-                loss.backward()
-                setup.sgd.step(setup.learning_rate, batch_size=len(idx))
-                update_slice_mags(net, res, labels, setup.slice_mag_fill)
-            else:
-                with torch.no_grad():
-                    res = net.run(x, context=context)
-                    loss = res[-1].sum()
-            num += len(idx)
-            loss_sum += float(loss.detach().to(torch.float64))
-            err_sum += batch_errors(res[-2], labels, setup.error_name)
-            del res, loss, x
-            elapsed = time.perf_counter() - start + adjust
-            batch_time = elapsed - stats["time"]
-            stats = _phase_stats(loss_sum, err_sum, num, elapsed, setup.error_name)
-            if k == 3:  # cnn_train: compensate for the first three iterations, which are outliers
-                adjust = 4 * batch_time - elapsed
-                stats["time"] = elapsed + adjust
+            loss, errors, labels = _batch_step(setup, idx, training)
+            stats = clock.add(k, loss, errors, len(idx))
             if setup.progress:
-                bar.set_postfix_str(f"{num / max(stats['time'], 1e-12):.1f} Hz  loss {stats['lossForClassification']:.4f}"
-                                    f"  {setup.error_name} {stats[setup.error_name]:.3f}", refresh=False)
+                bar.set_postfix_str(clock.speed_text(), refresh=False)
                 bar.update(1)
             if setup.on_batch is not None:
                 setup.on_batch(BatchInfo(setup.epoch, mode, k, len(batches), idx, labels, dict(stats)))
     finally:
         bar.close()
-    return stats
+    return clock.stats
 
 
 # ====================================================================== train
@@ -522,7 +600,7 @@ def _storable_meta(meta: Any) -> Any:
     try:
         ckpt.to_plain(meta, "meta")
     except TypeError as exc:
-        warnings.warn(f"the net's meta cannot be stored in checkpoints and is left out ({exc})", stacklevel=3)
+        warnings.warn(f"the net's meta cannot be stored in checkpoints and is left out ({exc})", stacklevel=4)
         return None
     return meta
 
@@ -538,12 +616,95 @@ def _format_stats(stats: dict[str, float]) -> str:
         f"  ({int(stats['num'])} images, {stats['time']:.1f} s)"
 
 
-def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, device: str | torch.device = "cpu", seed: int = 0,
-          batch_order: Sequence[Any] | None = None, save_mat: bool = False, progress: bool = True,
-          resume: bool = True, *, meta: Any = None, slice_mag_fill: str = SLICE_MAG_FILL_COLUMN1,
-          plot: bool = True, mat_version: str = "7.3",
-          on_batch: Callable[[BatchInfo], None] | None = None,
-          on_epoch: Callable[[int, dict], None] | None = None) -> tuple[Any, dict[str, list[dict[str, float]]]]:
+def _prepare(net: Any, imdb: Any, opts: Any, exp_dir: Path, s: TrainSettings) -> _Run:
+    """Check the imdb and the options once, before anything is written (our_cnn_train's set-up)."""
+    dev = resolve_device(s.device)
+    data = TrainData.from_imdb(imdb)
+    if len(data.train_idx) == 0:
+        raise ValueError("imdb.set has no training images (set == 1): there is nothing to train on")
+    batch_size = int(_opt(opts, "batch_size"))
+    num_epochs = int(_opt(opts, "num_epochs"))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    schedule = _opt(opts, "learning_rate")
+    learning_rate_for_epoch(schedule, 1)  # checks that it is not empty
+    replay = replayed_batches(s.batch_order, data, batch_size, num_epochs) if s.batch_order is not None else None
+    density = label_density(data.labels)
+    return _Run(settings=s, exp_dir=exp_dir, device=dev, data=data, batch_size=batch_size, num_epochs=num_epochs,
+                schedule=schedule, replay=replay,
+                options=_options_record(opts, s.seed, s.slice_mag_fill, replay is not None),
+                meta=_storable_meta(s.meta if s.meta is not None else getattr(net, "meta", None)),
+                density=None if density is None else density.to(dev),
+                error_name=error_name_for(str(net.layer_types[-1])))
+
+
+def _resume(net: Any, run: _Run, opts: Any) -> tuple[Any, MatConvNetSGD, dict, int]:
+    """findLastCheckpoint / loadState: (net, solver, stats so far, last complete epoch)."""
+    stats: dict[str, list[dict[str, float]]] = {"train": [], "val": []}
+    momentum_state = None
+    start = ckpt.last_checkpoint_epoch(run.exp_dir)
+    if start > 0:
+        if not run.settings.resume:
+            raise ckpt.CheckpointError(
+                f"{run.exp_dir}: already holds checkpoints (up to net-epoch-{start}); they are never overwritten. "
+                f"Resume from them (resume=True), choose another folder, or delete them")
+        state = ckpt.load_any_checkpoint(run.exp_dir, start)
+        ckpt.check_architecture(ckpt.architecture_of(net.to_specs()), ckpt.architecture_of(state.specs), state.source)
+        net = _restore(net, state, run.device)
+        momentum_state = state.momentum
+        stats = {m: list(state.stats.get(m, []))[:start] for m in ("train", "val")}
+        if state.meta is not None and run.meta is None:
+            run.meta = state.meta
+        _say(run.settings.progress, f"train: resuming by loading epoch {start} ({state.source.name})")
+    sgd = MatConvNetSGD(net.matconvnet_params(), momentum=_opt(opts, "momentum", 0.9),
+                        weight_decay=_opt(opts, "weight_decay", 5e-4))
+    if momentum_state is not None:
+        sgd.load_momentum(momentum_state)
+    return net, sgd, stats, start
+
+
+def _epoch_batches(run: _Run, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The epoch's seeding and shuffling, then its training and validation batches (or the replayed ones)."""
+    train_order, val_order = epoch_orders(run.data.train_idx, run.data.val_idx, epoch, run.settings.seed)
+    if run.replay is not None:
+        return run.replay[epoch - 1]
+    return split_into_batches(train_order, run.batch_size), split_into_batches(val_order, run.batch_size)
+
+
+def _run_epoch(net: Any, sgd: MatConvNetSGD, run: _Run, epoch: int) -> tuple[dict, dict, float]:
+    """processEpoch 'train' then 'val': (train stats, val stats, learning rate)."""
+    s = run.settings
+    lr = learning_rate_for_epoch(run.schedule, epoch)
+    train_batches, val_batches = _epoch_batches(run, epoch)
+    setup = _EpochSetup(net, run.data, epoch, lr, sgd, run.density, run.device, run.error_name, s.slice_mag_fill,
+                        s.progress, s.on_batch)
+    return _process_phase(setup, "train", train_batches), _process_phase(setup, "val", val_batches), lr
+
+
+def _save_epoch(net: Any, sgd: MatConvNetSGD, run: _Run, stats: dict, epoch: int) -> None:
+    """saveState / saveStats: the epoch's checkpoint(s), then the plots."""
+    s = run.settings
+    state = _training_state(net, sgd, stats, epoch, run.options, run.meta)
+    if s.save_mat:
+        ckpt.save_mat_checkpoint(ckpt.checkpoint_path(run.exp_dir, epoch, "mat"), state, version=s.mat_version)
+    ckpt.save_checkpoint(ckpt.checkpoint_path(run.exp_dir, epoch, "pt"), state, _param_names(net))
+    if s.plot:
+        from .plots import plot_training_stats
+        plot_training_stats(stats, run.exp_dir)
+
+
+def _settings_from(settings: TrainSettings | None, overrides: dict[str, Any]) -> TrainSettings:
+    """`settings` (or the defaults) with keyword overrides, each checked to be a TrainSettings field."""
+    names = set(TrainSettings.__dataclass_fields__)
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"train() got unknown settings {unknown}; TrainSettings has {sorted(names)}")
+    base = settings if settings is not None else TrainSettings()
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSettings | None = None,
+          **overrides: Any) -> tuple[Any, dict[str, list[dict[str, float]]]]:
     """Train `net` on `imdb` as our_cnn_train.m does; returns ``(net, stats)``.
 
     Ports tool/main/our_cnn_train.m (called from learn_icnn.m /
@@ -556,20 +717,8 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, device: str | tor
       opts: `TrainOpts` (learning_rate list per epoch, num_epochs, batch_size,
         weight_decay, momentum) or a dict with those keys.
       exp_dir: where ``net-epoch-N.pt`` (and ``.mat``), ``net-train.png/.pdf`` go.
-      device: "cpu", "cuda", "cuda:1" ...
-      seed: opts.randomSeed; epoch e is seeded with e + seed.
-      batch_order: replay mode: every recorded getBatch call's indices
-        (1-based), per epoch the training then the validation batches.
-      save_mat: also write ``net-epoch-N.mat`` (MATLAB; `mat_version` "7.3" or "5").
-      progress: progress bars and epoch summaries on stderr.
-      resume: continue from the last checkpoint in `exp_dir` (our .pt or a
-        MATLAB .mat, e.g. the original code's). With False, a folder that
-        already holds checkpoints is an error (nothing is overwritten).
-      meta: the net's meta (network_init's), stored in checkpoints.
-      slice_mag_fill: `SLICE_MAG_FILL_COLUMN1` (original) or `SLICE_MAG_FILL_OWN_COLUMN`.
-      plot: write net-train.png / .pdf after each epoch.
-      on_batch / on_epoch: callbacks after each batch (`BatchInfo`) and after
-        each epoch's checkpoint is written (epoch, stats).
+      settings: a `TrainSettings` (device, seed, replay, checkpoints, callbacks ...);
+        keyword arguments named like its fields override it (``train(..., device="cuda")``).
 
     Returns `net` itself, trained (when resuming, the checkpoint's parameters
     and buffers are loaded into it first), and ``{"train": [...], "val": [...]}``:
@@ -577,75 +726,23 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, device: str | tor
 
     Ctrl-C (KeyboardInterrupt) leaves only complete checkpoints; run again to resume.
     """
-    dev = resolve_device(device)
+    s = _settings_from(settings, overrides)
     exp_dir = Path(exp_dir)
-    data = TrainData.from_imdb(imdb)
-    if len(data.train_idx) == 0:
-        raise ValueError("imdb.set has no training images (set == 1): there is nothing to train on")
-    batch_size = int(_opt(opts, "batch_size"))
-    num_epochs = int(_opt(opts, "num_epochs"))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    schedule = _opt(opts, "learning_rate")
-    learning_rate_for_epoch(schedule, 1)  # checks that it is not empty
-    replay = replayed_batches(batch_order, data, batch_size, num_epochs) if batch_order is not None else None
-    options = _options_record(opts, seed, slice_mag_fill, replay is not None)
-    meta = _storable_meta(meta if meta is not None else getattr(net, "meta", None))
-    density = label_density(data.labels)
-    density = None if density is None else density.to(dev)
-    error_name = error_name_for(str(net.layer_types[-1]))
-
+    run = _prepare(net, imdb, opts, exp_dir, s)
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale_temporaries(exp_dir)
-    net = net.to(dev)
-    stats: dict[str, list[dict[str, float]]] = {"train": [], "val": []}
-    momentum_state = None
-    start = ckpt.last_checkpoint_epoch(exp_dir)
-    if start > 0:
-        if not resume:
-            raise ckpt.CheckpointError(
-                f"{exp_dir}: already holds checkpoints (up to net-epoch-{start}); they are never overwritten. "
-                f"Resume from them (resume=True), choose another folder, or delete them")
-        state = ckpt.load_any_checkpoint(exp_dir, start)
-        ckpt.check_architecture(ckpt.architecture_of(net.to_specs()), ckpt.architecture_of(state.specs), state.source)
-        net = _restore(net, state, dev)
-        momentum_state = state.momentum
-        stats = {m: list(state.stats.get(m, []))[:start] for m in ("train", "val")}
-        if state.meta is not None and meta is None:
-            meta = state.meta
-        _say(progress, f"train: resuming by loading epoch {start} ({state.source.name})")
-    sgd = MatConvNetSGD(net.matconvnet_params(), momentum=_opt(opts, "momentum", 0.9),
-                        weight_decay=_opt(opts, "weight_decay", 5e-4))
-    if momentum_state is not None:
-        sgd.load_momentum(momentum_state)
-
+    net, sgd, stats, start = _resume(net.to(run.device), run, opts)
     epoch = start
     try:
-        for epoch in range(start + 1, num_epochs + 1):
-            lr = learning_rate_for_epoch(schedule, epoch)
-            train_order, val_order = epoch_orders(data.train_idx, data.val_idx, epoch, seed)
-            if replay is not None:
-                train_batches, val_batches = replay[epoch - 1]
-            else:
-                train_batches = split_into_batches(train_order, batch_size)
-                val_batches = split_into_batches(val_order, batch_size)
-            setup = _EpochSetup(net, data, epoch, lr, sgd, density, dev, error_name, slice_mag_fill,
-                                progress, on_batch)
-            train_stats = _process_phase(setup, "train", train_batches)
-            val_stats = _process_phase(setup, "val", val_batches)
+        for epoch in range(start + 1, run.num_epochs + 1):
+            train_stats, val_stats, lr = _run_epoch(net, sgd, run, epoch)
             stats["train"].append(train_stats)
             stats["val"].append(val_stats)
-            state = _training_state(net, sgd, stats, epoch, options, meta)
-            if save_mat:
-                ckpt.save_mat_checkpoint(ckpt.checkpoint_path(exp_dir, epoch, "mat"), state, version=mat_version)
-            ckpt.save_checkpoint(ckpt.checkpoint_path(exp_dir, epoch, "pt"), state, _param_names(net))
-            _say(progress, f"epoch {epoch:02d} (lr {lr:.3g}): train {_format_stats(train_stats)} | "
-                           f"val {_format_stats(val_stats)}")
-            if plot:
-                from .plots import plot_training_stats
-                plot_training_stats(stats, exp_dir)
-            if on_epoch is not None:
-                on_epoch(epoch, stats)
+            _save_epoch(net, sgd, run, stats, epoch)
+            _say(s.progress, f"epoch {epoch:02d} (lr {lr:.3g}): train {_format_stats(train_stats)} | "
+                             f"val {_format_stats(val_stats)}")
+            if s.on_epoch is not None:
+                s.on_epoch(epoch, stats)
     except KeyboardInterrupt:
         done = ckpt.last_checkpoint_epoch(exp_dir)
         _say(True, f"train: interrupted during epoch {epoch}; checkpoints up to epoch {done} are complete in "
