@@ -427,3 +427,14 @@ def test_data_prep_imdb_on_a_read_only_memmap_trains_the_same(tiny, tmp_path):
     a, _ = tr.train(make_net(), imdb, _opts(epochs=1), tmp_path / "a", progress=False, plot=False)
     b, _ = tr.train(make_net(), arrays, _opts(epochs=1), tmp_path / "b", progress=False, plot=False)
     _assert_same_weights(_weights(a), _weights(b))
+
+
+def test_settings_object_and_keywords_train_alike(tiny, tmp_path):
+    make_net, imdb = tiny
+    settings = tr.TrainSettings(seed=1, progress=False, plot=False)
+    a, stats_a = tr.train(make_net(), imdb, _opts(epochs=1), tmp_path / "a", settings)
+    b, stats_b = tr.train(make_net(), imdb, _opts(epochs=1), tmp_path / "b", seed=1, progress=False, plot=False)
+    _assert_same_weights(_weights(a), _weights(b))
+    assert stats_a["train"][0]["lossForClassification"] == stats_b["train"][0]["lossForClassification"]
+    with pytest.raises(TypeError, match="unknown settings \\['sede'\\]"):
+        tr.train(make_net(), imdb, _opts(epochs=1), tmp_path / "c", settings, sede=2)
