@@ -14,7 +14,8 @@ gives the int2str strings back). A reader returns a `list[ObjRecord | None]`:
 skips a box under `minArea` without compacting the array.
 
 `PartTruth` is one element of a `truth_partNN.mat` file (`pHW_center`,
-`pHW_scale` in 224 x 224 crop coordinates, [h; w], and `obj`).
+`pHW_scale` in 224 x 224 crop coordinates, [h; w], and `obj`); an element
+may describe several objects (2 x K centres, K objects): see PartTruth.
 
 `DataConf` is the `conf.data` struct that setup_ilsvrcanimalpart.m,
 setup_vocpart.m and setup_cub200.m save (imgdir, catedir, readCode, minArea),
@@ -132,30 +133,78 @@ class ObjRecord:
                          bndbox=self.bndbox.to_matlab(), ID=np.array([[float(self.ID)]]))
 
 
-@dataclass
+@dataclass(init=False)
 class PartTruth:
     """One element of a truth_partNN.mat `truth` array (readPartTruth.m's `partset`).
 
-    `pHW_center` / `pHW_scale`: float64 arrays in MATLAB shape ([h; w] is
-    (2, 1)), or None where the element is empty (the part is not annotated,
-    or the object was skipped). `obj` is the annotated object or None.
-    `center` is the (2,) [h, w] landmark, or None where getDistSqrtVar.m
-    ignores the element (empty, or more than two numbers).
+    `pHW_center` / `pHW_scale`: float64 arrays in MATLAB shape, or None
+    where the element is empty (the part is not annotated, or the object was
+    skipped). An element usually describes one object: [h; w] is (2, 1) and
+    `objects` holds its one ObjRecord. Some of the original ILSVRC truth files
+    hold elements with K > 1 objects: `pHW_center` and `pHW_scale` are 2 x K
+    and `obj` is a 1 x K struct array, read here as `objects` (K records, in
+    MATLAB order). The original uses them as follows, and so does the port:
+    getDistSqrtVar.m marks such an element invalid for every filter
+    (`numel(pHW_center) > 2`: `center` is None), while computeStability.m and
+    step_computeStability_multiClass.m count the image as one with a part
+    (the element is not empty: `is_empty()` is False).
+
+    `PartTruth(pHW_center, pHW_scale, obj=o)` is the one-object form;
+    `objects=(o1, ..., oK)` the general one. `obj` is the single object
+    (None when there is none); asking it of an element with several objects
+    raises DatasetError: use `objects`.
     """
 
-    pHW_center: np.ndarray | None = None
-    pHW_scale: np.ndarray | None = None
-    obj: ObjRecord | None = None
+    pHW_center: np.ndarray | None
+    pHW_scale: np.ndarray | None
+    objects: tuple[ObjRecord, ...]
+
+    def __init__(self, pHW_center: np.ndarray | None = None, pHW_scale: np.ndarray | None = None,
+                 obj: ObjRecord | None = None, objects: Sequence[ObjRecord] = ()) -> None:
+        if obj is not None and objects:
+            raise ValueError("give obj or objects, not both")
+        self.pHW_center = pHW_center
+        self.pHW_scale = pHW_scale
+        self.objects = (obj,) if obj is not None else tuple(objects)
+
+    @property
+    def obj(self) -> ObjRecord | None:
+        if len(self.objects) > 1:
+            raise DatasetError(f"this truth element describes {len(self.objects)} objects; use .objects")
+        return self.objects[0] if self.objects else None
+
+    @property
+    def num_objects(self) -> int:
+        """K: the columns of pHW_center (0 for an empty element)."""
+        c = self.pHW_center
+        if c is None or c.size == 0:
+            return 0
+        return int(c.shape[1]) if c.ndim == 2 else 1
 
     @property
     def center(self) -> np.ndarray | None:
+        """The (2,) [h, w] landmark, or None where getDistSqrtVar.m ignores the element
+        (empty, or more than two numbers: several objects)."""
         c = self.pHW_center
         if c is None or c.size == 0 or c.size > 2:
             return None
         return np.asarray(c, dtype=np.float64).reshape(-1)
 
+    @property
+    def centres(self) -> np.ndarray:
+        """(K, 2) [h, w]: one row per object (K = 0 for an empty element)."""
+        c = self.pHW_center
+        if c is None or c.size == 0:
+            return np.zeros((0, 2))
+        return np.asarray(c, dtype=np.float64).reshape(2, -1, order="F").T
+
     def is_empty(self) -> bool:
+        """isempty(truth(i).pHW_center): computeStability.m's test for an image with the part."""
         return self.pHW_center is None or self.pHW_center.size == 0
+
+    def is_multi_object(self) -> bool:
+        """numel(pHW_center) > 2: the element describes several objects (getDistSqrtVar.m skips it)."""
+        return self.pHW_center is not None and self.pHW_center.size > 2
 
 
 @dataclass
@@ -350,8 +399,19 @@ def read_part_truth_file(path: os.PathLike | str) -> list[PartTruth]:
             continue
         out.append(PartTruth(pHW_center=_column(e.get("pHW_center")),
                              pHW_scale=_column(e.get("pHW_scale")),
-                             obj=obj_from_matlab(e.get("obj"), f"{path}: truth({i}).obj")))
+                             objects=objects_from_matlab(e.get("obj"), f"{path}: truth({i}).obj")))
     return out
+
+
+def objects_from_matlab(value: Any, where: str) -> tuple[ObjRecord, ...]:
+    """truth(i).obj: [] (no object), one obj struct, or a 1 x K struct array (K objects) -> ObjRecords."""
+    if isinstance(value, MatStruct) or _empty(value):
+        o = obj_from_matlab(value, where)
+        return () if o is None else (o,)
+    if isinstance(value, StructArray):
+        objs = [obj_from_matlab(e, f"{where}({k})") for k, e in enumerate(value.elements(), start=1)]
+        return tuple(o for o in objs if o is not None)
+    raise DatasetError(f"{where}: expected an obj struct or struct array, got {type(value).__name__}")
 
 
 def _empty_double() -> np.ndarray:
@@ -378,9 +438,18 @@ def truth_to_matlab(truth: Sequence[PartTruth], with_scale: bool = True) -> Stru
         s = MatStruct(pHW_center=_empty_double() if t.pHW_center is None else t.pHW_center)
         if with_scale:
             s["pHW_scale"] = _empty_double() if t.pHW_scale is None else t.pHW_scale
-        s["obj"] = _empty_double() if t.obj is None else t.obj.to_matlab()
+        s["obj"] = _objects_to_matlab(t.objects)
         out[0, i] = s
     return out
+
+
+def _objects_to_matlab(objects: Sequence[ObjRecord]) -> Any:
+    """truth(i).obj as the original files hold it: [] for none, a struct for one, 1 x K struct array for K."""
+    if not objects:
+        return _empty_double()
+    if len(objects) == 1:
+        return objects[0].to_matlab()
+    return StructArray.from_structs([o.to_matlab() for o in objects], (1, len(objects)))
 
 
 def save_part_truth(path: os.PathLike | str, truth: Sequence[PartTruth], with_scale: bool = True,
@@ -449,5 +518,5 @@ def matlab_intersect_index(a: Iterable[int], b: Iterable[int]) -> np.ndarray:
     return np.asarray([first[v] for v in common.tolist()], dtype=np.int64)
 
 
-__all__ += ["load_variable", "save_part_truth", "struct_elements", "obj_from_matlab", "parse_int_table", "parse_id_name_table",
+__all__ += ["load_variable", "save_part_truth", "struct_elements", "obj_from_matlab", "objects_from_matlab", "parse_int_table", "parse_id_name_table",
             "matlab_intersect_index"]

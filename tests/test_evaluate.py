@@ -365,3 +365,35 @@ def test_missing_checkpoint_and_bad_mean():
         ev.load_net_for_evaluation("/nonexistent/net-epoch-1.mat")
     with pytest.raises(ev.EvaluationError, match="H x W x 3"):
         ev.read_mean_data(np.zeros((5, 5)))
+
+
+# ------------------------------------------------------------------ truth entries with several objects
+def test_multi_object_entries_count_as_present_but_never_as_usable(shared_data):
+    """The goldfish's real truth file: 200 entries with the part (computeStability.m's validImg),
+    9 of them with several objects, which getDistSqrtVar.m leaves out (numel(pHW_center) > 2)."""
+    from data_prep.ilsvrc import ilsvrc_conf
+    truth = ev.read_part_centres([ilsvrc_conf(shared_data).truth_file("n01443537", 1)])
+    assert truth.num_images == 844
+    assert truth.present.sum() == 200 and truth.usable.sum() == 191
+    assert truth.present[0, 11] and not truth.usable[0, 11]
+
+
+def test_multi_object_image_is_processed_and_scored_but_not_measured():
+    """computeStability.m runs an image whose only entry has several objects (its score counts in
+    step_computeStability_multiClass.m's mean), getDistSqrtVar.m leaves it out of the distances."""
+    from data_prep.readers import PartTruth
+    net = _tiny_net()
+    imgs, centres = _blob_images(6)
+    two = PartTruth(pHW_center=np.array([[10.0, 40.0], [12.0, 30.0]]))
+    multi = ev.compute_stability(net, _source(imgs, {1: [two] + centres[1:]}), 4, MEAN64, part_list=(1,))
+    none = ev.compute_stability(net, _source(imgs, {1: [None] + centres[1:]}), 4, MEAN64, part_list=(1,))
+    assert multi.valid_images.tolist() == [True] * 6 and none.valid_images.tolist() == [False] + [True] * 5
+    assert (multi.score[0] != 0).any() and (none.score[0] == 0).all()
+    np.testing.assert_allclose(multi.score[1:], none.score[1:], rtol=1e-5)    # batches differ in size
+    np.testing.assert_array_equal(multi.dist_sqrt_var, none.dist_sqrt_var)
+    _, d_multi = ev.compute_stability_multiclass(net, [_source(imgs, {1: [two] + centres[1:]})], 4, MEAN64,
+                                                 part_list=(1,), batch_size=1)
+    _, d_none = ev.compute_stability_multiclass(net, [_source(imgs, {1: [None] + centres[1:]})], 4, MEAN64,
+                                                part_list=(1,), batch_size=1)
+    np.testing.assert_allclose(d_multi["score"][:, 0] * 6 - d_none["score"][:, 0] * 6,
+                               multi.score[0], rtol=1e-4, atol=1e-4)

@@ -262,3 +262,48 @@ def test_part_truth_center_rules():
     assert PartTruth().center is None
     assert PartTruth(pHW_center=np.ones((4, 1))).center is None          # getDistSqrtVar ignores > 2 numbers
     np.testing.assert_array_equal(PartTruth(pHW_center=np.array([[3.0], [4.0]])).center, [3, 4])
+
+
+# ------------------------------------------------------------------ truth entries with several objects
+ILSVRC_TRUTH = "original/data_input_DET-2015-subset-ILSVRC2013train"
+
+
+def test_multi_object_truth_entries_are_read(shared_data):
+    """The goldfish's truth(12): pHW_center 2 x 3, obj a 1 x 3 struct array (the original's file)."""
+    truth = read_part_truth_file(shared_data / ILSVRC_TRUTH / "n01443537" / "truth_part01.mat")
+    assert len(truth) == 844 and sum(t.is_empty() for t in truth) == 644
+    multi = [i for i, t in enumerate(truth) if t.is_multi_object()]
+    assert len(multi) == 9 and multi[:3] == [11, 33, 99]
+    e = truth[11]
+    assert e.num_objects == len(e.objects) == 3 and not e.is_empty()
+    assert e.center is None                                       # getDistSqrtVar.m: numel(pHW_center) > 2
+    np.testing.assert_allclose(e.centres, [[152.0, 38.0], [186.5, 101.5], [69.5, 42.5]], rtol=1e-14)
+    np.testing.assert_allclose(e.pHW_scale, [[132.0, 77.0, 119.0], [74.0, 65.0, 83.0]], rtol=1e-14)
+    assert {(o.filename, o.ID, o.bndbox) for o in e.objects} == {
+        ("n01443537_10242", 12, BndBox(xmin=110, ymin=40, xmax=271, ymax=136))}
+    with pytest.raises(DatasetError, match="3 objects; use .objects"):
+        _ = e.obj
+    assert truth[0].num_objects in (0, 1) and len(truth[0].objects) == truth[0].num_objects
+    zebra = [read_part_truth_file(shared_data / ILSVRC_TRUTH / "n02391049" / f"truth_part0{p}.mat") for p in (1, 2)]
+    assert [sum(t.is_multi_object() for t in z) for z in zebra] == [15, 12]     # the issue's 27
+
+
+def test_multi_object_truth_round_trip_keeps_the_original_layout(tmp_path, shared_data):
+    """save_part_truth writes a K-object entry as the original file holds it: 2 x K, obj 1 x K."""
+    from legacy_compat import StructArray, loadmat
+    src = shared_data / ILSVRC_TRUTH / "n02391049" / "truth_part01.mat"
+    truth = read_part_truth_file(src)[:30]
+    for version in ("5", "7.3"):
+        save_part_truth(tmp_path / f"t{version}.mat", truth, version=version)
+        raw = loadmat(tmp_path / f"t{version}.mat").truth
+        orig = loadmat(src).truth
+        for i in (0, 11, 29):                                   # one object, two objects, two objects
+            a, b = raw[0, i], orig[0, i]
+            np.testing.assert_array_equal(a.pHW_center, b.pHW_center)
+            np.testing.assert_array_equal(a.pHW_scale, b.pHW_scale)
+            assert type(a.obj) is type(b.obj)
+            if isinstance(b.obj, StructArray):
+                assert a.obj.shape == b.obj.shape == (1, 2)
+        back = read_part_truth_file(tmp_path / f"t{version}.mat")
+        assert [t.objects for t in back] == [t.objects for t in truth]
+        assert [t.num_objects for t in back] == [t.num_objects for t in truth]
