@@ -72,7 +72,7 @@ __all__ = [
     "SHOW_NUM", "INTEGRATE_ENERGY", "VISUALIZATION_STEP", "DRAW_THRESHOLD", "SCALE_W",
     "OCCLUDE_SIZE", "OCCLUDE_STRIDE", "TOP_OCC_NUM", "DrawRFError", "DrawRFResult",
     "get_mu_max", "mask_x", "image_to_uint8_blocks", "imagewrite", "gaussian_kernel",
-    "smooth_template", "get_rf_mask", "scaled_rf_settings", "get_region", "canny_edges", "draw_edge",
+    "smooth_template", "get_rf_mask", "scaled_rf_settings", "drawing_objset", "get_region", "canny_edges", "draw_edge",
     "occlusion_list", "occluded_batch", "select_top_images", "accumulate_template",
     "contact_sheet", "draw_rf",
 ]
@@ -556,13 +556,33 @@ def _tau_from_batches(net: Any, st: _Setup, batches: Any, num_images: int, devic
 
 
 def scaled_rf_settings(input_size: int, reference: int = 224) -> dict[str, Any]:
-    """The occluder and smoothing of computeRF / getRFMask scaled from the original's 224 x 224
-    input to `input_size` (a package choice for small inputs such as the toy's 64 x 64; at 224
-    they are the original's values)."""
+    """The occluder and smoothing of computeRF / getRFMask for an input of `input_size`.
+
+    step_drawRF.m always uses fspecial('gaussian', 50, 30), a 33 x 33 occluder
+    and stride 9, whatever the net's input (224 for vgg-vd-16, 227 for
+    AlexNet): those values are kept for every input of at least `reference`
+    (224) pixels. Only smaller inputs (a package choice for the toy's 64 x 64)
+    get them scaled by input_size / reference.
+    """
+    if int(input_size) >= reference:
+        return {"occlude_size": OCCLUDE_SIZE, "occlude_stride": OCCLUDE_STRIDE,
+                "gauss_size": GAUSS_SIZE, "gauss_sigma": GAUSS_SIGMA}
     s = float(input_size) / reference
     return {"occlude_size": max(3, int(round(OCCLUDE_SIZE * s))),
             "occlude_stride": max(1, int(round(OCCLUDE_STRIDE * s))),
             "gauss_size": max(3, int(round(GAUSS_SIZE * s))), "gauss_sigma": GAUSS_SIGMA * s}
+
+
+def drawing_objset(name: str, conf: Any) -> list[Any]:
+    """generateAMTOriginalImages' objset (step_drawRF.m): `readAnnotation(Name_batch, theConf)`.
+
+    For 'cub200' this is CUB's readAnnotation (every object that passes
+    minArea, of which draw_rf keeps the first 500), not
+    readAnnotation_sampling's test objects that the evaluation
+    (computeStability.m) measures. For the other datasets both are the same.
+    """
+    from data_prep.readers import read_annotation
+    return list(read_annotation(name, conf))
 
 
 def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[Any, tuple[int, int]], np.ndarray],

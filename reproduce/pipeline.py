@@ -203,7 +203,7 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
     """showResults.m: the last epoch's validation error, the location stability of the first
     conv_mask layer (the conv layer at the same place for the ordinary CNN), and, for a
     single-class ICNN, step_drawRF.m's pictures (occluder and smoothing scaled to the input
-    size when it is not the original's 224: `draw_rf.scaled_rf_settings`). mean_data: the imdb
+    size when it is smaller than the original's 224: `draw_rf.scaled_rf_settings`). mean_data: the imdb
     the net was trained on, or its dataMean in any form `evaluate.read_mean_data` takes."""
     from .evaluate import CategorySource, evaluate_net, read_mean_data
     conf = paths.data_conf()
@@ -216,9 +216,10 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
                               progress=exp.progress)
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
     if exp.draw and exp.interpretable and not exp.multiclass:
-        from .draw_rf import draw_rf, scaled_rf_settings
+        from .draw_rf import draw_rf, drawing_objset, scaled_rf_settings
         source = sources[0]
-        result.drawing = draw_rf(net, source.name, source.objects, source.load_patch, mean, evaluation.layer_id,
+        objects = drawing_objset(source.name, conf)     # readAnnotation's objset (CUB: not the sampling one)
+        result.drawing = draw_rf(net, source.name, objects, source.load_patch, mean, evaluation.layer_id,
                                  exp.draw_dir, device=exp.device, progress=exp.progress,
                                  **scaled_rf_settings(mean.shape[0]))
     return result

@@ -222,3 +222,47 @@ def test_draw_rf_needs_a_layer_above():
     with pytest.raises(rf.DrawRFError, match="layerID 7"):
         rf.draw_rf(net.eval(), "toy", [0] * 12, lambda o, s: np.zeros((64, 64, 3), np.float32),
                    np.zeros((64, 64, 3), np.float32), 7, "/nonexistent", progress=False)
+
+
+# ------------------------------------------------------------------ settings and objset as step_drawRF.m
+def test_rf_settings_are_the_originals_from_224_up():
+    """step_drawRF.m always uses fspecial('gaussian', 50, 30), a 33 x 33 occluder and stride 9:
+    AlexNet's 227 input keeps them; only inputs under 224 are scaled (the toy's 64)."""
+    original = {"occlude_size": 33, "occlude_stride": 9, "gauss_size": 50, "gauss_sigma": 30}
+    for size in (224, 227, 300):
+        assert rf.scaled_rf_settings(size) == original
+    small = rf.scaled_rf_settings(64)
+    assert small == {"occlude_size": 9, "occlude_stride": 3, "gauss_size": 14, "gauss_sigma": pytest.approx(30 * 64 / 224)}
+
+
+def test_cub_drawings_use_read_annotations_objset(tmp_path, monkeypatch):
+    """showResults draws from readAnnotation's objset (step_drawRF.m), not the evaluation's
+    readAnnotation_sampling objset: for CUB they differ."""
+    from types import SimpleNamespace
+
+    from data_prep.cub200 import cub200_conf, read_annotation_cub, read_annotation_sampling_cub
+    from legacy_compat.matio import savemat
+    from reproduce import evaluate as ev
+    from reproduce import pipeline
+    from data_prep_fixtures import write_cub
+
+    conf = cub200_conf(tmp_path, catedir=write_cub(tmp_path), readcode=tmp_path / "code")
+    (tmp_path / "code").mkdir()
+    savemat(tmp_path / "code" / "sampling.mat", {"validObj": np.array([[2.0], [3.0]])}, version="5")
+    sampled = read_annotation_sampling_cub("cub200", conf)
+    everything = read_annotation_cub("cub200", conf)[0]
+    assert len(sampled) == 2 and len(everything) == 5                 # the fixture: 6 images, one under minArea
+    paths = SimpleNamespace(data_conf=lambda: conf, parts_for=lambda c: (1,))
+    evaluation = SimpleNamespace(binary_error=0.1, stability=0.2, layer_id=4)
+    monkeypatch.setattr(ev, "evaluate_net", lambda *a, **k: evaluation)
+    drawn = {}
+
+    def fake_draw_rf(net, name, objects, load_patch, mean, layer_id, out_dir, **kw):
+        drawn.update(name=name, objects=list(objects), kw=kw)
+        return "drawing"
+    monkeypatch.setattr(rf, "draw_rf", fake_draw_rf)
+    exp = pipeline.Experiment("cub200", ["cub200"], model="vgg-vd-16", out=tmp_path / "out", progress=False)
+    result = pipeline.show_results(exp, torch.nn.Sequential(), {}, np.zeros((224, 224, 3), np.float32), paths)
+    assert result.drawing == "drawing" and drawn["name"] == "cub200"
+    assert [o.filename for o in drawn["objects"]] == [o.filename for o in everything]
+    assert drawn["kw"]["gauss_size"] == 50 and drawn["kw"]["occlude_size"] == 33
