@@ -261,6 +261,9 @@ def stage(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from reproduce.losses import single_class_loss_error
+    if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
+        parser.error(problem)
     from reproduce.device import set_tf32
     set_tf32(args.allow_tf32)
     start = time.perf_counter()

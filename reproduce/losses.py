@@ -23,9 +23,26 @@ import torch
 
 __all__ = ["ourloss_logistic", "ourloss_softmaxlog", "softmaxlog", "binaryerror",
            "error_binary", "error_multiclass", "labels_to_class_index", "LOSS_LAYER_TYPES",
-           "as_2d"]
+           "as_2d", "single_class_loss_error"]
 
 LOSS_LAYER_TYPES = ("ourloss_logistic", "ourloss", "ourloss_softmaxlog", "loss", "softmaxloss")
+
+
+def single_class_loss_error(loss: str, multiclass: bool, how: str = "--multiclass") -> str | None:
+    """Why `--loss softmaxlog` cannot train a single-class net, or None when the choice is fine.
+
+    demo.m's lossType is used only in learn_icnn_multiclass.m; learn_icnn.m
+    always builds the logistic loss. With one output, log-softmax is constant:
+    the classification gradient is zero and the printed error (top-1 of one
+    class) is always 0. The command lines reject it; `how` says how to ask
+    for a multi-class net on that command line.
+    """
+    if loss not in ("softmaxlog", "ourloss_softmaxlog") or multiclass:
+        return None
+    return (f"--loss {loss} needs a multi-class net ({how}): the original uses lossType only in "
+            "learn_icnn_multiclass.m; with a single class the log-softmax of one output is constant, so the "
+            "classification gradient is zero and the printed error is always 0. Use --loss logistic "
+            "(the default) for one category")
 
 
 def as_2d(x: torch.Tensor, what: str = "prediction") -> torch.Tensor:

@@ -708,6 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.paper`: plan the grid, run what is missing, print the tables."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .losses import single_class_loss_error
+    if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
+        parser.error(problem)
     from .device import set_tf32
     set_tf32(args.allow_tf32)
     try:

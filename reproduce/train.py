@@ -804,7 +804,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.train`: learn_icnn.m / learn_icnn_multiclass.m through
     reproduce.pipeline (data, network_init, imdb, train); prints the last epoch's val statistics."""
     from .pipeline import Experiment, learn
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .losses import single_class_loss_error
+    if (problem := single_class_loss_error(args.loss, len(args.category) > 1,
+                                           "several --category values")) is not None:
+        parser.error(problem)
     set_tf32(args.allow_tf32)
     try:
         resolve_device(args.device)

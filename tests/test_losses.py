@@ -73,3 +73,32 @@ def test_error_multiclass_top1_with_ties_and_nan():
     labels = torch.tensor([[-1.0, 1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, -1.0]])
     # top-1: 1 (first of the tie) ok; 0 vs 1 wrong; NaN sorts first in 'descend' -> 1 ok; 0 ok
     assert losses.error_multiclass(pred, labels).item() == 1.0
+
+
+# ------------------------------------------------------------------ --loss softmaxlog needs several classes
+@pytest.mark.parametrize("command", ["demo", "paper", "train"])
+def test_softmaxlog_without_multiclass_is_refused_at_argument_parsing(command, capsys, tmp_path):
+    """The original uses lossType only for multi-class nets: one class with softmaxlog would train
+    nothing (constant log-softmax) and print an error of 0. Each command line says so at once."""
+    import demo
+    from reproduce import paper, train
+    single = {"demo": (demo.main, ["--loss", "softmaxlog", "--quick", "--out", str(tmp_path)]),
+              "paper": (paper.main, ["--loss", "softmaxlog", "--dataset", "toy", "--dry-run", "--out", str(tmp_path)]),
+              "train": (train.main, ["--loss", "ourloss_softmaxlog", "--dataset", "toy", "--category", "toy01",
+                                     "--out", str(tmp_path)])}
+    main, argv = single[command]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--loss" in err and "softmaxlog needs a multi-class net" in err
+    assert ("several --category values" if command == "train" else "(--multiclass)") in err
+    assert not any(tmp_path.iterdir())                                        # nothing was started
+
+
+def test_softmaxlog_with_several_classes_and_logistic_are_accepted():
+    from reproduce.losses import single_class_loss_error
+    assert single_class_loss_error("softmaxlog", True) is None
+    assert single_class_loss_error("ourloss_softmaxlog", True) is None
+    assert single_class_loss_error("logistic", False) is None
+    assert single_class_loss_error("ourloss_logistic", False) is None
