@@ -724,7 +724,9 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
     and buffers are loaded into it first), and ``{"train": [...], "val": [...]}``:
     per epoch a dict of lossForClassification, binerr (or top1err), num, time.
 
-    Ctrl-C (KeyboardInterrupt) leaves only complete checkpoints; run again to resume.
+    Ctrl-C (KeyboardInterrupt) leaves only complete checkpoints; run again to resume. SIGTERM
+    (what a batch scheduler sends before it kills a job) is handled the same way while training
+    runs in the main thread: it raises `reproduce.interrupt.Terminated`, a KeyboardInterrupt.
     """
     s = _settings_from(settings, overrides)
     exp_dir = Path(exp_dir)
@@ -733,6 +735,8 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
     ckpt.remove_stale_temporaries(exp_dir)
     net, sgd, stats, start = _resume(net.to(run.device), run, opts)
     epoch = start
+    from .interrupt import Terminated, sigterm_as_interrupt
+    restore_sigterm = sigterm_as_interrupt()        # SIGTERM (a scheduler stopping the job) acts as Ctrl-C
     try:
         for epoch in range(start + 1, run.num_epochs + 1):
             train_stats, val_stats, lr = _run_epoch(net, sgd, run, epoch)
@@ -743,11 +747,14 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
                              f"val {_format_stats(val_stats)}")
             if s.on_epoch is not None:
                 s.on_epoch(epoch, stats)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         done = ckpt.last_checkpoint_epoch(exp_dir)
-        _say(True, f"train: interrupted during epoch {epoch}; checkpoints up to epoch {done} are complete in "
-                   f"{exp_dir}. Run again to resume.")
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        _say(True, f"train: {how} during epoch {epoch}; checkpoints up to epoch {done} are complete in "
+                   f"{exp_dir}. Run the same command again to resume.")
         raise
+    finally:
+        restore_sigterm()
     return net, stats
 
 

@@ -257,12 +257,17 @@ def test_interrupted_runs_resume_to_the_same_weights(tiny, tmp_path):
     assert sorted(find_checkpoints(run)) == [1]
     assert not [p for p in run.iterdir() if p.name.startswith(".tmp-")]
 
-    # killed between epochs 2 and 3 by a real SIGINT
+    # killed between epochs 2 and 3 by a real SIGINT; Python's Ctrl-C handler is installed here, as a
+    # process started with SIGINT ignored (in the background, under nohup) does not have it
     def stop_between(epoch, stats):
         if epoch == 2:
             signal.raise_signal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        tr.train(make_net(), imdb, _opts(), run, progress=False, plot=False, on_epoch=stop_between)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tr.train(make_net(), imdb, _opts(), run, progress=False, plot=False, on_epoch=stop_between)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sorted(find_checkpoints(run)) == [1, 2]
 
     net, stats = tr.train(make_net(), imdb, _opts(), run, progress=False, plot=False)
@@ -272,6 +277,55 @@ def test_interrupted_runs_resume_to_the_same_weights(tiny, tmp_path):
         for got, want in zip(stats[mode], ref_stats[mode]):
             assert got["lossForClassification"] == want["lossForClassification"]
             assert got["binerr"] == want["binerr"] and got["num"] == want["num"]
+
+
+def test_the_resume_test_passes_with_sigint_ignored():
+    """Started in the background or under nohup, pytest has SIGINT ignored (inherited across exec):
+    the resume test above must still see its SIGINT."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); import pytest; "
+            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
+            "'tests/test_train.py::test_interrupted_runs_resume_to_the_same_weights']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
+
+
+def test_sigterm_stops_training_as_ctrl_c_and_the_run_resumes(tiny, tmp_path, capsys):
+    """SIGTERM (a batch scheduler's stop) between epochs 2 and 3: complete checkpoints only, a message
+    on how to resume, the previous SIGTERM handler back; the resumed run ends as an unbroken one."""
+    import os
+    make_net, imdb = tiny
+    reference = _weights(tr.train(make_net(), imdb, _opts(), tmp_path / "ref", progress=False, plot=False)[0])
+
+    class Guard(Exception):
+        pass
+
+    def guard(signum, frame):            # stands for "the process is killed" had train not handled SIGTERM
+        raise Guard()
+
+    def stop_between(epoch, stats):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    run = tmp_path / "run"
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        with pytest.raises(KeyboardInterrupt) as exc:
+            tr.train(make_net(), imdb, _opts(), run, progress=False, plot=False, on_epoch=stop_between)
+        assert signal.getsignal(signal.SIGTERM) is guard
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert type(exc.value).__name__ == "Terminated"
+    assert sorted(find_checkpoints(run)) == [1, 2]
+    assert not [p for p in run.iterdir() if p.name.startswith(".tmp-")]
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM during epoch 2; checkpoints up to epoch 2 are complete" in err
+    assert "Run the same command again to resume" in err
+    net, _ = tr.train(make_net(), imdb, _opts(), run, progress=False, plot=False)
+    _assert_same_weights(_weights(net), reference)
 
 
 def test_run_writes_checkpoints_plots_and_sensible_stats(tiny, tmp_path):
