@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from legacy_compat.cli import (UserError, add_allow_tf32, add_data_root, add_debug, add_device, add_out,
+                               dropout_rate, nonnegative_int, positive_int, run_cli)
+
 # Before torch loads its OpenMP runtime (libgomp in the Linux wheels): idle OpenMP threads spin for
 # 30000 rounds, not libgomp's default 300000, before they sleep. On a small machine shared with other
 # work, long-spinning threads fight for the cores. Measured on 2 cores, one training batch of the tiny
@@ -78,18 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "the valid ones are listed below")
     parser.add_argument("--model", choices=models, default=None,
                         help="network (default vgg-vd-16; 'tiny' is the package's small CPU net)")
-    parser.add_argument("--dropout", type=float, default=None, help="dropout rate (demo.m: 0.8)")
+    parser.add_argument("--dropout", type=dropout_rate, default=None,
+                        help="dropout rate, 0 <= rate < 1 (demo.m: 0.8; --quick: 0.5)")
     parser.add_argument("--multiclass", action="store_true",
                         help="learn one CNN for several categories (learn_icnn_multiclass.m); "
                              "vocpart defaults to its six animals, as demo.m")
     parser.add_argument("--loss", choices=list(LOSSES), default="logistic",
                         help="loss of a multi-class CNN (demo.m's lossType; default logistic)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda or cuda:N (default: cuda when present, else cpu; --quick: cpu)")
-    parser.add_argument("--allow-tf32", action="store_true", help="let CUDA convolutions and matrix products use TF32 (faster on Ampere and later GPUs; the numbers are then no longer MATLAB's IEEE float32 ones, up to 1.6e-3 apart (relative) on an H100). Default: off")
-    parser.add_argument("--out", default=None, help="output folder (default ./output; --quick: ./output/quick)")
-    parser.add_argument("--data-root", default=None,
-                        help="datasets folder (default $ICNN_DATA_ROOT or output/data)")
+    add_device(parser, help="cpu, cuda, cuda:N or auto (default auto: cuda when PyTorch sees a GPU, else cpu; "
+                            "--quick: cpu unless a device is named)")
+    add_allow_tf32(parser)
+    add_out(parser, None, "output folder (default ./output; --quick: ./output/quick)")
+    add_data_root(parser, help="datasets folder (default $ICNN_DATA_ROOT, else OUT/data: under the output folder)")
     parser.add_argument("--models-root", default=None,
                         help="folder of the MatConvNet ImageNet models (default $ICNN_MODELS_ROOT or output/nets)")
     parser.add_argument("--pretrained", default="auto",
@@ -106,31 +109,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", action="store_true",
                         help="also train the ordinary CNN (plain conv layers instead of conv_mask, trained "
                              "the same way) and print the two side by side")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help="number of epochs (default: the original's 50, multi-class 80; --quick: "
                              f"{QUICK['epochs']})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (weights, batch order)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (weights, batch order)")
     parser.add_argument("--save-mat", action="store_true",
                         help="also write MATLAB net-epoch-N.mat checkpoints")
     parser.add_argument("--no-draw", action="store_true", help="skip the receptive-field drawings")
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
+    add_debug(parser)
     # hidden, for tests and smoke runs: a smaller toy dataset (N positives per category and N negatives)
-    parser.add_argument("--toy-images", type=_positive_int, default=None, metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument("--toy-images", type=positive_int, default=None, metavar="N", help=argparse.SUPPRESS)
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+#: options that mean nothing with --net (it trains nothing) or without it
+_NET_ONLY = ("imdb",)
+_TRAINING_ONLY = ("baseline", "epochs", "save_mat", "fix_slicemag_quirk")
 
 
-class DemoError(Exception):
+def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, as argparse refuses a bad value (usage, exit status 2), the combinations that make no sense."""
+    given = lambda name: getattr(args, name) not in (None, False)  # noqa: E731
+    if args.net is None:
+        for name in _NET_ONLY:
+            if given(name):
+                parser.error(f"--{name.replace('_', '-')} goes with --net (the imdb a given net was trained with)")
+    else:
+        for name in _TRAINING_ONLY:
+            if given(name):
+                parser.error(f"--{name.replace('_', '-')} is a training option; --net trains nothing")
+
+
+class DemoError(UserError):
     """A problem with the demo's settings or environment, said before any long work starts."""
 
 
@@ -168,18 +180,15 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     return {"dataset": dataset, "categories": cats, "model": model,
             "dropout": args.dropout if args.dropout is not None else base["dropout"],
             "epochs": args.epochs if args.epochs is not None else base["epochs"],
-            "device": resolve_device(args.device or base["device"]),
+            "device": resolve_device(base["device"] if args.device == "auto" and base["device"] else args.device),
             "out": Path(args.out or base["out"]), "toy_images": args.toy_images}
 
 
 def resolve_device(device: str | None) -> str:
     """cuda when present (unless asked otherwise); asking for cuda without a GPU is an error
-    (reproduce.device.choose_device)."""
+    (reproduce.device.choose_device, a UserError)."""
     from reproduce.device import choose_device
-    try:
-        return choose_device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise DemoError(str(exc)) from None
+    return choose_device(device)
 
 
 def check_output_folder(out: Path, needed_bytes: int) -> None:
@@ -213,12 +222,19 @@ def experiment(settings: dict, args: argparse.Namespace):
     from reproduce.pipeline import Experiment
     return Experiment(dataset=settings["dataset"], categories=settings["categories"], model=settings["model"],
                       dropout=settings["dropout"], loss=LOSSES[args.loss], out=settings["out"],
-                      data_root=Path(args.data_root) if args.data_root else None,
+                      data_root=data_root(args, settings["out"]),
                       models_root=Path(args.models_root) if args.models_root else None,
                       pretrained=args.pretrained, offline=args.offline or settings["dataset"] == "toy",
                       device=settings["device"], seed=args.seed, epochs=settings["epochs"],
                       save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
                       draw=not args.no_draw, toy_options=toy_options(args))
+
+
+def data_root(args: argparse.Namespace, out: Path) -> Path:
+    """--data-root, else $ICNN_DATA_ROOT, else OUT/data: the datasets go under the output folder
+    (data_prep.setup.default_data_root), never into a folder the current directory decides."""
+    from data_prep.setup import default_data_root
+    return Path(args.data_root) if args.data_root else default_data_root(out)
 
 
 def toy_options(args: argparse.Namespace) -> dict:
@@ -259,52 +275,45 @@ def stage(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """demo.m: the options checked as they are parsed, then `run` through `run_cli` (an error is
+    one or two lines and exit status 2, 1 or 3; a traceback only with --debug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from reproduce.losses import single_class_loss_error
     if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
         parser.error(problem)
+    check_combinations(parser, args)
+    return run_cli("demo", lambda: run(args), debug=args.debug,
+                   interrupted="run the same command again to resume from the last checkpoint.")
+
+
+def run(args: argparse.Namespace) -> int:
     from reproduce.device import set_tf32
     set_tf32(args.allow_tf32)
     start = time.perf_counter()
-    try:
-        settings = resolve_settings(args)
-        exp = experiment(settings, args)
-        check_output_folder(exp.out, estimate_bytes(settings, args.baseline) if args.net is None else 10**6)
-        print(f"demo: dataset {exp.dataset}, {'categories' if exp.multiclass else 'category'} "
-              f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}"
-              f"{' (TF32 allowed)' if args.allow_tf32 and exp.device.startswith('cuda') else ''}, "
-              f"output {exp.out}", flush=True)
-        from reproduce.pipeline import ordinary_counterpart, prepare_dataset, run_experiment
-        if args.net:
-            result = show_trained_net(exp, Path(args.net), args.imdb)
-            ordinary = None
-        else:
-            from reproduce.pipeline import input_size
-            from data_prep.setup import default_data_root
-            how = ("generated once, then reused" if exp.dataset == "toy" else
-                   "checked" if exp.offline else "downloaded when missing")
-            stage(f"data: {exp.dataset} in {exp.data_root or default_data_root()} ({how})")
-            paths = prepare_dataset(exp, input_size(exp))
-            ordinary = None
-            if args.baseline:
-                stage("the ordinary CNN (baseline): learn, then binary error and location instability")
-                ordinary = run_experiment(ordinary_counterpart(exp), paths)
-            stage("the interpretable CNN: learn (learn_icnn), then show results (showResults)")
-            result = run_experiment(exp, paths)
-    except KeyboardInterrupt:
-        print("\ndemo: interrupted; run the same command again to resume from the last checkpoint.",
-              file=sys.stderr)
-        return 130
-    except DemoError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - the message names the file/setting; --help explains
-        from data_prep.setup import MissingDataError
-        if isinstance(exc, MissingDataError):
-            print(f"demo: the data is not all here.\n{exc}", file=sys.stderr)
-            return 3
-        raise
+    settings = resolve_settings(args)
+    exp = experiment(settings, args)
+    check_output_folder(exp.out, estimate_bytes(settings, args.baseline) if args.net is None else 10**6)
+    print(f"demo: dataset {exp.dataset}, {'categories' if exp.multiclass else 'category'} "
+          f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}"
+          f"{' (TF32 allowed)' if args.allow_tf32 and exp.device.startswith('cuda') else ''}, "
+          f"output {exp.out}", flush=True)
+    from reproduce.pipeline import ordinary_counterpart, prepare_dataset, run_experiment
+    if args.net:
+        result = show_trained_net(exp, Path(args.net), args.imdb)
+        ordinary = None
+    else:
+        from reproduce.pipeline import input_size
+        how = ("generated once, then reused" if exp.dataset == "toy" else
+               "checked" if exp.offline else "downloaded when missing")
+        stage(f"data: {exp.dataset} in {exp.data_root} ({how})")
+        paths = prepare_dataset(exp, input_size(exp))
+        ordinary = None
+        if args.baseline:
+            stage("the ordinary CNN (baseline): learn, then binary error and location instability")
+            ordinary = run_experiment(ordinary_counterpart(exp), paths)
+        stage("the interpretable CNN: learn (learn_icnn), then show results (showResults)")
+        result = run_experiment(exp, paths)
     if ordinary is not None:
         print_comparison(ordinary, result)
     if result.drawing is not None:

@@ -21,6 +21,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from legacy_compat.cli import add_data_root, add_debug, positive_int, run_cli
+
 from .ilsvrc import ilsvrc_conf
 from .imdb import get_imdb, load_or_build_imdb
 
@@ -90,14 +92,23 @@ def run(data_root: str | Path = DEFAULT_DATA_ROOT, size: int = 224, use_tracemal
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_prep.bench_imdb", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
-    p.add_argument("--size", type=int, default=224)
+    add_data_root(p, str(DEFAULT_DATA_ROOT), "the fox data (default ../shared/data)")
+    p.add_argument("--size", type=positive_int, default=224)
     p.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=positive_int, default=None)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = p.parse_args(argv)
+    add_debug(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("data_prep.bench_imdb", lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     r = run(args.data_root, args.size, args.tracemalloc, args.workers, progress=not args.json)
     if args.json:
         print(json.dumps(r))

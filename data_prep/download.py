@@ -40,6 +40,8 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from legacy_compat.cli import UserError
+
 __all__ = ["download", "extract", "check_disk_space", "DownloadError", "ChecksumError",
            "ArchiveError", "UnsafeArchiveError", "InsufficientDiskSpaceError",
            "file_digest", "DEFAULT_TIMEOUT"]
@@ -49,7 +51,7 @@ CHUNK_SIZE = 1 << 20            # bytes read per step
 USER_AGENT = "icnn-python-port/1.0 (urllib)"
 
 
-class DownloadError(OSError):
+class DownloadError(UserError, OSError):
     """A download failed; the message names the URL and the reason."""
 
 
@@ -62,7 +64,7 @@ class ChecksumError(DownloadError):
                          f"(the partial download {path} was deleted; download it again)")
 
 
-class ArchiveError(OSError):
+class ArchiveError(UserError, OSError):
     """An archive could not be read or unpacked; the message names the archive."""
 
 
@@ -70,7 +72,7 @@ class UnsafeArchiveError(ArchiveError):
     """An archive member would be written outside the target folder; the message names it."""
 
 
-class InsufficientDiskSpaceError(OSError):
+class InsufficientDiskSpaceError(UserError, OSError):
     """Not enough free disk space; the message says how much is needed and how much is free."""
 
 

@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from legacy_compat.cli import UserError
 from legacy_compat.imresize import imresize
 
 from .readers import BndBox, DatasetError, ObjRecord
@@ -42,7 +43,7 @@ __all__ = ["ImageReadError", "BoxError", "read_image", "crop_box", "resize_patch
 _RGB_CONVERTIBLE = {"CMYK", "P", "PA", "RGBA", "RGBX", "LA", "YCbCr", "La", "RGBa", "1"}
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image could not be read; the message names the file and the reason."""
 
     def __init__(self, path: os.PathLike | str, reason: str):

@@ -75,7 +75,7 @@ def _sample_box(sample: MatStruct | None, where: str) -> BndBox:
     try:
         bb = obj[0]["bndbox"]
         return BndBox.from_values(*(_number(bb[k], f"{where}.obj.bndbox.{k}")
-                                    for k in ("xmin", "ymin", "xmax", "ymax")))
+                                    for k in ("xmin", "ymin", "xmax", "ymax")), where=f"{where}.obj.bndbox")
     except (KeyError, TypeError) as exc:
         raise DatasetError(f"{where}.obj.bndbox is malformed ({exc})") from None
 

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from legacy_compat import MatStruct, StructArray, loadmat
+from legacy_compat.cli import UserError
 from legacy_compat.mattypes import is_cell
 
 __all__ = [
@@ -50,7 +51,7 @@ MIN_AREA = 50 ** 2   # conf.data.minArea in all three setup_*.m
 DATASETS = ("ilsvrcanimalpart", "vocpart", "cub200", "toy")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad dataset input: the message names the file, entry or category at fault."""
 
 
@@ -82,13 +83,14 @@ class BndBox:
     ymax: int
 
     @classmethod
-    def from_values(cls, xmin: Any, ymin: Any, xmax: Any, ymax: Any) -> "BndBox":
-        """From numbers or numeric strings, rounded as int2str rounds them."""
+    def from_values(cls, xmin: Any, ymin: Any, xmax: Any, ymax: Any, *, where: str = "") -> "BndBox":
+        """From numbers or numeric strings, rounded as int2str rounds them; `where` (the file and
+        the struct path) starts the error a value that is not a finite number raises."""
         vals = []
-        for v in (xmin, ymin, xmax, ymax):
+        for name, v in zip(("xmin", "ymin", "xmax", "ymax"), (xmin, ymin, xmax, ymax)):
             s = int2str(float(v)) if isinstance(v, str) else int2str(v)
             if s in ("NaN", "Inf", "-Inf"):
-                raise DatasetError(f"bounding box value {v!r} is not a finite number")
+                raise DatasetError(f"{where + ': ' if where else ''}bounding box {name} {v!r} is not a finite number")
             vals.append(int(s))
         return cls(*vals)
 
@@ -349,7 +351,8 @@ def obj_from_matlab(s: Any, where: str) -> ObjRecord | None:
         raise DatasetError(f"{where}: expected an obj struct, got {type(s).__name__}")
     try:
         bb = s["bndbox"]
-        box = BndBox.from_values(*(_number(bb[k], f"{where}.bndbox.{k}") for k in ("xmin", "ymin", "xmax", "ymax")))
+        box = BndBox.from_values(*(_number(bb[k], f"{where}.bndbox.{k}") for k in ("xmin", "ymin", "xmax", "ymax")),
+                                 where=f"{where}.bndbox")
         ident = s.get("ID")
         return ObjRecord(folder=_text(s.get("folder", ""), f"{where}.folder"),
                          filename=_text(s.get("filename", ""), f"{where}.filename"),

@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from legacy_compat.cli import UserError
+
 from . import download as dl
 
 __all__ = [
@@ -550,12 +552,15 @@ def _describe_missing_model(name: str, dest: Path) -> str:
             f"Run the set-up online (not offline) to download it automatically, or place the file by hand.")
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
     """Data or a model is missing; the message says which files, from which URL and where to put them.
 
     ``missing`` lists the `Missing` items (empty for a model); ``errors``
-    maps a source key to the download/unpack error that stopped it.
+    maps a source key to the download/unpack error that stopped it. A command line exits with
+    status 3 (`legacy_compat.cli.EXIT_MISSING_DATA`) on it.
     """
+
+    exit_status = 3
 
     def __init__(self, message: str, missing: Sequence[Missing] = (), errors: dict | None = None):
         self.missing = list(missing)

@@ -94,7 +94,7 @@ def _obj_box(obj: MatStruct, where: str) -> tuple[BndBox, dict[str, float]]:
         raw = {k: _number(obj["bndbox"][k], f"{where}.bndbox.{k}") for k in ("Wmin", "Wmax", "Hmin", "Hmax")}
     except (KeyError, TypeError) as exc:
         raise DatasetError(f"{where}.bndbox is malformed ({exc})") from None
-    return BndBox.from_values(raw["Wmin"], raw["Hmin"], raw["Wmax"], raw["Hmax"]), raw
+    return BndBox.from_values(raw["Wmin"], raw["Hmin"], raw["Wmax"], raw["Hmax"], where=f"{where}.bndbox"), raw
 
 
 def _obj_record(obj: MatStruct, box: BndBox, ident: int, where: str) -> ObjRecord:

@@ -49,12 +49,13 @@ import scipy.io
 import scipy.sparse
 
 from .atomic import atomic_write
+from .cli import UserError
 from .mattypes import MatStruct, StructArray
 
 __all__ = ["MatFileError", "loadmat", "savemat"]
 
 
-class MatFileError(Exception):
+class MatFileError(UserError):
     """A MAT file could not be read or written; the message names the file and the reason."""
 
     def __init__(self, path: os.PathLike | str, reason: str):
@@ -159,7 +160,7 @@ def _holds(path: str, version: str) -> str:
     """The variable names a file holds, for error messages."""
     try:
         if version == "5":
-            names = [n for n, _ in scipy.io.whosmat(path)]
+            names = [entry[0] for entry in scipy.io.whosmat(path)]   # (name, shape, class) triples
         else:
             import h5py
             with h5py.File(path, "r") as f:

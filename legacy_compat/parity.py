@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import scipy.sparse
 
+from .cli import DEVICE_HELP, UserError, add_debug, add_device, choose_device, run_cli
 from .matio import loadmat
 from .mattypes import MatStruct, StructArray
 
@@ -107,12 +108,15 @@ class Comparison:
     worst_path: str = ""
     worst_err: float = 0.0
     problems: list[str] = field(default_factory=list)
+    compared: int = 0           # golden leaves looked at (a case that looks at none checks nothing)
 
     def fail(self, path: str, why: str) -> None:
         self.ok = False
+        self.compared += 1
         self.problems.append(f"{path}: {why}")
 
     def measure(self, path: str, rel: float, passed: bool) -> None:
+        self.compared += 1
         if not passed:
             self.ok = False
             self.problems.append(f"{path}: relative error {rel:.3g}")
@@ -217,6 +221,8 @@ def compare(port: Any, golden: Any, adapter: Adapter, path: str = "", result: Co
     if isinstance(golden, str):
         if port != golden:
             result.fail(path, f"{port!r} != golden {golden!r}")
+        else:
+            result.compared += 1
         return result
     ok, rel, problem = compare_arrays(port, golden, adapter.rtol)
     if problem:
@@ -247,13 +253,20 @@ class CaseResult:
 
 def run_case(path: os.PathLike | str, data_root: os.PathLike | str = DEFAULT_DATA_ROOT,
              verbose: bool = False, device: str = "cpu") -> CaseResult:
-    """Load one golden case, run its adapter on `device`, compare; never raises."""
+    """Load one golden case, run its adapter on `device`, compare; never raises. A case FAILs when
+    its file cannot be read as a case (not a MAT file, no `case_fn`, `inputs` or `outputs`), when
+    an expected output is missing from the port's, and when it compares nothing (empty `outputs`)."""
     path = Path(path)
     try:
         case = loadmat(path)
-        case_fn = str(case["case_fn"])
     except Exception as exc:  # noqa: BLE001
         return CaseResult(path, "?", False, problems=[f"cannot load the case: {exc}"])
+    missing = [name for name in ("case_fn", "inputs", "outputs") if name not in case]
+    case_fn = str(case["case_fn"]) if "case_fn" in case else "?"
+    if missing:
+        return CaseResult(path, case_fn, False, problems=[
+            f"not a golden case: no {' or '.join(repr(m) for m in missing)} variable (it holds: "
+            f"{', '.join(case) or 'nothing'})"])
     adapter = _REGISTRY.get(case_fn)
     if adapter is None:
         return CaseResult(path, case_fn, False, problems=[f"no port registered for case_fn {case_fn!r}"])
@@ -264,7 +277,12 @@ def run_case(path: os.PathLike | str, data_root: os.PathLike | str = DEFAULT_DAT
     except Exception as exc:  # noqa: BLE001
         tb = traceback.format_exc() if verbose else ""
         return CaseResult(path, case_fn, False, problems=[f"the port raised {type(exc).__name__}: {exc}{tb}"])
-    cmp = compare(outputs, case["outputs"], adapter)
+    try:
+        cmp = compare(outputs, case["outputs"], adapter)
+    except Exception as exc:  # noqa: BLE001 - one case's problem never stops the others
+        return CaseResult(path, case_fn, False, problems=[f"comparing the outputs raised {type(exc).__name__}: {exc}"])
+    if cmp.compared == 0:
+        return CaseResult(path, case_fn, False, problems=["compares nothing: the golden 'outputs' hold no value"])
     return CaseResult(path, case_fn, cmp.ok, cmp.worst_path, cmp.worst_err, cmp.problems)
 
 
@@ -277,23 +295,11 @@ def find_cases(paths: Iterable[os.PathLike | str]) -> list[Path]:
         elif p.exists():
             found.append(p)
         else:
-            raise FileNotFoundError(f"no such golden case file or folder: {p}")
+            raise UserError(f"no such golden case file or folder: {p}")
     return found
 
 
-def _device_problem(device: str) -> str:
-    """Why `device` cannot run the port ('' when it can): a bad name, or CUDA asked for without a GPU."""
-    import torch          # here, not at import: legacy_compat's MAT layer needs no torch
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        return f"not a torch device ({exc})"
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        return "PyTorch sees no CUDA GPU here; use --device cpu"
-    return ""
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m legacy_compat.parity",
         description="Run golden cases (MATLAB inputs and outputs of the original ICNN code) "
@@ -302,25 +308,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT),
                         help="folder the cases' original files (images, truth files) are relative to "
                              "(default: ../shared/data beside the project)")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device the port runs on: cpu (default), cuda or cuda:N; the golden "
-                             "numbers and tolerances are the same on every device")
+    add_device(parser, help=DEVICE_HELP + "; the golden numbers and tolerances are the same on every device")
     parser.add_argument("-v", "--verbose", action="store_true", help="print tracebacks and every problem")
-    args = parser.parse_args(argv)
-    problem = _device_problem(args.device)
-    if problem:
-        print(f"error: --device {args.device}: {problem}", file=sys.stderr)
-        return 2
+    add_debug(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("legacy_compat.parity", lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
+    device = choose_device(args.device)
     for problem in load_adapters():
         print(f"warning: adapter module failed to import: {problem}", file=sys.stderr)
-    try:
-        cases = find_cases(args.paths)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cases = find_cases(args.paths)
     passed = failed = 0
     for path in cases:
-        res = run_case(path, args.data_root, verbose=args.verbose, device=args.device)
+        res = run_case(path, args.data_root, verbose=args.verbose, device=device)
         print(res.line(), flush=True)
         if args.verbose and not res.passed:
             for prob in res.problems:

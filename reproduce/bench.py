@@ -45,6 +45,8 @@ from typing import Callable, Sequence
 
 from legacy_compat.atomic import atomic_write_text
 
+from .cli import add_common, add_data_root, add_out, nonnegative_int, positive_int, run_cli, start_device
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_ROOT = PROJECT_ROOT.parent / "shared" / "data"
 BENCHMARKS = ("conv_mask", "train_step", "imdb", "eval", "demo")
@@ -281,27 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None, metavar="NAME",
                    help=f"run only these ({', '.join(BENCHMARKS)}); default all")
     p.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=(), metavar="NAME", help="leave these out")
-    p.add_argument("--out", default="output/bench.json", help="JSON file of the results (default output/bench.json)")
-    p.add_argument("--device", default="cpu", help="device of conv_mask, train_step, eval (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
-    p.add_argument("--allow-tf32", action="store_true",
-                   help="CUDA convolutions and matrix products in TF32 (default: IEEE float32, as MATLAB)")
-    p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT), help="the fox data (default ../shared/data)")
-    p.add_argument("--repeats", type=int, default=10, help="conv_mask: timed rounds (default 10)")
-    p.add_argument("--repeats-train", type=int, default=5, help="train_step: timed rounds (default 5)")
-    p.add_argument("--train-batch", type=int, default=4, help="train_step: images per batch (default 4)")
-    p.add_argument("--imdb-size", type=int, default=224, help="imdb: image size (default 224)")
-    p.add_argument("--eval-images", type=int, default=48, help="eval: fox images timed (default 48; all: 0)")
-    p.add_argument("--occlusions", type=int, default=128,
+    add_out(p, "output/bench.json", "JSON file of the results (default output/bench.json)")
+    add_common(p)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default torch's)")
+    add_data_root(p, str(DEFAULT_DATA_ROOT), "the fox data (default ../shared/data)")
+    p.add_argument("--repeats", type=positive_int, default=10, help="conv_mask: timed rounds (default 10)")
+    p.add_argument("--repeats-train", type=positive_int, default=5, help="train_step: timed rounds (default 5)")
+    p.add_argument("--train-batch", type=positive_int, default=4, help="train_step: images per batch (default 4)")
+    p.add_argument("--imdb-size", type=positive_int, default=224, help="imdb: image size (default 224)")
+    p.add_argument("--eval-images", type=nonnegative_int, default=48,
+                   help="eval: fox images timed (default 48; all: 0)")
+    p.add_argument("--occlusions", type=nonnegative_int, default=128,
                    help="eval: occluded copies timed of the 484 (default 128; all: 0)")
-    p.add_argument("--demo-timeout", type=int, default=1800, help="demo: seconds before giving up (default 1800)")
+    p.add_argument("--demo-timeout", type=positive_int, default=1800,
+                   help="demo: seconds before giving up (default 1800)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .device import set_tf32
-    set_tf32(args.allow_tf32)
+    return run_cli("reproduce.bench", lambda: _run(args, argv), debug=args.debug)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    args.device = start_device(args)
     args.eval_images = args.eval_images or None
     args.occlusions = args.occlusions or None
     names = [n for n in (args.only or BENCHMARKS) if n not in set(args.skip)]

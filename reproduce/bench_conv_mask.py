@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .cli import add_common, positive_int, run_cli, start_device
 from .conv_mask import ConvMask, FilterLossContext
 from .device import resolve_device
 
@@ -119,19 +120,28 @@ def profile(device: str = "cpu", batch: int = 32, channels: int = 512, size: int
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reproduce.bench_conv_mask", description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
+    add_common(p)
+    p.add_argument("--batch", type=positive_int, default=32)
     p.add_argument("--profile", choices=["plain", "single", "multi"], default=None,
                    help="instead of timing: torch.profiler's table of one step of this kind")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("reproduce.bench_conv_mask", lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
+    device = start_device(args)
     if args.profile:
-        print(profile(args.device, args.batch, step=args.profile))
+        print(profile(device, args.batch, step=args.profile))
         return 0
-    r = run(args.device, args.repeats, args.batch, threads=args.threads)
+    r = run(device, args.repeats, args.batch, threads=args.threads)
     print(f"device {r['device']}, {r['threads']} threads, input {r['shape']}, 3x3 conv 512->512, "
           f"median of {r['repeats']} forward+backward runs")
     print(f"  Conv2d                      {r['conv2d_s'] * 1000:9.1f} ms")

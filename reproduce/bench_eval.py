@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cli import add_common, add_data_root, positive_int, run_cli, start_device
+
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CATEGORY = "n02118333"
 
@@ -113,17 +115,26 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reproduce.bench_eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
-    p.add_argument("--max-images", type=int, default=None, help="time only the first N fox images")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--occlusions", type=int, default=None, help="time only N of the 484 occluded copies")
-    p.add_argument("--occlusion-batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
-    out = run(a.device, a.data_root, a.max_images, a.batch_size, a.occlusions, a.occlusion_batch_size, a.threads)
+    add_common(p, tf32=False)
+    add_data_root(p, str(DEFAULT_DATA_ROOT), "the fox data (default ../shared/data)")
+    p.add_argument("--max-images", type=positive_int, default=None, help="time only the first N fox images")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--occlusions", type=positive_int, default=None, help="time only N of the 484 occluded copies")
+    p.add_argument("--occlusion-batch-size", type=positive_int, default=64)
+    p.add_argument("--threads", type=positive_int, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    return run_cli("reproduce.bench_eval", lambda: _run(a), debug=a.debug)
+
+
+def _run(a: argparse.Namespace) -> int:
+    out = run(start_device(a), a.data_root, a.max_images, a.batch_size, a.occlusions, a.occlusion_batch_size,
+              a.threads)
     for k, v in out.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     print(json.dumps(out))

@@ -58,6 +58,7 @@ import torch
 
 from legacy_compat import checkpoint as legacy
 from legacy_compat.atomic import TMP_PREFIX
+from legacy_compat.cli import UserError
 from legacy_compat.atomic import atomic_write as _atomic_write
 from legacy_compat.mattypes import MatStruct, StructArray
 from legacy_compat.simplenn import LayerSpec
@@ -75,7 +76,7 @@ CHECKPOINT_VERSION = 1
 _NAME_RE = re.compile(r"^net-epoch-(\d+)\.(pt|mat)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file could not be read or written; the message names the file."""
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from legacy_compat.cli import choose_device as _choose_device
+
 __all__ = ["resolve_device", "choose_device", "module_device", "set_tf32", "tf32_allowed"]
 
 _TF32 = {"allowed": False}      # the package's choice, applied by resolve_device / set_tf32
@@ -66,12 +68,8 @@ def module_device(module: Any) -> torch.device:
 
 
 def choose_device(device: str | None) -> str:
-    """The command lines' --device: None gives cuda when a GPU is there, else cpu; a name is
-    checked (cpu, cuda or cuda:N; a GPU that exists) and returned as given."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"--device {device!r}: use cpu, cuda or cuda:N")
-    resolve_device(device)
-    return device
-
+    """The command lines' --device (`legacy_compat.cli.choose_device`): None or 'auto' gives cuda
+    when a GPU is there, else cpu; a name is checked (cpu, cuda or cuda:N; a GPU that exists) and
+    returned as given. Errors are `UserError`s (a ValueError for a bad name, a RuntimeError for a
+    missing GPU)."""
+    return _choose_device(device)

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from data_prep.setup import DATASETS, GOLDFISH
+from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, mvar, sort_ascend_stable, sort_descend_stable
 
 from .geometry import CONV_TYPES, get_conv_net_para
@@ -81,7 +82,7 @@ PATCH_NUM_PER_PATTERN = 100        # step_computeStability*.m
 SELECTED_PATTERN_RATIO = 1.0       # step_computeStability*.m
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """Bad input to the evaluation: the message names the argument, layer, category or file."""
 
 

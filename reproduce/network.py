@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from legacy_compat.cli import UserError
 from legacy_compat.simplenn import (LayerSpec, pair, quad, filters_to_matlab, maps_to_matlab, maps_to_torch,
                                     vector_to_matlab)
 
@@ -40,7 +41,7 @@ __all__ = ["SimpleNN", "ParamInfo", "MatConv", "ReLU", "Pool", "LRN", "Dropout",
            "InputGuardError", "LAYER_BUILDERS", "build_layer", "simplenn_res", "SimpleNNRes"]
 
 
-class InputGuardError(ValueError):
+class InputGuardError(UserError, ValueError):
     """our_vl_simplenn.m's input check failed: no input value below -10."""
 
 

@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from legacy_compat.atomic import atomic_write_text
+from legacy_compat.cli import UserError
 
+from .cli import add_common, add_data_root, add_out, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
 from .pipeline import Experiment
 
 __all__ = ["GridExperiment", "ResultsStore", "RunnerError", "CNN_KINDS", "plan_grid", "config_slug",
@@ -67,7 +69,7 @@ CSV_COLUMNS = ("id", "dataset", "scope", "categories", "model", "cnn", "config",
                "pretrained", "finished", "command")
 
 
-class RunnerError(Exception):
+class RunnerError(UserError):
     """A problem with the runner's settings, data or results file, said before long work starts."""
 
 
@@ -153,6 +155,8 @@ def _categories(dataset: str, given: Sequence[str] | None, multiclass: bool) -> 
 def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
     """The runs the options ask for: per dataset, per category (single-class) or one run for all the
     categories (--multiclass), per model, the CNN kinds (ordinary first, as demo.py --baseline)."""
+    from data_prep.setup import default_data_root
+
     from .models import MODELS
     out = Path(args.out)
     runs: list[GridExperiment] = []
@@ -180,7 +184,7 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
                     runs.append(GridExperiment(
                         dataset=dataset, categories=list(group), model=model, dropout=args.dropout, loss=loss,
                         interpretable=kind == "interpretable", out=out / "imdb" / f"{dataset}-{size}px{data_tag}",
-                        data_root=Path(args.data_root) if args.data_root else None,
+                        data_root=Path(args.data_root) if args.data_root else default_data_root(out),
                         models_root=Path(args.models_root) if args.models_root else None,
                         pretrained=args.pretrained, offline=args.offline or dataset == "toy", device=args.device,
                         seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
@@ -549,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="categories, or 'all' for every category of the dataset (30 ILSVRC animals, "
                              "6 VOC animals); default: the fox n02118333 (ILSVRC), cub200, the first "
                              "category otherwise, all of them with --multiclass")
-    parser.add_argument("--models", nargs="+", default=["vgg-vd-16"], metavar="M",
+    parser.add_argument("--models", nargs="+", default=["vgg-vd-16"], metavar="M", choices=list(MODELS),
                         help=f"networks: {', '.join(MODELS)} (default vgg-vd-16)")
     parser.add_argument("--cnn", nargs="+", default=list(CNN_KINDS), choices=list(CNN_KINDS),
                         help="which CNNs: the ordinary CNN (plain conv layers) and/or the interpretable "
@@ -558,20 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one CNN for all the categories (learn_icnn_multiclass.m) instead of one per category")
     parser.add_argument("--loss", choices=["logistic", "softmaxlog"], default="logistic",
                         help="loss of a multi-class CNN (default logistic)")
-    parser.add_argument("--dropout", type=float, default=0.8, help="dropout rate (demo.m: 0.8)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--dropout", type=dropout_rate, default=0.8, help="dropout rate, 0 <= rate < 1 (demo.m: 0.8)")
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help="epochs (default: trainOpts.numEpochs, 50; 80 multi-class); the learning-rate "
                              "schedule is the original's cut to this length")
-    parser.add_argument("--batch-size", type=int, default=None, help="override trainOpts.batchSize")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (weights, batch order, dropout)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
-    parser.add_argument("--allow-tf32", action="store_true", help="let CUDA convolutions and matrix products use TF32 (faster on Ampere and later GPUs; the numbers are then no longer MATLAB's IEEE float32 ones, up to 1.6e-3 apart (relative) on an H100). Default: off")
-    parser.add_argument("--out", default="output/paper", help="output folder (default output/paper)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="override trainOpts.batchSize")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (weights, batch order, dropout)")
+    add_common(parser)
+    add_out(parser, "output/paper", "output folder (default output/paper)")
     parser.add_argument("--results", default=None,
                         help="results file, .json (default OUT/results.json; the .csv is written beside it)")
-    parser.add_argument("--data-root", default=None,
-                        help="datasets folder (default $ICNN_DATA_ROOT or output/data); ../shared/data's "
-                             "layout (truth files under original/) is recognised")
+    add_data_root(parser, help="datasets folder (default $ICNN_DATA_ROOT, else OUT/data); ../shared/data's "
+                               "layout (truth files under original/) is recognised")
     parser.add_argument("--truth-dir", default=None, help="folder of <category>/truth_partNN.mat (override)")
     parser.add_argument("--neg-dir", default=None, help="folder of the 1000 negatives (override)")
     parser.add_argument("--image-dir", default=None, help="conf.data.imgdir (override)")
@@ -600,14 +602,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the table of every run in the results file; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
-
-
-def _resolve_device(device: str | None) -> str:
-    from .device import choose_device
-    try:
-        return choose_device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise RunnerError(str(exc)) from exc
 
 
 def _command(argv: Sequence[str] | None) -> str:
@@ -705,47 +699,38 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m reproduce.paper`: plan the grid, run what is missing, print the tables."""
+    """`python -m reproduce.paper`: plan the grid, run what is missing, print the tables. Options are
+    checked as they are parsed; errors are one or two lines (reproduce.cli.run_cli)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from .losses import single_class_loss_error
     if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
         parser.error(problem)
-    from .device import set_tf32
-    set_tf32(args.allow_tf32)
-    try:
-        store = ResultsStore(args.results or Path(args.out) / "results.json")
-        if args.table:
-            records = store.load()
-            _say(format_runs(records) + "\n\n" + format_comparison(comparison_rows(records)))
-            return 0
-        args.device = _resolve_device(args.device)
-        runs = plan_grid(args)
-        if args.dry_run:
-            done = store.finished()
-            for e in runs:
-                state = "done" if e.run_id in done and not args.force else "to run"
-                _say(f"{state:7s} {e.run_id}   ({e.exp_dir})")
-            from .paper_numbers import format_rows, rows_for
-            for dataset, model, scope, first in dict.fromkeys((e.dataset, e.model, e.scope, e.categories[0])
-                                                              for e in runs):
-                _say(f"{dataset} {model} {scope} ({first}): " + format_rows(rows_for(dataset, model, first, scope)))
-            return 0
-        _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}")
-        records, failed = run_grid(args, runs, store, _command(argv))
-    except KeyboardInterrupt:
-        print("\nreproduce.paper: interrupted; run the same command again to resume (finished runs are kept, the "
-              "run in progress resumes from its last epoch checkpoint).", file=sys.stderr)
-        return 130
-    except RunnerError as exc:
-        print(f"reproduce.paper: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from data_prep.setup import MissingDataError
-        if isinstance(exc, MissingDataError):
-            print(f"reproduce.paper: the data is not all here.\n{exc}", file=sys.stderr)
-            return 3
-        raise
+    return run_cli("reproduce.paper", lambda: _run(args, argv), debug=args.debug,
+                   interrupted="run the same command again to resume (finished runs are kept, the run in "
+                               "progress resumes from its last epoch checkpoint).")
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    store = ResultsStore(args.results or Path(args.out) / "results.json")
+    if args.table:
+        records = store.load()
+        _say(format_runs(records) + "\n\n" + format_comparison(comparison_rows(records)))
+        return 0
+    args.device = start_device(args)
+    runs = plan_grid(args)
+    if args.dry_run:
+        done = store.finished()
+        for e in runs:
+            state = "done" if e.run_id in done and not args.force else "to run"
+            _say(f"{state:7s} {e.run_id}   ({e.exp_dir})")
+        from .paper_numbers import format_rows, rows_for
+        for dataset, model, scope, first in dict.fromkeys((e.dataset, e.model, e.scope, e.categories[0])
+                                                          for e in runs):
+            _say(f"{dataset} {model} {scope} ({first}): " + format_rows(rows_for(dataset, model, first, scope)))
+        return 0
+    _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}")
+    records, failed = run_grid(args, runs, store, _command(argv))
     _say("\n" + format_runs(records) + "\n\n" + format_comparison(comparison_rows(records)))
     if failed:
         _say(f"\n{len(failed)} run(s) failed: {', '.join(failed)}")

@@ -67,7 +67,8 @@ import numpy as np
 import torch
 
 from . import checkpoints as ckpt
-from .device import resolve_device, set_tf32
+from .cli import add_common, add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
+from .device import resolve_device
 
 __all__ = [
     "SLICE_MAG_FILL_COLUMN1", "SLICE_MAG_FILL_OWN_COLUMN", "BatchInfo", "TrainData", "TrainSettings",
@@ -784,21 +785,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", default="auto",
                         help="the MatConvNet ImageNet model file the trunk comes from; 'auto' (default): the "
                              "model's file under --models-root, downloaded when missing; 'none': random trunk")
-    parser.add_argument("--dropout", type=float, default=0.8, help="dropout rate (demo.m's default 0.8)")
+    parser.add_argument("--dropout", type=dropout_rate, default=0.8,
+                        help="dropout rate, 0 <= rate < 1 (demo.m's default 0.8)")
     parser.add_argument("--loss", default="ourloss_logistic", choices=["ourloss_logistic", "ourloss_softmaxlog"],
                         help="loss of a multi-class net (learn_icnn_multiclass.m's lossType; default logistic)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help="number of epochs (default: network_init's trainOpts.numEpochs: 50, multi-class 80)")
-    parser.add_argument("--batch-size", type=int, default=None, help="override trainOpts.batchSize")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--allow-tf32", action="store_true", help="let CUDA convolutions and matrix products use TF32 (faster on Ampere and later GPUs; the numbers are then no longer MATLAB's IEEE float32 ones, up to 1.6e-3 apart (relative) on an H100). Default: off")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="override trainOpts.batchSize")
+    add_common(parser)
     parser.add_argument("--out", required=True, help="output folder (as demo.py's): OUT/mat/<name>/ gets the "
                                                      "checkpoints, the plots and the imdb cache")
-    parser.add_argument("--data-root", default=None, help="datasets folder (default: data_prep's default)")
+    add_data_root(parser)
     parser.add_argument("--models-root", default=None, help="folder of the MatConvNet ImageNet models "
                                                            "(default: data_prep's default)")
     parser.add_argument("--offline", action="store_true", help="download nothing; fail naming what is missing")
-    parser.add_argument("--seed", type=int, default=0, help="opts.randomSeed: epoch e is seeded with e + seed")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="opts.randomSeed: epoch e is seeded with e + seed")
     parser.add_argument("--save-mat", action="store_true", help="also write MATLAB net-epoch-N.mat checkpoints")
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="sliceMag update: fill zero means from the class's own column instead of column 1 "
@@ -809,30 +811,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.train`: learn_icnn.m / learn_icnn_multiclass.m through
-    reproduce.pipeline (data, network_init, imdb, train); prints the last epoch's val statistics."""
-    from .pipeline import Experiment, learn
+    reproduce.pipeline (data, network_init, imdb, train); prints the last epoch's val statistics.
+    Options are checked as they are parsed; errors are one or two lines (reproduce.cli.run_cli)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from .losses import single_class_loss_error
     if (problem := single_class_loss_error(args.loss, len(args.category) > 1,
                                            "several --category values")) is not None:
         parser.error(problem)
-    set_tf32(args.allow_tf32)
-    try:
-        resolve_device(args.device)
-        exp = Experiment(dataset=args.dataset, categories=args.category, model=args.model, dropout=args.dropout,
-                         loss=args.loss, out=Path(args.out),
-                         data_root=Path(args.data_root) if args.data_root else None,
-                         models_root=Path(args.models_root) if args.models_root else None,
-                         pretrained=args.pretrained, offline=args.offline, device=args.device, seed=args.seed,
-                         epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
-                         fix_slicemag_quirk=args.fix_slicemag_quirk, progress=not args.no_progress)
-        net, stats, _, _ = learn(exp)
-    except KeyboardInterrupt:
-        return 130
-    except (RuntimeError, ValueError, OSError) as exc:  # CheckpointError is a RuntimeError
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_cli("reproduce.train", lambda: _run(args), debug=args.debug,
+                   interrupted="run the same command again to resume from the last checkpoint.")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from data_prep.setup import default_data_root
+
+    from .pipeline import Experiment, learn
+    device = start_device(args)
+    out = Path(args.out)
+    exp = Experiment(dataset=args.dataset, categories=args.category, model=args.model, dropout=args.dropout,
+                     loss=args.loss, out=out,
+                     data_root=Path(args.data_root) if args.data_root else default_data_root(out),
+                     models_root=Path(args.models_root) if args.models_root else None,
+                     pretrained=args.pretrained, offline=args.offline, device=device, seed=args.seed,
+                     epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
+                     fix_slicemag_quirk=args.fix_slicemag_quirk, progress=not args.no_progress)
+    net, stats, _, _ = learn(exp)
     last = stats["val"][-1] if stats["val"] else {}
     print(" ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("num", "time")))
     return 0

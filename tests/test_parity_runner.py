@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from legacy_compat import MatStruct, cell
+from legacy_compat import MatStruct, cell, parity
 from legacy_compat.parity import Adapter, compare, compare_arrays, matlab_shape, run_case
 
 from conftest import PROJECT_ROOT
@@ -88,15 +88,47 @@ def test_every_golden_case_passes(golden_dir):
     assert last.endswith(" 0 failed")
 
 
-def test_cli_refuses_a_device_it_cannot_use(tmp_path):
+def test_cli_refuses_a_device_it_cannot_use(tmp_path, capsys, monkeypatch):
     import torch
-    bad = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(tmp_path), "--device", "gpu"],
-                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--device gpu: not a torch device" in bad.stderr
-    if not torch.cuda.is_available():
-        no_gpu = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(tmp_path), "--device", "cuda"],
-                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-        assert no_gpu.returncode == 2 and "PyTorch sees no CUDA GPU" in no_gpu.stderr
+    with pytest.raises(SystemExit) as info:                     # refused when parsed
+        parity.main([str(tmp_path), "--device", "gpu"])
+    assert info.value.code == 2 and "'gpu': use cpu, cuda or cuda:N" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert parity.main([str(tmp_path), "--device", "cuda"]) == 2
+    assert "PyTorch sees no CUDA GPU" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ cases that check nothing or cannot be read
+@pytest.fixture
+def echo_adapter():
+    """A registered port that returns its inputs: a case whose outputs equal its inputs passes."""
+    parity.register("testEcho18")(lambda inputs, ctx: {k: v for k, v in inputs.items()})
+    yield "testEcho18"
+    parity._REGISTRY.pop("testEcho18", None)
+
+
+def test_a_case_whose_outputs_are_empty_fails(tmp_path, echo_adapter):
+    import scipy.io
+    path = tmp_path / "empty.mat"
+    scipy.io.savemat(path, {"case_fn": echo_adapter, "inputs": {"x": 1.0}, "outputs": {}})
+    res = run_case(path)
+    assert not res.passed and "compares nothing" in res.problems[0]
+    scipy.io.savemat(path, {"case_fn": echo_adapter, "inputs": {"x": 1.0}, "outputs": {"x": 1.0}})
+    assert run_case(path).passed                                  # the same case with an output passes
+
+
+def test_a_bad_file_fails_alone_and_the_other_cases_still_run(tmp_path, echo_adapter, capsys):
+    import scipy.io
+    scipy.io.savemat(tmp_path / "a_no_outputs.mat", {"case_fn": echo_adapter, "inputs": {"x": 1.0}})
+    (tmp_path / "b_png.mat").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    (tmp_path / "c_empty.mat").write_bytes(b"")
+    scipy.io.savemat(tmp_path / "d_no_case_fn.mat", {"inputs": {"x": 1.0}, "outputs": {"x": 1.0}})
+    scipy.io.savemat(tmp_path / "e_good.mat", {"case_fn": echo_adapter, "inputs": {"x": 2.0}, "outputs": {"x": 2.0}})
+    assert parity.main([str(tmp_path), "--device", "cpu"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines[:-1]] == ["FAIL", "FAIL", "FAIL", "FAIL", "PASS"]
+    assert "no 'outputs' variable" in lines[0] and "b_png.mat" in lines[1] and "no 'case_fn'" in lines[3]
+    assert lines[-1] == "1 passed, 4 failed"
 
 
 @pytest.mark.slow

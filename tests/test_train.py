@@ -450,7 +450,7 @@ def test_cli_trains_and_resumes_through_the_seams(tiny, tmp_path, monkeypatch, c
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
 def test_cli_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
     code = tr.main(["--dataset", "toy", "--category", "toy01", "--device", "cuda", "--out", str(tmp_path)])
-    assert code == 1
+    assert code == 2                                  # refused before any work
     assert "no CUDA GPU" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
