@@ -92,6 +92,7 @@ class FilterLossContext:
     labels: torch.Tensor
     epoch: int
     density: torch.Tensor | None = None
+    whole_batch: Any = None     # several ranks, whole-batch filter loss: reproduce.distributed.WholeBatch
 
     def labels_2d(self, batch: int, where: str = "conv_mask") -> torch.Tensor:
         """The labels as N x L, checked against the batch size."""
@@ -448,7 +449,9 @@ class _ConvMaskFunction(torch.autograd.Function):
         if gx is not None:
             gx.mul_(mask.clamp_min(0))
         if st.context is not None and (need_x or need_beta):
-            coef_pos, coef_neg, dbeta = filter_loss_gradients(
+            loss_fn = filter_loss_gradients if st.context.whole_batch is None else \
+                st.context.whole_batch.wrap(filter_loss_gradients)
+            coef_pos, coef_neg, dbeta = loss_fn(
                 x, mask, strength, sqrtvar, beta, st.filter_type, st.slice_mag, st.labels,
                 st.context.epoch, st.context.density, st.mag, st.all_inf_fallback, st.name, x_mean=x_mean)
             if gx is not None:

@@ -297,8 +297,9 @@ def _layer0(info: Any) -> int:
 
 # ====================================================================== sliceMag
 @torch.no_grad()
-def update_slice_mag(layer: Any, layer_input: torch.Tensor, positives: torch.Tensor,
-                     fill: str = SLICE_MAG_FILL_COLUMN1) -> None:
+def update_slice_mag(layer: Any, layer_input: torch.Tensor | None, positives: torch.Tensor,
+                     fill: str = SLICE_MAG_FILL_COLUMN1,
+                     reduce: Callable[[torch.Tensor], Any] | None = None) -> None:
     """The sliceMag update of our_cnn_train.m for one conv_mask layer, after a training step.
 
     `layer_input` is the layer's input of that batch's forward (``res(lay).x``,
@@ -316,24 +317,43 @@ def update_slice_mag(layer: Any, layer_input: torch.Tensor, positives: torch.Ten
     (after column 1 was updated in the same batch). That is the default
     (`SLICE_MAG_FILL_COLUMN1`); `SLICE_MAG_FILL_OWN_COLUMN` reads the class's
     own column instead.
+
+    `reduce` (several ranks with ``sync_slice_mag``, reproduce.distributed): the per-class sums
+    of the maxima over the positives and the positive counts are summed over the ranks by
+    ``reduce(tensor)`` (in place) before the means are taken, so that every rank computes the
+    update of the whole batch; `layer_input` may then be None (a rank without images).
     """
     if fill not in (SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN):
         raise ValueError(f"slice_mag_fill must be {SLICE_MAG_FILL_COLUMN1!r} or {SLICE_MAG_FILL_OWN_COLUMN!r}, "
                          f"got {fill!r}")
-    depth, num_labels = int(layer_input.shape[1]), int(positives.shape[1])
+    depth = int(layer_input.shape[1]) if layer_input is not None else int(layer.in_channels)
+    num_labels = int(positives.shape[1])
+    device = layer_input.device if layer_input is not None else positives.device
     current = layer.slice_mag
     if current is None or current.numel() == 0:
-        slice_mag = torch.zeros(depth, num_labels, dtype=torch.float32, device=layer_input.device)
+        slice_mag = torch.zeros(depth, num_labels, dtype=torch.float32, device=device)
     else:
-        slice_mag = current.detach().to(device=layer_input.device, dtype=torch.float32).clone()
-    maxima = layer_input.detach().amax(dim=(2, 3))  # N x D: max over H and W of each map
-    pos_counts = positives.sum(dim=0).tolist()
+        slice_mag = current.detach().to(device=device, dtype=torch.float32).clone()
+    if reduce is None:
+        maxima = layer_input.detach().amax(dim=(2, 3))  # N x D: max over H and W of each map
+        pos_counts = positives.sum(dim=0).tolist()
+
+        def class_mean(lab: int) -> torch.Tensor:
+            return maxima[positives[:, lab]].mean(dim=0)
+    else:
+        sums, counts = _class_sums(layer_input, positives, depth, device)
+        reduce(sums)
+        reduce(counts)
+        pos_counts = counts.tolist()
+
+        def class_mean(lab: int) -> torch.Tensor:
+            return sums[lab] / counts[lab]
     first_time = (slice_mag.to(torch.float64).sum(dim=0) == 0).tolist()
     floor = torch.tensor(SLICE_MAG_FLOOR, dtype=torch.float32, device=slice_mag.device)
     for lab in range(num_labels):
         if pos_counts[lab] == 0:
             continue
-        meantmp = maxima[positives[:, lab]].mean(dim=0)
+        meantmp = class_mean(lab)
         if first_time[lab]:
             slice_mag[:, lab] = torch.fmax(meantmp, floor)  # fmax ignores NaN like MATLAB's max
         else:
@@ -343,12 +363,26 @@ def update_slice_mag(layer: Any, layer_input: torch.Tensor, positives: torch.Ten
     layer.slice_mag = slice_mag
 
 
-def update_slice_mags(net: Any, res: Sequence[torch.Tensor], labels: torch.Tensor,
-                      fill: str = SLICE_MAG_FILL_COLUMN1) -> None:
-    """`update_slice_mag` for every conv_mask layer of `net`, with the inputs `res` of the batch."""
+def _class_sums(layer_input: torch.Tensor | None, positives: torch.Tensor, depth: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L x D sums over each class's positives of each map's maximum, (L,) positive counts), float32."""
+    num_labels = int(positives.shape[1])
+    if layer_input is None or layer_input.shape[0] == 0:
+        return (torch.zeros(num_labels, depth, dtype=torch.float32, device=device),
+                torch.zeros(num_labels, dtype=torch.float32, device=device))
+    maxima = layer_input.detach().amax(dim=(2, 3)).to(torch.float32)
+    pos = positives.to(device=device, dtype=torch.float32)
+    return pos.t() @ maxima, pos.sum(dim=0)
+
+
+def update_slice_mags(net: Any, res: Sequence[torch.Tensor] | None, labels: torch.Tensor,
+                      fill: str = SLICE_MAG_FILL_COLUMN1,
+                      reduce: Callable[[torch.Tensor], Any] | None = None) -> None:
+    """`update_slice_mag` for every conv_mask layer of `net`, with the inputs `res` of the batch
+    (None: a rank without images, with `reduce`)."""
     positives = labels == 1
     for index, layer in net.conv_mask_layers():
-        update_slice_mag(layer, res[index], positives, fill)
+        update_slice_mag(layer, None if res is None else res[index], positives, fill, reduce)
 
 
 # ====================================================================== statistics
@@ -440,6 +474,11 @@ class _Run:
     meta: Any
     density: torch.Tensor | None
     error_name: str
+    dp: Any = None              # reproduce.distributed.DataParallel when several ranks train together
+
+    @property
+    def is_main(self) -> bool:
+        return self.dp is None or self.dp.is_main
 
 
 # ====================================================================== one phase of an epoch
@@ -456,6 +495,7 @@ class _EpochSetup:
     slice_mag_fill: str
     progress: bool
     on_batch: Callable[[BatchInfo], None] | None
+    dp: Any = None
 
 
 def _make_context(labels: torch.Tensor, epoch: int, density: torch.Tensor | None):
@@ -463,26 +503,42 @@ def _make_context(labels: torch.Tensor, epoch: int, density: torch.Tensor | None
     return FilterLossContext(labels=labels, epoch=epoch, density=density)
 
 
-def _batch_step(setup: _EpochSetup, idx: np.ndarray, training: bool) -> tuple[float, float, torch.Tensor]:
+def _batch_step(setup: _EpochSetup, idx: np.ndarray, training: bool) -> tuple[float, float, torch.Tensor, np.ndarray]:
     """One batch of processEpoch: forward (and, training, backward, the SGD step, sliceMag).
 
-    Returns (summed loss, summed errors, labels)."""
-    net = setup.net
-    x = setup.data.images(idx, setup.device)
-    labels = setup.data.labels[torch.from_numpy(idx)].to(setup.device)
-    context = _make_context(labels, setup.epoch, setup.density)
+    With several ranks (`setup.dp`) this rank takes its share of the batch, the gradients are
+    summed over the ranks and the step divides by the whole batch size (accumulateGradients;
+    see reproduce.distributed). Returns (summed loss, summed errors, labels, indices) of the
+    images this process ran."""
+    net, dp = setup.net, setup.dp
+    share = idx if dp is None else dp.share(idx)
+    labels = setup.data.labels[torch.from_numpy(np.asarray(share, dtype=np.int64))].to(setup.device)
+    loss, errors, res = 0.0, 0.0, None
     if training:
         net.zero_grad(set_to_none=True)
-        res = net.run(x, context=context)
-        loss = res[-1].sum()
-        loss.backward()
-        setup.sgd.step(setup.learning_rate, batch_size=len(idx))
-        update_slice_mags(net, res, labels, setup.slice_mag_fill)
-    else:
-        with torch.no_grad():
+    if len(share) > 0:
+        context = _make_context(labels, setup.epoch, setup.density)
+        if training and dp is not None and dp.whole_batch_filter_loss:
+            from .distributed import WholeBatch
+            context.whole_batch = WholeBatch(dp, len(idx))
+        x = setup.data.images(share, setup.device)
+        with torch.set_grad_enabled(training):
             res = net.run(x, context=context)
-            loss = res[-1].sum()
-    return float(loss.detach().to(torch.float64)), batch_errors(res[-2], labels, setup.error_name), labels
+            loss_t = res[-1].sum()
+            if training:
+                loss_t.backward()
+        loss, errors = float(loss_t.detach().to(torch.float64)), batch_errors(res[-2], labels, setup.error_name)
+    elif training and dp.whole_batch_filter_loss:
+        from .distributed import WholeBatch
+        WholeBatch(dp, len(idx)).participate(net, setup.data.num_classes)
+    if training:
+        if dp is not None:
+            dp.sum_gradients([info.param for info in setup.sgd.params])
+        setup.sgd.step(setup.learning_rate, batch_size=len(idx))
+        if res is not None or (dp is not None and dp.sync_slice_mag):
+            reduce = dp.all_reduce_ if dp is not None and dp.sync_slice_mag else None
+            update_slice_mags(net, res, labels, setup.slice_mag_fill, reduce)
+    return loss, errors, labels, share
 
 
 class _PhaseClock:
@@ -526,16 +582,28 @@ def _process_phase(setup: _EpochSetup, mode: str, batches: list[np.ndarray]) -> 
                disable=not setup.progress, leave=True, dynamic_ncols=True)
     try:
         for k, idx in enumerate(batches):
-            loss, errors, labels = _batch_step(setup, idx, training)
-            stats = clock.add(k, loss, errors, len(idx))
+            loss, errors, labels, share = _batch_step(setup, idx, training)
+            stats = clock.add(k, loss, errors, len(share))
             if setup.progress:
                 bar.set_postfix_str(clock.speed_text(), refresh=False)
                 bar.update(1)
             if setup.on_batch is not None:
-                setup.on_batch(BatchInfo(setup.epoch, mode, k, len(batches), idx, labels, dict(stats)))
+                setup.on_batch(BatchInfo(setup.epoch, mode, k, len(batches), share, labels, dict(stats)))
     finally:
         bar.close()
-    return clock.stats
+    return clock.stats if setup.dp is None else _stats_over_ranks(setup.dp, clock)
+
+
+def _stats_over_ranks(dp: Any, clock: _PhaseClock) -> dict[str, float]:
+    """accumulateStats (our_cnn_train.m): every field but num averaged over the ranks, weighted by
+    their image counts; num summed. The loss and error sums are added in float64."""
+    num = clock.num
+    t = torch.tensor([clock.loss_sum, clock.err_sum, float(num), clock.stats["time"] * num], dtype=torch.float64)
+    t = t.to(dp.device)
+    dp.all_reduce_(t, "accumulating the epoch statistics (accumulateStats)")
+    loss_sum, err_sum, total, time_sum = t.cpu().tolist()
+    elapsed = time_sum / total if total > 0 else clock.stats["time"]
+    return _phase_stats(loss_sum, err_sum, int(total), elapsed, clock.error_name)
 
 
 # ====================================================================== train
@@ -631,8 +699,9 @@ def _prepare(net: Any, imdb: Any, opts: Any, exp_dir: Path, s: TrainSettings) ->
     learning_rate_for_epoch(schedule, 1)  # checks that it is not empty
     replay = replayed_batches(s.batch_order, data, batch_size, num_epochs) if s.batch_order is not None else None
     density = label_density(data.labels)
+    from .distributed import active
     return _Run(settings=s, exp_dir=exp_dir, device=dev, data=data, batch_size=batch_size, num_epochs=num_epochs,
-                schedule=schedule, replay=replay,
+                schedule=schedule, dp=active(), replay=replay,
                 options=_options_record(opts, s.seed, s.slice_mag_fill, replay is not None),
                 meta=_storable_meta(s.meta if s.meta is not None else getattr(net, "meta", None)),
                 density=None if density is None else density.to(dev),
@@ -640,7 +709,50 @@ def _prepare(net: Any, imdb: Any, opts: Any, exp_dir: Path, s: TrainSettings) ->
 
 
 def _resume(net: Any, run: _Run, opts: Any) -> tuple[Any, MatConvNetSGD, dict, int]:
-    """findLastCheckpoint / loadState: (net, solver, stats so far, last complete epoch)."""
+    """findLastCheckpoint / loadState: (net, solver, stats so far, last complete epoch).
+
+    With several ranks, rank 0 reads the checkpoint and the others take its state
+    (`_start_from_rank0`): every rank starts from the same weights, momentum and statistics."""
+    if run.dp is None:
+        return _resume_here(net, run, opts)
+    if not run.dp.is_main:
+        return _start_from_rank0(net, _new_solver(net, opts), run, None)
+    try:
+        net, sgd, stats, start = _resume_here(net, run, opts)
+    except Exception as exc:
+        _start_from_rank0(net, None, run, {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    return _start_from_rank0(net, sgd, run, {"start": start, "stats": stats})
+
+
+def _new_solver(net: Any, opts: Any) -> MatConvNetSGD:
+    return MatConvNetSGD(net.matconvnet_params(), momentum=_opt(opts, "momentum", 0.9),
+                         weight_decay=_opt(opts, "weight_decay", 5e-4))
+
+
+def _start_from_rank0(net: Any, sgd: MatConvNetSGD | None, run: _Run, info: dict | None) -> tuple:
+    """Rank 0's starting point (weights, buffers, momentum, statistics, epoch) on every rank."""
+    dp = run.dp
+    if dp.is_main and "error" not in info:
+        cpu = [[None if m is None else m.detach().cpu() for m in layer]
+               for layer in sgd.momentum_by_layer(_weights_per_layer(net))]
+        info = dict(info, state={k: v.detach().cpu() for k, v in net.state_dict().items()}, momentum=cpu,
+                    meta=run.meta)
+    info = dp.broadcast_object(info, "receiving rank 0's starting point (resume)")
+    if "error" in info:
+        if dp.is_main:
+            return None
+        from .distributed import DistributedError
+        raise DistributedError(f"rank {dp.rank}: rank 0 could not start training: {info['error']}")
+    if not dp.is_main:
+        net.load_state_dict(info["state"], strict=True)
+        net = net.to(run.device)
+        sgd.load_momentum(info["momentum"])
+        run.meta = info["meta"]
+    return net, sgd, info["stats"], int(info["start"])
+
+
+def _resume_here(net: Any, run: _Run, opts: Any) -> tuple[Any, MatConvNetSGD, dict, int]:
     stats: dict[str, list[dict[str, float]]] = {"train": [], "val": []}
     momentum_state = None
     start = ckpt.last_checkpoint_epoch(run.exp_dir)
@@ -657,8 +769,7 @@ def _resume(net: Any, run: _Run, opts: Any) -> tuple[Any, MatConvNetSGD, dict, i
         if state.meta is not None and run.meta is None:
             run.meta = state.meta
         _say(run.settings.progress, f"train: resuming by loading epoch {start} ({state.source.name})")
-    sgd = MatConvNetSGD(net.matconvnet_params(), momentum=_opt(opts, "momentum", 0.9),
-                        weight_decay=_opt(opts, "weight_decay", 5e-4))
+    sgd = _new_solver(net, opts)
     if momentum_state is not None:
         sgd.load_momentum(momentum_state)
     return net, sgd, stats, start
@@ -667,6 +778,8 @@ def _resume(net: Any, run: _Run, opts: Any) -> tuple[Any, MatConvNetSGD, dict, i
 def _epoch_batches(run: _Run, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The epoch's seeding and shuffling, then its training and validation batches (or the replayed ones)."""
     train_order, val_order = epoch_orders(run.data.train_idx, run.data.val_idx, epoch, run.settings.seed)
+    if run.dp is not None and run.dp.rank > 0:  # dropout masks of its own on every other rank
+        torch.manual_seed(epoch + run.settings.seed + run.dp.rank * 2**32)
     if run.replay is not None:
         return run.replay[epoch - 1]
     return split_into_batches(train_order, run.batch_size), split_into_batches(val_order, run.batch_size)
@@ -678,12 +791,14 @@ def _run_epoch(net: Any, sgd: MatConvNetSGD, run: _Run, epoch: int) -> tuple[dic
     lr = learning_rate_for_epoch(run.schedule, epoch)
     train_batches, val_batches = _epoch_batches(run, epoch)
     setup = _EpochSetup(net, run.data, epoch, lr, sgd, run.density, run.device, run.error_name, s.slice_mag_fill,
-                        s.progress, s.on_batch)
+                        s.progress and run.is_main, s.on_batch, run.dp)
     return _process_phase(setup, "train", train_batches), _process_phase(setup, "val", val_batches), lr
 
 
 def _save_epoch(net: Any, sgd: MatConvNetSGD, run: _Run, stats: dict, epoch: int) -> None:
-    """saveState / saveStats: the epoch's checkpoint(s), then the plots."""
+    """saveState / saveStats: the epoch's checkpoint(s), then the plots (rank 0 alone, as worker 1)."""
+    if not run.is_main:
+        return
     s = run.settings
     state = _training_state(net, sgd, stats, epoch, run.options, run.meta)
     if s.save_mat:
@@ -732,8 +847,9 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
     s = _settings_from(settings, overrides)
     exp_dir = Path(exp_dir)
     run = _prepare(net, imdb, opts, exp_dir, s)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temporaries(exp_dir)
+    if run.is_main:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(exp_dir)
     net, sgd, stats, start = _resume(net.to(run.device), run, opts)
     epoch = start
     from .interrupt import Terminated, sigterm_as_interrupt
@@ -744,11 +860,13 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
             stats["train"].append(train_stats)
             stats["val"].append(val_stats)
             _save_epoch(net, sgd, run, stats, epoch)
-            _say(s.progress, f"epoch {epoch:02d} (lr {lr:.3g}): train {_format_stats(train_stats)} | "
+            _say(s.progress and run.is_main, f"epoch {epoch:02d} (lr {lr:.3g}): train {_format_stats(train_stats)} | "
                              f"val {_format_stats(val_stats)}")
             if s.on_epoch is not None:
                 s.on_epoch(epoch, stats)
     except KeyboardInterrupt as exc:
+        if not run.is_main:
+            raise
         done = ckpt.last_checkpoint_epoch(exp_dir)
         how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
         _say(True, f"train: {how} during epoch {epoch}; checkpoints up to epoch {done} are complete in "
