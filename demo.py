@@ -3,6 +3,7 @@
     python demo.py --quick          # offline: toy dataset, tiny net, CPU, a few minutes
     python demo.py                  # demo.m's defaults: ILSVRC part fox, vgg-vd-16, dropout 0.8
     python demo.py --help           # every option
+    torchrun --standalone --nproc_per_node 2 demo.py --quick    # 2 processes (GPUs), one result line
 
 demo.m's settings are the options (dataset, category, model, dropout rate,
 multi-class with its loss) with demo.m's values as defaults; its steps are the
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
     add_debug(parser)
+    from reproduce.distributed import add_arguments
+    add_arguments(parser)
     # hidden, for tests and smoke runs: a smaller toy dataset (N positives per category and N negatives)
     parser.add_argument("--toy-images", type=positive_int, default=None, metavar="N", help=argparse.SUPPRESS)
     return parser
@@ -274,6 +277,19 @@ def stage(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+def _join_ranks(args: argparse.Namespace, device: str) -> str:
+    """Under torchrun: join the other ranks (reproduce.distributed); this rank's device. Ranks other
+    than 0 print nothing on stdout (errors still go to stderr), so every line appears once."""
+    from reproduce import distributed as dd
+    try:
+        dp, device = dd.start_from_args(args, device)
+    except dd.DistributedError as exc:
+        raise DemoError(str(exc)) from None
+    if dp is not None and not dp.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     """demo.m: the options checked as they are parsed, then `run` through `run_cli` (an error is
     one or two lines and exit status 2, 1 or 3; a traceback only with --debug)."""
@@ -283,8 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
         parser.error(problem)
     check_combinations(parser, args)
-    return run_cli("demo", lambda: run(args), debug=args.debug,
-                   interrupted="run the same command again to resume from the last checkpoint.")
+    from reproduce.distributed import shutdown
+    try:
+        return run_cli("demo", lambda: run(args), debug=args.debug,
+                       interrupted="run the same command again to resume from the last checkpoint.")
+    finally:
+        shutdown()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -292,7 +312,10 @@ def run(args: argparse.Namespace) -> int:
     set_tf32(args.allow_tf32)
     start = time.perf_counter()
     settings = resolve_settings(args)
+    settings["device"] = _join_ranks(args, settings["device"])
     exp = experiment(settings, args)
+    from reproduce.distributed import is_main
+    exp.progress = is_main()
     check_output_folder(exp.out, estimate_bytes(settings, args.baseline) if args.net is None else 10**6)
     print(f"demo: dataset {exp.dataset}, {'categories' if exp.multiclass else 'category'} "
           f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}"

@@ -49,6 +49,8 @@ caches is bounded by ``ICNN_DIST_WAIT_S`` (default 7200 s).
 """
 from __future__ import annotations
 
+import argparse
+import fcntl
 import os
 import signal
 from contextlib import contextmanager
@@ -62,7 +64,8 @@ import torch.distributed as dist
 
 __all__ = ["DataParallel", "DistributedError", "WholeBatch", "init_data_parallel", "init_from_environment",
            "launched_by_torchrun", "active", "is_main", "shutdown", "rank_zero_first", "share_indices",
-           "gather_over_ranks", "claimed_runs", "DEFAULT_TIMEOUT_S"]
+           "gather_over_ranks", "claimed_runs", "store_counter", "init_scheduler", "add_arguments",
+           "start_from_args", "rank_device", "file_lock", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 600.0          # a collective not joined by every rank in this time fails
 WAIT_ENV = "ICNN_DIST_WAIT_S"      # how long ranks wait for rank 0's caches (seconds)
@@ -251,6 +254,68 @@ def shutdown() -> None:
     _STATE["dp"] = None
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank_device(device: str, local_rank: int) -> str:
+    """This rank's device: cuda -> cuda:LOCAL_RANK (one GPU per process); cpu stays cpu."""
+    if device.startswith("cuda") and ":" not in device:
+        return f"cuda:{local_rank}"
+    return device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command lines' options for runs started by torchrun (several GPUs or machines)."""
+    group = parser.add_argument_group(
+        "several GPUs / machines (start the command with torchrun --nproc_per_node K ...; README)")
+    group.add_argument("--sync-slicemag", action="store_true",
+                       help="keep sliceMag equal on every rank (the update reads the whole batch, all-reduced) "
+                            "instead of the original's per-worker sliceMag")
+    group.add_argument("--whole-batch-filter-loss", action="store_true",
+                       help="compute the conv_mask filter loss over the whole batch (the per-image statistics "
+                            "gathered from every rank) instead of the original's per-worker share; with "
+                            "--sync-slicemag, K ranks give the numbers of one process")
+    group.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                       help=f"seconds a rank waits for the others in a collective before it stops with an error "
+                            f"(default {DEFAULT_TIMEOUT_S:g})")
+
+
+def start_from_args(args: argparse.Namespace, device: str) -> tuple[DataParallel | None, str]:
+    """Under torchrun: join the group with the options of `add_arguments`; returns (the
+    DataParallel or None, this rank's device). Outside torchrun the options must be unset."""
+    if not launched_by_torchrun():
+        if args.sync_slicemag or args.whole_batch_filter_loss:
+            raise DistributedError("--sync-slicemag and --whole-batch-filter-loss are for runs on several ranks: "
+                                   "start the command with torchrun --nproc_per_node K ...")
+        return None, device
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    dev = rank_device(device, local)
+    dp = init_data_parallel(dev, timeout_s=args.dist_timeout, sync_slice_mag=args.sync_slicemag,
+                            whole_batch_filter_loss=args.whole_batch_filter_loss)
+    return dp, str(dp.device)
+
+
+def init_scheduler(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int, int]:
+    """Under torchrun, a gloo group for coordination only (no data-parallel training): reproduce.paper
+    deals its runs out over the ranks. Returns (rank, world size, local rank)."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo", init_method="env://", timeout=timedelta(seconds=float(timeout_s)))
+    _sigterm_as_interrupt()
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+@contextmanager
+def file_lock(path: os.PathLike | str) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl) on `path`, held for the block: processes that build the
+    same cache (the paper's ranks, each running its own experiments) take turns."""
+    from pathlib import Path
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _wait_s() -> float:

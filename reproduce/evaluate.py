@@ -582,13 +582,29 @@ def _category_peaks(net: Any, source: CategorySource, part_list: Sequence[int], 
     def load(i: int) -> np.ndarray:
         return source.load_patch(source.objects[i], image_size)
 
-    batches = iterate_patch_batches(load, indices, mean, batch_size)
-    idx_h, idx_w, score, map_size = extract_layer_peaks(
-        net, batches, target, num_img, num_filters, device, fix_nonsquare_index, progress,
-        total=math.ceil(len(indices) / batch_size))
+    def peaks(chosen: list[int]):
+        batches = iterate_patch_batches(load, chosen, mean, batch_size)
+        return extract_layer_peaks(net, batches, target, num_img, num_filters, device, fix_nonsquare_index,
+                                   progress, total=math.ceil(len(chosen) / batch_size))
+
+    idx_h, idx_w, score, map_size = _peaks_over_ranks(peaks, indices)
     pos = peaks_to_image(idx_h, idx_w, layer_id, convnet)
     pos[~valid] = 0.0                                  # the original's zeros for skipped images
     return truth, valid, pos, score, map_size, target
+
+
+def _peaks_over_ranks(peaks: Callable[[list[int]], tuple], indices: list[int]) -> tuple:
+    """`peaks(indices)`; in a data-parallel run (reproduce.distributed) each rank runs its share
+    indices[rank::K] and the ranks' arrays are added up: each image's row is non-zero on the one
+    rank that ran it, so every rank ends with the arrays of one process."""
+    from .distributed import active, gather_over_ranks
+    dp = active()
+    if dp is None or dp.world == 1:
+        return peaks(indices)
+    mine = indices[dp.rank::dp.world]
+    parts = gather_over_ranks(peaks(mine) if mine else None, "sharing the location-stability forward passes")
+    parts = [p for p in parts if p is not None]
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts), parts[0][3])
 
 
 def _num_output_filters(net: Any, target: int) -> int:

@@ -624,6 +624,38 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _join_ranks(args: argparse.Namespace) -> tuple[int, int]:
+    """Under torchrun: (rank, world size), each rank on its own GPU (cuda -> cuda:LOCAL_RANK); the
+    grid's runs are dealt out one at a time (`_order`). Otherwise (0, 1)."""
+    from . import distributed as dd
+    if not dd.launched_by_torchrun():
+        return 0, 1
+    rank, world, local = dd.init_scheduler()
+    args.device = dd.rank_device(args.device, local)
+    return rank, world
+
+
+def _order(world: int, n: int) -> Iterable[int] | None:
+    """The runs this rank takes: the next free one from the group's shared counter each time it is
+    free (reproduce.distributed.claimed_runs), so K GPUs each run one at a time until the grid is done."""
+    if world <= 1:
+        return None
+    from . import distributed as dd
+    return dd.claimed_runs(n, dd.store_counter("reproduce.paper/next-run"))
+
+
+def _after_all_ranks(runs: Sequence[GridExperiment], store: ResultsStore, failed: list[str],
+                     rank: int) -> tuple[list[dict], list[str]]:
+    """Wait for the other ranks' runs (as long as they take), then every run's record from the results file."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    dist.monitored_barrier(timeout=timedelta(days=30), wait_all_ranks=True)
+    every_failed: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every_failed, failed)
+    done = store.finished()
+    return [done[e.run_id] for e in runs if e.run_id in done], [f for part in every_failed for f in part]
+
 def instability_at_start(exp: GridExperiment, paths: Any) -> float:
     """The control figure: the location instability of the net as network_init builds it (same
     seed: the weights training starts from), measured as showResults.m measures the trained one.
@@ -648,17 +680,21 @@ def _paths_for(exp: GridExperiment, args: argparse.Namespace, cache: dict) -> An
 
 
 def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: ResultsStore,
-             command: str) -> tuple[list[dict], list[str]]:
+             command: str, order: Iterable[int] | None = None) -> tuple[list[dict], list[str]]:
     """Run what is not in the results file yet (everything with --force); returns (the grid's
     records, old and new, in grid order; the ids that failed). A finished run recorded without
-    the at-start control figure gets it added (an evaluation only), unless --no-start-control."""
+    the at-start control figure gets it added (an evaluation only), unless --no-start-control.
+    `order`: the 0-based runs this process takes (several GPUs: `reproduce.distributed.claimed_runs`);
+    default all, one after the other."""
     from .pipeline import run_experiment
     done = store.finished()
     paths_cache: dict[tuple, Any] = {}
     records: dict[str, dict] = {}
     failed: list[str] = []
     control = not args.no_start_control
-    for i, exp in enumerate(runs, 1):
+    for i in (range(len(runs)) if order is None else order):
+        exp = runs[i]
+        i += 1
         tag = f"[{i}/{len(runs)}] {exp.run_id}"
         try:
             if exp.run_id in done and not args.force:
@@ -700,15 +736,21 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.paper`: plan the grid, run what is missing, print the tables. Options are
-    checked as they are parsed; errors are one or two lines (reproduce.cli.run_cli)."""
+    checked as they are parsed; errors are one or two lines (reproduce.cli.run_cli). Under torchrun
+    (``--nproc_per_node K``, one process per GPU) the grid's runs are spread over the K processes,
+    one run per GPU at a time."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from .losses import single_class_loss_error
     if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
         parser.error(problem)
-    return run_cli("reproduce.paper", lambda: _run(args, argv), debug=args.debug,
-                   interrupted="run the same command again to resume (finished runs are kept, the run in "
-                               "progress resumes from its last epoch checkpoint).")
+    from .distributed import shutdown
+    try:
+        return run_cli("reproduce.paper", lambda: _run(args, argv), debug=args.debug,
+                       interrupted="run the same command again to resume (finished runs are kept, the run in "
+                                   "progress resumes from its last epoch checkpoint).")
+    finally:
+        shutdown()
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -718,6 +760,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         _say(format_runs(records) + "\n\n" + format_comparison(comparison_rows(records)))
         return 0
     args.device = start_device(args)
+    rank, world = _join_ranks(args)
+    if rank > 0 and args.dry_run:
+        return 0
     runs = plan_grid(args)
     if args.dry_run:
         done = store.finished()
@@ -729,8 +774,13 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                                                           for e in runs):
             _say(f"{dataset} {model} {scope} ({first}): " + format_rows(rows_for(dataset, model, first, scope)))
         return 0
-    _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}")
-    records, failed = run_grid(args, runs, store, _command(argv))
+    _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}"
+         + (f" (rank {rank} of {world}: one run at a time, taking the next free one)" if world > 1 else ""))
+    records, failed = run_grid(args, runs, store, _command(argv), _order(world, len(runs)))
+    if world > 1:
+        records, failed = _after_all_ranks(runs, store, failed, rank)
+        if rank > 0:
+            return 1 if failed else 0
     _say("\n" + format_runs(records) + "\n\n" + format_comparison(comparison_rows(records)))
     if failed:
         _say(f"\n{len(failed)} run(s) failed: {', '.join(failed)}")

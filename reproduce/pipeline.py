@@ -107,14 +107,30 @@ def experiment_name(categories: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------ data and net
+def _one_builder(exp: Experiment, what: str, fn: Any) -> Any:
+    """`fn()` (which builds or reads a cache) once per cache: with several data-parallel ranks,
+    rank 0 first and the others after it (reproduce.distributed.rank_zero_first); under torchrun,
+    one process at a time (a file lock in exp.out), for reproduce.paper's ranks that each run
+    their own experiments. One process: just `fn()`."""
+    from .distributed import file_lock, launched_by_torchrun, rank_zero_first
+
+    def guarded() -> Any:
+        if not launched_by_torchrun():
+            return fn()
+        with file_lock(Path(exp.out) / ".cache.lock"):
+            return fn()
+    return rank_zero_first(guarded, what)
+
+
 def prepare_dataset(exp: Experiment, input_size: int | None = None) -> Any:
     """setup_<dataset>.m: the dataset's paths, downloading (or generating, for 'toy') what is missing."""
     from data_prep.setup import ensure_dataset
     toy_options = dict(exp.toy_options)
     if exp.dataset == "toy" and input_size is not None:
         toy_options.setdefault("input_size", int(input_size))
-    return ensure_dataset(exp.dataset, root=exp.data_root, offline=exp.offline, categories=exp.categories,
-                          progress=exp.progress, toy_options=toy_options or None)
+    return _one_builder(exp, f"setting up the {exp.dataset} dataset", lambda: ensure_dataset(
+        exp.dataset, root=exp.data_root, offline=exp.offline, categories=exp.categories, progress=exp.progress,
+        toy_options=toy_options or None))
 
 
 def _pretrained(exp: Experiment) -> Any:
@@ -125,7 +141,8 @@ def _pretrained(exp: Experiment) -> Any:
         if not MODELS[exp.model].pretrained_file:
             return None
         from data_prep.setup import ensure_model
-        return ensure_model(exp.model, root=exp.models_root, offline=exp.offline, progress=exp.progress)
+        return _one_builder(exp, f"getting the {exp.model} model", lambda: ensure_model(
+            exp.model, root=exp.models_root, offline=exp.offline, progress=exp.progress))
     path = Path(exp.pretrained)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained model {path}: no such file")
@@ -154,7 +171,12 @@ def build_net(exp: Experiment) -> tuple[Any, Any, dict]:
 
 def build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
     """The imdb as learn_icnn.m (getImdb / getImdb_cub200) or learn_icnn_multiclass.m
-    (produceIMDB) builds it, cached on disk and reused as the original reuses imdb.mat."""
+    (produceIMDB) builds it, cached on disk and reused as the original reuses imdb.mat.
+    With several ranks, rank 0 builds the cache and the others wait, then read it (`_one_builder`)."""
+    return _one_builder(exp, f"the imdb cache {exp.imdb_dir}", lambda: _build_imdb(exp, paths, image_size))
+
+
+def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
     from data_prep.imdb import get_category_imdb, load_or_build_imdb, produce_imdb
     from data_prep.readers import count_objects, read_annotation
     conf = paths.data_conf()
@@ -215,7 +237,8 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
                               multiclass=exp.multiclass, error_name=error_name, device=exp.device,
                               progress=exp.progress)
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
-    if exp.draw and exp.interpretable and not exp.multiclass:
+    from .distributed import is_main
+    if exp.draw and exp.interpretable and not exp.multiclass and is_main():
         from .draw_rf import draw_rf, drawing_objset, scaled_rf_settings
         source = sources[0]
         objects = drawing_objset(source.name, conf)     # readAnnotation's objset (CUB: not the sampling one)

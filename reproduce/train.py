@@ -44,8 +44,12 @@ Differences from the original, each documented where it happens:
   (MATLAB replaces the whole struct; the network must be the same, which is
   checked);
 - cnn_train's options that ICNN never sets are not ported: numSubBatches,
-  several GPUs / parameter server, prefetch, epochSize, other solvers,
+  prefetch, epochSize, other solvers,
   Nesterov, plotDiagnostics, postEpochFn.
+
+Several GPUs or machines (our_cnn_train's ``opts.gpus``): start the command line with
+``torchrun --nproc_per_node K``; `train` then runs data-parallel with the original's
+semantics (reproduce.distributed, which documents them and the two corrections).
 
 Command line: ``python -m reproduce.train --help``: it runs through reproduce.pipeline
 (dataset, network_init, imdb cache, then `train`); ``--out`` is the output root,
@@ -56,6 +60,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 import warnings
@@ -924,6 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sliceMag update: fill zero means from the class's own column instead of column 1 "
                              "(the original's linear-indexing quirk, kept by default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or epoch summaries")
+    from .distributed import add_arguments
+    add_arguments(parser)
     return parser
 
 
@@ -937,15 +944,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (problem := single_class_loss_error(args.loss, len(args.category) > 1,
                                            "several --category values")) is not None:
         parser.error(problem)
-    return run_cli("reproduce.train", lambda: _run(args), debug=args.debug,
-                   interrupted="run the same command again to resume from the last checkpoint.")
+    from .distributed import shutdown
+    try:
+        return run_cli("reproduce.train", lambda: _run(args), debug=args.debug,
+                       interrupted="run the same command again to resume from the last checkpoint.")
+    finally:
+        shutdown()
 
 
 def _run(args: argparse.Namespace) -> int:
     from data_prep.setup import default_data_root
 
+    from . import distributed as dd
     from .pipeline import Experiment, learn
-    device = start_device(args)
+    dp, device = dd.start_from_args(args, start_device(args))
+    if dp is not None and not dp.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints
+        args.no_progress = True
     out = Path(args.out)
     exp = Experiment(dataset=args.dataset, categories=args.category, model=args.model, dropout=args.dropout,
                      loss=args.loss, out=out,
