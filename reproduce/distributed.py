@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -187,12 +186,11 @@ def launched_by_torchrun() -> bool:
 
 
 def _sigterm_as_interrupt() -> None:
-    """torchrun stops the other workers with SIGTERM when one fails: handle it like Ctrl-C, so that the
-    training loop's KeyboardInterrupt path runs (checkpoints are atomic either way)."""
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        def handler(signum, frame):
-            raise KeyboardInterrupt(f"signal {signum}")
-        signal.signal(signal.SIGTERM, handler)
+    """torchrun stops the other workers with SIGTERM when one fails: from joining the group until
+    `shutdown`, SIGTERM acts as Ctrl-C (reproduce.interrupt), also while caches are built."""
+    from .interrupt import sigterm_as_interrupt
+    if "restore_sigterm" not in _STATE:
+        _STATE["restore_sigterm"] = sigterm_as_interrupt()
 
 
 def init_data_parallel(device: str | torch.device, *, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -205,9 +203,9 @@ def init_data_parallel(device: str | torch.device, *, timeout_s: float = DEFAULT
     `init_method`, torchrun's environment (env://) is read. Returns the `DataParallel` that
     `active()` returns from now on."""
     from .device import resolve_device
-    rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
-    world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else int(world_size)
-    local = int(os.environ.get("LOCAL_RANK", rank)) if local_rank is None else int(local_rank)
+    rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    local = int(os.environ.get("LOCAL_RANK", str(rank))) if local_rank is None else int(local_rank)
     dev = torch.device(device)
     if dev.type == "cuda":
         if dev.index is None:
@@ -252,6 +250,9 @@ def is_main() -> bool:
 def shutdown() -> None:
     """Leave the process group (the end of a command line's run)."""
     _STATE["dp"] = None
+    restore = _STATE.pop("restore_sigterm", None)
+    if restore is not None:
+        restore()
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -287,7 +288,7 @@ def start_from_args(args: argparse.Namespace, device: str) -> tuple[DataParallel
             raise DistributedError("--sync-slicemag and --whole-batch-filter-loss are for runs on several ranks: "
                                    "start the command with torchrun --nproc_per_node K ...")
         return None, device
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = rank_device(device, local)
     dp = init_data_parallel(dev, timeout_s=args.dist_timeout, sync_slice_mag=args.sync_slicemag,
                             whole_batch_filter_loss=args.whole_batch_filter_loss)
@@ -300,7 +301,7 @@ def init_scheduler(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int, int]
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo", init_method="env://", timeout=timedelta(seconds=float(timeout_s)))
     _sigterm_as_interrupt()
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 @contextmanager

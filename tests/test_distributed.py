@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -260,7 +259,7 @@ def test_a_two_rank_run_resumes_on_one_process(two_ranks):
     assert sorted(find_checkpoints(run)) == [1, 2]
     before = (run / "net-epoch-2.pt").read_bytes()
     make_net, imdb = _tiny("single")
-    net, stats = tr.train(make_net(), imdb, _opts(epochs=3), run, progress=False, plot=False)
+    _, stats = tr.train(make_net(), imdb, _opts(epochs=3), run, progress=False, plot=False)
     assert sorted(find_checkpoints(run)) == [1, 2, 3]
     assert (run / "net-epoch-2.pt").read_bytes() == before
     assert stats["train"][:2] == ranks[0]["resume"]["stats"]["train"]
@@ -347,14 +346,3 @@ def test_claimed_runs_keep_every_fake_gpu_busy_with_one_run_at_a_time():
         t.join()
     assert sorted(i for i, _ in done) == list(range(10)) and not any(overlap)
     assert {d for _, d in done} == {"cuda:0", "cuda:1", "cuda:2"}
-
-
-def test_sigterm_becomes_keyboard_interrupt_in_a_data_parallel_process(tmp_path):
-    old = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        dd._sigterm_as_interrupt()
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, old)
