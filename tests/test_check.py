@@ -1,0 +1,107 @@
+"""Tests of data_prep.check: the dataset check, on ../shared/data and on small broken datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep import check
+from data_prep.readers import BndBox, ObjRecord, PartTruth, save_part_truth
+from data_prep_fixtures import write_ilsvrc_category
+
+FOX = "n02118333"
+TRUTH = "data_input/data_input_DET-2015-subset-ILSVRC2013train"
+
+
+def _rows(out: str) -> dict[str, list[str]]:
+    return {line.split()[1]: line.split() for line in out.splitlines() if line.startswith("ilsvrcanimalpart ")}
+
+
+def test_shared_data_ilsvrc_table(shared_data, capsys):
+    """Fox and lizard with images; goldfish and zebra with truth files only (several-object entries)."""
+    rc = check.main(["--data-root", str(shared_data), "--dataset", "ilsvrcanimalpart", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = _rows(out)
+    assert sorted(rows) == ["n01443537", "n01674464", "n02118333", "n02391049"]
+    #          objects kept images parts entries multi          empty      missing unreadable problems
+    assert rows[FOX][2:] == ["286", "286", "286", "1,2", "286", "0", "(0/0)", "75/143", "0", "0", "0"]
+    assert rows["n01674464"][2:] == ["144", "144", "144", "1,2", "144", "0", "(0/0)", "9/35", "0", "0", "0"]
+    assert rows["n02391049"][2:] == ["-", "-", "-", "1,2", "679", "27", "(15/12)", "502/528", "1", "0", "0"]
+    assert rows["n01443537"][2:] == ["-", "-", "-", "1", "844", "9", "644", "1", "0", "0"]
+    assert f"missing     ilsvrcanimalpart n02391049: {shared_data}/detanimalpart/n02391049_obj/img/data.mat" in out
+    assert "4 categories, 7 truth files read, 0 unreadable, 0 problems, 2 missing" in out
+
+
+def _obj(i: int) -> ObjRecord:
+    return ObjRecord(FOX, f"{FOX}_{i}", FOX, BndBox(1, 1, 60, 60), i)
+
+
+def _broken_root(tmp: Path) -> Path:
+    """The fox with 4 images: image 2 is not an image, image 3's box is under minArea; truth part 1
+    fine (entry 1 with two objects), part 2 not a MAT file, part 3 one entry short, with the part on image 3."""
+    write_ilsvrc_category(tmp / "detanimalpart", FOX, [(1, 1, 60, 60), (1, 1, 60, 60), (1, 1, 10, 10), (1, 1, 60, 60)],
+                          [(64, 64)] * 4)
+    (tmp / "detanimalpart" / f"{FOX}_obj/img/img/00002.jpg").write_bytes(b"not an image")
+    truth = tmp / TRUTH / FOX
+    truth.mkdir(parents=True)
+    two = PartTruth(pHW_center=np.array([[10.0, 50.0], [20.0, 60.0]]), pHW_scale=np.ones((2, 2)),
+                    objects=(_obj(1), _obj(1)))
+    one = [PartTruth(pHW_center=np.array([[5.0], [6.0]]), pHW_scale=np.ones((2, 1)), obj=_obj(i)) for i in (2, 3, 4)]
+    save_part_truth(truth / "truth_part01.mat", [two, one[0], PartTruth(), one[2]], version="5")
+    (truth / "truth_part02.mat").write_bytes(b"MATLAB 5.0 MAT-file, but truncated")
+    save_part_truth(truth / "truth_part03.mat", [PartTruth(), PartTruth(), one[1]], version="5")
+    return tmp
+
+
+def test_unreadable_files_and_problems_are_named_and_fail(tmp_path, capsys):
+    root = _broken_root(tmp_path)
+    rc = check.main(["--data-root", str(root), "--dataset", "ilsvrcanimalpart", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    row = _rows(out)[FOX]
+    #               objects kept images parts entries multi       empty    missing unreadable problems
+    assert row[2:] == ["4", "3", "3", "1,3", "4/3", "1", "(1/0)", "1/2", "0", "2", "2"]
+    assert f"UNREADABLE  {root}/detanimalpart/{FOX}_obj/img/img/00002.jpg" in out
+    assert f"UNREADABLE  {root}/{TRUTH}/{FOX}/truth_part02.mat" in out
+    assert f"PROBLEM     {root}/{TRUTH}/{FOX}/truth_part03.mat: 3 entries, but the evaluation indexes it with 4" in out
+    assert (f"PROBLEM     {root}/{TRUTH}/{FOX}/truth_part03.mat: 1 entries with the part on objects skipped for "
+            f"minArea (first: truth(3))") in out
+
+
+def test_only_truth_files_report_the_rest_missing(tmp_path, capsys):
+    """The original repository's data_input folder alone: annotations and images missing, truth files read;
+    ILSVRC entries compared with the category's known image count."""
+    root = _broken_root(tmp_path)
+    (root / TRUTH / FOX / "truth_part02.mat").unlink()
+    (root / TRUTH / FOX / "truth_part03.mat").unlink()
+    import shutil
+    shutil.rmtree(root / "detanimalpart")
+    rc = check.main(["--data-root", str(root), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 1                                                 # 4 entries, but the fox has 286 images
+    #                          objects kept images parts entries multi empty missing unreadable problems
+    assert _rows(out)[FOX][2:] == ["-", "-", "-", "1", "4", "1", "1", "2", "0", "1"]
+    assert f"missing     ilsvrcanimalpart {FOX}: {root}/detanimalpart/{FOX}_obj/img/data.mat" in out
+    assert f"missing     ilsvrcanimalpart {FOX}: {root}/{TRUTH}/{FOX}/truth_part02.mat" in out
+    assert f"PROBLEM     {root}/{TRUTH}/{FOX}/truth_part01.mat: 4 entries, but the category has 286 images" in out
+
+
+def test_help_explains_columns_exit_status_and_truth_only_runs(capsys):
+    with pytest.raises(SystemExit) as exc:
+        check.main(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("multi-object", "no decoding", "With only truth files present", "exit status: 0",
+                   "1 when a file cannot be read or a problem is found", "--data-root"):
+        assert phrase in text
+
+
+def test_unknown_category_and_empty_root_are_argument_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        check.main(["--data-root", str(tmp_path), "--dataset", "ilsvrcanimalpart", "--category", "n99999999"])
+    assert exc.value.code == 2 and "n99999999" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        check.main(["--data-root", str(tmp_path)])
+    assert exc.value.code == 2 and "nothing of any dataset" in capsys.readouterr().err
