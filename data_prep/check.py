@@ -64,7 +64,7 @@ class CategoryReport:
     category: str
     objects: int | None = None
     kept: int | None = None
-    images_checked: int = 0
+    images_checked: int = 0             # image files whose header was read
     parts: list[PartReport] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
@@ -142,20 +142,34 @@ def _annotation(dataset: str, category: str, conf: Any, rep: CategoryReport) -> 
         needed = [conf.catedir / n for n in ("images.txt", "bounding_boxes.txt", "image_class_labels.txt",
                                              "train_test_split.txt", "classes.txt")]
         absent = [str(p) for p in needed if not p.is_file()]
+        sampling = conf.readcode / "sampling.mat"
         if absent:
             rep.missing.extend(absent)
+            _check_sampling(sampling, rep)
             return None, None
         tables = read_cub_tables(conf)
         rep.objects = int(len(tables.image_ids))
         objset = read_annotation_cub(category, conf, tables=tables)[0]
-        sampling = conf.readcode / "sampling.mat"
-        if not sampling.is_file():
-            rep.missing.append(str(sampling))
+        if not _check_sampling(sampling, rep):
             return objset, None
         return objset, read_annotation_sampling_cub(category, conf)
     except (DatasetError, OSError, ValueError, KeyError) as exc:
         rep.unreadable.append((f"{dataset} {category} annotation", str(exc)))
         return None, None
+
+
+def _check_sampling(path: Path, rep: CategoryReport) -> bool:
+    """CUB's sampling.mat (validObj) reads; missing or unreadable ones are reported."""
+    from .cub200 import read_sampling
+    if not path.is_file():
+        rep.missing.append(str(path))
+        return False
+    try:
+        read_sampling(path)
+    except Exception as exc:  # noqa: BLE001 - reported, named
+        rep.unreadable.append((str(path), f"{type(exc).__name__}: {exc}"))
+        return False
+    return True
 
 
 def _image_header_ok(path: Path) -> str | None:
@@ -189,7 +203,7 @@ def _check_images(objset: Sequence[ObjRecord | None], imgdir: Path, rep: Categor
         why = _image_header_ok(path)
         if why is not None:
             rep.unreadable.append((str(path), why))
-    rep.images_checked = len(seen)
+    rep.images_checked = len(seen) - missing - sum(1 for p, _ in rep.unreadable if Path(p) in seen)
     if missing:
         rep.missing.append(f"{missing} of {len(seen)} images under {imgdir}")
 
@@ -258,7 +272,8 @@ def check_dataset(dataset: str, root: Path, categories: Sequence[str] | None = N
     from tqdm import tqdm
     cats = list(categories) if categories else find_categories(dataset, root, truth_dir)
     reports = []
-    with tqdm(total=None, desc=f"check {dataset}", unit="file", disable=not progress, leave=False) as bar:
+    with tqdm(total=None, desc=f"check {dataset}", unit="file", disable=None if progress else True,
+              leave=False) as bar:
         for c in cats:
             bar.set_postfix_str(c)
             reports.append(check_category(dataset, c, root, truth_dir, tick=lambda: bar.update(1)))
@@ -330,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read every annotation, part truth file (truth_partNN.mat) and image header of the datasets "
                     "under a data root, as the original code reads them, and print one row per category:\n"
                     "  objects     the annotation's objects; kept: those whose box passes minArea (50^2)\n"
-                    "  images      image files of the kept objects whose header was read (PIL, no decoding)\n"
+                    "  images      image files of the kept objects whose header was read (PIL, no decoding);\n"
+                    "              missing and unreadable ones are counted in those columns\n"
                     "  parts       the truth_partNN.mat files read (every one in the category's folder)\n"
                     "  entries     truth entries per part ('/'-separated in part order; one number when equal)\n"
                     "  multi-object  entries describing several objects (pHW_center 2 x K): the total, then "

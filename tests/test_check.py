@@ -62,7 +62,7 @@ def test_unreadable_files_and_problems_are_named_and_fail(tmp_path, capsys):
     assert rc == 1
     row = _rows(out)[FOX]
     #               objects kept images parts entries multi       empty    missing unreadable problems
-    assert row[2:] == ["4", "3", "3", "1,3", "4/3", "1", "(1/0)", "1/2", "0", "2", "2"]
+    assert row[2:] == ["4", "3", "2", "1,3", "4/3", "1", "(1/0)", "1/2", "0", "2", "2"]
     assert f"UNREADABLE  {root}/detanimalpart/{FOX}_obj/img/img/00002.jpg" in out
     assert f"UNREADABLE  {root}/{TRUTH}/{FOX}/truth_part02.mat" in out
     assert f"PROBLEM     {root}/{TRUTH}/{FOX}/truth_part03.mat: 3 entries, but the evaluation indexes it with 4" in out
