@@ -13,6 +13,7 @@ data_prep.download / data_prep.toy, getting the data and the toy dataset).
 | tool/main/getImdb.m, getImdb_cub200.m      | `get_imdb`, `get_imdb_cub200`, `assemble_imdb`, `assemble_imdb_cub200` |
 | produceIMDB (learn_icnn_multiclass.m)      | `produce_imdb`                        |
 | reuse of imdb.mat                          | `load_or_build_imdb`, `save_imdb_mat` |
+| (not in the original) checking a dataset    | `python -m data_prep.check` (`data_prep.check`) |
 """
 from importlib import import_module
 from typing import Any

@@ -34,7 +34,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from .readers import DatasetError, ObjRecord, PartTruth, default_readcode, read_part_truth_file
 from .setup import DATASETS, ILSVRC_IMAGE_COUNTS, dataset_paths, default_data_root

@@ -521,5 +521,6 @@ def matlab_intersect_index(a: Iterable[int], b: Iterable[int]) -> np.ndarray:
     return np.asarray([first[v] for v in common.tolist()], dtype=np.int64)
 
 
-__all__ += ["load_variable", "save_part_truth", "struct_elements", "obj_from_matlab", "objects_from_matlab", "parse_int_table", "parse_id_name_table",
+__all__ += ["load_variable", "save_part_truth", "struct_elements", "obj_from_matlab", "objects_from_matlab",
+            "parse_int_table", "parse_id_name_table",
             "matlab_intersect_index"]
