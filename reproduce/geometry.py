@@ -25,8 +25,9 @@ from legacy_compat.simplenn import pair, quad
 __all__ = ["LayerGeometry", "layer_geometry", "layer_output_sizes", "ConvNetPara",
            "get_conv_net_para", "x2p", "CONV_TYPES"]
 
-# getConvNetPara.m: the layer types it treats as convolutions
-CONV_TYPES = ("conv", "conv_aNet", "conv_mask")
+# getConvNetPara.m: the layer types it treats as convolutions; plus 'torchvision' (reproduce.tv_blocks: a
+# piece of a ResNet / DenseNet trunk, counted as the convolution equivalent to its main path)
+CONV_TYPES = ("conv", "conv_aNet", "conv_mask", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ def layer_geometry(layer: Any) -> LayerGeometry:
     fields = getattr(layer, "fields", {})
     pad = quad(fields.get("pad", 0))
     stride = pair(fields.get("stride", 1))
+    if ltype == "torchvision":       # its main path's equivalent convolution, stored by TorchvisionBlock.to_spec
+        return LayerGeometry("conv", pair(fields["kernel"]), (1, 1), pad, stride)
     if ltype in CONV_TYPES:
         w = layer.weights[0] if getattr(layer, "weights", None) else None
         kernel = (int(w.shape[2]), int(w.shape[3])) if w is not None else (1, 1)

@@ -162,6 +162,7 @@ class ModelDef:
     lr_mag: float          # network_init.m: lrMag = lr_mag * labelNum
     pretrained_file: str   # the MatConvNet model file tool/nets/*.m loads
     head_init: str = "gaussian"   # init_weight.m method of the new layers (network_init.m: 'gaussian')
+    family: str = "matconvnet"    # 'torchvision': built by reproduce.torchvision_nets (trunk: its own tables)
 
 
 MODELS: dict[str, ModelDef] = {
@@ -178,6 +179,10 @@ MODELS: dict[str, ModelDef] = {
     # not the paper's (see _alexnet_narrow_table): alexnet's head (pool6 3/2, fc7 6 x 6), narrow
     "alexnet-narrow": ModelDef("alexnet-narrow", "alexnet-narrow", tuple(_alexnet_narrow_table()), 0, 224, 32,
                                ("pool6", 3, 2, 0), 6, 128, ("fc-7", "fc-8"), 32, 100.0, "", "xavierimproved"),
+    # not in the original: torchvision trunks with two conv_mask layers (reproduce.torchvision_nets); channel_num:
+    # the conv_mask layers' C; lrMag 10 (ada-shen/ICNN's init_lr); no download: --pretrained PATH, else random
+    **{name: ModelDef(name, name, (), 0, 224, c, (), None, 0, (), 32, 10.0, "", "gaussian", "torchvision")
+       for name, c in (("resnet-18", 256), ("resnet-50", 1024), ("densenet-121", 1024))},
 }
 
 
@@ -496,6 +501,10 @@ def network_init(label_num: int, model: str, dropout_rate: float,
     classes, and the pretrained file's normalization when there is one.
     """
     md = _model(model)
+    if md.family == "torchvision":
+        from .torchvision_nets import network_init_torchvision     # it builds on this module's pieces
+        return network_init_torchvision(label_num, model, dropout_rate, pretrained, loss_type, image_size, seed,
+                                        multiclass_adjust, input_guard, weight_init, interpretable)
     if int(label_num) < 1:
         raise ValueError(f"network_init: label_num must be >= 1, got {label_num}")
     label_num = int(label_num)

@@ -36,6 +36,7 @@ from legacy_compat.simplenn import (LayerSpec, pair, quad, filters_to_matlab, ma
 from . import losses
 from .conv_mask import ConvMask, FilterLossContext
 from .geometry import LayerGeometry
+from .tv_blocks import TorchvisionBlock
 
 __all__ = ["SimpleNN", "ParamInfo", "MatConv", "ReLU", "Pool", "LRN", "Dropout", "Softmax", "LossLayer",
            "InputGuardError", "LAYER_BUILDERS", "build_layer", "simplenn_res", "SimpleNNRes"]
@@ -316,9 +317,14 @@ def _build_loss(spec, channels, copy=True):
     return LossLayer(spec.type, **_common(spec, ()))
 
 
+def _build_torchvision(spec, channels, copy=True):
+    return TorchvisionBlock.from_spec(spec, copy_weights=copy)
+
+
 LAYER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "conv": _build_conv, "conv_mask": _build_conv_mask, "relu": _build_relu, "pool": _build_pool,
     "lrn": _build_lrn, "normalize": _build_lrn, "dropout": _build_dropout, "softmax": _build_softmax,
+    "torchvision": _build_torchvision,
     **{t: _build_loss for t in losses.LOSS_LAYER_TYPES},
 }
 
@@ -376,6 +382,8 @@ class SimpleNN(nn.Module):
             layer = build_layer(spec, channels, i, copy=copy)
             if isinstance(layer, (MatConv, ConvMask)):
                 channels = int(layer.weight.shape[0])
+            elif isinstance(layer, TorchvisionBlock):
+                channels = layer.out_channels
             layers.append(layer)
         return cls(layers, input_guard=input_guard, meta=meta)
 
