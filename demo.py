@@ -40,6 +40,10 @@ if "OMP_WAIT_POLICY" not in os.environ:
 # 140 s with --baseline (toy dataset generated in both), both nets to a validation error <= 1.5 %.
 QUICK = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 0.5, "epochs": 8,
          "device": "cpu", "out": "output/quick"}
+# --quick with a torchvision trunk (resnet-18, resnet-50, densenet-121; random init, nothing downloaded): toy
+# images at 64 x 64 (the conv_mask maps are 4 x 4 for the ResNets, 2 x 2 for DenseNet-121), 100 positives and
+# 100 negatives (an imdb of 400), 4 epochs: resnet-18 takes about QUICK_TORCHVISION_MEASURED on 2 cores.
+QUICK_TORCHVISION = {"image_size": 64, "toy_images": 100, "epochs": 4}
 DEMO_DEFAULTS = {"dataset": "ilsvrcanimalpart", "categories": ["n02118333"], "model": "vgg-vd-16",
                  "dropout": 0.8, "epochs": None, "device": None, "out": "output"}
 TOY_NEGATIVES = 1000   # data_prep.toy's default n_neg (getNegObjSet.m's MaxObjNum); the imdb holds 4 x n_neg
@@ -180,11 +184,16 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         raise DemoError(f"unknown model {model!r}; valid models: {' '.join(models)}")
     if args.toy_images is not None and dataset != "toy":
         raise DemoError(f"--toy-images is for the toy dataset, not {dataset!r}")
+    from reproduce.models import MODELS
+    if args.quick and MODELS[model].family == "torchvision":
+        base.update(QUICK_TORCHVISION)
+    toy_images = args.toy_images if args.toy_images is not None else base.get("toy_images")
     return {"dataset": dataset, "categories": cats, "model": model,
             "dropout": args.dropout if args.dropout is not None else base["dropout"],
             "epochs": args.epochs if args.epochs is not None else base["epochs"],
             "device": resolve_device(base["device"] if args.device == "auto" and base["device"] else args.device),
-            "out": Path(args.out or base["out"]), "toy_images": args.toy_images}
+            "out": Path(args.out or base["out"]), "toy_images": toy_images if dataset == "toy" else None,
+            "image_size": base.get("image_size")}
 
 
 def resolve_device(device: str | None) -> str:
@@ -213,7 +222,7 @@ def check_output_folder(out: Path, needed_bytes: int) -> None:
 def estimate_bytes(settings: dict, baseline: bool) -> int:
     """A rough lower bound of what a run writes: the imdb and two checkpoints' worth of weights."""
     from reproduce.models import MODELS
-    size = MODELS[settings["model"]].image_size
+    size = settings.get("image_size") or MODELS[settings["model"]].image_size
     negatives = settings.get("toy_images") or TOY_NEGATIVES
     images = 4 * negatives * max(1, len(settings["categories"]))   # 1000 negatives -> 4000 images per category
     imdb = images * 3 * size * size * 4
@@ -230,7 +239,8 @@ def experiment(settings: dict, args: argparse.Namespace):
                       pretrained=args.pretrained, offline=args.offline or settings["dataset"] == "toy",
                       device=settings["device"], seed=args.seed, epochs=settings["epochs"],
                       save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
-                      draw=not args.no_draw, toy_options=toy_options(args))
+                      draw=not args.no_draw, toy_options=_toy_size(settings.get("toy_images")),
+                      image_size=settings.get("image_size"))
 
 
 def data_root(args: argparse.Namespace, out: Path) -> Path:
@@ -242,9 +252,13 @@ def data_root(args: argparse.Namespace, out: Path) -> Path:
 
 def toy_options(args: argparse.Namespace) -> dict:
     """data_prep.toy.generate_toy_dataset's size options: its defaults unless --toy-images N."""
-    if args.toy_images is None:
+    return _toy_size(args.toy_images)
+
+
+def _toy_size(toy_images: int | None) -> dict:
+    if toy_images is None:
         return {}
-    return {"n_pos": int(args.toy_images), "n_neg": int(args.toy_images)}
+    return {"n_pos": int(toy_images), "n_neg": int(toy_images)}
 
 
 def show_trained_net(exp, net_path: Path, imdb_path: str | None):

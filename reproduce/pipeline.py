@@ -52,6 +52,7 @@ class Experiment:
     draw: bool = True                   # step_drawRF.m (single-class ICNNs, as showResults.m)
     toy_options: dict = field(default_factory=dict)
     progress: bool = True
+    image_size: int | None = None       # the network's input size; None: the model's (MODELS[model].image_size)
 
     def __post_init__(self) -> None:
         self.categories = [self.categories] if isinstance(self.categories, str) else list(self.categories)
@@ -157,7 +158,7 @@ def build_net(exp: Experiment) -> tuple[Any, Any, dict]:
             warnings.simplefilter("ignore")
         net, opts, meta = network_init(len(exp.categories), exp.model, exp.dropout, pretrained=_pretrained(exp),
                                        loss_type=exp.loss, seed=exp.seed, multiclass_adjust=exp.multiclass,
-                                       interpretable=exp.interpretable)
+                                       interpretable=exp.interpretable, image_size=exp.image_size)
     if exp.epochs is not None:
         opts.num_epochs = int(exp.epochs)
         opts.learning_rate = list(opts.learning_rate[:opts.num_epochs])
@@ -198,9 +199,10 @@ def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any
 
 
 def input_size(exp: Experiment) -> int:
-    """The network's input size (network_init's default for the model: 224, 227 for alexnet, 64 for tiny)."""
+    """The network's input size: exp.image_size, else network_init's default for the model (224, 227 for
+    alexnet, 64 for tiny)."""
     from .models import MODELS
-    return int(MODELS[exp.model].image_size)
+    return int(exp.image_size or MODELS[exp.model].image_size)
 
 
 def image_size_of(meta: dict) -> tuple[int, int]:
