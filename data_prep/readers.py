@@ -48,7 +48,8 @@ __all__ = [
 
 MIN_AREA = 50 ** 2   # conf.data.minArea in all three setup_*.m
 # "toy": the generated toy dataset, written in the ILSVRC layout and read by its reader.
-DATASETS = ("ilsvrcanimalpart", "vocpart", "cub200", "toy")
+# "helen": faces with landmarks (data_prep.helen; not in the original).
+DATASETS = ("ilsvrcanimalpart", "vocpart", "cub200", "toy", "helen")
 
 
 class DatasetError(UserError, ValueError):
@@ -265,6 +266,9 @@ def read_annotation(name: str, conf: DataConf) -> list[ObjRecord | None]:
     if conf.dataset == "vocpart":
         from .vocpart import read_annotation_voc
         return read_annotation_voc(name, conf)
+    if conf.dataset == "helen":
+        from .helen import read_annotation_helen
+        return list(read_annotation_helen(name, conf))
     from .cub200 import read_annotation_cub
     return read_annotation_cub(name, conf)[0]
 

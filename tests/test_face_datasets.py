@@ -1,0 +1,145 @@
+"""CelebA, Helen and voc2010_crop readers and imdbs on small copies in their real layouts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.celeba import build_celeba_imdb, celeba_part_truth, find_celeba_files, read_celeba
+from data_prep.helen import HELEN_PARTS, face_box, helen_objset, helen_part_truth, read_helen, write_helen_truth
+from data_prep.imdb import get_imdb
+from data_prep.readers import DataConf, DatasetError, read_part_truth_file
+from data_prep.voc2010_crop import build_voc2010_crop_imdb, read_voc2010_crop
+
+ATTRS = [f"Attr_{i:02d}" for i in range(40)]
+
+
+def _jpg(path, w, h, value):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=95)
+
+
+# ------------------------------------------------------------------ CelebA
+def _celeba(root, flat=False):
+    names = [f"{i:06d}.jpg" for i in range(1, 7)]
+    parts = [0, 0, 0, 1, 1, 2]
+    img_dir = root / ("img_align_celeba" if flat else "Img/img_align_celeba")
+    for k, n in enumerate(names):
+        _jpg(img_dir / n, 178, 218, k)
+    attrs = {n: [1 if (k + a) % 3 == 0 else -1 for a in range(40)] for k, n in enumerate(names)}
+    anno = root if flat else root / "Anno"
+    anno.mkdir(parents=True, exist_ok=True)
+    rows = [f"{n} " + " ".join(f"{v:2d}" for v in attrs[n]) for n in reversed(names)]   # not the partition order
+    (anno / "list_attr_celeba.txt").write_text(f"{len(names)}\n" + " ".join(ATTRS) + "\n" + "\n".join(rows) + "\n")
+    marks = [f"{n} 69 109 106 113 77 142 73 152 108 154" for n in names]
+    (anno / "list_landmarks_align_celeba.txt").write_text(
+        f"{len(names)}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
+        "rightmouth_x rightmouth_y\n" + "\n".join(marks) + "\n")
+    ev = root if flat else root / "Eval"
+    ev.mkdir(parents=True, exist_ok=True)
+    (ev / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, parts)))
+    return names, attrs
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_celeba_reader_and_imdb(tmp_path, flat):
+    names, attrs = _celeba(tmp_path, flat)
+    columns, images = read_celeba(tmp_path)
+    assert columns == ATTRS and [im.filename for im in images] == names
+    assert [im.partition for im in images] == [0, 0, 0, 1, 1, 2]
+    assert all((im.attributes == attrs[im.filename]).all() for im in images)          # matched by name
+    assert images[0].landmarks[0].tolist() == [70.0, 110.0]                            # 1-based (x, y)
+    imdb = build_celeba_imdb(tmp_path, (32, 32))
+    assert imdb.data.shape == (5, 3, 32, 32) and imdb.classes == ATTRS
+    assert imdb.set.tolist() == [1, 1, 1, 2, 2]                                         # no test images
+    assert imdb.labels.shape == (5, 40) and imdb.labels[3].tolist() == attrs[names[3]]
+    assert np.abs(imdb.data[:3].mean(axis=0)).max() < 1e-3                             # training mean subtracted
+    assert 60 < float(imdb.data_mean.mean()) < 200
+    truth = celeba_part_truth(images, 32)
+    assert len(truth) == 5 and truth[3][0].center.tolist() == pytest.approx(
+        [(143 - 0.5) * 32 / 218 + 0.5, (78 - 0.5) * 32 / 178 + 0.5])                   # the nose
+
+
+def test_celeba_missing_files_are_named(tmp_path):
+    _celeba(tmp_path)
+    (tmp_path / "Eval" / "list_eval_partition.txt").unlink()
+    with pytest.raises(DatasetError, match="partition.*Eval"):
+        find_celeba_files(tmp_path)
+
+
+# ------------------------------------------------------------------ Helen
+def _helen(root):
+    faces = {"100032540_1": (160, 120), "1002681492_1": (140, 150)}
+    for k, (name, (w, h)) in enumerate(faces.items(), start=1):
+        _jpg(root / f"helen_{k}" / f"{name}.jpg", w, h, k)
+        rng = np.random.default_rng(k)
+        pts = np.column_stack([rng.uniform(30, w - 30, 194), rng.uniform(40, h - 20, 194)])
+        pts[41:58] = (70.0 + k, 80.0)                            # the nose points of face k
+        (root / "annotation").mkdir(parents=True, exist_ok=True)
+        (root / "annotation" / f"{k}.txt").write_text(name + "\n" + "".join(f"{x:.3f} , {y:.3f}\n" for x, y in pts))
+    (root / "trainnames.txt").write_text("100032540_1\n")
+    return faces
+
+
+def test_helen_reader_boxes_and_truth(tmp_path):
+    root = tmp_path / "helen"
+    _helen(root)
+    faces = read_helen(root)
+    assert [f.name for f in faces] == ["100032540_1", "1002681492_1"] and [f.split for f in faces] == ["train", ""]
+    assert faces[0].image == "helen_1/100032540_1.jpg" and faces[0].landmarks.shape == (194, 2)
+    objs = helen_objset(faces, root)
+    b = objs[0].bndbox
+    lm = faces[0].landmarks
+    assert b.xmin <= lm[:, 0].min() and b.xmax >= lm[:, 0].max() and b.ymin <= lm[:, 1].min() and b.ymax <= 120
+    truth = helen_part_truth(faces, objs, 224)
+    assert sorted(truth) == sorted(HELEN_PARTS)
+    h = (81.0 - b.ymin + 0.5) * 224 / (b.ymax - b.ymin + 1) + 0.5
+    w = (72.0 - b.xmin + 0.5) * 224 / (b.xmax - b.xmin + 1) + 0.5
+    assert truth[3][0].center.tolist() == pytest.approx([h, w])
+    written = write_helen_truth(root, tmp_path / "data_input", 224)
+    back = read_part_truth_file(written[2])
+    assert back[0].center.tolist() == pytest.approx([h, w]) and len(back) == 2
+    assert face_box(np.array([[10.0, 10.0], [20.0, 30.0]]), (25, 100)).ymax == 25      # clipped to the image
+
+
+def test_helen_imdb_through_the_readers(tmp_path):
+    root = tmp_path / "helen"
+    _helen(root)
+    neg = tmp_path / "neg"
+    for i in range(1, 3):
+        _jpg(neg / f"{i:05d}.JPEG", 90, 70, 10 + i)
+    conf = DataConf(dataset="helen", imgdir=root, neg_dir=neg, num_neg=2)
+    imdb = get_imdb("face", conf, (32, 32), progress=False)
+    assert imdb.classes == ["face"] and imdb.data.shape[1:] == (3, 32, 32)
+    assert (imdb.labels == 1).sum() > 0 and (imdb.labels == -1).sum() > 0
+    with pytest.raises(DatasetError, match="face"):
+        get_imdb("cat", conf, (32, 32), progress=False)
+
+
+def test_helen_bad_annotation_is_named(tmp_path):
+    root = tmp_path / "helen"
+    _helen(root)
+    (root / "annotation" / "2.txt").write_text("1002681492_1\n1 , 2\n")
+    with pytest.raises(DatasetError, match="2.txt"):
+        read_helen(root)
+
+
+# ------------------------------------------------------------------ voc2010_crop
+def test_voc2010_crop_reader_and_imdb(tmp_path):
+    root = tmp_path / "voc2010_crop"
+    lines = [(0, "all_crop/bird1_2008_000095.jpg", 0, 1), (1, "all_crop/bird2_2008_000097.jpg", 0, 1),
+             (2, "animal/cat5_2010_003875.jpg", 1, 1), (3, "all_crop/bird3_2008_000103.jpg", 0, 0),
+             (4, "animal/cow7_2009_004289.jpg", 1, 0), (5, "all_crop/bird4_2008_000131.jpg", 0, 1)]
+    for k, (_, path, _, _) in enumerate(lines):
+        _jpg(root / path, 40 + 7 * k, 60 - 5 * k, k)
+    (root / "bird_info.txt").write_text("".join(f"{i},{p},{n},{t}\n" for i, p, n, t in lines))
+    entries = read_voc2010_crop(root, "bird")
+    assert [(e.positive, e.train) for e in entries][:3] == [(True, True), (True, True), (False, True)]
+    imdb = build_voc2010_crop_imdb(root, "bird", (24, 24))
+    assert imdb.labels[:, 0].tolist() == [1, 1, 1, -1, 1, -1]        # train pos, train neg, val pos, val neg
+    assert imdb.set.tolist() == [1, 1, 1, 1, 2, 2]
+    assert np.abs(imdb.data[:4].mean(axis=0)).max() < 1e-3
+    (root / "cat_info.txt").write_text("0,a.jpg,2,1\n")
+    with pytest.raises(DatasetError, match="cat_info.txt, line 1"):
+        read_voc2010_crop(root, "cat")
