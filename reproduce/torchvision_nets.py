@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from legacy_compat.cli import UserError
 from legacy_compat.simplenn import LayerSpec
 
 from .conv_mask import pos_templates
@@ -66,7 +67,7 @@ __all__ = ["TorchvisionNet", "TORCHVISION_NETS", "network_init_torchvision", "re
            "load_into_parts", "icnn_specs", "PretrainedFileError"]
 
 
-class PretrainedFileError(ValueError):
+class PretrainedFileError(UserError, ValueError):
     """A --pretrained file that is not a torchvision state_dict of the architecture."""
 
 

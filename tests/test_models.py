@@ -161,7 +161,9 @@ def test_tiny_trains_a_few_steps_and_beta_moves_as_the_formula_says():
 
 
 def test_models_registry_matches_tool_nets():
-    assert set(MODELS) == {"vgg-vd-16", "alexnet", "vgg-m", "vgg-s", "tiny", "alexnet-narrow"}
+    assert set(MODELS) == {"vgg-vd-16", "alexnet", "vgg-m", "vgg-s", "tiny", "alexnet-narrow", "resnet-18", "resnet-50",
+                           "densenet-121"}
+    assert {m for m, d in MODELS.items() if d.family == "torchvision"} == {"resnet-18", "resnet-50", "densenet-121"}
     # tool/nets/*.m hard-code the conv_mask input depth (512, or 256 for alexnet): the cut trunk's last conv
     expected_in = {"vgg-vd-16": 512, "alexnet": 256, "vgg-m": 512, "vgg-s": 512}
     for name, in_ch in expected_in.items():
