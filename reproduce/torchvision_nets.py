@@ -170,7 +170,8 @@ def _pieces(net: TorchvisionNet, parts: Sequence[str]) -> list[tuple[str, ...]]:
 def _conv_mask_spec(name: str, c: int, size: tuple[int, int], gen: torch.Generator) -> LayerSpec:
     """add_block_mask.m's conv_mask (3 x 3, pad 1, C -> C) for a C x size map."""
     px, py = pos_templates(c, size[0], size[1])
-    return LayerSpec("conv_mask", name, [init_weight("gaussian", 3, 3, c, c, gen), torch.zeros(c), torch.full((c,), ALPHA_INIT)],
+    weights = [init_weight("gaussian", 3, 3, c, c, gen), torch.zeros(c), torch.full((c,), ALPHA_INIT)]
+    return LayerSpec("conv_mask", name, weights,
                      {"stride": (1, 1), "pad": (1, 1, 1, 1), "dilate": (1, 1), "learningRate": (1.0, 2.0, 0.05),
                       "weightDecay": (1.0, 0.0, 0.0), "posTemp": (px.numpy(), py.numpy()), "lossWeight": LOSS_WEIGHT,
                       "sliceMag": None, "filter": np.ones(c, dtype=np.int64), "mag": MAG})
@@ -198,7 +199,8 @@ def icnn_specs(model: str, parts: dict[str, nn.Module], channels: dict[str, int]
                 geoms += specs[-2:]
             cout = net.mask_channels
     size = layer_output_sizes(geoms, image_size)[-1]
-    specs.append(LayerSpec("pool", "avgpool", [], {"pool": size, "stride": (1, 1), "pad": (0, 0, 0, 0), "method": "avg"}))
+    specs.append(LayerSpec("pool", "avgpool", [], {"pool": size, "stride": (1, 1), "pad": (0, 0, 0, 0),
+                                                   "method": "avg"}))
     specs.append(LayerSpec("conv", "fc", [init_weight("gaussian", 1, 1, cout, label_num, gen), torch.zeros(label_num)],
                            {"pad": (0, 0, 0, 0), "stride": (1, 1), "dilate": (1, 1), "learningRate": (1.0, 2.0),
                             "weightDecay": (1.0, 0.0)}))
@@ -238,7 +240,8 @@ def network_init_torchvision(label_num: int, model: str, dropout_rate: float = 0
     if int(label_num) < 1:
         raise ValueError(f"network_init: label_num must be >= 1, got {label_num}")
     if weight_init not in (None, "gaussian"):
-        raise ValueError(f"network_init({model!r}): weight_init must be 'gaussian' (the port's head init), got {weight_init!r}")
+        raise ValueError(f"network_init({model!r}): weight_init must be 'gaussian' (the port's head init), "
+                         f"got {weight_init!r}")
     size = int(image_size or 224)
     parts, channels = _trunk(net_def, pretrained, seed)
     gen = torch.Generator()

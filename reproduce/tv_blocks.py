@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from legacy_compat.simplenn import LayerSpec, pair, quad
+from legacy_compat.simplenn import LayerSpec, pair
 
 from .geometry import LayerGeometry
 
