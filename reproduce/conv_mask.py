@@ -54,6 +54,10 @@ wrong shape, a missing context in training mode (see `ConvMask.require_context`)
 """
 from __future__ import annotations
 
+import functools
+import math
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -66,7 +70,9 @@ from legacy_compat.numerics import mlinspace, mround
 from legacy_compat.simplenn import pair, quad
 
 __all__ = ["FilterLossContext", "FilterLossError", "ConvMask", "get_mu", "get_mask", "get_mask_separable",
-           "pos_templates", "filter_loss_gradients", "divide_filters", "conv_mask_forward",
+           "pos_templates", "centroids", "mu_grid", "distance_table", "FilterLossSetup", "filter_loss_setup",
+           "filter_loss_terms", "filter_loss_gradients", "conv_mask_forward", "DeferredChecks",
+           "raise_deferred_errors", "set_compile",
            "ALPHA_LOGZ", "LOSS_STEP", "BETA_TARGET", "BETA_GRAD_SCALE"]
 
 ALPHA_LOGZ = 0.5        # `alpha=0.5` in our_vl_simplenn.m (the temperature of logZ)
@@ -117,6 +123,49 @@ class FilterLossContext:
         return d
 
 
+# ------------------------------------------------------------------ constants built once
+@dataclass(frozen=True)
+class _MuGrid:
+    """getMu's position grids for H x W maps (one dtype, one device), built once (see `mu_grid`).
+
+    proj: HW x (H+W+3), x.flatten(2) @ proj = [row sums (H), column sums (W), total, sum i x,
+    sum j x] in one matrix product; pos: (H+W,) the positions 1..H, 1..W of those sums;
+    spread: 2 x (H+W), mu @ spread puts mu_i under the rows, mu_j under the columns; lower,
+    upper: (2,) the centroid bounds [1, 1], [H, W]."""
+
+    proj: torch.Tensor
+    pos: torch.Tensor
+    spread: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def mu_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _MuGrid:
+    """getMu's constants for H x W maps, cached by (shape, dtype, device)."""
+    ii = torch.arange(1, h + 1, dtype=torch.float64).repeat_interleave(w)      # row of each pixel (1-based)
+    jj = torch.arange(1, w + 1, dtype=torch.float64).repeat(h)                 # its column
+    pix = torch.arange(h * w)
+    proj = torch.zeros(h * w, h + w + 3, dtype=torch.float64)
+    proj[pix, ii.long() - 1] = 1.0
+    proj[pix, h + jj.long() - 1] = 1.0
+    proj[:, h + w], proj[:, h + w + 1], proj[:, h + w + 2] = 1.0, ii, jj
+    pos = torch.cat([torch.arange(1, h + 1), torch.arange(1, w + 1)]).to(torch.float64)
+    spread = torch.zeros(2, h + w, dtype=torch.float64)
+    spread[0, :h], spread[1, h:] = 1.0, 1.0
+    grid = _MuGrid(proj, pos, spread, torch.ones(2, dtype=torch.float64), torch.tensor([h, w], dtype=torch.float64))
+    return _MuGrid(*(t.to(device=device, dtype=dtype) for t in vars(grid).values()))
+
+
+@functools.lru_cache(maxsize=64)
+def _linspace_table(h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """t = linspace(-1,1,H) indexed by a 1-based centroid: entry 0 unused, entries past H repeat
+    t(H) (mu_j may reach W; the original indexes t with it, see get_mu)."""
+    t = mlinspace(-1.0, 1.0, h)
+    idx = np.clip(np.arange(max(h, w) + 1), 1, h) - 1
+    return torch.as_tensor(t[idx], dtype=torch.float64).to(device=device, dtype=dtype)
+
+
 # ------------------------------------------------------------------ getMu / getMask
 def _check_square(x: torch.Tensor, where: str) -> None:
     if x.dim() != 4:
@@ -124,6 +173,9 @@ def _check_square(x: torch.Tensor, where: str) -> None:
     if x.shape[2] != x.shape[3]:
         raise ValueError(f"{where}: the feature map is {x.shape[2]} x {x.shape[3]}; conv_mask needs square maps "
                          f"(the original getMu uses linspace(-1,1,h) for both axes)")
+
+
+_NONFINITE_INPUT = "{where}: the input contains NaN or Inf values"
 
 
 def get_mu(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -134,31 +186,34 @@ def get_mu(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> tuple[torch
 
     `out_dtype` is the dtype of mu_x, mu_y (default x's; the original's are double).
     """
-    return _get_mu(x, out_dtype)[:3]
-
-
-def _get_mu(x: torch.Tensor, out_dtype: torch.dtype | None = None, where: str = "getMu"):
-    """get_mu, plus the per-map sums (N x D) for the finiteness check."""
     if x.dim() != 4:
-        raise ValueError(f"{where}: expected an N x D x H x W input, got shape {tuple(x.shape)}")
-    n, d, h, w = x.shape
-    x3 = x.reshape(n * d, h, w)
-    rows = (x3.reshape(-1, w) @ torch.ones(w, dtype=x.dtype, device=x.device)).view(n, d, h)  # sum over j
-    cols = x3.sum(dim=1).view(n, d, w)                                                         # sum over i
-    total = rows.sum(dim=2)
+        raise ValueError(f"getMu: expected an N x D x H x W input, got shape {tuple(x.shape)}")
+    mu, sqrtvar, total = centroids(x)
     if not bool(torch.isfinite(total).all()):
-        raise ValueError(f"{where}: the input contains NaN or Inf values")
+        raise ValueError(_NONFINITE_INPUT.format(where="getMu"))
+    t = _linspace_table(x.shape[2], x.shape[3], out_dtype or x.dtype, x.device)
+    idx = mu.long()
+    return t[idx[..., 0]], t[idx[..., 1]], sqrtvar
+
+
+def centroids(x: torch.Tensor, grid: "_MuGrid | None" = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """getMu.m's arithmetic for N x D x H x W maps in one matrix product and a few element-wise
+    steps: (mu N x D x 2, the 1-based centroid row and column as floats; sqrtvar N x D; the map
+    sums N x D, for the finiteness check and mean_ij x).
+
+    s = max(sum_ij x, 1e-9); mu_i = min(max(round(sum_ij i x / s), 1), H) (round: halves away
+    from zero, computed as floor(v + 0.5), which is exact for v >= 0.5 and clamps to 1 below);
+    sqrtvar = sqrt(sum_ij ((i - mu_i)^2 + (j - mu_j)^2) x / s), from the row and column sums.
+    The upper clamps are a fix: the original indexes linspace(-1,1,h) past its end when a
+    centroid lies beyond the map (negative inputs)."""
+    n, d, h, w = x.shape
+    g = mu_grid(h, w, x.dtype, x.device) if grid is None else grid
+    margins, total, moments = (x.flatten(2) @ g.proj).split([h + w, 1, 2], dim=2)
     s = total.clamp_min(1e-9)
-    ii = torch.arange(1, h + 1, device=x.device, dtype=x.dtype)
-    jj = torch.arange(1, w + 1, device=x.device, dtype=x.dtype)
-    # max(round(.), 1); the upper clamps are a fix: the original indexes linspace(-1,1,h) with
-    # both, past its end when a centroid lies beyond h (negative inputs, or w > h)
-    mu_i = mround((rows * ii).sum(dim=2) / s).clamp(1, h)
-    mu_j = mround((cols * jj).sum(dim=2) / s).clamp(1, w)
-    var = ((ii - mu_i[..., None]) ** 2 * rows).sum(dim=2) + ((jj - mu_j[..., None]) ** 2 * cols).sum(dim=2)
-    sqrtvar = torch.sqrt(var / s)
-    t = torch.as_tensor(mlinspace(-1.0, 1.0, h), dtype=out_dtype or x.dtype, device=x.device)
-    return t[mu_i.long() - 1], t[mu_j.long().clamp_max(h) - 1], sqrtvar, total
+    mu = (moments / s).add_(0.5).floor_().clamp_(min=g.lower, max=g.upper).nan_to_num_(nan=1.0)   # NaN input: checked later
+    dev = g.pos - mu @ g.spread                                           # i - mu_i, j - mu_j
+    var = torch.einsum("ndp,ndp,ndp->nd", dev, dev, margins)
+    return mu, var.div_(s.squeeze(2)).sqrt_(), total.squeeze(2)
 
 
 def get_mask(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_type: torch.Tensor,
@@ -169,14 +224,15 @@ def get_mask(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_
     Returns mask = max(1 - beta (|pos_x - mu_x| + |pos_y - mu_y|), -1), 1 where filter ~= 1.
     """
     dt = pos_x.dtype
-    mx = mu_x.to(dt)[:, :, None, None]
-    my = mu_y.to(dt)[:, :, None, None]
-    mask = (pos_x[None] - mx).abs_()
-    mask += (pos_y[None] - my).abs_()
-    mask.mul_(beta.to(dt)[None, :, None, None]).neg_().add_(1).clamp_min_(-1)
-    not_part = (filter_type != 1)
-    mask.masked_fill_(not_part[None, :, None, None], 1.0)
-    return mask
+    dist = (pos_x[None] - mu_x.to(dt)[:, :, None, None]).abs_()
+    dist += (pos_y[None] - mu_y.to(dt)[:, :, None, None]).abs_()
+    return _mask_from_distance(dist, torch.where(filter_type == 1, beta.to(dt), 0).view(-1, 1, 1))
+
+
+def _mask_from_distance(dist: torch.Tensor, beta_part: torch.Tensor) -> torch.Tensor:
+    """max(1 - beta dist, -1), in place on dist; beta_part: D x 1 x 1, 0 for the filters that
+    are not parts (1 - 0 dist = 1 exactly: their mask is 1, as getMask sets it)."""
+    return torch.rsub(dist.mul_(beta_part), 1).clamp_min_(-1)
 
 
 def get_mask_separable(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_type: torch.Tensor | None,
@@ -184,16 +240,25 @@ def get_mask_separable(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tenso
     """get_mask for templates that vary along one axis each (posTemp_x(c,i,j) = pos_rows(c,i),
     posTemp_y(c,i,j) = pos_cols(c,j), as add_block_mask.m builds them): the same arithmetic,
     |pos_x - mu_x| + |pos_y - mu_y| formed from the row and column terms. filter_type None: all
-    filters are parts (nothing to set to 1)."""
+    filters are parts."""
     dt = pos_rows.dtype
     dx = (pos_rows[None] - mu_x.to(dt)[:, :, None]).abs_()         # N x D x H
     dy = (pos_cols[None] - mu_y.to(dt)[:, :, None]).abs_()         # N x D x W
-    dist = dx[:, :, :, None] + dy[:, :, None, :]
-    one = torch.ones((), dtype=dt, device=dist.device)
-    mask = torch.addcmul(one, dist, beta.to(dt).neg()[None, :, None, None], out=dist).clamp_min_(-1)
-    if filter_type is not None:
-        mask.masked_fill_((filter_type != 1)[None, :, None, None], 1.0)
-    return mask
+    part = torch.ones_like(beta, dtype=torch.bool) if filter_type is None else filter_type == 1
+    return _mask_from_distance(dx[:, :, :, None] + dy[:, :, None, :], torch.where(part, beta.to(dt), 0).view(-1, 1, 1))
+
+
+def distance_table(pos_rows: torch.Tensor, pos_cols: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """|posX - mu_x| + |posY - mu_y| for every possible centroid, ((H+1)(W+1)) x H x W: entry
+    mu_i (W+1) + mu_j is the distance map of the centroid (mu_i, mu_j) (1-based; row 0 and
+    column 0 unused), with posTemp the same in every channel (pos_rows (H,), pos_cols (W,)) and
+    t the centroid's coordinate table (_linspace_table). The same float operations as get_mask,
+    done once per layer instead of once per map."""
+    h, w = pos_rows.numel(), pos_cols.numel()
+    tx, ty = t[: h + 1].to(pos_rows.dtype), t[: w + 1].to(pos_rows.dtype)
+    dx = (pos_rows[None, :] - tx[:, None]).abs_()                  # (H+1) x H
+    dy = (pos_cols[None, :] - ty[:, None]).abs_()                  # (W+1) x W
+    return (dx[:, None, :, None] + dy[None, :, None, :]).reshape((h + 1) * (w + 1), h, w)
 
 
 def pos_templates(channels: int, h: int, w: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,164 +271,327 @@ def pos_templates(channels: int, h: int, w: int, dtype: torch.dtype = torch.floa
     return px, py
 
 
-# ------------------------------------------------------------------ the filter loss
-def divide_filters(labels: torch.Tensor, filter_type: torch.Tensor, slice_mag: torch.Tensor | None,
-                   density: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """`Div` and the weights w_pos / w_neg of our_vl_simplenn.m's conv_mask backward, per channel.
+# ------------------------------------------------------------------ the filter loss: blocks ("Div")
+@dataclass
+class FilterLossSetup:
+    """The per-batch constants of the filter loss (our_vl_simplenn.m's `Div`, w_pos, w_neg, mag).
 
-    labels: N x L. Returns (group_of (D,) long: the class whose block holds each channel,
-    positive (N x D) bool: image n is a positive of channel d's class, w_pos (D,), w_neg (D,)
-    float64, number of groups).
+    member: 2 x N x D bool, [positives, negatives] of each part channel's class (the entries of
+    the blocks); count: 2 x 1 x D, images per channel in its block; block_size: entries per
+    block, at least 1 (2 x 1 x 1, or 2 x 1 x 1 x G with classes); groups: 1 x 1 x D x G bool,
+    channel d in class g's block (None: one block); group_of (D,): its class; beta_member: N x D,
+    the positives of the part and texture channels; beta_scale (D,): -10000 for those channels,
+    0 for the others; step: 1e-5 w+, 1e-5 w- (a number when both are 1e-5, else 2 x 1 x D);
+    mag: epoch / l.mag (0-d); fallback: the layer's all_inf_fallback; where: for messages.
     """
-    n, n_labels = labels.shape
-    depth = filter_type.shape[0]
-    dev = labels.device
+
+    member: torch.Tensor
+    count: torch.Tensor
+    block_size: torch.Tensor
+    groups: torch.Tensor | None
+    group_of: torch.Tensor | None
+    beta_member: torch.Tensor
+    beta_scale: torch.Tensor
+    step: torch.Tensor | float
+    mag: torch.Tensor
+    fallback: float | None = None
+    where: str = "conv_mask"
+
+
+def filter_loss_setup(labels: torch.Tensor, filter_type: torch.Tensor, slice_mag: torch.Tensor | None, epoch: int,
+                      density: torch.Tensor | None, layer_mag: Any, dtype: torch.dtype = torch.float32,
+                      fallback: float | None = None, where: str = "conv_mask") -> FilterLossSetup:
+    """`Div` and the weights of our_vl_simplenn.m's conv_mask backward for a batch (labels N x L)."""
+    consts = _ChannelConstants.build(filter_type, dtype)
+    return _blocks(labels, consts, slice_mag, epoch, density, layer_mag, dtype, fallback, where)
+
+
+@dataclass(frozen=True)
+class _ChannelConstants:
+    """What the filter types give, built once per layer: part (D,) bool, part_col (D x 1 x 1),
+    active (D,) bool (part or texture), beta_scale (D,)."""
+
+    part: torch.Tensor
+    part_col: torch.Tensor
+    active: torch.Tensor
+    beta_scale: torch.Tensor
+
+    @classmethod
+    def build(cls, filter_type: torch.Tensor, dtype: torch.dtype) -> "_ChannelConstants":
+        part = filter_type == 1
+        active = filter_type > 0
+        scale = torch.where(active, BETA_GRAD_SCALE, 0.0).to(dtype)
+        return cls(part, part.view(-1, 1, 1), active, scale)
+
+
+def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Tensor | None, epoch: int,
+            density: torch.Tensor | None, layer_mag: Any, dtype: torch.dtype, fallback: float | None,
+            where: str) -> FilterLossSetup:
+    """Div: one block (one class, or several classes without sliceMag: the positives are the
+    images positive for any class, w = 1) or one block per class (sliceMag: channel d belongs
+    to class argmax_l sliceMag(d, l), first of ties, NaN skipped as MATLAB's max does)."""
+    n_labels = labels.shape[1]
+    layer_mag = torch.as_tensor(layer_mag, dtype=torch.float64, device=labels.device)
+    mag = torch.full((), 1.0 / (1.0 / float(epoch)), dtype=torch.float64, device=labels.device).div_(
+        layer_mag).to(dtype)                                        # ones ./ (1/iter) ./ l.mag
     if n_labels == 1 or slice_mag is None or slice_mag.numel() == 0:
-        img_pos = labels[:, 0] == 1 if n_labels == 1 else labels.max(dim=1).values == 1
-        ones = torch.ones(depth, dtype=torch.float64, device=dev)
-        return (torch.zeros(depth, dtype=torch.long, device=dev), img_pos[:, None].expand(n, depth),
-                ones, ones, 1)
+        pos = labels == 1 if n_labels == 1 else labels.amax(dim=1, keepdim=True) == 1      # N x 1
+        member = torch.stack([pos, ~pos]) & consts.part
+        count = member.sum(dim=1, keepdim=True)
+        return FilterLossSetup(member, count, count.sum(dim=2, keepdim=True).clamp_min_(1), None, None,
+                               pos & consts.active, consts.beta_scale, LOSS_STEP, mag, fallback, where)
+    depth = consts.part.numel()
     if tuple(slice_mag.shape) != (depth, n_labels):
-        raise ValueError(f"conv_mask: sliceMag is {tuple(slice_mag.shape)}, expected {depth} x {n_labels} "
+        raise ValueError(f"{where}: sliceMag is {tuple(slice_mag.shape)}, expected {depth} x {n_labels} "
                          f"(channels x classes)")
-    sm = slice_mag.to(dev)
-    sm = torch.where(torch.isnan(sm), torch.full_like(sm, -torch.inf), sm)   # MATLAB's max skips NaN
-    group_of = sm.argmax(dim=1)                                             # first of ties, like max
-    positive = (labels == 1)[:, group_of]
+    group_of = slice_mag.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).argmax(dim=1)
+    groups = (group_of[:, None] == _arange(n_labels, labels.device)).view(1, 1, depth, n_labels)
+    pos = (labels == 1).index_select(1, group_of)                                            # N x D
+    member = torch.stack([pos, ~pos]) & consts.part
+    count = member.sum(dim=1, keepdim=True)
+    block_size = (count.unsqueeze(3) * groups).sum(dim=2, keepdim=True).clamp_min_(1)
+    return FilterLossSetup(member, count, block_size, groups, group_of, pos & consts.active, consts.beta_scale,
+                           _class_steps(n_labels, density, group_of, dtype, where), mag, fallback, where)
+
+
+@functools.lru_cache(maxsize=16)
+def _arange(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _many_class_steps(n_labels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1e-5 w+, 1e-5 w- for more than 10 classes: w+ = 0.5 L, w- = 0.5 / (1 - 1/L); 2 x 1 x 1."""
+    w = [0.5 / (1 / n_labels), 0.5 / (1 - 1 / n_labels)]
+    return torch.tensor([LOSS_STEP * v for v in w], dtype=torch.float64).to(dtype).view(2, 1, 1).to(device)
+
+
+def _class_steps(n_labels: int, density: torch.Tensor | None, group_of: torch.Tensor, dtype: torch.dtype,
+                 where: str) -> torch.Tensor:
+    """1e-5 w+ and 1e-5 w- of each channel's class, 2 x 1 x D (w+ = 0.5 / density_l,
+    w- = 0.5 / (1 - density_l); more than 10 classes: _many_class_steps)."""
     if n_labels > 10:
-        w_pos = torch.full((n_labels,), 0.5 / (1 / n_labels), dtype=torch.float64, device=dev)
-        w_neg = torch.full((n_labels,), 0.5 / (1 - 1 / n_labels), dtype=torch.float64, device=dev)
+        return _many_class_steps(n_labels, dtype, group_of.device)
+    if density is None or density.numel() != n_labels:
+        raise ValueError(f"{where}: the label density (L = {n_labels} values) is needed with sliceMag set")
+    dens = density.reshape(-1).to(dtype=torch.float64)
+    w = torch.stack([dens, 1 - dens]).reciprocal_().mul_(0.5 * LOSS_STEP)    # 1e-5 * (0.5 ./ density) ...
+    return w.index_select(1, group_of).to(dtype).unsqueeze(1)
+
+
+# ------------------------------------------------------------------ the filter loss: arithmetic
+def _replace_inf_by_block_max(v: torch.Tensor, setup: FilterLossSetup) -> tuple[torch.Tensor, torch.Tensor]:
+    """`v(isinf(v)) = max(v(isinf(v)==0))` of our_vl_simplenn.m on every block at once, then
+    `v(isnan(v)) = 0`.
+
+    v: 2 x N x D with NaN outside the blocks (`setup.member`). MATLAB's max skips NaN; a block
+    whose non-Inf values are all NaN gives NaN, then 0. Returns (v, bad): bad marks the blocks
+    that hold Inf values and no other value, where MATLAB stops with an error (their values
+    become `setup.fallback`, or 0 when it is None). Entries outside the blocks come out 0."""
+    inf = v.isinf()
+    if setup.groups is None:
+        vg, dims = v, (1, 2)
     else:
-        dens = density.to(device=dev, dtype=torch.float64)
-        w_pos = 0.5 / dens
-        w_neg = 0.5 / (1 - dens)
-    return group_of, positive, w_pos[group_of], w_neg[group_of], n_labels
+        vg, dims = torch.where(setup.groups, v.unsqueeze(3), math.nan), (1, 2)
+    top = vg.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax(dim=dims, keepdim=True)     # largest finite
+    bad = vg.isinf().sum(dim=dims, keepdim=True) >= setup.block_size
+    if setup.fallback is not None:
+        top = torch.where(bad, float(setup.fallback), top)
+    if setup.groups is not None:
+        top = top.index_select(3, setup.group_of).squeeze(2)        # each channel's block: 2 x 1 x D
+    # -inf left in v: no finite value in the block (NaN -> 0, or MATLAB's error)
+    return torch.where(inf, top, v).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), bad
 
 
-def _replace_inf_by_block_max(v: torch.Tensor, member: torch.Tensor, group_of: torch.Tensor, n_groups: int,
-                              fallback: float | None, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`v(isinf(v)) = max(v(isinf(v)==0))` of our_vl_simplenn.m, separately on each block.
-
-    v: N x D; member: N x D bool (the entries of channel d's block); group_of (D,): the block of
-    each channel. MATLAB's max skips NaN (all NaN -> NaN). A block with Inf values and no
-    other value is where MATLAB stops; it sets `bad` (or takes `fallback` when given).
-    """
-    isinf = torch.isinf(v)
-    inf_m = isinf & member
-    noninf = member & ~isinf
-    finite = noninf & ~torch.isnan(v)
-    ch_max = torch.where(finite, v, torch.full_like(v, -torch.inf)).amax(dim=0)
-    g_max = torch.full((n_groups,), -torch.inf, dtype=v.dtype, device=v.device)
-    g_max = g_max.scatter_reduce(0, group_of, ch_max, reduce="amax")
-
-    def per_group(count: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n_groups, dtype=torch.long, device=v.device).scatter_add(0, group_of, count.sum(dim=0))
-
-    g_finite, g_noninf, g_inf = per_group(finite), per_group(noninf), per_group(inf_m)
-    rep = torch.where(g_finite > 0, g_max, torch.full_like(g_max, torch.nan))
-    empty = (g_inf > 0) & (g_noninf == 0)
+def _log_z(x: torch.Tensor, mask: torch.Tensor, neg_mean: torch.Tensor, fallback: float | None):
+    """2 log mean_n exp(2 z) for z = [mean_ij x .* mask~, -mean_ij x] (2 x 1 x D): twice
+    alpha_logZ_pos / _neg (alpha = 0.5), ±Inf replaced by the largest finite value of each.
+    mask~ has both its channel and its image order reversed (mask(:,:,end:-1:1,end:-1:1)).
+    Returns (2 logZ, bad): bad where every value is ±Inf (MATLAB's error)."""
+    hw = x.shape[2] * x.shape[3]
+    rev = torch.einsum("ndhw,ndhw->nd", x, mask.flip((0, 1))) / hw
+    lz = torch.stack([rev, neg_mean]).mul_(2).exp_().mean(dim=1, keepdim=True).log_()
+    inf = lz.isinf()
+    top = lz.nan_to_num(posinf=-math.inf, neginf=-math.inf).amax(dim=2, keepdim=True)
+    bad = top == -math.inf
     if fallback is not None:
-        rep = torch.where(empty, torch.full_like(rep, float(fallback)), rep)
-    else:
-        bad = bad | empty.any()
-    return torch.where(inf_m, rep[group_of][None, :].expand_as(v), v), bad
+        top = torch.where(bad, 2 * float(fallback), top)
+    return torch.where(inf, top, lz), bad
 
 
-def _nan_to_zero(v: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isnan(v), torch.zeros_like(v), v)
+def _normalise(s: torch.Tensor, setup: FilterLossSetup) -> tuple[torch.Tensor, torch.Tensor]:
+    """The replacement / normalisation sequence the original applies to both strengths, on
+    2 x N x D (NaN outside the blocks): Inf -> block max, NaN -> 0, s / (mean_block s * mag),
+    NaN -> 0, Inf -> block max. Returns (s, 0 outside the blocks; bad blocks)."""
+    s, bad1 = _replace_inf_by_block_max(s, setup)
+    s = s / ((s.sum(dim=1, keepdim=True) / setup.count) * setup.mag)        # mean(strength, 2) .* mag
+    s = torch.where(setup.member, s.nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf), math.nan)
+    s, bad2 = _replace_inf_by_block_max(s, setup)
+    return s, bad1 | bad2
 
 
-def _block_strength(raw: torch.Tensor, member: torch.Tensor, group_of: torch.Tensor, n_groups: int,
-                    mag: torch.Tensor, fallback: float | None, bad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The replacement / normalisation sequence the original applies to both strengths."""
-    s, bad = _replace_inf_by_block_max(raw, member, group_of, n_groups, fallback, bad)
-    s = _nan_to_zero(s)
-    count = member.sum(dim=0).to(s.dtype)
-    mean = torch.where(member, s, torch.zeros_like(s)).sum(dim=0) / count       # mean(strength, 2)
-    s = s / (mean * mag)[None, :]
-    s = _nan_to_zero(s)
-    return _replace_inf_by_block_max(s, member, group_of, n_groups, fallback, bad)
+def _beta_derivative(strength: torch.Tensor, sqrtvar: torch.Tensor, beta: torch.Tensor,
+                     setup: FilterLossSetup) -> torch.Tensor:
+    """dzdw{3}: (clamp(3 / (sum_pos S sqrtvar / sum_pos S), 1.5, 3) - beta) * (-10000) for part
+    and texture channels, 0 for the others (MATLAB min/max: 3/NaN -> 3)."""
+    s = torch.where(setup.beta_member, strength, 0)
+    r = BETA_TARGET / (torch.linalg.vecdot(s, sqrtvar, dim=0) / s.sum(dim=0))
+    r = r.nan_to_num_(nan=BETA_MAX, posinf=math.inf, neginf=-math.inf).clamp_(BETA_MIN, BETA_MAX)
+    return (r - beta).mul_(setup.beta_scale)
 
 
-def _mean_hw(a: torch.Tensor) -> torch.Tensor:
-    """mean(mean(a, 1), 2) of an H x W x D x N array: N x D (rows first, then columns)."""
-    return a.mean(dim=2).mean(dim=2)
+def filter_loss_terms(x: torch.Tensor, mask: torch.Tensor, strength: torch.Tensor, sqrtvar: torch.Tensor,
+                      neg_mean: torch.Tensor, beta: torch.Tensor,
+                      setup: FilterLossSetup) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The filter-loss part of our_vl_simplenn.m's conv_mask backward (see the module
+    docstring), without host synchronisation: (coef 2 x N x D: the input gradient gets
+    `- mask * coef[0] + coef[1]`; dbeta (D,); bad: 0-d bool, a block held only ±Inf values).
+    neg_mean: -mean_ij x, N x D."""
+    lz2, bad0 = _log_z(x, mask, neg_mean, setup.fallback)
+    v = torch.stack([strength, neg_mean])                                    # S, -m
+    s = v.mul(2).exp_().mul_(v.add(lz2, alpha=-0.5).add_(ALPHA_LOGZ))       # exp(v/a) (v - logZ + a)
+    s, bad = _normalise(torch.where(setup.member, s, math.nan), setup)
+    coef = s * setup.step
+    return coef, _beta_derivative(strength, sqrtvar, beta, setup), bad0.any() | bad.any()
 
 
-def _mean_hw_reversed(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean_ij x(:,:,d,n) .* mask(:,:,D+1-d,N+1-n), N x D: with (n, d) flattened row-major,
-    reversing both orders reverses the rows, so each entry is one dot product."""
-    n, d, h, w = x.shape
-    rows_x = x.reshape(n * d, 1, h * w)
-    rows_m = mask.reshape(n * d, h * w).flip(0)
-    return torch.bmm(rows_x, rows_m.unsqueeze(2)).view(n, d) / (h * w)
+def all_inf_message(where: str) -> str:
+    return (f"{where}: a block of the filter loss holds only ±Inf values (activations too large for "
+            f"exp(.../0.5) in single precision); the original our_vl_simplenn.m stops here with an "
+            f"assignment error. Set the layer's all_inf_fallback to a number to continue with it instead.")
 
 
 def filter_loss_gradients(x: torch.Tensor, mask: torch.Tensor, strength: torch.Tensor, sqrtvar: torch.Tensor,
-                          beta: torch.Tensor, filter_type: torch.Tensor, slice_mag: torch.Tensor | None,
-                          labels: torch.Tensor, epoch: int, density: torch.Tensor | None, layer_mag: Any,
-                          all_inf_fallback: float | None = None, where: str = "conv_mask",
-                          x_mean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The filter-loss part of our_vl_simplenn.m's conv_mask backward (see the module docstring).
+                          beta: torch.Tensor, setup: FilterLossSetup,
+                          x_sum: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """filter_loss_terms with its error raised here (a host synchronisation): (coef_pos,
+    coef_neg, dbeta); x, mask N x D x H x W, strength and sqrtvar N x D, beta (D,)."""
+    x_sum = x.sum(dim=(2, 3)) if x_sum is None else x_sum
+    coef, dbeta, bad = filter_loss_terms(x, mask, strength, sqrtvar, x_sum / -(x.shape[2] * x.shape[3]), beta, setup)
+    if setup.fallback is None and bool(bad):
+        raise FilterLossError(all_inf_message(setup.where))
+    return coef[0], coef[1], dbeta
 
-    x, mask: N x D x H x W; strength S and sqrtvar: N x D; beta, filter_type: (D,);
-    labels N x L; layer_mag: the layer's `mag` (0.1); x_mean: mean_ij x (N x D) when already known.
-    Returns (coef_pos, coef_neg, dbeta): the input gradient gets
-    `- mask * coef_pos[..., None, None] + coef_neg[..., None, None]` (N x D each) and
-    dbeta (D,) is the beta gradient (`dzdw{3}`).
-    """
-    a = ALPHA_LOGZ
-    dt = x.dtype
-    n, depth = strength.shape
-    n_labels = labels.shape[1]
-    lab = labels.to(device=x.device)
-    sm = slice_mag if (slice_mag is not None and slice_mag.numel() > 0) else None
-    dens = None
-    if n_labels > 1 and sm is not None and n_labels <= 10:
-        dens = torch.as_tensor(density, dtype=torch.float64).reshape(-1) if density is not None else None
-        if dens is None or dens.numel() != n_labels:
-            raise ValueError(f"{where}: the label density (L = {n_labels} values) is needed with sliceMag set")
-    group_of, positive, w_pos, w_neg, n_groups = divide_filters(lab, filter_type, sm, dens)
-    part = (filter_type == 1)[None, :]
-    active = (filter_type > 0)[None, :]
-    bad = torch.zeros((), dtype=torch.bool, device=x.device)
-    all_ch = torch.zeros(depth, dtype=torch.long, device=x.device)
-    everyone = torch.ones(1, depth, dtype=torch.bool, device=x.device)
 
-    # alpha_logZ_pos / _neg: over all images; the positive one with the reversed mask
-    logz_pos = torch.log(torch.exp(_mean_hw_reversed(x, mask) / a).mean(dim=0)) * a
-    m = _mean_hw(x) if x_mean is None else x_mean
-    logz_neg = torch.log(torch.exp(-m / a).mean(dim=0)) * a
-    logz_pos, bad = _replace_inf_by_block_max(logz_pos[None], everyone, all_ch, 1, all_inf_fallback, bad)
-    logz_neg, bad = _replace_inf_by_block_max(logz_neg[None], everyone, all_ch, 1, all_inf_fallback, bad)
+# ------------------------------------------------------------------ per-layer constants, checks, compile
+@dataclass(frozen=True)
+class _LayerConstants:
+    """Built once per layer (and dtype, device), rebuilt when a buffer changes: getMu's grid,
+    the distance table (None when posTemp differs between channels or the table would be
+    large: get_mask then forms the distances per call), the filter types' constants."""
 
-    # mag = ones(depth, imgNum) ./ (1/iter) ./ l.mag
-    mag = ((1.0 / (1.0 / float(epoch))) / torch.as_tensor(layer_mag, dtype=torch.float64, device=x.device)).to(dt)
+    grid: _MuGrid
+    table: torch.Tensor | None
+    filter_type: torch.Tensor
+    flat_coef: torch.Tensor
+    t: torch.Tensor
+    channels: _ChannelConstants
+    pos_x: torch.Tensor
+    pos_y: torch.Tensor
 
-    member_pos = positive & part
-    member_neg = ~positive & part
-    s_pos = torch.exp(strength / a) * ((strength - logz_pos) + a)
-    s_pos, bad = _block_strength(s_pos, member_pos, group_of, n_groups, mag, all_inf_fallback, bad)
-    s_neg = torch.exp(-m / a) * ((-m - logz_neg) + a)
-    s_neg, bad = _block_strength(s_neg, member_neg, group_of, n_groups, mag, all_inf_fallback, bad)
-    zero = torch.zeros((), dtype=dt, device=x.device)
-    coef_pos = torch.where(member_pos, s_pos * (LOSS_STEP * w_pos).to(dt)[None, :], zero)
-    coef_neg = torch.where(member_neg, s_neg * (LOSS_STEP * w_neg).to(dt)[None, :], zero)
 
-    # dzdw{3}: strength-weighted mean of sqrtvar over the positives of the channel's class
-    member_beta = positive & active
-    num = torch.where(member_beta, strength * sqrtvar, zero).sum(dim=0)
-    den = torch.where(member_beta, strength, zero).sum(dim=0)
-    r = BETA_TARGET / (num / den)
-    r = torch.where(torch.isnan(r), torch.full_like(r, BETA_MAX), r).clamp(BETA_MIN, BETA_MAX)  # max(min(3./tmp,3),1.5)
-    dbeta = torch.where(active[0], (r - beta.to(dt)) * BETA_GRAD_SCALE, zero)
+_TABLE_MAX = 1 << 22        # entries of the distance table (16 MiB in float32); larger: per-call distances
 
-    if all_inf_fallback is None and bool(bad):
-        raise FilterLossError(
-            f"{where}: a block of the filter loss holds only ±Inf values (activations too large for "
-            f"exp(.../0.5) in single precision); the original our_vl_simplenn.m stops here with an "
-            f"assignment error. Set the layer's all_inf_fallback to a number to continue with it instead.")
-    return coef_pos, coef_neg, dbeta
+
+def _layer_constants(pos_x: torch.Tensor, pos_y: torch.Tensor, filter_type: torch.Tensor,
+                     dtype: torch.dtype) -> _LayerConstants:
+    """The constants of a layer with these buffers, for inputs of `dtype` (synchronises once)."""
+    d, h, w = pos_x.shape
+    dev = pos_x.device
+    t = _linspace_table(h, w, dtype, dev)
+    rows, cols = pos_x[:1, :, :1], pos_y[:1, :1, :]
+    uniform = bool((pos_x == rows).all()) and bool((pos_y == cols).all())       # separable, same in every channel
+    table = None
+    if uniform and (h + 1) * (w + 1) * h * w <= _TABLE_MAX:
+        table = distance_table(rows.reshape(h), cols.reshape(w), t)
+    flat = torch.tensor([w + 1.0, 1.0], dtype=dtype).to(dev)
+    return _LayerConstants(mu_grid(h, w, dtype, dev), table, filter_type, flat, t, _ChannelConstants.build(filter_type, dtype),
+                           pos_x, pos_y)
+
+
+def _distances(mu: torch.Tensor, k: _LayerConstants) -> torch.Tensor:
+    """|posX - mu_x| + |posY - mu_y|, N x D x H x W (a gather from the table when there is one)."""
+    if k.table is not None:
+        return k.table[(mu @ k.flat_coef).long()]
+    idx = mu.long()
+    dt = k.pos_x.dtype
+    dist = (k.pos_x - k.t[idx[..., 0]].to(dt)[..., None, None]).abs_()
+    return dist.add_((k.pos_y - k.t[idx[..., 1]].to(dt)[..., None, None]).abs_())
+
+
+def _mask_maths(x: torch.Tensor, beta: torch.Tensor, k: _LayerConstants, with_strength: bool):
+    """getMu, getMask and the mask product of the forward: (max(x .* mask, 0), mask, sqrtvar,
+    the map sums, strength S = mean_ij x .* mask or None)."""
+    mu, sqrtvar, total = centroids(x, k.grid)
+    mask = _mask_from_distance(_distances(mu, k), torch.where(k.channels.part_col, beta.view(-1, 1, 1), 0))
+    xm = x * mask
+    strength = xm.mean(dim=(2, 3)) if with_strength else None              # mean(mean(x.*mask,1),2)
+    return xm.clamp_min_(0), mask, sqrtvar, total, strength
+
+
+_COMPILE = {"enabled": os.environ.get("ICNN_COMPILE_CONV_MASK", "") == "1", "backend": "inductor", "failed": False}
+_COMPILED: dict[Any, Any] = {}
+
+
+def set_compile(enabled: bool, backend: str = "inductor") -> None:
+    """torch.compile the conv_mask maths (getMu, getMask, the filter loss) on CUDA: OFF by
+    default (its results are not checked against the golden cases here); also switched on by
+    the environment variable ICNN_COMPILE_CONV_MASK=1. The convolutions stay eager; the CPU
+    never compiles. Where compiling fails the layer warns once and runs eagerly."""
+    _COMPILE.update(enabled=bool(enabled), backend=backend, failed=False)
+    _COMPILED.clear()
+
+
+def _maybe_compiled(fn: Any, device: torch.device, allow_cpu: bool = False) -> Any:
+    if not _COMPILE["enabled"] or _COMPILE["failed"] or (device.type == "cpu" and not allow_cpu):
+        return fn
+    key = (fn, _COMPILE["backend"])
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, backend=_COMPILE["backend"], dynamic=False)
+    compiled = _COMPILED[key]
+
+    def run(*args):
+        if _COMPILE["failed"]:
+            return fn(*args)
+        try:
+            return compiled(*args)
+        except Exception as err:            # no compiler, unsupported GPU, ...: eager from now on
+            _COMPILE["failed"] = True
+            warnings.warn(f"conv_mask: torch.compile failed ({type(err).__name__}: {err}); running eagerly")
+            return fn(*args)
+    return run
+
+
+class DeferredChecks:
+    """The layer's input and filter-loss checks, kept on the device where reading them would
+    synchronise (CUDA training steps): `raise_pending` raises the error they found, with the
+    message an immediate check gives."""
+
+    def __init__(self) -> None:
+        self.finite: torch.Tensor | None = None       # every input seen was finite
+        self.all_inf: torch.Tensor | None = None      # some filter-loss block held only ±Inf
+
+    def note_input(self, finite: torch.Tensor) -> None:
+        self.finite = finite if self.finite is None else self.finite & finite
+
+    def note_all_inf(self, bad: torch.Tensor) -> None:
+        self.all_inf = bad if self.all_inf is None else self.all_inf | bad
+
+    def raise_pending(self, where: str) -> None:
+        finite, all_inf = self.finite, self.all_inf
+        self.finite = self.all_inf = None
+        if finite is not None and not bool(finite):
+            raise ValueError(_NONFINITE_INPUT.format(where=where) + " (found by the deferred check: in one of the "
+                             "training steps since the last check)")
+        if all_inf is not None and bool(all_inf):
+            raise FilterLossError(all_inf_message(where) + " (found by the deferred check)")
+
+
+def raise_deferred_errors(module: nn.Module) -> None:
+    """Raise the error any ConvMask layer in `module` found in deferred mode (see ConvMask.check_mode)."""
+    for m in module.modules():
+        if isinstance(m, ConvMask):
+            m.checks.raise_pending(m.where)
 
 
 # ------------------------------------------------------------------ the autograd function
@@ -374,18 +602,16 @@ class _LayerState:
     pad: tuple[int, int, int, int]
     stride: tuple[int, int]
     dilate: tuple[int, int]
-    filter_type: torch.Tensor
-    pos_x: torch.Tensor
-    pos_y: torch.Tensor
-    slice_mag: torch.Tensor | None
-    mag: torch.Tensor
-    context: FilterLossContext | None
-    labels: torch.Tensor | None
-    all_inf_fallback: float | None
+    consts: _LayerConstants
+    setup: FilterLossSetup | None
+    checks: DeferredChecks | None          # None: check now (raise at once)
     name: str
-    pos_rows: torch.Tensor | None = None      # separable templates (see get_mask_separable)
-    pos_cols: torch.Tensor | None = None
-    any_nonpart: bool = True
+    context: FilterLossContext | None = None       # for reproduce.distributed's whole-batch loss
+    whole_batch: Any = None
+    labels: torch.Tensor | None = None
+    slice_mag: torch.Tensor | None = None
+    density: torch.Tensor | None = None
+    mag: torch.Tensor | None = None
 
 
 def _symmetric(pad: tuple[int, int, int, int]) -> bool:
@@ -413,51 +639,84 @@ def _conv_backward(gout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, 
     return gx, gw, gb
 
 
+def _check_input(total: torch.Tensor, st: _LayerState) -> None:
+    finite = torch.isfinite(total).all()
+    if st.checks is not None:
+        st.checks.note_input(finite)
+    elif not bool(finite):
+        raise ValueError(_NONFINITE_INPUT.format(where=st.name))
+
+
 class _ConvMaskFunction(torch.autograd.Function):
     """conv_mask forward and backward of our_vl_simplenn.m (see the module docstring)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, beta, st: _LayerState):
-        mu_x, mu_y, sqrtvar, total = _get_mu(x, where=st.name)
-        if st.pos_rows is not None:
-            mask = get_mask_separable(mu_x, mu_y, beta, st.filter_type if st.any_nonpart else None,
-                                      st.pos_rows, st.pos_cols)
-        else:
-            mask = get_mask(mu_x, mu_y, beta, st.filter_type, st.pos_x, st.pos_y)
-        xm = x * mask
-        hw = x.shape[2] * x.shape[3]
-        strength = xm.sum(dim=(2, 3)) / hw if st.context is not None else None     # mean(mean(x.*mask,1),2)
-        inp = xm.clamp_min_(0)
+        maths = _maybe_compiled(_mask_maths, x.device)
+        inp, mask, sqrtvar, total, strength = maths(x, beta, st.consts, st.setup is not None)
+        _check_input(total, st)
         out = _conv(inp, weight, bias, st)
-        # for x >= 0 (a ReLU output, as in every ICNN net) max(x .* mask, 0) == x .* max(mask, 0):
-        # the backward's conv input is the forward's, kept instead of recomputed
-        same_input = bool(x.amin() >= 0)
         ctx.st = st
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, weight, beta, mask, sqrtvar, strength, total / hw, inp if same_input else None)
+        ctx.save_for_backward(x, weight, beta, mask, sqrtvar, strength, total)
         return out
 
     @staticmethod
     def backward(ctx, gout):
-        x, weight, beta, mask, sqrtvar, strength, x_mean, inp = ctx.saved_tensors
+        x, weight, beta, mask, sqrtvar, strength, total = ctx.saved_tensors
         st: _LayerState = ctx.st
         need_x, need_w, need_b, need_beta = ctx.needs_input_grad[:4]
-        xin = inp if inp is not None else mask.clamp_min(0).mul_(x)          # x .* max(mask, 0)
-        gx, gw, gb = _conv_backward(gout.contiguous(), xin, weight, ctx.has_bias, st, (need_x, need_w, need_b))
-        del xin
+        positive = mask.clamp_min(0)
+        # dW, db: the convolution's backward on x .* max(mask, 0); dx: its input gradient .* max(mask, 0)
+        gx, gw, gb = _conv_backward(gout.contiguous(), x * positive, weight, ctx.has_bias, st, (need_x, need_w, need_b))
         gbeta = None
         if gx is not None:
-            gx.mul_(mask.clamp_min(0))
-        if st.context is not None and (need_x or need_beta):
-            loss_fn = filter_loss_gradients if st.context.whole_batch is None else \
-                st.context.whole_batch.wrap(filter_loss_gradients)
-            coef_pos, coef_neg, dbeta = loss_fn(
-                x, mask, strength, sqrtvar, beta, st.filter_type, st.slice_mag, st.labels,
-                st.context.epoch, st.context.density, st.mag, st.all_inf_fallback, st.name, x_mean=x_mean)
+            gx.mul_(positive)
+        if st.setup is not None and (need_x or need_beta):
+            if st.whole_batch is None:
+                terms = _maybe_compiled(filter_loss_terms, x.device)
+                coef, dbeta, bad = terms(x, mask, strength, sqrtvar, total / -(x.shape[2] * x.shape[3]), beta,
+                                         st.setup)
+                if st.setup.fallback is None:
+                    _check_all_inf(bad, st)
+            else:                       # several ranks: the loss over the whole batch (reproduce.distributed)
+                coef, dbeta = _whole_batch_terms(x, mask, strength, sqrtvar, total, beta, st)
             if gx is not None:
-                gx.addcmul_(mask, coef_pos[:, :, None, None], value=-1.0).add_(coef_neg[:, :, None, None])
-            gbeta = dbeta.to(beta.dtype) if need_beta else None
+                coef_pos, coef_neg = coef.view(*coef.shape, 1, 1).unbind(0)
+                gx.addcmul_(mask, coef_pos, value=-1.0).add_(coef_neg)
+            gbeta = dbeta if need_beta else None
         return gx, gw, gb if need_b else None, gbeta, None
+
+
+def _whole_batch_terms(x, mask, strength, sqrtvar, total, beta, st: _LayerState):
+    """The filter loss through reproduce.distributed's whole-batch wrapper (its blocks are
+    built from the gathered labels; it synchronises, as gathering does)."""
+    ctx = st.context
+    loss = ctx.whole_batch.wrap(filter_loss_by_labels)
+    cp, cn, dbeta = loss(x, mask, strength, sqrtvar, beta, st.consts.filter_type, st.slice_mag, st.labels,
+                         ctx.epoch, st.density, st.mag, st.setup.fallback, st.name,
+                         x_mean=total / (x.shape[2] * x.shape[3]))
+    return torch.stack([cp, cn]), dbeta
+
+
+def filter_loss_by_labels(x, mask, strength, sqrtvar, beta, filter_type, slice_mag, labels, epoch, density, layer_mag,
+                          all_inf_fallback=None, where="conv_mask", x_mean=None):
+    """filter_loss_gradients with its blocks built from `labels` (N x L): the form
+    reproduce.distributed's WholeBatch.wrap calls, on the gathered batch."""
+    setup = filter_loss_setup(labels.to(device=x.device, dtype=x.dtype), filter_type, slice_mag, epoch, density,
+                              layer_mag, x.dtype, all_inf_fallback, where)
+    x_mean = x.mean(dim=(2, 3)) if x_mean is None else x_mean
+    coef, dbeta, bad = filter_loss_terms(x, mask, strength, sqrtvar, -x_mean, beta, setup)
+    if all_inf_fallback is None and bool(bad):
+        raise FilterLossError(all_inf_message(where))
+    return coef[0], coef[1], dbeta
+
+
+def _check_all_inf(bad: torch.Tensor, st: _LayerState) -> None:
+    if st.checks is not None:
+        st.checks.note_all_inf(bad)
+    elif bool(bad):
+        raise FilterLossError(all_inf_message(st.name))
 
 
 def conv_mask_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, beta: torch.Tensor,
@@ -529,6 +788,8 @@ class ConvMask(nn.Module):
         self.extra_fields: dict[str, Any] = {}
         self.require_context = True
         self.all_inf_fallback: float | None = None
+        self.check_mode = "auto"
+        self.checks = DeferredChecks()
 
     # numbers assigned to the scalar buffers become tensors (learn_icnn_multiclass divides mag)
     def __setattr__(self, name: str, value: Any) -> None:
@@ -588,43 +849,70 @@ class ConvMask(nn.Module):
                                       unexpected_keys, error_msgs)
 
     # ---------------------------------------------------------------- forward
+    @property
+    def where(self) -> str:
+        return f"conv_mask {self.name!r}" if self.name else "conv_mask"
+
     def _state(self, x: torch.Tensor, context: FilterLossContext | None) -> _LayerState:
-        where = f"conv_mask {self.name!r}" if self.name else "conv_mask"
+        where = self.where
         _check_square(x, where)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{where}: input has {x.shape[1]} channels, the layer expects {self.in_channels}")
         if tuple(x.shape[2:]) != self.feature_size:
             raise ValueError(f"{where}: input maps are {tuple(x.shape[2:])}, posTemp was built for {self.feature_size}")
-        labels = None
+        consts = self._constants(x.dtype)
+        setup = None
         if context is not None:
-            labels = context.labels_2d(x.shape[0], where).to(device=x.device, dtype=x.dtype)
-            if self.has_slice_mag and labels.shape[1] > 1 and self.slice_mag.shape[1] != labels.shape[1]:
-                raise ValueError(f"{where}: sliceMag has {self.slice_mag.shape[1]} classes, the labels {labels.shape[1]}")
-            if self.has_slice_mag and 1 < labels.shape[1] <= 10:
-                context.density_vector(labels.shape[1], where)
+            setup = self._loss_setup(context, x, consts, where)
         elif self.training and self.require_context and torch.is_grad_enabled() and \
                 (x.requires_grad or self.weight.requires_grad or self.beta.requires_grad):
             raise ValueError(f"{where}: in training mode the layer needs a FilterLossContext (labels, epoch, "
                              f"density) for its filter loss; pass context=..., call .eval() for evaluation, or set "
                              f"require_context = False to back-propagate without the filter loss")
-        rows, cols, any_nonpart = self._template_info()
-        return _LayerState(self.pad, self.stride, self.dilate, self.filter_type, self.pos_temp_x, self.pos_temp_y,
-                           self.slice_mag if self.has_slice_mag else None, self.mag, context, labels,
-                           self.all_inf_fallback, where, rows, cols, any_nonpart)
+        st = _LayerState(self.pad, self.stride, self.dilate, consts, setup, self._deferred(x), where)
+        if context is not None and context.whole_batch is not None:
+            st.context, st.whole_batch, st.mag = context, context.whole_batch, self.mag
+            st.labels = context.labels_2d(x.shape[0], where)
+            st.slice_mag = self.slice_mag if self.has_slice_mag else None
+            st.density = context.density
+        return st
 
-    def _template_info(self) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
-        """(row terms, column terms) when posTemp is separable, and whether some filter is not a
-        part; cached until a buffer is replaced or modified in place."""
+    def _loss_setup(self, context: FilterLossContext, x: torch.Tensor, consts: _LayerConstants,
+                    where: str) -> FilterLossSetup:
+        labels = context.labels_2d(x.shape[0], where)
+        if labels.device != x.device or labels.dtype != x.dtype:
+            labels = labels.to(device=x.device, dtype=x.dtype, non_blocking=True)
+        n_labels = labels.shape[1]
+        density = None
+        if self.has_slice_mag and n_labels > 1:
+            if self.slice_mag.shape[1] != n_labels:
+                raise ValueError(f"{where}: sliceMag has {self.slice_mag.shape[1]} classes, the labels {n_labels}")
+            if n_labels <= 10:
+                density = context.density_vector(n_labels, where).to(x.device, non_blocking=True)
+        return _blocks(labels, consts.channels, self.slice_mag if self.has_slice_mag else None, context.epoch,
+                       density, self.mag, x.dtype, self.all_inf_fallback, where)
+
+    def _deferred(self, x: torch.Tensor) -> DeferredChecks | None:
+        """Where the checks that need a value on the host go: None (now) or the layer's
+        DeferredChecks. check_mode 'auto': deferred in CUDA training steps (no host
+        synchronisation; raised by raise_deferred_errors, which reproduce.train calls after each
+        phase of an epoch), immediate otherwise; 'immediate' or 'deferred' to choose."""
+        mode = self.check_mode
+        if mode not in ("auto", "immediate", "deferred"):
+            raise ValueError(f"{self.where}: check_mode must be 'auto', 'immediate' or 'deferred', got {mode!r}")
+        deferred = mode == "deferred" or (mode == "auto" and x.device.type != "cpu" and self.training
+                                          and torch.is_grad_enabled())
+        return self.checks if deferred else None
+
+    def _constants(self, dtype: torch.dtype) -> _LayerConstants:
+        """The layer's constants (getMu's grid, the distance table, the filter types'), cached
+        until a buffer is replaced or modified in place, or the dtype changes."""
         px, py, ft = self.pos_temp_x, self.pos_temp_y, self.filter_type
-        key = tuple((t.data_ptr(), t._version, t.device, tuple(t.shape)) for t in (px, py, ft))
-        cache = self.__dict__.get("_template_cache")
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype, tuple(t.shape)) for t in (px, py, ft)) + (dtype,)
+        cache = self.__dict__.get("_constants_cache")
         if cache is None or cache[0] != key:
-            rows, cols = px[:, :, :1], py[:, :1, :]
-            separable = bool((px == rows).all()) and bool((py == cols).all())
-            info = ((rows[:, :, 0].contiguous(), cols[:, 0, :].contiguous()) if separable else (None, None)) + \
-                (bool((ft != 1).any()),)
-            cache = (key, info)
-            self.__dict__["_template_cache"] = cache
+            cache = (key, _layer_constants(px, py, ft, dtype))
+            self.__dict__["_constants_cache"] = cache
         return cache[1]
 
     def forward(self, x: torch.Tensor, context: FilterLossContext | None = None) -> torch.Tensor:

@@ -12,9 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reproduce.conv_mask import (ConvMask, FilterLossContext, FilterLossError, filter_loss_gradients, get_mask,
-                                 get_mask_separable, get_mu, pos_templates)
+from reproduce.conv_mask import (ConvMask, FilterLossContext, FilterLossError, filter_loss_gradients,
+                                 filter_loss_setup, get_mask, get_mask_separable, get_mu, pos_templates)
 from reproduce.device import resolve_device
+
+
+def _loss(x, mask, strength, sqrtvar, beta, filt, slice_mag, labels, epoch, density, layer_mag, all_inf_fallback=None):
+    """filter_loss_gradients with the blocks built from the batch's labels (the layer's steps)."""
+    setup = filter_loss_setup(labels, filt, slice_mag, epoch, density, layer_mag, x.dtype, all_inf_fallback)
+    return filter_loss_gradients(x, mask, strength, sqrtvar, beta, setup)
 
 
 # ------------------------------------------------------------------ a literal reference
@@ -127,7 +133,7 @@ def _run_both(x, labels, beta, filt, sm, dens, epoch=3):
     px, py = pos_templates(d, size, size)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x * mask).mean(dim=(2, 3))
-    cp, cn, dbeta = filter_loss_gradients(x, mask, strength, sqrtvar, beta, filt, sm, labels, epoch, dens, 0.1)
+    cp, cn, dbeta = _loss(x, mask, strength, sqrtvar, beta, filt, sm, labels, epoch, dens, 0.1)
     port_add = (-mask * cp[:, :, None, None] + cn[:, :, None, None]).numpy()
     ref_add, ref_dbeta = ref_filter_loss(x.numpy(), mask.numpy(), sqrtvar.numpy(), beta.numpy(), filt.numpy(),
                                          None if sm is None else sm.numpy(), labels.numpy(), epoch, dens.numpy())
@@ -224,8 +230,8 @@ def test_filter_loss_all_inf_block_is_an_error_unless_a_fallback_is_set():
         ref_filter_loss(x.numpy(), mask.numpy(), sqrtvar.numpy(), beta.numpy(), filt.numpy(), None,
                         labels.numpy(), 3, dens.numpy())
     with pytest.raises(FilterLossError, match="only ±Inf"):
-        filter_loss_gradients(x, mask, strength, sqrtvar, beta, filt, None, labels, 3, dens, 0.1)
-    cp, cn, db = filter_loss_gradients(x, mask, strength, sqrtvar, beta, filt, None, labels, 3, dens, 0.1,
+        _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 3, dens, 0.1)
+    cp, cn, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 3, dens, 0.1,
                                        all_inf_fallback=0.0)
     assert torch.isfinite(db).all()
 
@@ -244,13 +250,13 @@ def test_beta_gradient_hand_made_case_with_matlab_nan_rules():
     px, py = pos_templates(3, 3, 3)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x * mask).mean(dim=(2, 3))
-    _, _, db = filter_loss_gradients(x, mask, strength, sqrtvar, beta, filt, None, labels, 1, None, 0.1)
+    _, _, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 1, None, 0.1)
     expected0 = (min(max(3 / np.sqrt(2.0), 1.5), 3.0) - 2.0) * -10000     # strength-weighted mean = sqrt(2)
     assert db[0].item() == pytest.approx(expected0, rel=1e-5)
     assert db[1].item() == pytest.approx((3.0 - 1.7) * -10000, rel=1e-5)
     assert db[2].item() == 0.0                                            # type 0: no update
     # no positives at all: sum over nothing = 0, 0/0 = NaN, max(min(3/NaN, 3), 1.5) = 3
-    _, _, db = filter_loss_gradients(x, mask, strength, sqrtvar, beta, filt, None, -labels.abs(), 1, None, 0.1)
+    _, _, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, -labels.abs(), 1, None, 0.1)
     assert db[0].item() == pytest.approx((3.0 - 2.0) * -10000)
     assert db[1].item() == pytest.approx((3.0 - 1.7) * -10000)
     # a dead part filter (zero strength over the positives): NaN again -> 3, never NaN
@@ -259,7 +265,7 @@ def test_beta_gradient_hand_made_case_with_matlab_nan_rules():
     mu_x, mu_y, sqrtvar = get_mu(x2)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x2 * mask).mean(dim=(2, 3))
-    _, _, db = filter_loss_gradients(x2, mask, strength, sqrtvar, beta, filt, None, labels, 1, None, 0.1)
+    _, _, db = _loss(x2, mask, strength, sqrtvar, beta, filt, None, labels, 1, None, 0.1)
     assert db[0].item() == pytest.approx((3.0 - 2.0) * -10000)
 
 
