@@ -8,6 +8,13 @@ rounds (after a warm-up) and the ratios (issue 3's target: at most 1.15x).
 
     python -m reproduce.bench_conv_mask [--repeats 5] [--threads N] [--device cpu] [--batch 32]
     python -m reproduce.bench_conv_mask --profile single --device cuda     # where the time goes
+    python -m reproduce.bench_conv_mask --profile                          # operations per step
+
+--profile prints the number of top-level ATen operations of one forward+backward on the CPU
+(8 x 64 x 14 x 14: Conv2d, conv_mask with 1 class, 6 classes with sliceMag; "top-level": an
+operation the profiler records with no ATen operation above it, the autograd engine's
+gradient accumulation included), and on CUDA the kernels and host synchronisations of one step
+at the benchmark's size, then torch.profiler's table of the step named.
 
 `run(device="cpu", repeats=...) -> dict` is what the benchmark suite calls.
 
@@ -46,6 +53,7 @@ def _steps(dev: torch.device, batch: int, channels: int, size: int, seed: int) -
 
     conv = nn.Conv2d(channels, channels, 3, padding=1).to(dev)
     mask = ConvMask(channels, channels, 3, size, pad=1, generator=gen).to(dev).train()
+    mask6 = ConvMask(channels, channels, 3, size, pad=1, generator=gen).to(dev).train()
 
     def plain_step() -> None:
         x.grad = None
@@ -60,21 +68,16 @@ def _steps(dev: torch.device, batch: int, channels: int, size: int, seed: int) -
     ctx6 = FilterLossContext(labels6.to(dev), epoch=3, density=torch.full((n_cls,), 1.0 / n_cls))
     slice_mag = torch.rand(channels, n_cls, generator=gen)
 
-    def mask_step(ctx: FilterLossContext) -> Callable[[], None]:
+    mask6.set_slice_mag(slice_mag)
+
+    def mask_step(layer: ConvMask, ctx: FilterLossContext) -> Callable[[], None]:
         def step() -> None:
             x.grad = None
-            mask.zero_grad(set_to_none=True)
-            mask(x, ctx).backward(gout)
+            layer.zero_grad(set_to_none=True)
+            layer(x, ctx).backward(gout)
         return step
 
-    single, multi = mask_step(ctx1), mask_step(ctx6)
-
-    def multi_step() -> None:
-        mask.set_slice_mag(slice_mag)
-        multi()
-        mask.set_slice_mag(None)
-
-    return {"plain": plain_step, "single": single, "multi": multi_step}
+    return {"plain": plain_step, "single": mask_step(mask, ctx1), "multi": mask_step(mask6, ctx6)}
 
 
 def run(device: str = "cpu", repeats: int = 5, batch: int = 32, channels: int = 512, size: int = 14,
@@ -96,9 +99,71 @@ def run(device: str = "cpu", repeats: int = 5, batch: int = 32, channels: int = 
             _sync(dev)
             times[k].append(time.perf_counter() - t0)
     t_plain, t_single, t_multi = (statistics.median(times[k]) for k in ("plain", "single", "multi"))
+    m_plain, m_single, m_multi = (min(times[k]) for k in ("plain", "single", "multi"))
     return {"device": str(dev), "threads": torch.get_num_threads(), "repeats": repeats,
             "shape": [batch, channels, size, size], "conv2d_s": t_plain, "conv_mask_single_s": t_single,
-            "conv_mask_multi6_s": t_multi, "ratio_single": t_single / t_plain, "ratio_multi6": t_multi / t_plain}
+            "conv_mask_multi6_s": t_multi, "ratio_single": t_single / t_plain, "ratio_multi6": t_multi / t_plain,
+            "min_ratio_single": m_single / m_plain, "min_ratio_multi6": m_multi / m_plain}
+
+
+def _is_aten(name: str) -> bool:
+    return name.startswith("aten::")
+
+
+def count_ops(device: str = "cpu", batch: int = 8, channels: int = 64, size: int = 14, seed: int = 0) -> dict:
+    """Per forward+backward step ('plain', 'single', 'multi'): top-level ATen operations (see the
+    module docstring) and, on CUDA, kernels launched and host synchronisations (counted with
+    torch.cuda.set_sync_debug_mode('warn'))."""
+    import warnings
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    dev = resolve_device(device)
+    steps = _steps(dev, batch, channels, size, seed)
+    cuda = dev.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    result: dict = {"device": str(dev), "shape": [batch, channels, size, size]}
+    for name, fn in steps.items():
+        fn()
+        _sync(dev)
+        with torch_profile(activities=activities) as prof:
+            fn()
+            _sync(dev)
+        events = list(prof.events())
+        top = 0
+        for e in events:
+            if not _is_aten(e.name) or e.device_type != DeviceType.CPU:
+                continue
+            p = e.cpu_parent
+            while p is not None and not _is_aten(p.name):
+                p = p.cpu_parent
+            top += p is None
+        entry = {"aten_ops": top}
+        if cuda:
+            entry["kernels"] = sum(1 for e in events if e.device_type == DeviceType.CUDA)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    fn()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            entry["host_syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+            _sync(dev)
+        result[name] = entry
+    return result
+
+
+def format_counts(c: dict) -> str:
+    lines = [f"operations per forward+backward, {c['device']}, input {c['shape']}"]
+    labels = {"plain": "Conv2d", "single": "conv_mask, 1 class", "multi": "conv_mask, 6 classes + sliceMag"}
+    for k, label in labels.items():
+        e = c[k]
+        extra = "".join(f"   {e[f]:4d} {f.replace('_', ' ')}" for f in ("kernels", "host_syncs") if f in e)
+        lines.append(f"  {label:32s} {e['aten_ops']:4d} top-level ATen ops{extra}")
+    return "\n".join(lines)
 
 
 def profile(device: str = "cpu", batch: int = 32, channels: int = 512, size: int = 14, step: str = "single",
@@ -126,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     add_common(p)
     p.add_argument("--batch", type=positive_int, default=32)
-    p.add_argument("--profile", choices=["plain", "single", "multi"], default=None,
-                   help="instead of timing: torch.profiler's table of one step of this kind")
+    p.add_argument("--profile", nargs="?", const="single", choices=["plain", "single", "multi"], default=None,
+                   help="instead of timing: operations per step (CPU, 8 x 64 x 14 x 14; on CUDA also kernels and "
+                        "host syncs at the benchmark's size) and torch.profiler's table of one step of this kind")
     return p
 
 
@@ -139,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     device = start_device(args)
     if args.profile:
+        print(format_counts(count_ops("cpu")))
+        if resolve_device(device).type == "cuda":
+            print(format_counts(count_ops(device, args.batch, 512, 14)))
         print(profile(device, args.batch, step=args.profile))
         return 0
     r = run(device, args.repeats, args.batch, threads=args.threads)
@@ -147,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  Conv2d                      {r['conv2d_s'] * 1000:9.1f} ms")
     print(f"  conv_mask, 1 class          {r['conv_mask_single_s'] * 1000:9.1f} ms   ratio {r['ratio_single']:.3f}")
     print(f"  conv_mask, 6 classes        {r['conv_mask_multi6_s'] * 1000:9.1f} ms   ratio {r['ratio_multi6']:.3f}")
+    print(f"  ratios of the fastest runs: 1 class {r['min_ratio_single']:.3f}, 6 classes {r['min_ratio_multi6']:.3f}")
     return 0
 
 

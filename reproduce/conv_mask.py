@@ -282,7 +282,7 @@ class FilterLossSetup:
     channel d in class g's block (None: one block); group_of (D,): its class; beta_member: N x D,
     the positives of the part and texture channels; beta_scale (D,): -10000 for those channels,
     0 for the others; step: 1e-5 w+, 1e-5 w- (a number when both are 1e-5, else 2 x 1 x D);
-    mag: epoch / l.mag (0-d); fallback: the layer's all_inf_fallback; where: for messages.
+    mag: epoch / l.mag (0-d); three: 3 (0-d, BETA_TARGET); fallback: the layer's all_inf_fallback; where: for messages.
     """
 
     member: torch.Tensor
@@ -294,6 +294,7 @@ class FilterLossSetup:
     beta_scale: torch.Tensor
     step: torch.Tensor | float
     mag: torch.Tensor
+    three: torch.Tensor
     fallback: float | None = None
     where: str = "conv_mask"
 
@@ -309,19 +310,38 @@ def filter_loss_setup(labels: torch.Tensor, filter_type: torch.Tensor, slice_mag
 @dataclass(frozen=True)
 class _ChannelConstants:
     """What the filter types give, built once per layer: part (D,) bool, part_col (D x 1 x 1),
-    active (D,) bool (part or texture), beta_scale (D,)."""
+    active (D,) bool (part or texture), beta_scale (D,); flip: [False, True] (2 x 1 x 1, to form
+    [positives, negatives] in one step); three: 3 (0-d); the last `mag` tensor, by epoch."""
 
     part: torch.Tensor
     part_col: torch.Tensor
     active: torch.Tensor
     beta_scale: torch.Tensor
+    flip: torch.Tensor
+    three: torch.Tensor
+    mags: dict
 
     @classmethod
     def build(cls, filter_type: torch.Tensor, dtype: torch.dtype) -> "_ChannelConstants":
         part = filter_type == 1
         active = filter_type > 0
         scale = torch.where(active, BETA_GRAD_SCALE, 0.0).to(dtype)
-        return cls(part, part.view(-1, 1, 1), active, scale)
+        dev = filter_type.device
+        flip = torch.tensor([False, True]).view(2, 1, 1).to(dev)
+        return cls(part, part.view(-1, 1, 1), active, scale, flip, torch.full((), BETA_TARGET, dtype=dtype, device=dev),
+                   {})
+
+    def mag(self, epoch: int, layer_mag: Any) -> torch.Tensor:
+        """`ones(depth, imgNum) ./ (1/iter) ./ l.mag` (one value), in the constants' dtype; kept
+        while the epoch and the layer's mag tensor stay the same."""
+        key = (epoch, id(layer_mag), getattr(layer_mag, "_version", None), float(layer_mag)
+               if not isinstance(layer_mag, torch.Tensor) else None)
+        if key not in self.mags:
+            lm = torch.as_tensor(layer_mag, dtype=torch.float64, device=self.three.device)
+            self.mags.clear()
+            self.mags[key] = (torch.full((), 1.0 / (1.0 / float(epoch)), dtype=torch.float64,
+                                         device=lm.device).div_(lm).to(self.three.dtype), layer_mag)
+        return self.mags[key][0]
 
 
 def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Tensor | None, epoch: int,
@@ -331,15 +351,13 @@ def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Te
     images positive for any class, w = 1) or one block per class (sliceMag: channel d belongs
     to class argmax_l sliceMag(d, l), first of ties, NaN skipped as MATLAB's max does)."""
     n_labels = labels.shape[1]
-    layer_mag = torch.as_tensor(layer_mag, dtype=torch.float64, device=labels.device)
-    mag = torch.full((), 1.0 / (1.0 / float(epoch)), dtype=torch.float64, device=labels.device).div_(
-        layer_mag).to(dtype)                                        # ones ./ (1/iter) ./ l.mag
+    mag = consts.mag(epoch, layer_mag)
     if n_labels == 1 or slice_mag is None or slice_mag.numel() == 0:
         pos = labels == 1 if n_labels == 1 else labels.amax(dim=1, keepdim=True) == 1      # N x 1
-        member = torch.stack([pos, ~pos]) & consts.part
+        member = (pos != consts.flip) & consts.part                  # [positives, negatives] x N x D
         count = member.sum(dim=1, keepdim=True)
         return FilterLossSetup(member, count, count.sum(dim=2, keepdim=True).clamp_min_(1), None, None,
-                               pos & consts.active, consts.beta_scale, LOSS_STEP, mag, fallback, where)
+                               pos & consts.active, consts.beta_scale, LOSS_STEP, mag, consts.three, fallback, where)
     depth = consts.part.numel()
     if tuple(slice_mag.shape) != (depth, n_labels):
         raise ValueError(f"{where}: sliceMag is {tuple(slice_mag.shape)}, expected {depth} x {n_labels} "
@@ -347,11 +365,11 @@ def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Te
     group_of = slice_mag.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).argmax(dim=1)
     groups = (group_of[:, None] == _arange(n_labels, labels.device)).view(1, 1, depth, n_labels)
     pos = (labels == 1).index_select(1, group_of)                                            # N x D
-    member = torch.stack([pos, ~pos]) & consts.part
+    member = (pos != consts.flip) & consts.part
     count = member.sum(dim=1, keepdim=True)
     block_size = (count.unsqueeze(3) * groups).sum(dim=2, keepdim=True).clamp_min_(1)
     return FilterLossSetup(member, count, block_size, groups, group_of, pos & consts.active, consts.beta_scale,
-                           _class_steps(n_labels, density, group_of, dtype, where), mag, fallback, where)
+                           _class_steps(n_labels, density, group_of, dtype, where), mag, consts.three, fallback, where)
 
 
 @functools.lru_cache(maxsize=16)
@@ -390,11 +408,12 @@ def _replace_inf_by_block_max(v: torch.Tensor, setup: FilterLossSetup) -> tuple[
     become `setup.fallback`, or 0 when it is None). Entries outside the blocks come out 0."""
     inf = v.isinf()
     if setup.groups is None:
-        vg, dims = v, (1, 2)
-    else:
-        vg, dims = torch.where(setup.groups, v.unsqueeze(3), math.nan), (1, 2)
-    top = vg.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax(dim=dims, keepdim=True)     # largest finite
-    bad = vg.isinf().sum(dim=dims, keepdim=True) >= setup.block_size
+        vg, inf_g = v, inf
+    else:                                                   # 2 x N x D x G: NaN outside class g's block
+        vg = torch.where(setup.groups, v.unsqueeze(3), math.nan)
+        inf_g = vg.isinf()
+    top = vg.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax(dim=(1, 2), keepdim=True)
+    bad = inf_g.sum(dim=(1, 2), keepdim=True) >= setup.block_size     # only ±Inf in the block
     if setup.fallback is not None:
         top = torch.where(bad, float(setup.fallback), top)
     if setup.groups is not None:
@@ -435,7 +454,7 @@ def _beta_derivative(strength: torch.Tensor, sqrtvar: torch.Tensor, beta: torch.
     """dzdw{3}: (clamp(3 / (sum_pos S sqrtvar / sum_pos S), 1.5, 3) - beta) * (-10000) for part
     and texture channels, 0 for the others (MATLAB min/max: 3/NaN -> 3)."""
     s = torch.where(setup.beta_member, strength, 0)
-    r = BETA_TARGET / (torch.linalg.vecdot(s, sqrtvar, dim=0) / s.sum(dim=0))
+    r = torch.div(setup.three, torch.linalg.vecdot(s, sqrtvar, dim=0) / s.sum(dim=0))     # 3 ./ tmp
     r = r.nan_to_num_(nan=BETA_MAX, posinf=math.inf, neginf=-math.inf).clamp_(BETA_MIN, BETA_MAX)
     return (r - beta).mul_(setup.beta_scale)
 
@@ -452,7 +471,7 @@ def filter_loss_terms(x: torch.Tensor, mask: torch.Tensor, strength: torch.Tenso
     s = v.mul(2).exp_().mul_(v.add(lz2, alpha=-0.5).add_(ALPHA_LOGZ))       # exp(v/a) (v - logZ + a)
     s, bad = _normalise(torch.where(setup.member, s, math.nan), setup)
     coef = s * setup.step
-    return coef, _beta_derivative(strength, sqrtvar, beta, setup), bad0.any() | bad.any()
+    return coef, _beta_derivative(strength, sqrtvar, beta, setup), (bad0 | bad).any()
 
 
 def all_inf_message(where: str) -> str:
