@@ -156,6 +156,67 @@ def count_ops(device: str = "cpu", batch: int = 8, channels: int = 64, size: int
     return result
 
 
+def sync_check(device: str = "cuda", batch: int = 32, model: str = "vgg-vd-16") -> list[str]:
+    """Host synchronisations in a training step, with torch.cuda.set_sync_debug_mode('error'):
+    conv_mask forward+backward (1 class, 6 classes with sliceMag) at the benchmark's size, then
+    the `model` ICNN's forward, backward, SGD update and sliceMag update (reproduce.train's,
+    without its statistics) on a batch already on the GPU, after a warm-up. One line per part:
+    'ok' or the error."""
+    import warnings
+
+    import numpy as np
+
+    from . import train as tr
+    from .models import MODELS, network_init, train_opts
+
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return [f"sync check: needs CUDA, got {dev}"]
+    steps = _steps(dev, batch, 512, 14, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net, _, _ = network_init(1, model, 0.5, pretrained=None, seed=0)
+    net = net.to(dev).train()
+    size = MODELS[model].image_size
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).mul_(255).sub_(128).to(dev)
+    labels = torch.as_tensor(np.where(np.arange(batch) % 2 == 0, 1.0, -1.0), dtype=torch.float32)[:, None].to(dev)
+    sgd = tr.MatConvNetSGD(net.matconvnet_params())
+    lr = train_opts(1, model).learning_rate[0]
+    ctx = FilterLossContext(labels, epoch=1)
+    state: dict = {}
+
+    def forward() -> None:
+        net.zero_grad(set_to_none=True)
+        state["res"] = net.run(x, context=ctx)
+
+    parts = [("conv_mask forward+backward, 1 class", steps["single"]),
+             ("conv_mask forward+backward, 6 classes + sliceMag", steps["multi"]),
+             (f"{model} ICNN forward (batch {batch})", forward),
+             (f"{model} ICNN backward", lambda: state["res"][-1].sum().backward()),
+             (f"{model} SGD update", lambda: sgd.step(lr, batch_size=batch)),
+             (f"{model} sliceMag update", lambda: tr.update_slice_mags(net, state["res"], labels,
+                                                                     tr.SLICE_MAG_FILL_COLUMN1))]
+    for _, fn in parts:             # warm-up: constants and caches built, allocator primed
+        fn()
+    _sync(dev)
+    forward()
+    lines = []
+    for name, fn in parts:
+        _sync(dev)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            fn()
+            lines.append(f"sync check: {name}: ok (no host synchronisation)")
+        except RuntimeError as err:
+            lines.append(f"sync check: {name}: SYNCHRONISES: {str(err).splitlines()[0][:200]}")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    from .conv_mask import raise_deferred_errors
+    _sync(dev)
+    raise_deferred_errors(net)
+    return lines
+
+
 def format_counts(c: dict) -> str:
     lines = [f"operations per forward+backward, {c['device']}, input {c['shape']}"]
     labels = {"plain": "Conv2d", "single": "conv_mask, 1 class", "multi": "conv_mask, 6 classes + sliceMag"}
@@ -194,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", nargs="?", const="single", choices=["plain", "single", "multi"], default=None,
                    help="instead of timing: operations per step (CPU, 8 x 64 x 14 x 14; on CUDA also kernels and "
                         "host syncs at the benchmark's size) and torch.profiler's table of one step of this kind")
+    p.add_argument("--sync-check", action="store_true",
+                   help="CUDA: host synchronisations in a training step (set_sync_debug_mode('error'))")
     return p
 
 
@@ -204,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     device = start_device(args)
+    if args.sync_check:
+        lines = sync_check(device, args.batch)
+        print("\n".join(lines))
+        return 0 if all(": ok" in line for line in lines) else 1
     if args.profile:
         print(format_counts(count_ops("cpu")))
         if resolve_device(device).type == "cuda":

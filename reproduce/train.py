@@ -596,6 +596,8 @@ def _process_phase(setup: _EpochSetup, mode: str, batches: list[np.ndarray]) -> 
                 setup.on_batch(BatchInfo(setup.epoch, mode, k, len(batches), share, labels, dict(stats)))
     finally:
         bar.close()
+    from .conv_mask import raise_deferred_errors
+    raise_deferred_errors(setup.net)      # checks conv_mask kept on the GPU during the phase's steps
     return clock.stats if setup.dp is None else _stats_over_ranks(setup.dp, clock)
 
 

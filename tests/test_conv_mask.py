@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from reproduce.conv_mask import (ConvMask, FilterLossContext, FilterLossError, filter_loss_gradients,
-                                 filter_loss_setup, get_mask, get_mask_separable, get_mu, pos_templates)
+                                 filter_loss_setup, get_mask, get_mask_separable, get_mu, pos_templates,
+                                 raise_deferred_errors, set_compile)
 from reproduce.device import resolve_device
 
 
@@ -379,3 +380,48 @@ def test_cuda_matches_cpu():
         grads.append((xx.grad.cpu(), lay.beta.grad.cpu()))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-3)
+
+
+# ------------------------------------------------------------------ operations, deferred checks, compile
+def test_forward_backward_operation_counts():
+    # issue 15: 414 top-level ATen operations before (1 class), 5 for Conv2d, with this counter. The
+    # issue's targets (80 / 100) are not reached: see count_ops and the README; these bounds keep
+    # the counts from growing back.
+    from reproduce.bench_conv_mask import count_ops
+    c = count_ops("cpu", batch=8, channels=64, size=14)
+    assert c["plain"]["aten_ops"] == 5
+    assert c["single"]["aten_ops"] <= 105
+    assert c["multi"]["aten_ops"] <= 135
+
+
+def test_deferred_checks_raise_the_same_errors_later():
+    layer = _layer()
+    layer.check_mode = "deferred"
+    x = torch.rand(2, 4, 5, 5)
+    bad = x.clone()
+    bad[1, 2, 3, 3] = float("nan")
+    layer(bad, FilterLossContext(torch.ones(2, 1), 1))          # no error yet: the flag stays on the device
+    with pytest.raises(ValueError, match="NaN or Inf.*deferred check"):
+        raise_deferred_errors(layer)
+    raise_deferred_errors(layer)                                # reported once
+    big = (x * 0 + 200.0).requires_grad_(True)
+    layer(big, FilterLossContext(torch.tensor([[1.0], [-1.0]]), 3)).sum().backward()
+    with pytest.raises(FilterLossError, match="only ±Inf"):
+        raise_deferred_errors(torch.nn.Sequential(layer))
+    layer.check_mode = "auto"                                   # CPU: immediate
+    with pytest.raises(FilterLossError, match="only ±Inf"):
+        layer(big, FilterLossContext(torch.tensor([[1.0], [-1.0]]), 3)).sum().backward()
+
+
+def test_compile_is_off_by_default_and_never_on_the_cpu():
+    from reproduce import conv_mask as cm
+    assert not cm._COMPILE["enabled"]
+    layer = _layer()
+    x = torch.rand(2, 4, 5, 5, requires_grad=True)
+    ctx = FilterLossContext(torch.tensor([[1.0], [-1.0]]), 2)
+    try:
+        set_compile(True, backend="eager")
+        layer(x, ctx).sum().backward()
+        assert cm._COMPILED == {}                               # the CPU path never compiles
+    finally:
+        set_compile(False)
