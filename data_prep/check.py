@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                "examples:\n"
                "  python -m data_prep.check --data-root ../shared/data\n"
                "  python -m data_prep.check --dataset ilsvrcanimalpart --category n02391049 n01443537")
-    parser.add_argument("--dataset", nargs="+", choices=list(DATASETS), default=None,
+    parser.add_argument("--dataset", nargs="+", choices=[*REAL_DATASETS, "toy"], default=None,
                         help="datasets to check (default: every one of ilsvrcanimalpart, vocpart, cub200 with "
                              "something under the data root, and toy when generated)")
     parser.add_argument("--category", nargs="+", default=None, metavar="C",

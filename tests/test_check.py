@@ -105,3 +105,16 @@ def test_unknown_category_and_empty_root_are_argument_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         check.main(["--data-root", str(tmp_path)])
     assert exc.value.code == 2 and "nothing of any dataset" in capsys.readouterr().err
+
+
+def test_generated_toy_dataset_checks_clean(tmp_path, capsys):
+    """The toy writer's truth files and images read as the real ones (one entry per object, no problem)."""
+    from data_prep.toy import generate_toy_dataset
+    generate_toy_dataset(tmp_path / "toy", n_pos=6, n_neg=3, progress=False)
+    rc = check.main(["--data-root", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = [line.split() for line in out.splitlines() if line.startswith("toy ")]
+    assert [r[1] for r in rows] == ["toy01", "toy02", "toy03"]
+    for r in rows:
+        assert r[2:7] == ["6", "6", "6", "1-3", "6"] and r[-3:] == ["0", "0", "0"]
