@@ -113,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "imdb.mat, or this package's imdb cache folder); default: build or reuse ours")
     parser.add_argument("--baseline", action="store_true",
                         help="also train the ordinary CNN (plain conv layers instead of conv_mask, trained "
-                             "the same way) and print the two side by side")
+                             "the same way) and print the two side by side; then the ablation table (reproduce.ablation): "
+                             "also the ICNN trained without the filter loss, every net before and after "
+                             "training, the ICNNs also with their masks off, with binary error, location "
+                             "instability and part interpretability (single-category toy or VOC runs)")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="number of epochs (default: the original's 50, multi-class 80; --quick: "
                              f"{QUICK['epochs']})")
@@ -286,6 +289,17 @@ def print_comparison(ordinary, interpretable) -> None:
               f"   {t.get('show_results', float('nan')):6.0f}")
 
 
+def run_ablation_table(exp, paths) -> str:
+    """--baseline: the ablation (reproduce.ablation) for the demo's seed. The ordinary CNN and the ICNN
+    are the two just trained (their checkpoints are reused); the ICNN without the filter loss is
+    trained; every net is measured before and after training, each ICNN also with its masks off."""
+    from reproduce.ablation import format_table, run_ablation, summarise
+    stage("the ablation: the ICNN without the filter loss (masks only), then every net measured before and "
+          "after training (binary error, location instability, part interpretability), the ICNNs also with "
+          "their masks off (beta = 0)")
+    return format_table(summarise(run_ablation(exp, [exp.seed], paths)))
+
+
 def stage(text: str) -> None:
     """A heading between the steps, so that the progress bars below it say whose they are."""
     print(f"\n== {text}", flush=True)
@@ -336,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
           f"{' (TF32 allowed)' if args.allow_tf32 and exp.device.startswith('cuda') else ''}, "
           f"output {exp.out}", flush=True)
     from reproduce.pipeline import ordinary_counterpart, prepare_dataset, run_experiment
+    ablation = None
     if args.net:
         result = show_trained_net(exp, Path(args.net), args.imdb)
         ordinary = None
@@ -351,8 +366,13 @@ def run(args: argparse.Namespace) -> int:
             ordinary = run_experiment(ordinary_counterpart(exp), paths)
         stage("the interpretable CNN: learn (learn_icnn), then show results (showResults)")
         result = run_experiment(exp, paths)
+        if args.baseline and not exp.multiclass:
+            ablation = run_ablation_table(exp, paths)
     if ordinary is not None:
         print_comparison(ordinary, result)
+    if ablation is not None:
+        print(f"\nablation (reproduce.ablation; seed {exp.seed}; binary error on the validation images):")
+        print(ablation)
     if result.drawing is not None:
         print(f"receptive fields: {exp.draw_dir} (contact sheet: {result.drawing.contact_sheet})")
     print(f"demo: done in {time.perf_counter() - start:.0f} s")

@@ -48,17 +48,30 @@ comparable between nets measured on the same images and parts, not across datase
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["TOP_QUANTILE", "IOU_THRESHOLD", "InterpretabilityError", "PartRegions", "upsample_matrix",
-           "filter_thresholds", "region_part_ious", "interpretability_from_ious", "part_interpretability",
-           "PartInterpretability", "toy_part_regions", "voc_part_regions", "part_regions_for",
-           "compute_part_interpretability"]
+__all__ = [
+    "IOU_THRESHOLD",
+    "TOP_QUANTILE",
+    "InterpretabilityError",
+    "PartInterpretability",
+    "PartRegions",
+    "compute_part_interpretability",
+    "filter_thresholds",
+    "interpretability_from_ious",
+    "part_interpretability",
+    "part_regions_for",
+    "region_part_ious",
+    "toy_part_regions",
+    "upsample_matrix",
+    "voc_part_regions",
+]
 
 TOP_QUANTILE = 0.005      # Bau et al. 2017: the top 0.5 % of a unit's activations over the dataset
 IOU_THRESHOLD = 0.2       # CVPR 2018 Sec. 4 / TPAMI 2020: filter f represents part k on I when IoU > 0.2
@@ -177,7 +190,7 @@ def interpretability_from_ious(ious: np.ndarray, present: np.ndarray,
 
 def part_interpretability(maps: np.ndarray, regions: PartRegions, up_h: np.ndarray, up_w: np.ndarray, *,
                           top: float = TOP_QUANTILE, iou_threshold: float = IOU_THRESHOLD,
-                          batch_size: int = 64) -> "PartInterpretability":
+                          batch_size: int = 64) -> PartInterpretability:
     """Steps 2-7 on given feature maps (I, P, h, w) of the images whose regions are `regions`."""
     maps = np.asarray(maps)
     if maps.shape[0] != regions.num_images:

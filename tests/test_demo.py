@@ -143,6 +143,18 @@ def test_quick_end_to_end_on_a_small_toy_set_with_the_baseline(capsys, tmp_path)
     icnn = rows["interpretable CNN"].split()
     assert float(icnn[2]) == pytest.approx(binerr, abs=1e-4) and float(icnn[3]) == pytest.approx(stability, abs=1e-4)
 
+    # the ablation table: its five rows, before -> after for the three figures
+    start = lines.index(next(ln for ln in lines if ln.startswith("ablation (reproduce.ablation")))
+    table = lines[start + 3:start + 8]
+    assert [ln[2:40].strip() for ln in table] == ["ordinary CNN", "ICNN, filter loss off (masks only)",
+                                                 "the same, masks off at eval (beta=0)", "ICNN as published",
+                                                 "the same, masks off at eval (beta=0)"]
+    published = [float(v) for v in table[3][40:].replace("->", " ").split()]
+    assert published[3] == pytest.approx(stability, abs=5e-4)        # location instability after training
+    assert published[1] == pytest.approx(binerr, abs=1e-6)          # binary error after: the last epoch's
+    assert all(0.0 <= v <= 1.0 for v in published)
+    assert (out / "mat" / "toy01-no-filter-loss" / "net-epoch-1.pt").is_file()
+
     assert (data / "toy" / "toy.json").is_file()
     for name in ("toy01", "toy01-ordinary"):
         assert (out / "mat" / name / "net-epoch-1.pt").is_file() and (out / "mat" / name / "net-train.png").is_file()

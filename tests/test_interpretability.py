@@ -4,9 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reproduce.interpretability import (InterpretabilityError, PartRegions, filter_thresholds,
-                                        interpretability_from_ious, part_interpretability,
-                                        region_part_ious, upsample_matrix)
+from reproduce.interpretability import (
+    InterpretabilityError,
+    PartRegions,
+    filter_thresholds,
+    interpretability_from_ious,
+    part_interpretability,
+    region_part_ious,
+    upsample_matrix,
+)
 
 IDENT = np.eye(8)          # maps at image resolution: stride 1, centre 1 -> the identity
 
@@ -33,7 +39,7 @@ def test_upsample_matrix_identity_and_anchoring():
 
 
 def test_filter_that_fires_exactly_on_a_part_has_interpretability_one():
-    regions, spots = _regions()
+    regions, _ = _regions()
     maps = (regions.labels == 1).astype(np.float32)[:, None]       # 1 on the spot, 0 elsewhere
     # the spot is 1/64 of each image, more than 0.5 %: the quantile over the dataset lies at 1,
     # so the filter's top 0.5 % must be graded: make the spot's value rise with the image index

@@ -1,0 +1,362 @@
+"""What does the filter loss do, and what do the masks alone do? An ablation, one command.
+
+    python -m reproduce.ablation                          # toy01, tiny net, 8 epochs, seeds 0 1 2
+    python -m reproduce.ablation --seeds 0 1 2 3 4 --out output/ablation
+    python -m reproduce.ablation --pretrained output/pretrain/tiny-toy-pretrained.mat
+
+No counterpart in the original code. Three nets are trained the same way (demo.m's protocol
+through reproduce.pipeline: the same data, initial weights, seed, schedule):
+
+- ``ordinary``: the ordinary CNN (plain conv layers instead of conv_mask);
+- ``icnn-no-filter-loss``: the interpretable CNN with the filter loss switched off: its
+  conv_mask layers get no FilterLossContext, so their backward passes carry no filter-loss
+  gradient and no beta update (beta stays at its initial 2); the masks are still applied,
+  forward and backward ("masks only");
+- ``icnn``: the interpretable CNN as published (filter loss, learned beta, sliceMag).
+
+Each ICNN is also measured with its masks switched off at evaluation: every conv_mask's beta set
+to 0, so that mask = 1 everywhere (getMask.m: max(1 - beta * distance, -1)). Every net is
+measured before training (the weights network_init gives for the seed) and after, with three
+figures: binary error (the validation images of the imdb, our_cnn_train.m's error_binary;
+after training with the masks on it equals showResults.m's last-epoch figure), location
+instability (showResults.m, reproduce.evaluate) and part interpretability
+(reproduce.interpretability; the toy's part masks, Pascal-Part's for VOC). Over several seeds
+the table gives mean and spread (sample standard deviation).
+
+The runs' checkpoints follow the pipeline's folders (``<out>/mat/<category>``,
+``<category>-ordinary``), so `demo.py --quick --baseline` reuses its two trained nets and trains
+only the third; other seeds and the masks-only ICNN get their own folders. Results go to
+``<out>/ablation.json`` and ``<out>/ablation.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .pipeline import Experiment
+
+__all__ = [
+    "METRICS",
+    "ROWS",
+    "VARIANTS",
+    "AblationExperiment",
+    "disable_filter_loss",
+    "format_table",
+    "main",
+    "masks_off",
+    "measure_net",
+    "run_ablation",
+    "run_variant",
+    "summarise",
+    "validation_error",
+    "write_results",
+]
+
+VARIANTS = ("ordinary", "icnn-no-filter-loss", "icnn")
+#: (label, variant, masks off at evaluation)
+ROWS = (("ordinary CNN", "ordinary", False),
+        ("ICNN, filter loss off (masks only)", "icnn-no-filter-loss", False),
+        ("  the same, masks off at eval (beta=0)", "icnn-no-filter-loss", True),
+        ("ICNN as published", "icnn", False),
+        ("  the same, masks off at eval (beta=0)", "icnn", True))
+METRICS = ("binary_error", "location_instability", "part_interpretability")
+_DIR_SUFFIX = {"ordinary": "-ordinary", "icnn-no-filter-loss": "-no-filter-loss", "icnn": ""}
+
+
+@dataclass
+class AblationExperiment(Experiment):
+    """A pipeline Experiment whose checkpoint folder says the variant (and the seed, unless it is
+    `base_seed`): the pipeline's own folders for the ordinary CNN and the ICNN at the base seed."""
+
+    variant: str = "icnn"
+    base_seed: int = 0
+
+    @property
+    def exp_dir(self) -> Path:
+        seed = "" if self.seed == self.base_seed else f"-seed{self.seed}"
+        return self.out / "mat" / f"{self.name}{_DIR_SUFFIX[self.variant]}{seed}"
+
+
+# ================================================================== the switches
+def _conv_masks(net: Any) -> list[Any]:
+    from .conv_mask import ConvMask
+    return [m for m in net.modules() if isinstance(m, ConvMask)]
+
+
+def disable_filter_loss(net: Any) -> list[Any]:
+    """Switch the filter loss off in every conv_mask layer of `net` (masks still applied): the layers
+    no longer receive the training context. Returns the hook handles (`.remove()` restores it)."""
+    handles = []
+    for layer in _conv_masks(net):
+        layer.require_context = False
+        handles.append(layer.register_forward_pre_hook(lambda module, args: (args[0],)))
+    return handles
+
+
+def masks_off(net: Any) -> Any:
+    """A copy of `net` with every conv_mask's beta set to 0: mask = 1 everywhere."""
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for layer in _conv_masks(other):
+            layer.beta.zero_()
+    return other
+
+
+# ================================================================== the three figures
+@torch.no_grad()
+def validation_error(net: Any, imdb: Any, device: Any, error_name: str = "binerr", batch_size: int = 100) -> float:
+    """our_cnn_train.m's validation error (error_binary / error_multiclass) over the imdb's set == 2."""
+    from .train import TrainData, batch_errors
+    data = TrainData.from_imdb(imdb)
+    net = net.to(device).eval()
+    errors, num = 0.0, 0
+    for s in range(0, len(data.val_idx), batch_size):
+        idx = data.val_idx[s:s + batch_size]
+        pred = net(data.images(idx, torch.device(device)))
+        errors += batch_errors(pred, data.labels[torch.from_numpy(idx)].to(pred.device), error_name)
+        num += len(idx)
+    return errors / num if num else float("nan")
+
+
+@dataclass
+class _Measuring:
+    """What every measurement of one category needs, prepared once."""
+
+    exp: Experiment
+    paths: Any
+    imdb: Any
+    source: Any
+    regions: Any
+    indices: list[int]
+    layer_id: int
+    part_list: tuple[int, ...]
+
+
+def _prepare(exp: Experiment, paths: Any, imdb: Any) -> _Measuring:
+    from .evaluate import CategorySource, layer_id_for_model
+    from .interpretability import part_regions_for
+    from .pipeline import input_size
+    conf = paths.data_conf()
+    category = exp.categories[0]
+    part_list = tuple(paths.parts_for(category))
+    source = _cached(CategorySource.from_conf(category, conf, sorted(set(part_list) | {1})))
+    indices = [i for i, o in enumerate(source.objects) if o is not None]
+    size = (input_size(exp), input_size(exp))
+    annodir = getattr(paths, "anno_dir", None)
+    regions = part_regions_for(exp.dataset, category, [source.objects[i] for i in indices], conf, size, annodir)
+    return _Measuring(exp, paths, imdb, source, regions, indices, layer_id_for_model(exp.model), part_list)
+
+
+def _cached(source: Any) -> Any:
+    """The same CategorySource with getI's patches kept after the first read (every net is
+    measured on the same patches, several times)."""
+    cache: dict[tuple, np.ndarray] = {}
+    load = source.load_patch
+
+    def load_patch(obj: Any, size: tuple[int, int]) -> np.ndarray:
+        key = (obj.folder, obj.filename, obj.ID, tuple(size))
+        if key not in cache:
+            cache[key] = load(obj, size)
+        return cache[key]
+    return replace(source, load_patch=load_patch)
+
+
+def measure_net(net: Any, m: _Measuring) -> dict[str, float]:
+    """Binary error, location instability and part interpretability of `net` (evaluation mode)."""
+    from .evaluate import compute_stability, read_mean_data
+    from .interpretability import compute_part_interpretability
+    net = net.to(m.exp.device).eval()
+    mean = read_mean_data(m.imdb)
+    stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device)
+    interp = compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id, indices=m.indices,
+                                           device=m.exp.device)
+    return {"binary_error": validation_error(net, m.imdb, m.exp.device),
+            "location_instability": float(stability.stability),
+            "part_interpretability": float(interp.value)}
+
+
+# ================================================================== one variant, one seed
+def _build(exp: AblationExperiment):
+    from .pipeline import build_net
+    return build_net(replace(exp, interpretable=exp.variant != "ordinary"))
+
+
+def run_variant(exp: AblationExperiment, m: _Measuring) -> dict:
+    """Build, measure, train (resuming from the variant's checkpoints), measure again."""
+    from .pipeline import ordinary_counterpart
+    from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
+    exp = exp if exp.variant != "ordinary" else ordinary_counterpart(exp)
+    net, opts, meta = _build(exp)
+    record: dict[str, Any] = {"variant": exp.variant, "seed": exp.seed, "exp_dir": str(exp.exp_dir)}
+    t0 = time.perf_counter()
+    record["before"] = measure_net(net, m)
+    if exp.variant != "ordinary":
+        record["before_masks_off"] = measure_net(masks_off(net), m)
+    if exp.variant == "icnn-no-filter-loss":
+        disable_filter_loss(net)
+    fill = SLICE_MAG_FILL_OWN_COLUMN if exp.fix_slicemag_quirk else SLICE_MAG_FILL_COLUMN1
+    t1 = time.perf_counter()
+    net, stats = train(net, m.imdb, opts, exp.exp_dir, device=exp.device, seed=exp.seed, progress=exp.progress,
+                       meta=meta, slice_mag_fill=fill)
+    t2 = time.perf_counter()
+    record["after"] = measure_net(net, m)
+    if exp.variant != "ordinary":
+        record["after_masks_off"] = measure_net(masks_off(net), m)
+    record["last_epoch_val_binerr"] = float(stats["val"][-1].get("binerr", float("nan"))) if stats.get("val") else None
+    record["epochs"] = len(stats.get("val", []))
+    record["seconds"] = {"train": t2 - t1, "measure": (t1 - t0) + (time.perf_counter() - t2)}
+    return record
+
+
+def run_ablation(exp: Experiment, seeds: Sequence[int], paths: Any = None,
+                 variants: Sequence[str] = VARIANTS, say=print) -> list[dict]:
+    """Every variant for every seed; `exp` gives the dataset, category, model and schedule (its
+    seed is the base seed whose folders are the pipeline's own)."""
+    from .pipeline import build_imdb, image_size_of, prepare_dataset
+    if exp.multiclass:
+        raise ValueError("the ablation runs single-category nets (give one category)")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
+    _, _, meta = _build(AblationExperiment(**_fields(exp), variant="icnn", base_seed=exp.seed))
+    paths = paths if paths is not None else prepare_dataset(exp, image_size_of(meta)[0])
+    imdb = build_imdb(exp, paths, image_size_of(meta))
+    m = _prepare(exp, paths, imdb)
+    records = []
+    for seed in seeds:
+        for variant in variants:
+            e = AblationExperiment(**{**_fields(exp), "seed": int(seed), "draw": False}, variant=variant,
+                                   base_seed=exp.seed)
+            say(f"ablation: {variant}, seed {seed} (checkpoints in {e.exp_dir})")
+            records.append(run_variant(e, m))
+    return records
+
+
+def _fields(exp: Experiment) -> dict:
+    from dataclasses import fields
+    return {f.name: getattr(exp, f.name) for f in fields(Experiment)}
+
+
+# ================================================================== the table
+def summarise(records: Sequence[dict]) -> list[dict]:
+    """One entry per row of ROWS: for 'before' and 'after', each metric's mean, std (ddof 1) and n."""
+    out = []
+    for label, variant, off in ROWS:
+        recs = [r for r in records if r["variant"] == variant]
+        if not recs:
+            continue
+        row: dict[str, Any] = {"row": label, "variant": variant, "masks_off_at_eval": off,
+                               "seeds": [r["seed"] for r in recs]}
+        for when in ("before", "after"):
+            key = f"{when}_masks_off" if off else when
+            for metric in METRICS:
+                values = np.array([r[key][metric] for r in recs], dtype=np.float64)
+                row[f"{when}_{metric}_mean"] = float(np.mean(values))
+                row[f"{when}_{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+                row[f"{when}_{metric}_values"] = values.tolist()
+        out.append(row)
+    return out
+
+
+def _cell(row: dict, when: str, metric: str) -> str:
+    mean, std = row[f"{when}_{metric}_mean"], row[f"{when}_{metric}_std"]
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f}±{std:.3f}"
+
+
+def format_table(summary: Sequence[dict]) -> str:
+    """The ablation table: before -> after training, each metric (mean ± std over the seeds)."""
+    head = ("binary error", "location instability", "part interpretability")
+    lines = [f"{'':40s} " + "   ".join(f"{h + ' (before -> after)':^33s}" for h in head),
+             f"{'':40s} " + "   ".join(f"{d:^33s}" for d in ("lower is better", "lower is better",
+                                                               "higher is better"))]
+    for row in summary:
+        cells = [f"{_cell(row, 'before', k):>15s} -> {_cell(row, 'after', k):<14s}" for k in METRICS]
+        lines.append(f"  {row['row']:<38s} " + "   ".join(cells))
+    n = {len(r["seeds"]) for r in summary}
+    lines.append(f"  seeds: {', '.join(str(s) for s in summary[0]['seeds'])}" if summary else "")
+    if n and max(n) > 1:
+        lines.append("  mean±std: sample standard deviation over the seeds")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, records: Sequence[dict], summary: Sequence[dict], settings: dict) -> tuple[Path, Path]:
+    """ablation.json (settings, every run, the summary) and ablation.csv (the summary), written atomically."""
+    from legacy_compat.atomic import atomic_write_bytes
+    out.mkdir(parents=True, exist_ok=True)
+    js = out / "ablation.json"
+    atomic_write_bytes(js, json.dumps({"settings": settings, "runs": list(records), "summary": list(summary)},
+                                      indent=1, default=str).encode())
+    buf = io.StringIO()
+    cols = ["row", "variant", "masks_off_at_eval", "seeds"] + [f"{w}_{m}_{s}" for w in ("before", "after")
+                                                             for m in METRICS for s in ("mean", "std")]
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in summary:
+        writer.writerow({**row, "seeds": " ".join(str(s) for s in row["seeds"])})
+    cs = out / "ablation.csv"
+    atomic_write_bytes(cs, buf.getvalue().encode())
+    return js, cs
+
+
+# ================================================================== command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reproduce.ablation", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="toy", help="toy (default) or vocpart (needs Pascal-Part)")
+    p.add_argument("--category", default="toy01", help="one category (default toy01)")
+    p.add_argument("--model", default="tiny", help="network (default tiny)")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=8, help="epochs (default 8, the quick demo's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--pretrained", default="none", help="'none' (random trunk), 'auto', or a MatConvNet model file")
+    p.add_argument("--out", default="output/ablation")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--toy-images", type=int, default=None, metavar="N",
+                   help="toy dataset size: N positives per category and N negatives (default the toy's 1500/1000)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def experiment_from_args(args: argparse.Namespace) -> Experiment:
+    from .device import choose_device
+    toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
+    return Experiment(dataset=args.dataset, categories=[args.category], model=args.model, dropout=args.dropout,
+                      out=Path(args.out), data_root=Path(args.data_root) if args.data_root else None,
+                      pretrained=args.pretrained, offline=True, device=choose_device(args.device),
+                      seed=int(args.seeds[0]), epochs=args.epochs, draw=False, toy_options=toy,
+                      progress=not args.no_progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    exp = experiment_from_args(args)
+    t0 = time.perf_counter()
+    records = run_ablation(exp, args.seeds, variants=args.variants)
+    summary = summarise(records)
+    settings = {"command": "python -m reproduce.ablation " + " ".join(sys.argv[1:] if argv is None else argv),
+                **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "seconds": time.perf_counter() - t0}
+    js, cs = write_results(Path(args.out), records, summary, settings)
+    print()
+    print(format_table(summary))
+    print(f"\nablation: {len(records)} runs in {time.perf_counter() - t0:.0f} s; {js}, {cs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
