@@ -78,3 +78,20 @@ def test_summary_mean_and_sample_std_over_seeds():
         warnings.simplefilter("error")
         text = format_table(summary)
     assert "0.150±0.071" in text and "seeds: 0, 1" in text
+
+
+def test_a_pretrained_trunk_is_saved_as_network_init_reads_it(tmp_path):
+    """reproduce.pretrain step 2: the trunk of a trained ordinary net as a MatConvNet model file, from
+    which network_init builds the ordinary and the interpretable net exactly as from an ImageNet model."""
+    from reproduce.models import network_init
+    from reproduce.pretrain import save_pretrained_model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source, _, _ = network_init(2, "tiny", 0.5, seed=5, interpretable=False)
+    path = save_pretrained_model(source, "tiny", tmp_path / "nets" / "tiny-pretrained.mat", ["toy02", "toy03"])
+    for interpretable in (False, True):
+        net, _, meta = network_init(1, "tiny", 0.5, pretrained=path, seed=0, interpretable=interpretable)
+        assert meta["pretrained_count"] == 8 and meta["image_size"] == (64, 64, 3)
+        for i in (0, 3, 6):                                           # conv1..conv3: the saved weights
+            torch.testing.assert_close(net.layers[i].weight.detach(), source.layers[i].weight.detach(), rtol=0, atol=0)
+        assert ("conv_mask" in net.layer_types) == interpretable

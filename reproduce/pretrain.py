@@ -1,0 +1,158 @@
+"""The paper's regime on data we have: pretrain a trunk as a classifier, then fine-tune ICNNs from it.
+
+    python -m reproduce.pretrain                           # toy: pretrain on toy02 + toy03, fine-tune on toy01
+    python -m reproduce.pretrain --seeds 0 1 2 --out output/pretrain --toy-images 800
+
+The paper fine-tunes ImageNet-pretrained trunks (MatConvNet's imagenet-*.mat, read by
+network_init.m) on one category with the filter loss. We cannot reach ImageNet offline, so the
+same steps run at toy scale:
+
+1. Pretrain: the ordinary tiny CNN (`network_init(..., interpretable=False)`, a random trunk) is
+   trained as a multi-way classifier on the toy categories other than the held-out one
+   (learn_icnn_multiclass.m's protocol through reproduce.pipeline: produceIMDB, logistic loss,
+   one output per category, the negatives as the background), `--pretrain-epochs` epochs.
+2. Save: its trunk (the layers network_init takes from a pretrained model: for 'tiny', whose
+   cut is 0, the whole trunk conv1..relu3) with meta.normalization.imageSize and the classes,
+   as a MatConvNet model file (`layers` cell + `meta`, MAT v5), like imagenet-*.mat.
+3. Fine-tune: the held-out category (default toy01, never seen in pretraining) with the nets
+   network_init builds from that file exactly as from an ImageNet model (`pretrained=<file>`):
+   the ablation of reproduce.ablation (ordinary CNN, ICNN without the filter loss, ICNN; each
+   ICNN also with its masks off; before fine-tuning = the pretrained trunk with the new head,
+   after = fine-tuned), over the seeds (the seed draws the new head and the batch order; the
+   trunk is the same pretrained one for every seed).
+
+Results: ``<out>/ablation.json``/``.csv`` (the fine-tuning table), ``<out>/pretrain.json`` (the
+pretraining run), the model file ``<out>/nets/tiny-pretrained-<categories>.mat``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .pipeline import Experiment
+
+__all__ = ["main", "pretrain_and_finetune", "pretrain_trunk", "save_pretrained_model"]
+
+
+def pretrain_trunk(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any]:
+    """Step 1: train the ordinary CNN on exp.categories (several: multi-class, logistic loss).
+    Returns (trained net, stats, imdb)."""
+    from .pipeline import learn
+    if not exp.multiclass:
+        raise ValueError("pretraining needs at least two categories (a multi-way classifier)")
+    net, stats, imdb, _ = learn(replace(exp, interpretable=False, draw=False), paths)
+    return net, stats, imdb
+
+
+def save_pretrained_model(net: Any, model: str, path: Path, classes: Sequence[str]) -> Path:
+    """Step 2: the trunk of `net` (its first meta['pretrained_count'] layers, what network_init took
+    from the trunk) as a MatConvNet model file network_init reads (`pretrained=path`)."""
+    from legacy_compat.atomic import atomic_write
+    from legacy_compat.matio import savemat
+    from legacy_compat.mattypes import MatStruct, cell
+    from legacy_compat.simplenn import net_to_matlab
+
+    from .models import MODELS
+    count = int(net.meta["pretrained_count"])
+    specs = net.to_specs()[:count]
+    if MODELS[model].cut:
+        raise ValueError(f"{model!r} cuts {MODELS[model].cut} layers off its pretrained file; this writer "
+                         f"saves trunks of uncut models (tiny) only")
+    size = np.asarray(net.meta["image_size"], dtype=np.float64).reshape(1, -1)
+    meta = MatStruct(normalization=MatStruct(imageSize=size),
+                     classes=MatStruct(name=cell(list(classes)), description=cell(list(classes))))
+    model_struct = net_to_matlab(specs, meta)
+    atomic_write(path, lambda tmp: savemat(tmp, {"layers": model_struct["layers"], "meta": model_struct["meta"]},
+                                           version="5"))
+    return path
+
+
+def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], finetune_category: str, *,
+                          model: str = "tiny", seeds: Sequence[int] = (0, 1, 2), out: Path = Path("output/pretrain"),
+                          pretrain_epochs: int = 8, finetune_epochs: int = 8, dropout: float = 0.5,
+                          device: str = "cpu", data_root: Path | None = None, toy_options: dict | None = None,
+                          progress: bool = True, say=print) -> dict:
+    """Steps 1-3. Returns {'pretrain': ..., 'model_file': ..., 'records': [...], 'summary': [...]}."""
+    from .ablation import run_ablation, summarise
+    from .pipeline import prepare_dataset
+    out = Path(out)
+    common = {"dataset": dataset, "model": model, "dropout": dropout, "out": out, "data_root": data_root,
+              "offline": True, "device": device, "draw": False, "toy_options": dict(toy_options or {}),
+              "progress": progress}
+    every = list(dict.fromkeys([*pretrain_categories, finetune_category]))
+    if finetune_category in pretrain_categories:
+        raise ValueError(f"the fine-tuning category {finetune_category!r} must be held out of pretraining")
+    from .models import MODELS
+    paths = prepare_dataset(Experiment(categories=every, **common), MODELS[model].image_size)
+    pre = Experiment(categories=list(pretrain_categories), pretrained="none", seed=int(seeds[0]),
+                     epochs=pretrain_epochs, interpretable=False, **common)
+    say(f"pretrain: the ordinary {model} CNN on {', '.join(pretrain_categories)} ({pretrain_epochs} epochs, "
+        f"checkpoints in {pre.exp_dir})")
+    t0 = time.perf_counter()
+    net, stats, _ = pretrain_trunk(pre, paths)
+    file = out / "nets" / f"{model}-pretrained{pre.name}.mat"
+    save_pretrained_model(net, model, file, pretrain_categories)
+    pre_record = {"categories": list(pretrain_categories), "epochs": len(stats["val"]), "seed": pre.seed,
+                  "last_val": dict(stats["val"][-1]), "last_train": dict(stats["train"][-1]),
+                  "seconds": time.perf_counter() - t0, "model_file": str(file)}
+    say(f"pretrain: validation error {pre_record['last_val'].get('binerr', float('nan')):.4f}; trunk saved to {file}")
+    fine = Experiment(categories=[finetune_category], pretrained=str(file), seed=int(seeds[0]),
+                      epochs=finetune_epochs, **common)
+    records = run_ablation(fine, seeds, paths, say=say)
+    return {"pretrain": pre_record, "model_file": str(file), "records": records, "summary": summarise(records)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reproduce.pretrain", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="toy")
+    p.add_argument("--pretrain-categories", nargs="+", default=["toy02", "toy03"], metavar="C")
+    p.add_argument("--category", default="toy01", help="the held-out category fine-tuned on (default toy01)")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--pretrain-epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (default 8)")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--out", default="output/pretrain")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--toy-images", type=int, default=None, metavar="N",
+                   help="toy dataset size: N positives per category and N negatives (default 1500/1000)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from legacy_compat.atomic import atomic_write_bytes
+
+    from .ablation import format_table, write_results
+    from .device import choose_device
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
+    res = pretrain_and_finetune(args.dataset, args.pretrain_categories, args.category, model=args.model,
+                                seeds=args.seeds, out=Path(args.out), pretrain_epochs=args.pretrain_epochs,
+                                finetune_epochs=args.epochs, dropout=args.dropout, device=choose_device(args.device),
+                                data_root=Path(args.data_root) if args.data_root else None, toy_options=toy,
+                                progress=not args.no_progress)
+    settings = {"command": "python -m reproduce.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
+                **{k: v for k, v in vars(args).items()}, "seconds": time.perf_counter() - t0}
+    js, cs = write_results(Path(args.out), res["records"], res["summary"], settings)
+    atomic_write_bytes(Path(args.out) / "pretrain.json", json.dumps(res["pretrain"], indent=1, default=str).encode())
+    print(f"\npretrained on {', '.join(args.pretrain_categories)} (validation error "
+          f"{res['pretrain']['last_val'].get('binerr', float('nan')):.4f}); fine-tuned on {args.category}:")
+    print(format_table(res["summary"]))
+    print(f"\npretrain: done in {time.perf_counter() - t0:.0f} s; {js}, {cs}, {res['model_file']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
