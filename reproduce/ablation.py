@@ -360,3 +360,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, float]:
+    """For the paper runner (`--part-interpretability`): the part interpretability of a finished run's
+    net (its last epoch checkpoint in exp.exp_dir) and of the net training started from."""
+    import re
+
+    from .evaluate import load_net_for_evaluation
+    from .interpretability import compute_part_interpretability
+    from .pipeline import build_imdb, build_net, image_size_of
+    start, _, meta = build_net(exp)
+    imdb = build_imdb(exp, paths, image_size_of(meta))
+    m = _prepare(exp, paths, imdb)
+    ckpts = sorted(Path(exp.exp_dir).glob("net-epoch-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+    if not ckpts:
+        raise FileNotFoundError(f"no net-epoch-N.pt checkpoint in {exp.exp_dir}")
+    trained, _, _ = load_net_for_evaluation(ckpts[-1], exp.device)
+    from .evaluate import read_mean_data
+    mean = read_mean_data(imdb)
+
+    def value(net: Any) -> float:
+        return float(compute_part_interpretability(net.to(exp.device).eval(), m.source, m.regions, mean,
+                                                   layer_id=m.layer_id, indices=m.indices, device=exp.device).value)
+    return {"part_interpretability": value(trained), "part_interpretability_at_start": value(start)}

@@ -64,7 +64,8 @@ CNN_KINDS = ("ordinary", "interpretable")
 #: table marks such rows (`*`): they are not the paper's network (smaller, random trunk).
 PAPER_REFERENCE_MODEL = {"alexnet-narrow": "alexnet"}
 CSV_COLUMNS = ("id", "dataset", "scope", "categories", "model", "cnn", "config", "binary_error",
-               "location_instability", "location_instability_at_start", "accuracy_percent", "epochs",
+               "location_instability", "location_instability_at_start", "part_interpretability",
+               "part_interpretability_at_start", "accuracy_percent", "epochs",
                "seconds_learn", "seconds_show_results", "seconds_total", "device", "seed", "dropout", "loss",
                "pretrained", "finished", "command")
 
@@ -597,6 +598,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the corrected sliceMag update instead of the original's column-1 quirk")
     parser.add_argument("--toy-option", action="append", default=None, metavar="KEY=VALUE",
                         help="toy dataset generator option (data_prep.toy.generate_toy_dataset), e.g. n_pos=200")
+    parser.add_argument("--part-interpretability", action="store_true",
+                        help="also record each run's part interpretability, trained and before training "
+                             "(reproduce.interpretability; needs part regions: toy or vocpart)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="instead of the grid, run the ablation (reproduce.ablation) for each single-class "
+                             "cell: ordinary CNN, ICNN without the filter loss, ICNN, masks on and off, before "
+                             "and after training, over --seeds; writes OUT/ablation/<dataset>-<model>-<category>/")
+    parser.add_argument("--pretrain-finetune", action="store_true",
+                        help="instead of the grid, the pretrain-then-fine-tune experiment (reproduce.pretrain): "
+                             "pretrain the model's trunk on the dataset's other categories (or "
+                             "--pretrain-categories), fine-tune on the first given category, over --seeds")
+    parser.add_argument("--pretrain-categories", nargs="+", default=None, metavar="C",
+                        help="with --pretrain-finetune: the pretraining categories")
+    parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2],
+                        help="with --ablation / --pretrain-finetune: the seeds (default 0 1 2)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and the published rows; run nothing")
     parser.add_argument("--table", action="store_true",
                         help="print the table of every run in the results file; run nothing")
@@ -700,6 +716,11 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
             if exp.run_id in done and not args.force:
                 record = done[exp.run_id]
                 _say(f"{tag}: in the results file already (finished {record.get('finished')}); --force runs it again")
+                if getattr(args, "part_interpretability", False) and record.get("part_interpretability") is None:
+                    from .ablation import part_interpretability_of_run
+                    record = dict(record, **part_interpretability_of_run(exp, _paths_for(exp, args, paths_cache)))
+                    store.add(record)
+                    _say(f"{tag}: added the part interpretability, {record['part_interpretability']:.4f}")
                 if control and record.get("location_instability_at_start") is None:
                     record = dict(record, location_instability_at_start=instability_at_start(
                         exp, _paths_for(exp, args, paths_cache)))
@@ -718,6 +739,9 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
             record = run_record(exp, result, command, time.perf_counter() - t0)
             if control:
                 record["location_instability_at_start"] = instability_at_start(exp, paths)
+            if getattr(args, "part_interpretability", False):
+                from .ablation import part_interpretability_of_run
+                record.update(part_interpretability_of_run(exp, paths))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - reported, and with --keep-going the grid goes on
@@ -732,6 +756,41 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
         _say(f"{tag}: {result.line()}" + (f"  (at the start of training {start:.6f})" if start is not None else "")
              + f"  ({_duration(record['seconds']['total'])}; written to {store.path})")
     return [records[e.run_id] for e in runs if e.run_id in records], failed
+
+
+def run_ablation_cells(args: argparse.Namespace, runs: Sequence[GridExperiment]) -> int:
+    """--ablation / --pretrain-finetune: reproduce.ablation (or reproduce.pretrain) for each single-class
+    cell of the grid (dataset x category x model), written to OUT/ablation/... or OUT/pretrain/..."""
+    from dataclasses import fields, replace
+
+    from .ablation import format_table, run_ablation, summarise, write_results
+    cells = {(e.dataset, tuple(e.categories), e.model): e for e in runs if e.interpretable or not args.ablation}
+    if any(len(c[1]) != 1 for c in cells):
+        raise RunnerError("--ablation and --pretrain-finetune run single-class nets (no --multiclass)")
+    for (dataset, (category,), model), grid_exp in cells.items():
+        kind = "ablation" if args.ablation else "pretrain"
+        out = Path(args.out) / kind / f"{dataset}-{model}-{category}"
+        exp = Experiment(**{f.name: getattr(grid_exp, f.name) for f in fields(Experiment)})
+        exp = replace(exp, out=out, interpretable=True, draw=False, seed=int(args.seeds[0]))
+        _say(f"reproduce.paper --{kind}: {dataset} {category} {model}, seeds {args.seeds}, in {out}")
+        if args.ablation:
+            records = run_ablation(exp, args.seeds, resolve_paths(exp, args.truth_dir, args.neg_dir, args.image_dir),
+                                   say=_say)
+        else:
+            from .pretrain import pretrain_and_finetune
+            pre = args.pretrain_categories or [c for c in all_categories(dataset) if c != category]
+            res = pretrain_and_finetune(dataset, pre, category, model=model, seeds=args.seeds, out=out,
+                                        pretrain_epochs=args.epochs or 8, finetune_epochs=args.epochs or 8,
+                                        dropout=args.dropout, device=args.device, data_root=exp.data_root,
+                                        toy_options={k: v for k, v in exp.toy_options.items()
+                                                     if k not in ("categories", "progress")},
+                                        progress=exp.progress, say=_say)
+            records = res["records"]
+        summary = summarise(records)
+        js, cs = write_results(out, records, summary, {"command": _command(None), "dataset": dataset,
+                                                       "category": category, "model": model, "seeds": args.seeds})
+        _say("\n" + format_table(summary) + f"\n(written to {js} and {cs})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -774,6 +833,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                                                           for e in runs):
             _say(f"{dataset} {model} {scope} ({first}): " + format_rows(rows_for(dataset, model, first, scope)))
         return 0
+    if args.ablation or args.pretrain_finetune:
+        return run_ablation_cells(args, runs)
+    if args.part_interpretability and any(e.dataset not in ("toy", "vocpart") for e in runs):
+        raise RunnerError("--part-interpretability needs part regions: the toy dataset or vocpart")
     _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}"
          + (f" (rank {rank} of {world}: one run at a time, taking the next free one)" if world > 1 else ""))
     records, failed = run_grid(args, runs, store, _command(argv), _order(world, len(runs)))

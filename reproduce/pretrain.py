@@ -63,6 +63,10 @@ def save_pretrained_model(net: Any, model: str, path: Path, classes: Sequence[st
     from .models import MODELS
     count = int(net.meta["pretrained_count"])
     specs = net.to_specs()[:count]
+    bad = [s.name for s in specs for w in s.weights if not bool(np.isfinite(w.detach().cpu().numpy()).all())]
+    if bad:
+        raise ValueError(f"the pretrained trunk has NaN/Inf weights in {', '.join(bad)}: pretraining diverged "
+                         f"(try a lower --dropout or a smaller learning rate); nothing saved")
     if MODELS[model].cut:
         raise ValueError(f"{model!r} cuts {MODELS[model].cut} layers off its pretrained file; this writer "
                          f"saves trunks of uncut models (tiny) only")

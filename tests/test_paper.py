@@ -68,6 +68,16 @@ def test_toy_grid_writes_results_resumes_and_forces(tmp_path, capsys):
         assert back[cnn]["location_instability_at_start"] == pytest.approx(runs[cnn]["location_instability_at_start"])
         assert back[cnn]["finished"] == runs[cnn]["finished"]
 
+    # --part-interpretability: recorded runs get the measure (trained and at the start), in JSON and CSV
+    assert pp.main(argv + ["--part-interpretability"]) == 0
+    assert capsys.readouterr().out.count("added the part interpretability") == 2
+    measured = {r["cnn"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    for r in measured.values():
+        assert 0.0 <= r["part_interpretability"] <= 1.0 and 0.0 <= r["part_interpretability_at_start"] <= 1.0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert float(rows[1]["part_interpretability"]) == pytest.approx(measured["interpretable"]["part_interpretability"])
+    (out / "results.json").write_text(json.dumps(results))           # as before, for the checks below
+
     # --force on the interpretable CNN alone: trained again from scratch, its record replaced
     (out / f"runs/toy/toy01/{SLUG}/net-epoch-1.pt").write_bytes(b"not a checkpoint")
     assert pp.main(argv + ["--cnn", "interpretable", "--force"]) == 0
@@ -188,6 +198,7 @@ def test_a_diverged_run_is_flagged(tmp_path):
 
 def test_alexnet_narrow_measures_its_conv_mask_layer_in_224_pixel_units():
     import torch
+
     from reproduce.evaluate import DEFAULT_LAYER_ID, target_layer_index
     from reproduce.geometry import get_conv_net_para
     from reproduce.models import MODELS, network_init
@@ -201,3 +212,45 @@ def test_alexnet_narrow_measures_its_conv_mask_layer_in_224_pixel_units():
     x = torch.randn(1, 3, 224, 224) * 60
     torch.testing.assert_close(net.layers[0](x), x / 64)             # scale0: vl_nnnormalize with alpha 0
     assert opts.batch_size == 32 and opts.learning_rate[0] == pytest.approx(0.01)
+
+
+
+def test_ablation_through_the_runner(tmp_path, capsys):
+    """--ablation: reproduce.ablation for the grid's cell (one seed, one epoch, 16-image toy data)."""
+    out = tmp_path / "paper"
+    argv = TOY + ["--out", str(out), "--data-root", str(tmp_path / "data"), "--ablation", "--seeds", "3",
+                  "--dropout", "0.5"]
+    assert pp.main(argv) == 0
+    folder = out / "ablation" / "toy-tiny-toy01"
+    saved = json.loads((folder / "ablation.json").read_text())
+    assert {r["variant"] for r in saved["runs"]} == {"ordinary", "icnn-no-filter-loss", "icnn"}
+    for r in saved["runs"]:
+        assert r["seed"] == 3 and r["epochs"] == 1
+        for when in ("before", "after"):
+            assert 0.0 <= r[when]["part_interpretability"] <= 1.0 and 0 < r[when]["location_instability"] < 1
+    icnn = next(r for r in saved["runs"] if r["variant"] == "icnn")
+    assert icnn["after"]["binary_error"] == pytest.approx(icnn["last_epoch_val_binerr"])
+    rows = list(csv.DictReader((folder / "ablation.csv").open()))
+    assert [r["variant"] for r in rows] == ["ordinary", "icnn-no-filter-loss", "icnn-no-filter-loss", "icnn", "icnn"]
+    assert "ICNN as published" in capsys.readouterr().out
+
+
+def test_pretrain_finetune_is_planned_from_the_grid(tmp_path, monkeypatch, capsys):
+    """--pretrain-finetune: the grid's category is held out, the dataset's other categories pretrain the
+    trunk (reproduce.pretrain; its steps are tested in test_ablation and by its command)."""
+    import reproduce.pretrain as pre
+    seen = {}
+
+    def fake(dataset, pretrain_categories, category, **kw):
+        seen.update(dataset=dataset, pre=list(pretrain_categories), category=category, **kw)
+        m = {"binary_error": 0.1, "location_instability": 0.2, "part_interpretability": 0.3}
+        recs = [{"variant": v, "seed": 3, "before": m, "after": m, "before_masks_off": m, "after_masks_off": m}
+                for v in ("ordinary", "icnn-no-filter-loss", "icnn")]
+        from reproduce.ablation import summarise
+        return {"records": recs, "summary": summarise(recs)}
+    monkeypatch.setattr(pre, "pretrain_and_finetune", fake)
+    out = tmp_path / "paper"
+    assert pp.main(TOY + ["--out", str(out), "--pretrain-finetune", "--seeds", "3", "4"]) == 0
+    assert seen["dataset"] == "toy" and seen["category"] == "toy01" and seen["pre"] == ["toy02", "toy03"]
+    assert seen["seeds"] == [3, 4] and seen["model"] == "tiny"
+    assert (out / "pretrain" / "toy-tiny-toy01" / "ablation.csv").is_file()
