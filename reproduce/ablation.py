@@ -313,37 +313,45 @@ def write_results(out: Path, records: Sequence[dict], summary: Sequence[dict], s
 
 # ================================================================== command line
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import add_common, dropout_rate, nonnegative_int, positive_int
     p = argparse.ArgumentParser(prog="python -m reproduce.ablation", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="toy", help="toy (default) or vocpart (needs Pascal-Part)")
     p.add_argument("--category", default="toy01", help="one category (default toy01)")
     p.add_argument("--model", default="tiny", help="network (default tiny)")
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=8, help="epochs (default 8, the quick demo's)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--dropout", type=dropout_rate, default=0.5)
+    p.add_argument("--epochs", type=positive_int, default=8, help="epochs (default 8, the quick demo's)")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--pretrained", default="none", help="'none' (random trunk), 'auto', or a MatConvNet model file")
     p.add_argument("--out", default="output/ablation")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--toy-images", type=int, default=None, metavar="N",
+    add_common(p)
+    p.add_argument("--toy-images", type=positive_int, default=None, metavar="N",
                    help="toy dataset size: N positives per category and N negatives (default the toy's 1500/1000)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def experiment_from_args(args: argparse.Namespace) -> Experiment:
-    from .device import choose_device
+    from .cli import start_device
     toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
     return Experiment(dataset=args.dataset, categories=[args.category], model=args.model, dropout=args.dropout,
                       out=Path(args.out), data_root=Path(args.data_root) if args.data_root else None,
-                      pretrained=args.pretrained, offline=True, device=choose_device(args.device),
+                      pretrained=args.pretrained, offline=True, device=start_device(args, auto="cpu"),
                       seed=int(args.seeds[0]), epochs=args.epochs, draw=False, toy_options=toy,
                       progress=not args.no_progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m reproduce.ablation`; errors are one or two lines (reproduce.cli.run_cli)."""
+    from .cli import run_cli
     args = build_parser().parse_args(argv)
+    return run_cli("reproduce.ablation", lambda: _run(args, argv), debug=args.debug,
+                   interrupted="run the same command again: finished nets resume from their checkpoints.")
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     exp = experiment_from_args(args)
     t0 = time.perf_counter()
     records = run_ablation(exp, args.seeds, variants=args.variants)

@@ -115,36 +115,44 @@ def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], fine
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import add_common, dropout_rate, nonnegative_int, positive_int
     p = argparse.ArgumentParser(prog="python -m reproduce.pretrain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="toy")
     p.add_argument("--pretrain-categories", nargs="+", default=["toy02", "toy03"], metavar="C")
     p.add_argument("--category", default="toy01", help="the held-out category fine-tuned on (default toy01)")
     p.add_argument("--model", default="tiny")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--pretrain-epochs", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs (default 8)")
-    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--pretrain-epochs", type=positive_int, default=8)
+    p.add_argument("--epochs", type=positive_int, default=8, help="fine-tuning epochs (default 8)")
+    p.add_argument("--dropout", type=dropout_rate, default=0.5)
     p.add_argument("--out", default="output/pretrain")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--toy-images", type=int, default=None, metavar="N",
+    add_common(p)
+    p.add_argument("--toy-images", type=positive_int, default=None, metavar="N",
                    help="toy dataset size: N positives per category and N negatives (default 1500/1000)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m reproduce.pretrain`; errors are one or two lines (reproduce.cli.run_cli)."""
+    from .cli import run_cli
+    args = build_parser().parse_args(argv)
+    return run_cli("reproduce.pretrain", lambda: _run(args, argv), debug=args.debug,
+                   interrupted="run the same command again: finished nets resume from their checkpoints.")
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from legacy_compat.atomic import atomic_write_bytes
 
     from .ablation import format_table, write_results
-    from .device import choose_device
-    args = build_parser().parse_args(argv)
+    from .cli import start_device
     t0 = time.perf_counter()
     toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
     res = pretrain_and_finetune(args.dataset, args.pretrain_categories, args.category, model=args.model,
                                 seeds=args.seeds, out=Path(args.out), pretrain_epochs=args.pretrain_epochs,
-                                finetune_epochs=args.epochs, dropout=args.dropout, device=choose_device(args.device),
+                                finetune_epochs=args.epochs, dropout=args.dropout, device=start_device(args, auto="cpu"),
                                 data_root=Path(args.data_root) if args.data_root else None, toy_options=toy,
                                 progress=not args.no_progress)
     settings = {"command": "python -m reproduce.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
