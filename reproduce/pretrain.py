@@ -9,8 +9,10 @@ same steps run at toy scale:
 
 1. Pretrain: the ordinary tiny CNN (`network_init(..., interpretable=False)`, a random trunk) is
    trained as a multi-way classifier on the toy categories other than the held-out one
-   (learn_icnn_multiclass.m's protocol through reproduce.pipeline: produceIMDB, logistic loss,
-   one output per category, the negatives as the background), `--pretrain-epochs` epochs.
+   (learn_icnn_multiclass.m's protocol through reproduce.pipeline: produceIMDB, which takes each
+   category's positives, at least 1500 per category, logistic loss, one output per category),
+   `--pretrain-epochs` epochs at the tiny schedule's learning rates x `--pretrain-lr-scale` (0.2:
+   at x1 this net diverged to NaN).
 2. Save: its trunk (the layers network_init takes from a pretrained model: for 'tiny', whose
    cut is 0, the whole trunk conv1..relu3) with meta.normalization.imageSize and the classes,
    as a MatConvNet model file (`layers` cell + `meta`, MAT v5), like imagenet-*.mat.
@@ -38,6 +40,11 @@ from typing import Any
 import numpy as np
 
 from .pipeline import Experiment
+
+#: The pretraining's learning rates: network_init's tiny schedule x this. At x1 the multi-class ordinary tiny
+#: CNN (2 logistic outputs, the tiny lrMag chosen at the edge of what the single-class ordinary net survives)
+#: went to NaN within 1-2 epochs in our runs (dropout 0.8 and 0.5).
+PRETRAIN_LR_SCALE = 0.2
 
 __all__ = ["main", "pretrain_and_finetune", "pretrain_trunk", "save_pretrained_model"]
 
@@ -82,6 +89,7 @@ def save_pretrained_model(net: Any, model: str, path: Path, classes: Sequence[st
 def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], finetune_category: str, *,
                           model: str = "tiny", seeds: Sequence[int] = (0, 1, 2), out: Path = Path("output/pretrain"),
                           pretrain_epochs: int = 8, finetune_epochs: int = 8, dropout: float = 0.5,
+                          pretrain_lr_scale: float = PRETRAIN_LR_SCALE,
                           device: str = "cpu", data_root: Path | None = None, toy_options: dict | None = None,
                           progress: bool = True, say=print) -> dict:
     """Steps 1-3. Returns {'pretrain': ..., 'model_file': ..., 'records': [...], 'summary': [...]}."""
@@ -97,7 +105,7 @@ def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], fine
     from .models import MODELS
     paths = prepare_dataset(Experiment(categories=every, **common), MODELS[model].image_size)
     pre = Experiment(categories=list(pretrain_categories), pretrained="none", seed=int(seeds[0]),
-                     epochs=pretrain_epochs, interpretable=False, **common)
+                     epochs=pretrain_epochs, interpretable=False, learning_rate_scale=pretrain_lr_scale, **common)
     say(f"pretrain: the ordinary {model} CNN on {', '.join(pretrain_categories)} ({pretrain_epochs} epochs, "
         f"checkpoints in {pre.exp_dir})")
     t0 = time.perf_counter()
@@ -124,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny")
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--pretrain-epochs", type=positive_int, default=8)
+    p.add_argument("--pretrain-lr-scale", type=float, default=PRETRAIN_LR_SCALE,
+                   help=f"the pretraining's learning rates x this (default {PRETRAIN_LR_SCALE}: at x1 it diverged)")
     p.add_argument("--epochs", type=positive_int, default=8, help="fine-tuning epochs (default 8)")
     p.add_argument("--dropout", type=dropout_rate, default=0.5)
     p.add_argument("--out", default="output/pretrain")
@@ -152,6 +162,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
     res = pretrain_and_finetune(args.dataset, args.pretrain_categories, args.category, model=args.model,
                                 seeds=args.seeds, out=Path(args.out), pretrain_epochs=args.pretrain_epochs,
+                                pretrain_lr_scale=args.pretrain_lr_scale,
                                 finetune_epochs=args.epochs, dropout=args.dropout, device=start_device(args, auto="cpu"),
                                 data_root=Path(args.data_root) if args.data_root else None, toy_options=toy,
                                 progress=not args.no_progress)
