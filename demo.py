@@ -22,8 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-from legacy_compat.cli import (UserError, add_allow_tf32, add_data_root, add_debug, add_device, add_out,
-                               dropout_rate, nonnegative_int, positive_int, run_cli)
+from legacy_compat.cli import (
+    UserError,
+    add_allow_tf32,
+    add_data_root,
+    add_debug,
+    add_device,
+    add_out,
+    dropout_rate,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+)
 
 # Before torch loads its OpenMP runtime (libgomp in the Linux wheels): idle OpenMP threads spin for
 # 30000 rounds, not libgomp's default 300000, before they sleep. On a small machine shared with other

@@ -28,8 +28,18 @@ import numpy as np
 
 from legacy_compat import loadmat
 
-from .readers import (default_readcode, BndBox, DataConf, DatasetError, ObjRecord, PartTruth, is_area_valid,
-                      matlab_intersect_index, parse_id_name_table, parse_int_table)
+from .readers import (
+    BndBox,
+    DataConf,
+    DatasetError,
+    ObjRecord,
+    PartTruth,
+    default_readcode,
+    is_area_valid,
+    matlab_intersect_index,
+    parse_id_name_table,
+    parse_int_table,
+)
 
 __all__ = ["CUB_NAME", "CUB_PART_MERGE", "cub200_conf", "read_annotation_cub",
            "read_annotation_sampling_cub", "read_part_truth_cub", "cub_part_positions",

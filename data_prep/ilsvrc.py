@@ -19,9 +19,19 @@ from pathlib import Path
 
 from legacy_compat import MatStruct, loadmat
 
-from .setup import ILSVRC_CATEGORIES   # setup_*.m's Name_batch: one list, kept in data_prep.setup
-from .readers import (default_readcode, BndBox, DataConf, DatasetError, ObjRecord, PartTruth, _number,
-                      is_area_valid, read_part_truth_file, struct_elements)
+from .readers import (
+    BndBox,
+    DataConf,
+    DatasetError,
+    ObjRecord,
+    PartTruth,
+    _number,
+    default_readcode,
+    is_area_valid,
+    read_part_truth_file,
+    struct_elements,
+)
+from .setup import ILSVRC_CATEGORIES  # setup_*.m's Name_batch: one list, kept in data_prep.setup
 
 __all__ = ["ILSVRC_CATEGORIES", "ilsvrc_conf", "read_annotation_ilsvrc",
            "read_part_truth_ilsvrc", "ilsvrc_categories_on_disk"]

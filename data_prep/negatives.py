@@ -23,7 +23,7 @@ def neg_filename(i: int) -> str:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from .get_i import ImageReadError   # one error type for every unreadable image
+    from .get_i import ImageReadError  # one error type for every unreadable image
     if not path.exists():
         raise ImageReadError(path, "no such file")
     try:

@@ -26,9 +26,21 @@ import numpy as np
 from legacy_compat import MatStruct, loadmat
 from legacy_compat.numerics import mlinspace, mround
 
-from .setup import VOC_CATEGORIES   # setup_*.m's Name_batch: one list, kept in data_prep.setup
-from .readers import (default_readcode, load_variable, BndBox, DataConf, DatasetError, ObjRecord, PartTruth, _empty, _number, _text,
-                      is_area_valid, struct_elements)
+from .readers import (
+    BndBox,
+    DataConf,
+    DatasetError,
+    ObjRecord,
+    PartTruth,
+    _empty,
+    _number,
+    _text,
+    default_readcode,
+    is_area_valid,
+    load_variable,
+    struct_elements,
+)
+from .setup import VOC_CATEGORIES  # setup_*.m's Name_batch: one list, kept in data_prep.setup
 
 __all__ = ["VOC_CATEGORIES", "VOC_PART_MERGE", "VOC_CLASS_INDEX", "vocpart_conf",
            "read_truth_voc", "read_annotation_voc", "read_part_truth_voc", "voc_part_index_map",

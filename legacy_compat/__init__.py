@@ -6,8 +6,8 @@ Public surface: `loadmat`, `savemat`, `MatFileError`, the value types of
 `atomic` holds the one atomic-write helper every writer of the port uses.
 legacy_compat imports nothing from the rest of the package.
 """
-from .mattypes import MatStruct, StructArray, cell, cell_items, is_cell, scalar
 from .matio import MatFileError, loadmat, savemat
+from .mattypes import MatStruct, StructArray, cell, cell_items, is_cell, scalar
 
 __all__ = ["MatStruct", "StructArray", "cell", "cell_items", "is_cell", "scalar",
            "MatFileError", "loadmat", "savemat"]

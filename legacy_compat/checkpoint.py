@@ -36,8 +36,15 @@ import torch
 
 from .matio import MatFileError, loadmat
 from .mattypes import MatStruct, StructArray, cell, cell_items
-from .simplenn import (MATLAB_FORM, LayerSpec, layers_from_matlab, layers_to_matlab, meta_to_matlab,
-                       weight_to_matlab, weight_to_torch)
+from .simplenn import (
+    MATLAB_FORM,
+    LayerSpec,
+    layers_from_matlab,
+    layers_to_matlab,
+    meta_to_matlab,
+    weight_to_matlab,
+    weight_to_torch,
+)
 
 __all__ = ["IcnnCheckpoint", "PartialCheckpointError", "read_icnn_checkpoint", "write_icnn_checkpoint",
            "epoch_from_filename"]

@@ -118,6 +118,7 @@ def bench_train_step(device: str = "cpu", batch: int = 2, repeats: int = 3, mode
     """
     import numpy as np
     import torch
+
     from . import train as tr
     from .models import MODELS, network_init, train_opts
 
@@ -162,6 +163,7 @@ def bench_train_step(device: str = "cpu", batch: int = 2, repeats: int = 3, mode
 def _machine() -> dict:
     """Where the benchmarks ran (reproduce.paper's machine record) and the load when they started."""
     import torch
+
     from .paper import machine_info
     try:
         load = os.getloadavg()[0]

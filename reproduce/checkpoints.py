@@ -58,8 +58,8 @@ import torch
 
 from legacy_compat import checkpoint as legacy
 from legacy_compat.atomic import TMP_PREFIX
-from legacy_compat.cli import UserError
 from legacy_compat.atomic import atomic_write as _atomic_write
+from legacy_compat.cli import UserError
 from legacy_compat.mattypes import MatStruct, StructArray
 from legacy_compat.simplenn import LayerSpec
 

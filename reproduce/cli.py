@@ -12,10 +12,29 @@ from __future__ import annotations
 
 import argparse
 
-from legacy_compat.cli import (ALLOW_TF32_HELP, DEBUG_HELP, DEVICE_HELP, EXIT_FAILED, EXIT_INTERRUPTED,
-                               EXIT_MISSING_DATA, EXIT_USAGE, UserError, add_allow_tf32, add_data_root,
-                               add_debug, add_device, add_out, describe_error, device_name, dropout_rate,
-                               float_in, int_at_least, nonnegative_int, positive_int, run_cli)
+from legacy_compat.cli import (
+    ALLOW_TF32_HELP,
+    DEBUG_HELP,
+    DEVICE_HELP,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_MISSING_DATA,
+    EXIT_USAGE,
+    UserError,
+    add_allow_tf32,
+    add_data_root,
+    add_debug,
+    add_device,
+    add_out,
+    describe_error,
+    device_name,
+    dropout_rate,
+    float_in,
+    int_at_least,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+)
 
 from .device import choose_device, set_tf32
 

@@ -502,7 +502,7 @@ def network_init(label_num: int, model: str, dropout_rate: float,
     """
     md = _model(model)
     if md.family == "torchvision":
-        from .torchvision_nets import network_init_torchvision     # it builds on this module's pieces
+        from .torchvision_nets import network_init_torchvision  # it builds on this module's pieces
         return network_init_torchvision(label_num, model, dropout_rate, pretrained, loss_type, image_size, seed,
                                         multiclass_adjust, input_guard, weight_init, interpretable)
     if int(label_num) < 1:

@@ -30,8 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from legacy_compat.cli import UserError
-from legacy_compat.simplenn import (LayerSpec, pair, quad, filters_to_matlab, maps_to_matlab, maps_to_torch,
-                                    vector_to_matlab)
+from legacy_compat.simplenn import (
+    LayerSpec,
+    filters_to_matlab,
+    maps_to_matlab,
+    maps_to_torch,
+    pair,
+    quad,
+    vector_to_matlab,
+)
 
 from . import losses
 from .conv_mask import ConvMask, FilterLossContext

@@ -226,6 +226,7 @@ def resolve_paths(exp: Experiment, truth_dir: str | None = None, neg_dir: str | 
     checking that the files the run reads are there."""
     from data_prep.readers import default_readcode
     from data_prep.setup import DATASETS, dataset_paths, default_data_root
+
     from .models import MODELS
     from .pipeline import prepare_dataset
     if exp.dataset == "toy":
@@ -423,6 +424,7 @@ def comparison_rows(records: Sequence[dict]) -> list[ComparisonRow]:
     the categories measured; CUB's one row), then, for what the paper has no figure for (the toy
     data, our small nets, multi-class), the measured values alone."""
     from data_prep.setup import DATASETS
+
     from .paper_numbers import paper_rows
     groups: dict[tuple, dict[str, dict[str, dict]]] = {}
     for r in records:
@@ -680,6 +682,7 @@ def instability_at_start(exp: GridExperiment, paths: Any) -> float:
     already makes its peaks far more stable than a plain conv's, before any training; a trained
     ICNN's figure means something only beside this one."""
     from dataclasses import replace
+
     from .pipeline import build_imdb, build_net, image_size_of, show_results
     net, _, meta = build_net(exp)
     imdb = build_imdb(exp, paths, image_size_of(meta))          # the cached imdb: only its mean is read

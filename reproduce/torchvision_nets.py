@@ -58,8 +58,16 @@ from legacy_compat.simplenn import LayerSpec
 
 from .conv_mask import pos_templates
 from .geometry import layer_output_sizes
-from .models import (ALPHA_INIT, LOSS_WEIGHT, MAG, TrainOpts, apply_multiclass_adjustments, init_weight,
-                     plain_cnn_specs, train_opts)
+from .models import (
+    ALPHA_INIT,
+    LOSS_WEIGHT,
+    MAG,
+    TrainOpts,
+    apply_multiclass_adjustments,
+    init_weight,
+    plain_cnn_specs,
+    train_opts,
+)
 from .network import LossLayer, SimpleNN
 from .tv_blocks import IMAGENET_STD, TorchvisionBlock, arch_parts, rename_legacy_densenet_keys
 

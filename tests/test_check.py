@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_prep_fixtures import write_ilsvrc_category
 
 from data_prep import check
 from data_prep.readers import BndBox, ObjRecord, PartTruth, save_part_truth
-from data_prep_fixtures import write_ilsvrc_category
 
 FOX = "n02118333"
 TRUTH = "data_input/data_input_DET-2015-subset-ILSVRC2013train"

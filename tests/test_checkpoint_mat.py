@@ -6,13 +6,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_simplenn import matlab_diff
 
 from legacy_compat import MatFileError, loadmat
-from legacy_compat.checkpoint import (IcnnCheckpoint, PartialCheckpointError, epoch_from_filename,
-                                      read_icnn_checkpoint, write_icnn_checkpoint)
+from legacy_compat.checkpoint import (
+    IcnnCheckpoint,
+    PartialCheckpointError,
+    epoch_from_filename,
+    read_icnn_checkpoint,
+    write_icnn_checkpoint,
+)
 from legacy_compat.mattypes import MatStruct, cell_items
 from legacy_compat.simplenn import MATLAB_FORM, LayerSpec, weight_to_torch
-from test_simplenn import matlab_diff
 
 NAMES = ("single", "multi", "softmax")
 

@@ -12,9 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reproduce.conv_mask import (ConvMask, FilterLossContext, FilterLossError, filter_loss_gradients,
-                                 filter_loss_setup, get_mask, get_mask_separable, get_mu, pos_templates,
-                                 raise_deferred_errors, set_compile)
+from reproduce.conv_mask import (
+    ConvMask,
+    FilterLossContext,
+    FilterLossError,
+    filter_loss_gradients,
+    filter_loss_setup,
+    get_mask,
+    get_mask_separable,
+    get_mu,
+    pos_templates,
+    raise_deferred_errors,
+    set_compile,
+)
 from reproduce.device import resolve_device
 
 

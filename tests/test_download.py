@@ -9,10 +9,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from data_prep.download import (ArchiveError, ChecksumError, DownloadError, InsufficientDiskSpaceError,
-                                UnsafeArchiveError, check_disk_space, download, extract, file_digest)
 from download_fixtures import start_server, stop_server
+
+from data_prep.download import (
+    ArchiveError,
+    ChecksumError,
+    DownloadError,
+    InsufficientDiskSpaceError,
+    UnsafeArchiveError,
+    check_disk_space,
+    download,
+    extract,
+    file_digest,
+)
 
 PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(300_000))
 MD5 = hashlib.md5(PAYLOAD).hexdigest()

@@ -240,11 +240,12 @@ def test_cub_drawings_use_read_annotations_objset(tmp_path, monkeypatch):
     readAnnotation_sampling objset: for CUB they differ."""
     from types import SimpleNamespace
 
+    from data_prep_fixtures import write_cub
+
     from data_prep.cub200 import cub200_conf, read_annotation_cub, read_annotation_sampling_cub
     from legacy_compat.matio import savemat
     from reproduce import evaluate as ev
     from reproduce import pipeline
-    from data_prep_fixtures import write_cub
 
     conf = cub200_conf(tmp_path, catedir=write_cub(tmp_path), readcode=tmp_path / "code")
     (tmp_path / "code").mkdir()

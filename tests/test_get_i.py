@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.get_i import (BoxError, ImageReadError, crop_box, gather_patches, get_i, get_patch, read_image,
-                             resize_patch)
+from data_prep.get_i import (
+    BoxError,
+    ImageReadError,
+    crop_box,
+    gather_patches,
+    get_i,
+    get_patch,
+    read_image,
+    resize_patch,
+)
 from data_prep.readers import BndBox, ObjRecord
 from legacy_compat import loadmat
 from legacy_compat.imresize import imresize

@@ -6,12 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import PROJECT_ROOT, SHARED_DATA
 
 import data_prep.golden  # noqa: F401  registers the adapters
 from legacy_compat import loadmat
 from legacy_compat.parity import _REGISTRY, run_case
-
-from conftest import PROJECT_ROOT, SHARED_DATA
 
 CASES = ["getI.mat", "getImdb_ilsvrc_a.mat", "getImdb_ilsvrc_b.mat", "getImdb_cub200.mat", "produceIMDB.mat"]
 

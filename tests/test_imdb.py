@@ -13,18 +13,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_prep_fixtures import small_ilsvrc, write_cub
 
+from data_prep.cub200 import cub200_conf
 from data_prep.get_i import get_i
 from data_prep.ilsvrc import ilsvrc_conf, read_annotation_ilsvrc
-from data_prep.cub200 import cub200_conf
-from data_prep.imdb import (FORMAT_VERSION, Imdb, assemble_imdb, assemble_imdb_cub200, get_imdb, get_imdb_cub200,
-                            get_imdb_cub200_layout,
-                            get_imdb_layout, legacy_randperm, load_cached_imdb, load_or_build_imdb, order_from_perm,
-                            produce_imdb, save_imdb_mat)
+from data_prep.imdb import (
+    FORMAT_VERSION,
+    Imdb,
+    assemble_imdb,
+    assemble_imdb_cub200,
+    get_imdb,
+    get_imdb_cub200,
+    get_imdb_cub200_layout,
+    get_imdb_layout,
+    legacy_randperm,
+    load_cached_imdb,
+    load_or_build_imdb,
+    order_from_perm,
+    produce_imdb,
+    save_imdb_mat,
+)
 from data_prep.readers import DatasetError
 from legacy_compat import loadmat
-
-from data_prep_fixtures import small_ilsvrc, write_cub
 
 PROJECT = Path(__file__).resolve().parent.parent
 

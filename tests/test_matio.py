@@ -17,8 +17,7 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from legacy_compat import MatFileError, MatStruct, StructArray, cell, loadmat, savemat
-from legacy_compat import matio
+from legacy_compat import MatFileError, MatStruct, StructArray, cell, loadmat, matio, savemat
 
 FOX = "original/data_input_DET-2015-subset-ILSVRC2013train/n02118333"
 VERSIONS = ["5", "7.3"]

@@ -8,8 +8,14 @@ import torch
 
 from reproduce.conv_mask import FilterLossContext, get_mask, get_mu
 from reproduce.geometry import get_conv_net_para, layer_output_sizes, x2p
-from reproduce.models import (MODELS, TrainOpts, apply_multiclass_adjustments, network_init, train_opts,
-                              train_opts_multiclass)
+from reproduce.models import (
+    MODELS,
+    TrainOpts,
+    apply_multiclass_adjustments,
+    network_init,
+    train_opts,
+    train_opts_multiclass,
+)
 from reproduce.network import LossLayer, MatConv
 
 HEAD = ["conv6", "relu6", "pool5", "fc7", "relu7", "dropoutfc--7", "fcfc--8", "relufc--8", "dropoutfc--8", "fc9",

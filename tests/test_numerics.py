@@ -5,8 +5,22 @@ import numpy as np
 import pytest
 import torch
 
-from legacy_compat.numerics import (mfind, mind2sub, mlinspace, mmax, mmax_reduce, mmin, mmin_reduce,
-                                    mround, msub2ind, mvar, sort_ascend_stable, sort_descend_stable, to0, to1)
+from legacy_compat.numerics import (
+    mfind,
+    mind2sub,
+    mlinspace,
+    mmax,
+    mmax_reduce,
+    mmin,
+    mmin_reduce,
+    mround,
+    msub2ind,
+    mvar,
+    sort_ascend_stable,
+    sort_descend_stable,
+    to0,
+    to1,
+)
 
 
 def both(x, dtype=np.float64):

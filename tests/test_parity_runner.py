@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import PROJECT_ROOT
 
 from legacy_compat import MatStruct, cell, parity
 from legacy_compat.parity import Adapter, compare, compare_arrays, matlab_shape, run_case
-
-from conftest import PROJECT_ROOT
 
 
 def _adapter(rtol=1e-4):

@@ -3,21 +3,37 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from data_prep_fixtures import small_ilsvrc, write_cub, write_ilsvrc_category
 from PIL import Image
 
-from data_prep.cub200 import (CUB_PART_MERGE, cub200_conf, cub_part_positions, read_annotation_cub,
-                              read_annotation_sampling_cub, read_part_truth_cub, read_sampling)
+from data_prep.cub200 import (
+    CUB_PART_MERGE,
+    cub200_conf,
+    cub_part_positions,
+    read_annotation_cub,
+    read_annotation_sampling_cub,
+    read_part_truth_cub,
+    read_sampling,
+)
+from data_prep.get_i import ImageReadError
 from data_prep.ilsvrc import ILSVRC_CATEGORIES, ilsvrc_conf, read_annotation_ilsvrc, read_part_truth_ilsvrc
 from data_prep.negatives import get_neg_objset
-from data_prep.get_i import ImageReadError
-from data_prep.readers import (BndBox, DataConf, DatasetError, PartTruth, conf_from_paths, count_objects, int2str,
-                               objset_to_matlab, read_annotation, read_part_truth_file, save_part_truth)
-from data_prep.vocpart import (read_annotation_voc, read_part_truth_voc, voc_part_mask,
-                               vocpart_conf)
+from data_prep.readers import (
+    BndBox,
+    DataConf,
+    DatasetError,
+    PartTruth,
+    conf_from_paths,
+    count_objects,
+    int2str,
+    objset_to_matlab,
+    read_annotation,
+    read_part_truth_file,
+    save_part_truth,
+)
+from data_prep.vocpart import read_annotation_voc, read_part_truth_voc, voc_part_mask, vocpart_conf
 from legacy_compat import MatStruct, StructArray, loadmat
 from legacy_compat.matio import savemat
-
-from data_prep_fixtures import small_ilsvrc, write_cub, write_ilsvrc_category
 
 FOX = "n02118333"
 

@@ -8,11 +8,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from download_fixtures import start_server, stop_server
 
 from data_prep import setup
-from data_prep.setup import (MissingDataError, describe_missing, ensure_dataset, ensure_model, find_missing,
-                             dataset_paths)
-from download_fixtures import start_server, stop_server
+from data_prep.setup import (
+    MissingDataError,
+    dataset_paths,
+    describe_missing,
+    ensure_dataset,
+    ensure_model,
+    find_missing,
+)
 
 FOX = "n02118333"
 DET_URL = "https://github.com/zqs1022/detanimalpart/archive/refs/heads/master.zip"

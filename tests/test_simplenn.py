@@ -9,9 +9,20 @@ import torch
 
 from legacy_compat import MatFileError, loadmat
 from legacy_compat.mattypes import MatStruct, StructArray, cell, cell_items
-from legacy_compat.simplenn import (MATLAB_FORM, LayerSpec, ModelMeta, filters_to_matlab, infer_groups,
-                                    layer_to_matlab, layers_from_matlab, layers_to_matlab, load_matconvnet_model,
-                                    meta_from_matlab, meta_to_matlab, net_to_matlab)
+from legacy_compat.simplenn import (
+    MATLAB_FORM,
+    LayerSpec,
+    ModelMeta,
+    filters_to_matlab,
+    infer_groups,
+    layer_to_matlab,
+    layers_from_matlab,
+    layers_to_matlab,
+    load_matconvnet_model,
+    meta_from_matlab,
+    meta_to_matlab,
+    net_to_matlab,
+)
 
 MODELS = ("alexnet_6", "vggm_1", "vggs_6", "vggvd16_1")
 

@@ -10,8 +10,16 @@ import pytest
 from PIL import Image
 
 from data_prep import toy
-from data_prep.toy import (TOY_CATEGORIES, TOY_PART_NAMES, crop_coordinates, generate_toy_dataset,
-                           manifest_matches, read_manifest, render_negative, render_positive)
+from data_prep.toy import (
+    TOY_CATEGORIES,
+    TOY_PART_NAMES,
+    crop_coordinates,
+    generate_toy_dataset,
+    manifest_matches,
+    read_manifest,
+    render_negative,
+    render_positive,
+)
 from legacy_compat.matio import loadmat
 
 N_POS, N_NEG = 12, 10

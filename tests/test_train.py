@@ -398,6 +398,7 @@ def test_resume_from_the_original_codes_checkpoint(tiny, checkpoints_dir, golden
     """checkpoint_single_epoch3.mat (our_cnn_train's own net-epoch-3.mat) + one more epoch."""
     pytest.importorskip("legacy_compat.checkpoint")
     import shutil
+
     from legacy_compat import loadmat
     from legacy_compat.mattypes import cell_items
     make_net, imdb = tiny

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from data_prep_fixtures import write_ilsvrc_category
 
 from data_prep.ilsvrc import read_annotation_ilsvrc
 from data_prep.readers import DataConf, DatasetError
 from legacy_compat import MatStruct, StructArray, loadmat
 from legacy_compat.matio import MatFileError, savemat
-
-from data_prep_fixtures import write_ilsvrc_category
 
 
 def test_a_nan_box_names_its_file(tmp_path):

@@ -21,8 +21,15 @@ import torch
 
 from legacy_compat.mattypes import MatStruct, cell_items
 from legacy_compat.parity import CaseContext, register
-from legacy_compat.simplenn import (LayerSpec, filters_to_torch, layer_from_matlab, layers_from_matlab,
-                                    maps_to_matlab, maps_to_torch, vector_to_torch)
+from legacy_compat.simplenn import (
+    LayerSpec,
+    filters_to_torch,
+    layer_from_matlab,
+    layers_from_matlab,
+    maps_to_matlab,
+    maps_to_torch,
+    vector_to_torch,
+)
 
 from .. import losses
 from ..conv_mask import FilterLossContext, get_mask, get_mu

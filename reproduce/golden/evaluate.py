@@ -16,7 +16,6 @@ import torch
 from legacy_compat.mattypes import MatStruct, cell_items, scalar
 from legacy_compat.parity import CaseContext, register
 from legacy_compat.simplenn import maps_to_matlab, maps_to_torch
-
 from reproduce import draw_rf as rf
 from reproduce import evaluate as ev
 from reproduce.geometry import get_conv_net_para
