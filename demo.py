@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep.facts import DATASETS, NUM_NEGATIVES, all_categories
 from legacy_compat.cli import (
     UserError,
     add_allow_tf32,
@@ -56,16 +57,13 @@ QUICK = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 
 QUICK_TORCHVISION = {"image_size": 64, "toy_images": 100, "epochs": 4}
 DEMO_DEFAULTS = {"dataset": "ilsvrcanimalpart", "categories": ["n02118333"], "model": "vgg-vd-16",
                  "dropout": 0.8, "epochs": None, "device": None, "out": "output"}
-TOY_NEGATIVES = 1000   # data_prep.toy's default n_neg (getNegObjSet.m's MaxObjNum); the imdb holds 4 x n_neg
+TOY_NEGATIVES = NUM_NEGATIVES   # data_prep.toy's default n_neg (getNegObjSet.m's MaxObjNum); the imdb holds 4 x n_neg
 LOSSES = {"logistic": "ourloss_logistic", "softmaxlog": "ourloss_softmaxlog"}
 
 
 def _lists() -> tuple[dict, list[str]]:
-    from data_prep.setup import ILSVRC_CATEGORIES, VOC_CATEGORIES
-    from data_prep.toy import TOY_CATEGORIES
     from reproduce.models import MODELS
-    categories = {"ilsvrcanimalpart": list(ILSVRC_CATEGORIES), "vocpart": list(VOC_CATEGORIES),
-                  "cub200": ["cub200"], "toy": list(TOY_CATEGORIES)}
+    categories = {name: list(all_categories(name)) for name in DATASETS}
     return categories, list(MODELS)
 
 
@@ -218,7 +216,7 @@ def resolve_device(device: str | None) -> str:
 
 def check_output_folder(out: Path, needed_bytes: int) -> None:
     """Say before hours of training, not after, that the output folder is unusable or too small."""
-    from data_prep.download import InsufficientDiskSpaceError, check_disk_space
+    from data_prep import download
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -227,8 +225,8 @@ def check_output_folder(out: Path, needed_bytes: int) -> None:
     except OSError as exc:
         raise DemoError(f"the output folder {out} is not writable: {exc}") from exc
     try:
-        check_disk_space(out, needed_bytes)
-    except InsufficientDiskSpaceError as exc:
+        download.check_disk_space(out, needed_bytes)
+    except download.InsufficientDiskSpaceError as exc:
         raise DemoError(str(exc)) from exc
 
 

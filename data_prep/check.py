@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .facts import DATASETS, ILSVRC_IMAGE_COUNTS
 from .readers import DatasetError, ObjRecord, PartTruth, default_readcode, read_part_truth_file
-from .setup import DATASETS, ILSVRC_IMAGE_COUNTS, dataset_paths, default_data_root
+from .setup import dataset_paths, default_data_root
 
 __all__ = ["PartReport", "CategoryReport", "check_category", "check_dataset", "find_categories",
            "format_table", "main"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from legacy_compat import loadmat
 
+from .facts import MIN_AREA
 from .readers import (
     BndBox,
     DataConf,
@@ -56,7 +57,7 @@ _READCODE_NAME = "data_input_CUB-200-2011"
 
 def cub200_conf(data_root: os.PathLike | str, *, catedir: os.PathLike | str | None = None,
                 imgdir: os.PathLike | str | None = None, neg_dir: os.PathLike | str | None = None,
-                readcode: os.PathLike | str | None = None, min_area: float = 50 ** 2) -> DataConf:
+                readcode: os.PathLike | str | None = None, min_area: float = MIN_AREA) -> DataConf:
     """conf.data of setup_cub200.m rooted at `data_root`.
 
     Defaults: catedir <data_root>/CUB_200_2011, imgdir <catedir>/images,

@@ -451,7 +451,7 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -472,6 +472,6 @@ def check_disk_space(path: os.PathLike | str, needed_bytes: int) -> int:
     free = shutil.disk_usage(where).free
     if free < needed_bytes:
         raise InsufficientDiskSpaceError(
-            f"not enough free disk space for {Path(path)}: need {_human(needed_bytes)}, "
-            f"only {_human(free)} free on the disk holding {where}; free some space or choose another folder")
+            f"not enough free disk space for {Path(path)}: need {human_size(needed_bytes)}, "
+            f"only {human_size(free)} free on the disk holding {where}; free some space or choose another folder")
     return free

@@ -31,6 +31,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from legacy_compat.cli import UserError
 from legacy_compat.imresize import imresize
@@ -160,7 +161,6 @@ def gather_patches(objs: Sequence[ObjRecord], imgdir: os.PathLike | str, tar_siz
     workers = workers or default_workers()
     bar = None
     if progress is not None:
-        from tqdm import tqdm
         bar = tqdm(total=n, desc=progress, unit="img", leave=False)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:

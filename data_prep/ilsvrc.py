@@ -19,19 +19,19 @@ from pathlib import Path
 
 from legacy_compat import MatStruct, loadmat
 
+from .facts import ILSVRC_CATEGORIES, MIN_AREA
 from .readers import (
     BndBox,
     DataConf,
     DatasetError,
     ObjRecord,
     PartTruth,
-    _number,
     default_readcode,
     is_area_valid,
+    mat_number,
     read_part_truth_file,
     struct_elements,
 )
-from .setup import ILSVRC_CATEGORIES  # setup_*.m's Name_batch: one list, kept in data_prep.setup
 
 __all__ = ["ILSVRC_CATEGORIES", "ilsvrc_conf", "read_annotation_ilsvrc",
            "read_part_truth_ilsvrc", "ilsvrc_categories_on_disk"]
@@ -41,7 +41,7 @@ _READCODE_NAME = "data_input_DET-2015-subset-ILSVRC2013train"
 
 def ilsvrc_conf(data_root: os.PathLike | str, *, imgdir: os.PathLike | str | None = None,
                 neg_dir: os.PathLike | str | None = None, readcode: os.PathLike | str | None = None,
-                min_area: float = 50 ** 2) -> DataConf:
+                min_area: float = MIN_AREA) -> DataConf:
     """conf.data of setup_ilsvrcanimalpart.m, rooted at `data_root`.
 
     Defaults: imgdir <data_root>/detanimalpart, negatives <data_root>/neg,
@@ -84,7 +84,7 @@ def _sample_box(sample: MatStruct | None, where: str) -> BndBox:
         raise DatasetError(f"{where}.obj holds {len(obj)} objects; readAnnotation.m expects exactly one")
     try:
         bb = obj[0]["bndbox"]
-        return BndBox.from_values(*(_number(bb[k], f"{where}.obj.bndbox.{k}")
+        return BndBox.from_values(*(mat_number(bb[k], f"{where}.obj.bndbox.{k}")
                                     for k in ("xmin", "ymin", "xmax", "ymax")), where=f"{where}.obj.bndbox")
     except (KeyError, TypeError) as exc:
         raise DatasetError(f"{where}.obj.bndbox is malformed ({exc})") from None

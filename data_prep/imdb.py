@@ -49,11 +49,15 @@ import numpy as np
 
 from legacy_compat import MatStruct, cell
 from legacy_compat.atomic import atomic_write_bytes
+from legacy_compat.matio import savemat
 from legacy_compat.mattypes import cell_items, is_cell
 from legacy_compat.numerics import mlinspace, mround
 
+from .annotations import read_annotation
+from .cub200 import read_annotation_cub, read_cub_tables
 from .get_i import gather_patches
-from .readers import DataConf, DatasetError, ObjRecord, read_annotation
+from .negatives import get_neg_objset
+from .readers import DataConf, DatasetError, ObjRecord
 
 __all__ = [
     "Imdb", "SETS", "TRAIN_RATE", "POS_RATE", "CUB_NEG_REPEAT", "FORMAT_VERSION",
@@ -676,7 +680,6 @@ def get_imdb(name: str, conf: DataConf, image_size: Sequence[int] = (224, 224), 
     ILSVRC reader) are skipped: getImdb.m would crash on them (getI of an
     empty struct), so num_pos counts the real objects only.
     """
-    from .negatives import get_neg_objset
     size = (int(image_size[0]), int(image_size[1]))
     objs = [o for o in read_annotation(name, conf) if o is not None]
     negs = get_neg_objset(conf, name)
@@ -698,8 +701,6 @@ def get_imdb_cub200(name: str, conf: DataConf, image_size: Sequence[int] = (224,
     `train_list_by_image_id=True` instead marks the objects whose CUB image
     is in the training split (the evident intent).
     """
-    from .cub200 import read_annotation_cub, read_cub_tables
-    from .negatives import get_neg_objset
     size = (int(image_size[0]), int(image_size[1]))
     tables = read_cub_tables(conf)
     objs, train_list = read_annotation_cub(name, conf, tables=tables)
@@ -873,7 +874,6 @@ def save_imdb_mat(imdb: Imdb, path: os.PathLike | str, version: str = "7.3") -> 
     `images` and `meta` in MATLAB layout) through legacy_compat's savemat; returns the path.
     MAT v7.3 by default (v5 cannot hold more than 2 GB). Note that savemat holds the
     data in MATLAB layout while writing: a transposed copy of the imdb."""
-    from legacy_compat.matio import savemat
     value = imdb.to_matlab()
     return savemat(path, {"images": value["images"], "meta": value["meta"]}, version=version)
 

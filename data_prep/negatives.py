@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .get_i import ImageReadError
 from .readers import BndBox, DataConf, ObjRecord
 
 __all__ = ["NUM_NEGATIVES", "get_neg_objset", "neg_filename"]
@@ -23,7 +24,6 @@ def neg_filename(i: int) -> str:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from .get_i import ImageReadError  # one error type for every unreadable image
     if not path.exists():
         raise ImageReadError(path, "no such file")
     try:

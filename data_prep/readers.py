@@ -20,8 +20,8 @@ may describe several objects (2 x K centres, K objects): see PartTruth.
 `DataConf` is the `conf.data` struct that setup_ilsvrcanimalpart.m,
 setup_vocpart.m and setup_cub200.m save (imgdir, catedir, readCode, minArea),
 plus the folder of the 1000 shared negatives (the original reads them from
-'../data/neg' relative to the code folder). `read_annotation(name, conf)`
-dispatches on `conf.dataset` to the dataset's reader.
+'../data/neg' relative to the code folder). `data_prep.annotations.read_annotation(name, conf)`
+dispatches on `conf.dataset` to the dataset's reader (each reader imports this module).
 
 Ports: the shared pieces of data_input/*/readAnnotation.m (IsAreaValid,
 int2str boxes) and the `conf.data` part of setup_*.m.
@@ -38,18 +38,17 @@ import numpy as np
 
 from legacy_compat import MatStruct, StructArray, loadmat
 from legacy_compat.cli import UserError
+from legacy_compat.matio import savemat
 from legacy_compat.mattypes import is_cell
 
+from .facts import MIN_AREA, NUM_NEGATIVES, READER_DATASETS
+
 __all__ = [
-    "DatasetError", "BndBox", "ObjRecord", "PartTruth", "DataConf", "MIN_AREA",
-    "int2str", "is_area_valid", "read_annotation", "read_part_truth_file",
-    "objset_to_matlab", "truth_to_matlab", "count_objects", "DATASETS", "conf_from_paths", "default_readcode",
+    "DatasetError", "BndBox", "ObjRecord", "PartTruth", "DataConf",
+    "int2str", "is_area_valid", "read_part_truth_file",
+    "objset_to_matlab", "truth_to_matlab", "count_objects", "conf_from_paths", "default_readcode",
 ]
 
-MIN_AREA = 50 ** 2   # conf.data.minArea in all three setup_*.m
-# "toy": the generated toy dataset, written in the ILSVRC layout and read by its reader.
-# "helen": faces with landmarks (data_prep.helen; not in the original).
-DATASETS = ("ilsvrcanimalpart", "vocpart", "cub200", "toy", "helen")
 
 
 class DatasetError(UserError, ValueError):
@@ -236,11 +235,11 @@ class DataConf:
     readcode: Path | None = None
     min_area: float = MIN_AREA
     imgdir_neg: Path | None = None
-    num_neg: int = 1000
+    num_neg: int = NUM_NEGATIVES
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise DatasetError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        if self.dataset not in READER_DATASETS:
+            raise DatasetError(f"unknown dataset {self.dataset!r}; valid: {', '.join(READER_DATASETS)}")
         self.imgdir = Path(self.imgdir)
         self.neg_dir = Path(self.neg_dir)
         self.catedir = None if self.catedir is None else Path(self.catedir)
@@ -257,22 +256,6 @@ class DataConf:
         return self.readcode / name / f"truth_part{int(part_id):02d}.mat"
 
 
-# ----------------------------------------------------------------- dispatch
-def read_annotation(name: str, conf: DataConf) -> list[ObjRecord | None]:
-    """readAnnotation(Name_batch, theConf) of the dataset `conf.dataset` (CUB: the objset only)."""
-    if conf.dataset in ("ilsvrcanimalpart", "toy"):
-        from .ilsvrc import read_annotation_ilsvrc
-        return read_annotation_ilsvrc(name, conf)
-    if conf.dataset == "vocpart":
-        from .vocpart import read_annotation_voc
-        return read_annotation_voc(name, conf)
-    if conf.dataset == "helen":
-        from .helen import read_annotation_helen
-        return list(read_annotation_helen(name, conf))
-    from .cub200 import read_annotation_cub
-    return read_annotation_cub(name, conf)[0]
-
-
 def conf_from_paths(paths: Any) -> DataConf:
     """A DataConf from data_prep.setup's `DatasetPaths` (duck-typed: name, image_dir,
     truth_dir, neg_dir, cate_dir, min_area).
@@ -280,7 +263,7 @@ def conf_from_paths(paths: Any) -> DataConf:
     For the toy dataset the number of negatives is the run of consecutive
     files 00001.JPEG, 00002.JPEG ... in its neg folder.
     """
-    num_neg = 1000
+    num_neg = NUM_NEGATIVES
     if paths.name == "toy":
         num_neg = 0
         while (Path(paths.neg_dir) / f"{num_neg + 1:05d}.JPEG").exists():
@@ -310,21 +293,21 @@ def count_objects(objset: Sequence[ObjRecord | None]) -> int:
 
 
 # ----------------------------------------------------------------- MAT values
-def _empty(v: Any) -> bool:
+def is_empty(v: Any) -> bool:
     return v is None or (isinstance(v, np.ndarray) and v.size == 0) or (isinstance(v, str) and v == "")
 
 
-def _text(v: Any, where: str) -> str:
+def mat_text(v: Any, where: str) -> str:
     if isinstance(v, str):
         return v
     if isinstance(v, np.ndarray) and v.dtype.kind == "U":
         return "".join(np.asarray(v).reshape(-1, order="F").tolist())
-    if _empty(v):
+    if is_empty(v):
         return ""
     raise DatasetError(f"{where}: expected text, got {type(v).__name__}")
 
 
-def _number(v: Any, where: str) -> float:
+def mat_number(v: Any, where: str) -> float:
     if isinstance(v, str):
         try:
             return float(v)
@@ -350,24 +333,24 @@ def struct_elements(value: Any, where: str) -> list[MatStruct | None]:
 def obj_from_matlab(s: Any, where: str) -> ObjRecord | None:
     """An `obj` struct (folder, filename, name, bndbox, ID) as an ObjRecord; None when empty."""
     if not isinstance(s, MatStruct):
-        if _empty(s):
+        if is_empty(s):
             return None
         raise DatasetError(f"{where}: expected an obj struct, got {type(s).__name__}")
     try:
         bb = s["bndbox"]
-        box = BndBox.from_values(*(_number(bb[k], f"{where}.bndbox.{k}") for k in ("xmin", "ymin", "xmax", "ymax")),
+        box = BndBox.from_values(*(mat_number(bb[k], f"{where}.bndbox.{k}") for k in ("xmin", "ymin", "xmax", "ymax")),
                                  where=f"{where}.bndbox")
         ident = s.get("ID")
-        return ObjRecord(folder=_text(s.get("folder", ""), f"{where}.folder"),
-                         filename=_text(s.get("filename", ""), f"{where}.filename"),
-                         name=_text(s.get("name", ""), f"{where}.name"),
-                         bndbox=box, ID=0 if _empty(ident) else int(_number(ident, f"{where}.ID")))
+        return ObjRecord(folder=mat_text(s.get("folder", ""), f"{where}.folder"),
+                         filename=mat_text(s.get("filename", ""), f"{where}.filename"),
+                         name=mat_text(s.get("name", ""), f"{where}.name"),
+                         bndbox=box, ID=0 if is_empty(ident) else int(mat_number(ident, f"{where}.ID")))
     except (KeyError, TypeError) as exc:
         raise DatasetError(f"{where}: malformed obj struct ({exc})") from None
 
 
 def _column(v: Any) -> np.ndarray | None:
-    if _empty(v):
+    if is_empty(v):
         return None
     return np.asarray(v, dtype=np.float64)
 
@@ -412,7 +395,7 @@ def read_part_truth_file(path: os.PathLike | str) -> list[PartTruth]:
 
 def objects_from_matlab(value: Any, where: str) -> tuple[ObjRecord, ...]:
     """truth(i).obj: [] (no object), one obj struct, or a 1 x K struct array (K objects) -> ObjRecords."""
-    if isinstance(value, MatStruct) or _empty(value):
+    if isinstance(value, MatStruct) or is_empty(value):
         o = obj_from_matlab(value, where)
         return () if o is None else (o,)
     if isinstance(value, StructArray):
@@ -463,7 +446,6 @@ def save_part_truth(path: os.PathLike | str, truth: Sequence[PartTruth], with_sc
                     version: str = "7.3") -> str:
     """Write a truth list as readPartTruth.m saves it (`save(..., 'truth')`), through
     legacy_compat's savemat; `with_scale=False` for CUB's (no pHW_scale field)."""
-    from legacy_compat.matio import savemat
     return savemat(path, {"truth": truth_to_matlab(truth, with_scale)}, version=version)
 
 
@@ -526,5 +508,4 @@ def matlab_intersect_index(a: Iterable[int], b: Iterable[int]) -> np.ndarray:
 
 
 __all__ += ["load_variable", "save_part_truth", "struct_elements", "obj_from_matlab", "objects_from_matlab",
-            "parse_int_table", "parse_id_name_table",
-            "matlab_intersect_index"]
+            "parse_int_table", "parse_id_name_table", "matlab_intersect_index", "is_empty", "mat_text", "mat_number"]

@@ -50,57 +50,41 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from legacy_compat.cli import UserError
+from legacy_compat.mattypes import MatStruct
 
 from . import download as dl
+from . import toy
+from .facts import (
+    CUB_TRUTH,
+    ILSVRC_IMAGE_COUNTS,
+    ILSVRC_TRUTH,
+    MIN_AREA,
+    MODEL_FILES,
+    NUM_NEGATIVES,
+    VOC_ANNO,
+    VOC_JPEG,
+    VOC_TRUTH,
+    DatasetFacts,
+    all_categories,
+    dataset_facts,
+    parts_for,
+)
+from .readers import DataConf, conf_from_paths
 
 __all__ = [
     "DatasetPaths", "MissingDataError", "Source", "Requirement", "Missing",
     "ensure_dataset", "ensure_model", "describe_missing", "find_missing", "dataset_paths",
     "check_disk_space", "default_data_root", "default_models_root",
-    "DATASETS", "ILSVRC_CATEGORIES", "VOC_CATEGORIES", "CUB_CATEGORIES", "MODELS", "SOURCES",
-    "ILSVRC_IMAGE_COUNTS", "GOLDFISH",
+    "MODEL_SOURCES", "SOURCES",
 ]
 
 check_disk_space = dl.check_disk_space
 
 # ----------------------------------------------------------------------------------------------
-# Constants from the original code
+# Constants of the download layout (the datasets' own facts are in data_prep.facts)
 
-#: setup_ilsvrcanimalpart.m's Name_batch (demo.m's list): the 30 ILSVRC animal categories.
-ILSVRC_CATEGORIES: tuple[str, ...] = (
-    "n01443537", "n01503061", "n01639765", "n01662784", "n01674464", "n01882714", "n01982650",
-    "n02084071", "n02118333", "n02121808", "n02129165", "n02129604", "n02131653", "n02324045",
-    "n02342885", "n02355227", "n02374451", "n02391049", "n02395003", "n02398521", "n02402425",
-    "n02411705", "n02419796", "n02437136", "n02444819", "n02454379", "n02484322", "n02503517",
-    "n02509815", "n02510455")
-
-#: Images per category in github zqs1022/detanimalpart (img/00001.jpg ... img/NNNNN.jpg), from its git tree.
-ILSVRC_IMAGE_COUNTS: dict[str, int] = {
-    "n01443537": 844, "n01503061": 1494, "n01639765": 179, "n01662784": 193, "n01674464": 144,
-    "n01882714": 571, "n01982650": 673, "n02084071": 688, "n02118333": 286, "n02121808": 529,
-    "n02129165": 660, "n02129604": 599, "n02131653": 380, "n02324045": 402, "n02342885": 524,
-    "n02355227": 276, "n02374451": 752, "n02391049": 679, "n02395003": 240, "n02398521": 581,
-    "n02402425": 230, "n02411705": 217, "n02419796": 256, "n02437136": 289, "n02444819": 564,
-    "n02454379": 491, "n02484322": 749, "n02503517": 414, "n02509815": 625, "n02510455": 538}
-
-#: step_computeStability*.m: the ILSVRC category (goldfish) evaluated on part 1 only.
-GOLDFISH = "n01443537"
-
-#: setup_vocpart.m's Name_batch: the six VOC Part animals.
-VOC_CATEGORIES: tuple[str, ...] = ("bird", "cat", "cow", "dog", "horse", "sheep")
-#: setup_cub200.m's Name_batch.
-CUB_CATEGORIES: tuple[str, ...] = ("cub200",)
-
-MIN_AREA = 50 ** 2            # conf.data.minArea of every setup_*.m
-NEG_COUNT = 1000              # getNegObjSet.m's MaxObjNum
 VOC2010_TRAINVAL_IMAGES = 10103
 CUB_IMAGES = 11788
-
-ILSVRC_TRUTH = "data_input/data_input_DET-2015-subset-ILSVRC2013train"
-VOC_TRUTH = "data_input/data_input_VOC"
-CUB_TRUTH = "data_input/data_input_CUB-200-2011"
-VOC_JPEG = "VOC_part/VOCdevkit/VOC2010/JPEGImages"
-VOC_ANNO = "VOC_part/Annotations_Part"
 
 ENV_DATA_ROOT = "ICNN_DATA_ROOT"
 ENV_MODELS_ROOT = "ICNN_MODELS_ROOT"
@@ -179,13 +163,10 @@ SOURCES: dict[str, Source] = {s.key: s for s in (
 )}
 
 #: The four MatConvNet models network_init.m loads (tool/nets/*.m), keyed by demo.m's model names.
-MODELS: dict[str, Source] = {name: Source(name, (_MATCONVNET.format(name=file),), file,
-                                          f"MatConvNet ImageNet model {file}", md5=md5, approx_bytes=size)
-                             for name, file, md5, size in (
-    ("vgg-vd-16", "imagenet-vgg-verydeep-16.mat", "f72d927587ca4c97fbd165ec9cb9997f", 560_000_000),
-    ("alexnet", "imagenet-caffe-alex.mat", "b5152a54bf61100a8ed61827c76e7d08", 240_000_000),
-    ("vgg-m", "imagenet-vgg-m.mat", "29294d5f62578c96a3533859514235f2", 400_000_000),
-    ("vgg-s", "imagenet-vgg-s.mat", "dbe23da22e82078debda75842b16d5fa", 400_000_000))}
+MODEL_SOURCES: dict[str, Source] = {
+    m.model: Source(m.model, (_MATCONVNET.format(name=m.filename),), m.filename,
+                    f"MatConvNet ImageNet model {m.filename}", md5=m.md5, approx_bytes=m.approx_bytes)
+    for m in MODEL_FILES.values()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,7 +201,7 @@ def _numbered(prefix: str, count: int, ext: str, width: int = 5) -> tuple[str, .
 
 
 def _neg_requirement() -> Requirement:
-    return Requirement("neg", "interpretableCNN", names=_numbered("", NEG_COUNT, ".JPEG"),
+    return Requirement("neg", "interpretableCNN", names=_numbered("", NUM_NEGATIVES, ".JPEG"),
                        why="the 1000 shared negative images (getNegObjSet.m)")
 
 
@@ -231,7 +212,7 @@ def _ilsvrc_requirements(categories: Sequence[str]) -> list[Requirement]:
                                 why="object boxes (readAnnotation.m)"))
         reqs.append(Requirement(f"detanimalpart/{c}_obj/img/img", "detanimalpart",
                                 names=_numbered("", ILSVRC_IMAGE_COUNTS[c], ".jpg"), why="images"))
-        for p in _parts_for("ilsvrcanimalpart", c):
+        for p in parts_for("ilsvrcanimalpart", c):
             reqs.append(Requirement(f"{ILSVRC_TRUTH}/{c}/truth_part{p:02d}.mat", "interpretableCNN",
                                     why="part landmarks (getDistSqrtVar.m)"))
     reqs.append(_neg_requirement())
@@ -243,7 +224,7 @@ def _voc_requirements(categories: Sequence[str]) -> list[Requirement]:
     for c in categories:
         reqs.append(Requirement(f"{VOC_TRUTH}/truth_{c}.mat", "interpretableCNN",
                                 why="object list (readAnnotation.m)"))
-        for p in _parts_for("vocpart", c):
+        for p in parts_for("vocpart", c):
             reqs.append(Requirement(f"{VOC_TRUTH}/{c}/truth_part{p:02d}.mat", "interpretableCNN",
                                     why="part landmarks (getDistSqrtVar.m)"))
     reqs.append(_neg_requirement())
@@ -261,62 +242,23 @@ def _cub_requirements(categories: Sequence[str]) -> list[Requirement]:
     reqs.append(Requirement(f"{CUB_TRUTH}/sampling.mat", "interpretableCNN",
                             why="the evaluated test images (readAnnotation_sampling.m)"))
     for c in categories:
-        for p in _parts_for("cub200", c):
+        for p in parts_for("cub200", c):
             reqs.append(Requirement(f"{CUB_TRUTH}/{c}/truth_part{p:02d}.mat", "interpretableCNN",
                                     why="part landmarks (getDistSqrtVar.m)"))
     reqs.append(_neg_requirement())
     return reqs
 
 
-@dataclass(frozen=True)
-class _DatasetSpec:
-    name: str
-    categories: tuple[str, ...]
-    part_list: tuple[int, ...]          # showResults.m's partList
-    image_dir: str                      # conf.data.imgdir, relative to the data root
-    truth_dir: str                      # conf.data.readCode's truth files, relative to the data root
-    cate_dir: str | None = None         # conf.data.catedir
-    anno_dir: str | None = None         # conf.data.annodir (getPart.m)
-
-
-DATASETS: dict[str, _DatasetSpec] = {s.name: s for s in (
-    _DatasetSpec("ilsvrcanimalpart", ILSVRC_CATEGORIES, (1, 2), "detanimalpart", ILSVRC_TRUTH),
-    _DatasetSpec("vocpart", VOC_CATEGORIES, (1, 2, 3), VOC_JPEG, VOC_TRUTH, cate_dir="VOC_part",
-                 anno_dir=VOC_ANNO),
-    _DatasetSpec("cub200", CUB_CATEGORIES, (1, 6, 14), "CUB_200_2011/images", CUB_TRUTH,
-                 cate_dir="CUB_200_2011"),
-    _DatasetSpec("toy", (), (1, 2), "toy/detanimalpart", "toy/data_input"),
-)}
-
 _REQUIREMENTS = {"ilsvrcanimalpart": _ilsvrc_requirements, "vocpart": _voc_requirements,
                  "cub200": _cub_requirements}
 
 
-def _toy_categories() -> tuple[str, ...]:
-    from .toy import TOY_CATEGORIES
-    return tuple(TOY_CATEGORIES)
-
-
-def _all_categories(name: str) -> tuple[str, ...]:
-    return _toy_categories() if name == "toy" else DATASETS[name].categories
-
-
-def _parts_for(name: str, category: str, part_list: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """showResults.m's partList (`part_list`, default the dataset's), with step_computeStability.m's
-    GOLDFISH exception (part 1 only)."""
-    if name == "ilsvrcanimalpart" and category == GOLDFISH:
-        return (1,)
-    return DATASETS[name].part_list if part_list is None else part_list
-
-
-def _spec(name: str) -> _DatasetSpec:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
-    return DATASETS[name]
+def _spec(name: str) -> DatasetFacts:
+    return dataset_facts(name)
 
 
 def _categories(name: str, categories: str | Iterable[str] | None) -> tuple[str, ...]:
-    valid = _all_categories(name)
+    valid = all_categories(name)
     if categories is None:
         return valid
     cats = (categories,) if isinstance(categories, str) else tuple(categories)
@@ -360,7 +302,7 @@ class DatasetPaths:
 
     def parts_for(self, category: str) -> tuple[int, ...]:
         """The part ids evaluated for one category (ILSVRC GOLDFISH has only part 1)."""
-        return _parts_for(self.name, category, self.part_list)
+        return parts_for(self.name, category, self.part_list)
 
     def truth_file(self, category: str, part: int) -> Path:
         """``<truth_dir>/<category>/truth_partNN.mat`` (getDistSqrtVar.m's file name)."""
@@ -371,17 +313,14 @@ class DatasetPaths:
 
         ``data.negdir`` is not in the original (it hard-coded ``../data/neg/``).
         """
-        from legacy_compat.mattypes import MatStruct
-
         def d(p: Path | None) -> str:
             return "" if p is None else p.as_posix().rstrip("/") + "/"
         data = MatStruct(imgdir=d(self.image_dir), readCode=d(self.truth_dir), catedir=d(self.cate_dir),
                          annodir=d(self.anno_dir), negdir=d(self.neg_dir), minArea=float(self.min_area))
         return MatStruct(data=data)
 
-    def data_conf(self):
+    def data_conf(self) -> DataConf:
         """These paths as the readers' `data_prep.readers.DataConf` (`readers.conf_from_paths`)."""
-        from .readers import conf_from_paths
         return conf_from_paths(self)
 
 
@@ -400,7 +339,6 @@ def dataset_paths(name: str, root: os.PathLike | str | None = None, categories: 
     base = root / "toy" if name == "toy" else root
     min_area, input_size, extra = MIN_AREA, None, {}
     if name == "toy":
-        from . import toy
         manifest = toy.read_manifest(base)
         min_area = toy.toy_min_area(manifest["image_size"] if manifest else None)
         input_size = manifest["input_size"] if manifest else None
@@ -449,7 +387,6 @@ def find_missing(name: str, root: os.PathLike | str | None = None,
     root = Path(root) if root is not None else default_data_root()
     cats = _categories(name, categories)
     if name == "toy":
-        from . import toy
         base = root / "toy"
         manifest = toy.read_manifest(base)
         if manifest is None or not set(cats) <= set(manifest.get("categories", [])):
@@ -503,7 +440,7 @@ def _describe_item(m: Missing) -> str:
 
 
 def _describe_source(src: Source, root: Path, items: list[Missing]) -> list[str]:
-    size = f", about {dl._human(src.approx_bytes)}" if src.approx_bytes else ""
+    size = f", about {dl.human_size(src.approx_bytes)}" if src.approx_bytes else ""
     lines = [f"  from {src.url}", f"    ({src.what}{size}; {src.verification})"]
     for alt in src.urls[1:]:
         lines.append(f"    or the mirror {alt}")
@@ -540,14 +477,14 @@ def describe_missing(name: str, root: os.PathLike | str | None = None,
         lines += _describe_source(SOURCES[key], root.absolute(), items)
     total = sum(SOURCES[k].approx_bytes or 0 for k in by_source)
     lines.append(f"Run the set-up online (not offline) to download and place them automatically "
-                 f"(about {dl._human(total)} to download), or place the files by hand as above.")
+                 f"(about {dl.human_size(total)} to download), or place the files by hand as above.")
     return "\n".join(lines)
 
 
 def _describe_missing_model(name: str, dest: Path) -> str:
-    src = MODELS[name]
+    src = MODEL_SOURCES[name]
     return (f"model {name!r} is missing: {dest}\n"
-            f"  from {src.url}\n    ({src.what}, about {dl._human(src.approx_bytes)}; {src.verification})\n"
+            f"  from {src.url}\n    ({src.what}, about {dl.human_size(src.approx_bytes)}; {src.verification})\n"
             f"    put: save it as {dest}\n"
             f"Run the set-up online (not offline) to download it automatically, or place the file by hand.")
 
@@ -689,7 +626,6 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
 
 
 def _ensure_toy(root: Path, cats: tuple[str, ...], options: dict, offline: bool) -> DatasetPaths:
-    from . import toy
     base = root / "toy"
     wanted = dict(options)
     wanted.setdefault("categories", cats)
@@ -709,7 +645,7 @@ def ensure_model(name: str, root: os.PathLike | str | None = None, offline: bool
     to force a fresh download). Offline or on failure: `MissingDataError`.
     """
     key = _model_key(name)
-    src = MODELS[key]
+    src = MODEL_SOURCES[key]
     root = Path(root) if root is not None else default_models_root()
     dest = root / src.filename
     if dest.is_file():
@@ -731,10 +667,10 @@ def ensure_model(name: str, root: os.PathLike | str | None = None, offline: bool
 
 
 def _model_key(name: str) -> str:
-    if name in MODELS:
+    if name in MODEL_SOURCES:
         return name
-    for key, src in MODELS.items():
+    for key, src in MODEL_SOURCES.items():
         if name in (src.filename, src.filename[:-4]):
             return key
-    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)} "
-                     f"(files {', '.join(s.filename for s in MODELS.values())})")
+    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_SOURCES)} "
+                     f"(files {', '.join(s.filename for s in MODEL_SOURCES.values())})")

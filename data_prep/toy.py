@@ -65,6 +65,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from legacy_compat.atomic import atomic_write
+from legacy_compat.matio import savemat
+from legacy_compat.mattypes import MatStruct, StructArray
+
+from .facts import NUM_NEGATIVES, TOY_CATEGORIES
+
 __all__ = ["generate_toy_dataset", "ToyPaths", "TOY_CATEGORIES", "TOY_PART_NAMES", "TOY_MASK_LABELS",
            "MANIFEST_NAME", "read_manifest", "manifest_matches", "toy_min_area", "crop_coordinates",
            "render_positive", "render_negative"]
@@ -74,7 +80,7 @@ MANIFEST_NAME = "toy.json"
 SUPERSAMPLE = 4                 # drawn at 4x, box-filtered down: smooth edges
 JPEG_QUALITY = 92
 
-TOY_CATEGORIES: tuple[str, ...] = ("toy01", "toy02", "toy03")
+
 TOY_DESCRIPTIONS = {"toy01": "four-legged animal", "toy02": "bird", "toy03": "fish"}
 #: Landmark parts per category: truth_partNN.mat for NN in the keys.
 TOY_PART_NAMES: dict[str, dict[int, str]] = {
@@ -512,8 +518,6 @@ def _savemat(path: Path, variables: dict, version: str = "7.3") -> None:
     The file is written under a temporary name, its header date replaced,
     then renamed into place.
     """
-    from legacy_compat.atomic import atomic_write
-    from legacy_compat.matio import savemat
 
     def write(tmp: Path) -> None:
         savemat(tmp, variables, version=version)
@@ -547,7 +551,6 @@ def _png_bytes(mask: np.ndarray) -> bytes:
 
 def _data_mat_samples(boxes: Sequence[tuple[int, int, int, int]]):
     """data.mat's ``samples``: 1 x N struct (obj, class), obj.bndbox fields ymin, ymax, xmin, xmax (double)."""
-    from legacy_compat.mattypes import MatStruct, StructArray
     structs = []
     for xmin, ymin, xmax, ymax in boxes:
         bb = MatStruct(ymin=np.array([[float(ymin)]]), ymax=np.array([[float(ymax)]]),
@@ -558,7 +561,6 @@ def _data_mat_samples(boxes: Sequence[tuple[int, int, int, int]]):
 
 def _truth(category: str, part: int, items: Sequence[ToyPositive], input_size: int):
     """truth_partNN.mat's ``truth``: 1 x N struct (pHW_center, pHW_scale, obj); [] where the part is absent."""
-    from legacy_compat.mattypes import MatStruct, StructArray
     empty = np.zeros((0, 0))
     structs = []
     for i, item in enumerate(items, start=1):
@@ -635,7 +637,7 @@ def _check_options(n_pos: int, n_neg: int, categories: Sequence[str], image_size
         raise ValueError(f"input_size must be >= 8, got {input_size}")
 
 
-def generate_toy_dataset(root: os.PathLike | str, seed: int = 0, n_pos: int = 1500, n_neg: int = 1000,
+def generate_toy_dataset(root: os.PathLike | str, seed: int = 0, n_pos: int = 1500, n_neg: int = NUM_NEGATIVES,
                          categories: Iterable[str] = TOY_CATEGORIES, image_size: int = 64,
                          input_size: int | None = None, truth_version: str = "5", overwrite: bool = False,
                          progress: bool = True) -> ToyPaths:
@@ -716,7 +718,7 @@ def read_manifest(root: os.PathLike | str) -> dict | None:
     return data if data.get("generator") == "data_prep.toy" else None
 
 
-def manifest_matches(root: os.PathLike | str, seed: int = 0, n_pos: int = 1500, n_neg: int = 1000,
+def manifest_matches(root: os.PathLike | str, seed: int = 0, n_pos: int = 1500, n_neg: int = NUM_NEGATIVES,
                      categories: Iterable[str] = TOY_CATEGORIES, image_size: int = 64,
                      input_size: int | None = None, truth_version: str = "5", **_ignored) -> bool:
     """True when ``root`` holds a finished toy dataset generated with these arguments.

@@ -26,12 +26,13 @@ from typing import Sequence
 
 import numpy as np
 
+from .facts import VOC_CATEGORIES
 from .get_i import gather_patches
 from .readers import BndBox, DatasetError, ObjRecord
 
 __all__ = ["CropEntry", "read_voc2010_crop", "build_voc2010_crop_imdb", "VOC2010_CROP_CATEGORIES"]
 
-VOC2010_CROP_CATEGORIES = ("bird", "cat", "cow", "dog", "horse", "sheep")
+VOC2010_CROP_CATEGORIES = VOC_CATEGORIES   # the six VOC Part animals (data_prep.facts)
 
 
 @dataclass(frozen=True)

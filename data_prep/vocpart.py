@@ -22,25 +22,26 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from legacy_compat import MatStruct, loadmat
 from legacy_compat.numerics import mlinspace, mround
 
+from .facts import MIN_AREA, VOC_CATEGORIES
 from .readers import (
     BndBox,
     DataConf,
     DatasetError,
     ObjRecord,
     PartTruth,
-    _empty,
-    _number,
-    _text,
     default_readcode,
     is_area_valid,
+    is_empty,
     load_variable,
+    mat_number,
+    mat_text,
     struct_elements,
 )
-from .setup import VOC_CATEGORIES  # setup_*.m's Name_batch: one list, kept in data_prep.setup
 
 __all__ = ["VOC_CATEGORIES", "VOC_PART_MERGE", "VOC_CLASS_INDEX", "vocpart_conf",
            "read_truth_voc", "read_annotation_voc", "read_part_truth_voc", "voc_part_index_map",
@@ -61,7 +62,7 @@ VOC_CLASS_INDEX: dict[str, int] = {"bird": 3, "cat": 8, "cow": 10, "dog": 12, "h
 
 def vocpart_conf(data_root: os.PathLike | str, *, catedir: os.PathLike | str | None = None,
                  imgdir: os.PathLike | str | None = None, neg_dir: os.PathLike | str | None = None,
-                 readcode: os.PathLike | str | None = None, min_area: float = 50 ** 2) -> DataConf:
+                 readcode: os.PathLike | str | None = None, min_area: float = MIN_AREA) -> DataConf:
     """conf.data of setup_vocpart.m rooted at `data_root`.
 
     Defaults: catedir <data_root>/VOC_part, imgdir
@@ -103,18 +104,18 @@ def read_truth_voc(path: os.PathLike | str) -> list[MatStruct]:
 
 def _obj_box(obj: MatStruct, where: str) -> tuple[BndBox, dict[str, float]]:
     try:
-        raw = {k: _number(obj["bndbox"][k], f"{where}.bndbox.{k}") for k in ("Wmin", "Wmax", "Hmin", "Hmax")}
+        raw = {k: mat_number(obj["bndbox"][k], f"{where}.bndbox.{k}") for k in ("Wmin", "Wmax", "Hmin", "Hmax")}
     except (KeyError, TypeError) as exc:
         raise DatasetError(f"{where}.bndbox is malformed ({exc})") from None
     return BndBox.from_values(raw["Wmin"], raw["Hmin"], raw["Wmax"], raw["Hmax"], where=f"{where}.bndbox"), raw
 
 
 def _obj_record(obj: MatStruct, box: BndBox, ident: int, where: str) -> ObjRecord:
-    filename = _text(obj.get("filename", ""), f"{where}.filename")
+    filename = mat_text(obj.get("filename", ""), f"{where}.filename")
     if not filename:
         raise DatasetError(f"{where} names no image file")
-    return ObjRecord(folder=_text(obj.get("folder", ""), f"{where}.folder"), filename=filename,
-                     name=_text(obj.get("name", ""), f"{where}.name"), bndbox=box, ID=ident)
+    return ObjRecord(folder=mat_text(obj.get("folder", ""), f"{where}.folder"), filename=filename,
+                     name=mat_text(obj.get("name", ""), f"{where}.name"), bndbox=box, ID=ident)
 
 
 def read_annotation_voc(name: str, conf: DataConf, *, truth_file: os.PathLike | str | None = None) -> list[ObjRecord]:
@@ -158,14 +159,14 @@ def read_part_truth_voc(name: str, part_id: int, conf: DataConf, *,
         box, ob = _obj_box(t["obj"], where + ".obj")
         if not is_area_valid(box, conf.min_area):
             continue
-        parts = struct_elements(t.get("partbox"), f"{where}.partbox") if not _empty(t.get("partbox")) else []
+        parts = struct_elements(t.get("partbox"), f"{where}.partbox") if not is_empty(t.get("partbox")) else []
         if part_id > len(parts):
             raise DatasetError(f"{where}.partbox has {len(parts)} parts; part {part_id} does not exist")
         pb = parts[part_id - 1]
-        if pb is None or _empty(pb.get("Wmin")):
+        if pb is None or is_empty(pb.get("Wmin")):
             out.append(PartTruth())
             continue
-        p = {k: _number(pb[k], f"{where}.partbox({part_id}).{k}") for k in ("Wmin", "Wmax", "Hmin", "Hmax")}
+        p = {k: mat_number(pb[k], f"{where}.partbox({part_id}).{k}") for k in ("Wmin", "Wmax", "Hmin", "Hmax")}
         width, height = p["Wmax"] - p["Wmin"], p["Hmax"] - p["Hmin"]
         x = (p["Wmax"] + p["Wmin"]) / 2 - ob["Wmin"]
         y = (p["Hmax"] + p["Hmin"]) / 2 - ob["Hmin"]
@@ -231,15 +232,15 @@ def voc_maps_from_annotation(anno: MatStruct, shape: tuple[int, int],
     inst_mask = np.zeros(shape, dtype=np.uint8)
     part_mask = np.zeros(shape, dtype=np.uint8)
     for oo, obj in enumerate(struct_elements(anno["objects"], "anno.objects"), start=1):
-        class_ind = int(_number(obj["class_ind"], "anno.objects.class_ind"))
+        class_ind = int(mat_number(obj["class_ind"], "anno.objects.class_ind"))
         silh = np.asarray(obj["mask"]).astype(bool)
         if silh.shape != tuple(shape):
             raise DatasetError(f"anno.objects({oo}).mask is {silh.shape}, the image is {tuple(shape)}")
         inst_mask[silh] = oo
         cls_mask[silh] = class_ind
-        parts = [] if _empty(obj.get("parts")) else struct_elements(obj["parts"], "anno.objects.parts")
+        parts = [] if is_empty(obj.get("parts")) else struct_elements(obj["parts"], "anno.objects.parts")
         for p in parts:
-            pname = _text(p["part_name"], "part_name")
+            pname = mat_text(p["part_name"], "part_name")
             if pname not in pimap[class_ind - 1]:
                 raise DatasetError(f"anno.objects({oo}): part {pname!r} has no index for class {class_ind}")
             pm = np.asarray(p["mask"]).astype(bool)
@@ -296,7 +297,6 @@ def voc_part_masks_and_positions(objset: Sequence[ObjRecord], annodir: os.PathLi
     array per object with the mean [h; w] (1-based) of each part's pixels,
     -1 where absent).
     """
-    from PIL import Image
     annodir = Path(annodir)
     masks = np.zeros((int(tar_size[0]), int(tar_size[1]), len(objset)), dtype=np.uint8)
     positions = []

@@ -17,16 +17,21 @@ __all__ = ["TMP_PREFIX", "atomic_write", "atomic_write_bytes", "atomic_write_tex
 TMP_PREFIX = ".tmp-"   # every temporary starts with it (reproduce.checkpoints.remove_stale_temporaries looks for it)
 
 
-def atomic_write(path: os.PathLike | str, write: Callable[[Path], None], *, make_parents: bool = True) -> Path:
+def atomic_write(path: os.PathLike | str, write: Callable[[Path], None], *, make_parents: bool = True,
+                 overwrite: bool = True) -> Path:
     """Run `write(tmp)` on a new empty file beside `path`, fsync it, then os.replace it onto `path`.
 
     The temporary is named ``.tmp-<stem>-<random><suffix>``: it keeps the final
     extension (writers such as PIL and savemat look at it). It gets the mode a
     plain open() would give (mkstemp makes 0600). `make_parents` creates the
     folder first. On any failure, Ctrl-C included, the temporary is removed,
-    `path` is left as it was, and the exception propagates.
+    `path` is left as it was, and the exception propagates. With `overwrite=False` an existing
+    `path` raises FileExistsError before anything is written (or before the rename, when it
+    appeared while writing).
     """
     path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists; refusing to overwrite it")
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.stem}-", suffix=path.suffix)
@@ -34,6 +39,8 @@ def atomic_write(path: os.PathLike | str, write: Callable[[Path], None], *, make
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path}: appeared while writing; refusing to overwrite it")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, _file_mode())

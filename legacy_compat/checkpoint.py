@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .matio import MatFileError, loadmat
+from .matio import MatFileError, loadmat, savemat
 from .mattypes import MatStruct, StructArray, cell, cell_items
 from .simplenn import (
     MATLAB_FORM,
@@ -201,7 +201,6 @@ def write_icnn_checkpoint(path: os.PathLike | str, ckpt: IcnnCheckpoint, version
     over `path`. A checkpoint read with `read_icnn_checkpoint` is written back
     as equal MATLAB values.
     """
-    from .matio import savemat
 
     path = Path(path)
     variables = MatStruct(net=_net_to_matlab(ckpt), state=_state_to_matlab(ckpt), stats=_stats_to_matlab(ckpt))

@@ -36,6 +36,7 @@ import io
 import math
 import mmap
 import os
+import platform
 import re
 import struct
 import sys
@@ -44,6 +45,7 @@ import warnings
 import zlib
 from typing import Any, Callable, Iterable, Mapping
 
+import h5py
 import numpy as np
 import scipy.io
 import scipy.sparse
@@ -162,7 +164,6 @@ def _holds(path: str, version: str) -> str:
         if version == "5":
             names = [entry[0] for entry in scipy.io.whosmat(path)]   # (name, shape, class) triples
         else:
-            import h5py
             with h5py.File(path, "r") as f:
                 names = [n for n in f.keys() if not n.startswith("#")]
     except Exception:  # noqa: BLE001 - only decorates a message
@@ -548,7 +549,6 @@ def _struct_array(shape: tuple[int, ...], names: list[str], elements: list[MatSt
 # v7.3 (HDF5) reading
 
 def _load_v73(path: str, wanted: list[str] | None) -> MatStruct:
-    import h5py
 
     out = MatStruct()
     name = None
@@ -705,7 +705,6 @@ class _H5Reader:
     """
 
     def __init__(self, f: Any, file_size: int, raw: _RawFieldNames | None = None):
-        import h5py
 
         self.h5py = h5py
         self.raw = raw
@@ -1189,12 +1188,12 @@ def savemat(path: os.PathLike | str, variables: Mapping[str, Any], version: str 
         except _Bad as exc:
             raise _fail(path, exc, str(name)) from None
     writer = _write_v73 if version == "7.3" else _write_v5
-    _atomic_write(path, lambda tmp: writer(tmp, values))
+    _write_mat_file(path, lambda tmp: writer(tmp, values))
     return path
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """legacy_compat.atomic.atomic_write, with every failure a MatFileError naming `path`."""
+def _write_mat_file(path: str, write: Callable[[str], None]) -> None:
+    """Write through legacy_compat.atomic.atomic_write, every failure a MatFileError naming `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise MatFileError(path, f"cannot write: folder {folder} does not exist")
@@ -1206,7 +1205,7 @@ def _atomic_write(path: str, write: Callable[[str], None]) -> None:
         raise
     except _Bad as exc:
         raise _fail(path, exc, getattr(exc, "root", None)) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any write error becomes a MatFileError naming the file
         raise MatFileError(path, f"write failed ({type(exc).__name__}: {exc})") from None
 
 
@@ -1218,7 +1217,6 @@ _MATLAB_PLATFORMS = {("linux", "x86_64"): "GLNXA64", ("win32", "AMD64"): "PCWIN6
 
 def _v73_header() -> bytes:
     """The 128 bytes MATLAB writes at the start of the 512-byte userblock of a 7.3 file."""
-    import platform
 
     plat = _MATLAB_PLATFORMS.get((sys.platform, platform.machine()), sys.platform)
     text = f"MATLAB 7.3 MAT-file, Platform: {plat}, Created on: {time.asctime()} HDF5 schema 1.00 ."
@@ -1226,7 +1224,6 @@ def _v73_header() -> bytes:
 
 
 def _write_v73(tmp: str, values: MatStruct) -> None:
-    import h5py
 
     with h5py.File(tmp, "w", userblock_size=512, libver=("earliest", "v108")) as f:
         writer = _H5Writer(f)
@@ -1244,7 +1241,6 @@ class _H5Writer:
     """Writes our MATLAB values in MATLAB's HDF5 layout (what MATLAB's save -v7.3 writes)."""
 
     def __init__(self, f: Any):
-        import h5py
 
         self.h5py = h5py
         self.f = f

@@ -59,6 +59,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from .matio import MatFileError, loadmat
 from .mattypes import MatStruct, StructArray, cell, cell_items
 
 __all__ = [
@@ -613,7 +614,6 @@ def load_matconvnet_model(path: os.PathLike | str, in_channels: int = 3) -> tupl
     them is `net = load('../nets/imagenet-*.mat')` (tool/nets/*.m). A
     DagNN file, or one without layers, raises MatFileError naming the file.
     """
-    from .matio import MatFileError, loadmat
 
     path = os.fspath(path)
     data = loadmat(path)

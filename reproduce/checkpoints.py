@@ -57,8 +57,7 @@ import numpy as np
 import torch
 
 from legacy_compat import checkpoint as legacy
-from legacy_compat.atomic import TMP_PREFIX
-from legacy_compat.atomic import atomic_write as _atomic_write
+from legacy_compat.atomic import TMP_PREFIX, atomic_write
 from legacy_compat.cli import UserError
 from legacy_compat.mattypes import MatStruct, StructArray
 from legacy_compat.simplenn import LayerSpec
@@ -68,7 +67,7 @@ __all__ = [
     "TrainingState", "checkpoint_path", "find_checkpoints", "last_checkpoint_epoch",
     "architecture_of", "check_architecture", "save_checkpoint", "load_checkpoint",
     "load_any_checkpoint", "save_mat_checkpoint", "load_mat_checkpoint",
-    "atomic_write", "to_plain", "from_plain", "remove_stale_temporaries",
+    "to_plain", "from_plain", "remove_stale_temporaries",
 ]
 
 CHECKPOINT_FORMAT = "icnn-train-checkpoint"
@@ -142,20 +141,13 @@ def remove_stale_temporaries(exp_dir: os.PathLike | str) -> list[Path]:
 
 
 # ------------------------------------------------------------------ atomic writes
-def atomic_write(path: os.PathLike | str, write: Callable[[Path], None], overwrite: bool = True) -> Path:
-    """legacy_compat.atomic.atomic_write (a temporary beside `path`, then os.replace), and with
-    `overwrite=False` an existing `path` raises `CheckpointError` before anything is written (or
-    before the rename, when it appeared while writing)."""
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise CheckpointError(f"{path}: already exists; refusing to overwrite it")
-
-    def write_then_check(tmp: Path) -> None:
-        write(tmp)
-        if not overwrite and path.exists():
-            raise CheckpointError(f"{path}: appeared while writing; refusing to overwrite it")
-
-    return _atomic_write(path, write_then_check)
+def write_new_file(path: os.PathLike | str, write: Callable[[Path], None]) -> Path:
+    """A new checkpoint file through legacy_compat.atomic.atomic_write (a temporary beside `path`,
+    then os.replace); an existing `path` is never overwritten: `CheckpointError`."""
+    try:
+        return atomic_write(path, write, overwrite=False)
+    except FileExistsError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ plain data
@@ -312,7 +304,7 @@ def save_checkpoint(path: os.PathLike | str, state: TrainingState,
         "meta": to_plain(state.meta, "meta"),
         "torch_version": str(torch.__version__),
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=False)
+    return write_new_file(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: os.PathLike | str, map_location: str | torch.device = "cpu") -> TrainingState:
@@ -366,7 +358,7 @@ def save_mat_checkpoint(path: os.PathLike | str, state: TrainingState, version: 
     """Write `state` as the original's ``net-epoch-N.mat`` (net, state.solverState, stats), atomically."""
     ckpt = legacy.IcnnCheckpoint(specs=state.specs, meta=state.meta, momentum=state.momentum,
                                  stats=_plain_stats(state.stats), epoch=int(state.epoch))
-    return atomic_write(path, lambda tmp: legacy.write_icnn_checkpoint(tmp, ckpt, version=version), overwrite=False)
+    return write_new_file(path, lambda tmp: legacy.write_icnn_checkpoint(tmp, ckpt, version=version))
 
 
 def load_mat_checkpoint(path: os.PathLike | str, epoch: int | None = None) -> TrainingState:

@@ -3,7 +3,7 @@ flags and error handling (re-exported here), plus `start_device`, which turns --
 --allow-tf32 into the device a run uses.
 
 Not a port of an original file. Every command line of the package (demo.py, reproduce.train,
-reproduce.paper, reproduce.bench*, data_prep.bench_imdb, legacy_compat.parity) takes its
+reproduce.paper, reproduce.bench.*, legacy_compat.parity) takes its
 --device (default auto), --allow-tf32, --debug, --out and --data-root from these helpers and
 runs its body through `run_cli`, so an error is one or two lines and an exit status
 (`legacy_compat.cli`'s module docstring lists them), with a traceback only under --debug.

@@ -66,8 +66,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from legacy_compat.numerics import mlinspace, mround
-from legacy_compat.simplenn import pair, quad
+from legacy_compat.numerics import mlinspace
+from legacy_compat.simplenn import LayerSpec, pair, quad
+
+from .geometry import LayerGeometry
+from .ops import conv2d_padded, is_symmetric
 
 __all__ = ["FilterLossContext", "FilterLossError", "ConvMask", "get_mu", "get_mask", "get_mask_separable",
            "pos_templates", "centroids", "mu_grid", "distance_table", "FilterLossSetup", "filter_loss_setup",
@@ -633,21 +636,14 @@ class _LayerState:
     mag: torch.Tensor | None = None
 
 
-def _symmetric(pad: tuple[int, int, int, int]) -> bool:
-    return pad[0] == pad[1] and pad[2] == pad[3]
-
-
 def _conv(inp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, st: _LayerState) -> torch.Tensor:
-    t, b, l, r = st.pad
-    if _symmetric(st.pad):
-        return F.conv2d(inp, weight, bias, stride=st.stride, padding=(t, l), dilation=st.dilate)
-    return F.conv2d(F.pad(inp, (l, r, t, b)), weight, bias, stride=st.stride, dilation=st.dilate)
+    return conv2d_padded(inp, weight, bias, st.pad, st.stride, st.dilate)
 
 
 def _conv_backward(gout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, has_bias: bool,
                    st: _LayerState, need: Sequence[bool]) -> tuple[Any, Any, Any]:
     t, b, l, r = st.pad
-    sym = _symmetric(st.pad)
+    sym = is_symmetric(st.pad)
     padded = inp if sym else F.pad(inp, (l, r, t, b))
     gx, gw, gb = torch.ops.aten.convolution_backward(
         gout, padded, weight, [weight.shape[0]] if has_bias else None, list(st.stride),
@@ -850,7 +846,6 @@ class ConvMask(nn.Module):
         return [self.weight, self.bias, self.beta]
 
     def geometry(self):
-        from .geometry import LayerGeometry
         return LayerGeometry("conv_mask", (int(self.weight.shape[2]), int(self.weight.shape[3])),
                              self.dilate, self.pad, self.stride)
 
@@ -976,7 +971,6 @@ class ConvMask(nn.Module):
 
     def to_spec(self):
         """A legacy_compat LayerSpec (CPU copies of the weights, PyTorch layouts)."""
-        from legacy_compat.simplenn import LayerSpec
         fields = dict(self.extra_fields)
         fields.update({
             "stride": self.stride, "pad": self.pad, "dilate": self.dilate,

@@ -64,9 +64,16 @@ import numpy as np
 import scipy.ndimage
 import torch
 from PIL import Image, ImageDraw
+from skimage.feature import canny
+from tqdm import tqdm
 
+from legacy_compat import loadmat
 from legacy_compat.atomic import atomic_write
+from legacy_compat.matio import savemat
 from legacy_compat.numerics import mlinspace, mmax_reduce, mround, sort_ascend_stable, sort_descend_stable
+from reproduce.device import module_device, resolve_device
+from reproduce.evaluate import layer_output, net_input_size, read_mean_data, target_layer_index
+from reproduce.geometry import get_conv_net_para, x2p
 
 __all__ = [
     "SHOW_NUM", "INTEGRATE_ENERGY", "VISUALIZATION_STEP", "DRAW_THRESHOLD", "SCALE_W",
@@ -207,7 +214,6 @@ def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_
     in vgg-vd-16) makes MATLAB fail on non-integer subscripts. The original
     takes the width range with ih (its nets are square); iw is used here.
     """
-    from reproduce.geometry import x2p
     t = smooth_template(np.asarray(template, dtype=np.float64).reshape(2 * ih, 2 * iw, -1).sum(axis=2),
                         gauss_size, gauss_sigma)
     hh, ww = np.meshgrid(np.arange(1, xh + 1), np.arange(1, xw + 1), indexing="ij")
@@ -260,7 +266,6 @@ def canny_edges(region: np.ndarray) -> np.ndarray:
     derivative magnitude (MATLAB's own); skimage then runs its Canny with
     them scaled to its Sobel magnitude.
     """
-    from skimage.feature import canny
 
     wei = np.asarray(region, dtype=np.float64)
     sigma = math.sqrt(2.0)
@@ -418,7 +423,6 @@ def _read_image(filename: os.PathLike | str) -> np.ndarray:
 
 
 def _save_mat(path: Path, variables: dict[str, Any]) -> None:
-    from legacy_compat.matio import savemat
     path.parent.mkdir(parents=True, exist_ok=True)
     savemat(path, variables)
 
@@ -457,7 +461,7 @@ def _conv_out_channels(net: Any, layer_index: int) -> int:
 
 
 @dataclass
-class _Setup:
+class DrawingSetup:
     layer_id: int
     target: int
     upper: int
@@ -469,9 +473,7 @@ class _Setup:
     filter_type: torch.Tensor | None
 
 
-def _setup(net: Any, layer_id: int, image_size: tuple[int, int]) -> _Setup:
-    from reproduce.evaluate import target_layer_index
-    from reproduce.geometry import get_conv_net_para
+def drawing_setup(net: Any, layer_id: int, image_size: tuple[int, int]) -> DrawingSetup:
     convnet = get_conv_net_para(net)
     n_conv = len(np.asarray(convnet.target_layers).reshape(-1))
     if not 1 <= int(layer_id) < n_conv:
@@ -483,15 +485,14 @@ def _setup(net: Any, layer_id: int, image_size: tuple[int, int]) -> _Setup:
     depth = _conv_out_channels(net, target)
     if beta is not None and beta.numel() != depth:
         raise DrawRFError(f"layer {upper} masks {beta.numel()} channels, layer {target} gives {depth}")
-    return _Setup(int(layer_id), target, upper, convnet, int(image_size[0]), int(image_size[1]), depth, beta, filt)
+    return DrawingSetup(int(layer_id), target, upper, convnet, int(image_size[0]), int(image_size[1]), depth, beta, filt)
 
 
 @torch.no_grad()
-def _masked_maps(net: Any, st: _Setup, images: torch.Tensor, device: torch.device
+def _masked_maps(net: Any, st: DrawingSetup, images: torch.Tensor, device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """getValue / getMaskMap's forward: (raw x, masked x, mask), each (N, D, xh, xw) on `device`."""
-    from reproduce.evaluate import _layer_output
-    raw = _layer_output(net, images.to(device), st.target)
+    raw = layer_output(net, images.to(device), st.target)
     beta = None if st.beta is None else st.beta.to(device)
     masked, mask, _, _ = mask_x(raw, beta, st.filter_type)
     return raw, masked, mask
@@ -517,7 +518,7 @@ class DrawRFResult:
     sheet_boxes: list[list[tuple[int, int, int, int]]] = field(default_factory=list)
 
 
-def _tau_from_batches(net: Any, st: _Setup, batches: Any, num_images: int, device: torch.device,
+def _tau_from_batches(net: Any, st: DrawingSetup, batches: Any, num_images: int, device: torch.device,
                       gen: torch.Generator, integrate_energy: float, sampling_times: int,
                       progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """generateAMTOriginalImages' statistics: tau per filter and each image's peak (dep_max).
@@ -528,7 +529,6 @@ def _tau_from_batches(net: Any, st: _Setup, batches: Any, num_images: int, devic
     width). Only that many top values matter, so a running top-k is kept
     instead of the whole array (same result, far less memory).
     """
-    from tqdm import tqdm
     tar_p = int(mround(np.float64(integrate_energy * sampling_times * num_images)))
     if tar_p < 1:
         raise DrawRFError(f"integrateEnergy {integrate_energy} x {sampling_times} x {num_images} images rounds to 0")
@@ -581,7 +581,7 @@ def drawing_objset(name: str, conf: Any) -> list[Any]:
     readAnnotation_sampling's test objects that the evaluation
     (computeStability.m) measures. For the other datasets both are the same.
     """
-    from data_prep.readers import read_annotation
+    from data_prep.annotations import read_annotation
     return list(read_annotation(name, conf))
 
 
@@ -612,14 +612,12 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
     net is; another device: the net is moved there (IEEE float32 on CUDA:
     reproduce.device.resolve_device).
     """
-    from reproduce.device import module_device, resolve_device
-    from reproduce.evaluate import net_input_size, read_mean_data
     device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
     out = Path(out_dir)
     root_ori, root_mask, root_rf = out / "img_ori", out / "img_maskF", out / "img_RF"
     size = tuple(image_size) if image_size is not None else net_input_size(net)
-    st = _setup(net, layer_id, size)
+    st = drawing_setup(net, layer_id, size)
     ih, iw = st.ih, st.iw
     mean = read_mean_data(mean_data)
     if mean.shape != (ih, iw, 3):
@@ -674,11 +672,9 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
     # ---- computeRF
     corners = occlusion_list(ih, iw, occlude_size, occlude_stride)
     templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    from tqdm import tqdm
     for dep in tqdm(filters, desc="occlusion", unit="filter", disable=not progress):
         tfile = root_ori / f"{name}-{dep:04d}_template.mat"
         if tfile.exists() and not overwrite_templates:
-            from legacy_compat import loadmat
             saved = loadmat(tfile)
             templates[dep] = (np.asarray(saved["template"], np.float64), np.asarray(saved["map"], np.float64))
             continue
@@ -690,7 +686,7 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
         maps = fmaps.permute(1, 2, 0).to(torch.float64).cpu().numpy()
         for k in range(n_img):
             ori_value = float(fmaps[k].sum())
-            values, peaks = _occlusion_values(net, st, x[k].to(device), corners, occlude_size, dep,
+            values, peaks = occlusion_values(net, st, x[k].to(device), corners, occlude_size, dep,
                                               occlusion_batch_size, device)
             v, order = sort_ascend_stable(values)
             chosen = order[:top_occ_num]
@@ -725,10 +721,9 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
 
 
 @torch.no_grad()
-def _occlusion_values(net: Any, st: _Setup, image: torch.Tensor, corners: np.ndarray, size: int, dep: int,
+def occlusion_values(net: Any, st: DrawingSetup, image: torch.Tensor, corners: np.ndarray, size: int, dep: int,
                       batch: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """getValue over every occluded copy: the filter's summed masked map and its peak's image position."""
-    from reproduce.geometry import x2p
     values, peaks = [], []
     for s in range(0, len(corners), batch):
         imgs = occluded_batch(image, corners[s:s + batch], size)

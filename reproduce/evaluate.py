@@ -45,17 +45,28 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from data_prep.setup import DATASETS, GOLDFISH
+from data_prep.annotations import read_annotation
+from data_prep.cub200 import read_annotation_sampling_cub
+from data_prep.facts import DATASETS, GOLDFISH, parts_for
+from data_prep.get_i import get_i
+from data_prep.imdb import load_cached_imdb
+from data_prep.readers import read_part_truth_file
+from legacy_compat import loadmat
 from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, mvar, sort_ascend_stable, sort_descend_stable
+from reproduce.checkpoints import load_checkpoint, load_mat_checkpoint
+from reproduce.network import SimpleNN
 
+from .device import module_device, resolve_device
 from .geometry import CONV_TYPES, get_conv_net_para
 
 __all__ = [
@@ -76,7 +87,7 @@ INVALID_OFFSET = 100000.0          # getDistSqrtVar.m's invalidNum
 # ('tiny', the package's small net: conv1-3, then conv_mask conv6 = the 4th conv layer;
 #  'alexnet-narrow', ours, not the paper's: conv1-5, then conv_mask conv6 = the 6th, as alexnet)
 DEFAULT_LAYER_ID = {"alexnet": 6, "vgg-m": 6, "vgg-s": 6, "vgg-vd-16": 14, "tiny": 4, "alexnet-narrow": 6}
-# showResults.m: the parts evaluated per dataset (kept in data_prep.setup.DATASETS)
+# showResults.m: the parts evaluated per dataset (kept in data_prep.facts.DATASETS)
 PART_LISTS = {name: spec.part_list for name, spec in DATASETS.items()}
 PATCH_NUM_PER_PATTERN = 100        # step_computeStability*.m
 SELECTED_PATTERN_RATIO = 1.0       # step_computeStability*.m
@@ -98,10 +109,9 @@ def layer_id_for_model(model: str) -> int:
 def part_list_for(dataset: str, category: str | None = None) -> tuple[int, ...]:
     """showResults.m's partList per dataset; step_computeStability.m's goldfish rule (part 1 only)."""
     try:
-        parts = PART_LISTS[dataset]
-    except KeyError:
+        return parts_for(dataset, category)
+    except ValueError:
         raise EvaluationError(f"unknown dataset {dataset!r}; valid: {', '.join(PART_LISTS)}") from None
-    return (1,) if category == GOLDFISH else parts
 
 
 def format_result_line(binary_error: float, stability: float) -> str:
@@ -291,7 +301,6 @@ def part_centres(truths: Sequence[Sequence[Any]]) -> PartCentres:
 
 def read_part_centres(files: Sequence[os.PathLike | str]) -> PartCentres:
     """Read truth_partNN.mat files (one per part, in partList order) -> PartCentres."""
-    from data_prep.readers import read_part_truth_file
     return part_centres([read_part_truth_file(f) for f in files])
 
 
@@ -383,7 +392,6 @@ def iterate_patch_batches(load_patch: Callable[[int], np.ndarray], indices: Sequ
     input with no value below -10 ('Errors in input'); the check is made per
     image here (the original runs one image at a time), naming the image.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     mean = np.asarray(mean_data, dtype=np.float32)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
@@ -401,7 +409,7 @@ def iterate_patch_batches(load_patch: Callable[[int], np.ndarray], indices: Sequ
             yield chunk, torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
 
 
-def _layer_output(net: Any, x: torch.Tensor, layer: int) -> torch.Tensor:
+def layer_output(net: Any, x: torch.Tensor, layer: int) -> torch.Tensor:
     """res(layer+1).x: the output of SimpleNN layer `layer` (1-based), running the net only that far.
 
     The layers run one after the other keeping only the current map (SimpleNN.run keeps every
@@ -432,9 +440,7 @@ def extract_layer_peaks(net: Any, batches: Iterable[tuple[list[int], torch.Tenso
     the peaks back. `device` None: where the net is; another device: the net is moved there
     first. A CUDA device computes in IEEE float32 (reproduce.device.resolve_device).
     """
-    from tqdm import tqdm
 
-    from .device import module_device, resolve_device
 
     device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
@@ -442,7 +448,7 @@ def extract_layer_peaks(net: Any, batches: Iterable[tuple[list[int], torch.Tenso
     map_size = (0, 0)
     it = tqdm(batches, total=total, desc="stability", unit="batch", disable=not progress)
     for chunk, x in it:
-        y = _layer_output(net, x.to(device), target_layer)
+        y = layer_output(net, x.to(device), target_layer)
         if num_filters is not None:
             y = y[:, :num_filters]
         h, w, s = peak_positions(y, fix_nonsquare_index=fix_nonsquare_index)
@@ -482,10 +488,8 @@ class CategorySource:
     def from_conf(cls, name: str, conf: Any, part_list: Sequence[int]) -> "CategorySource":
         """computeStability.m's objset: readAnnotation_sampling for 'cub200', readAnnotation otherwise."""
         if name == "cub200":
-            from data_prep.cub200 import read_annotation_sampling_cub
             objects = read_annotation_sampling_cub(name, conf)
         else:
-            from data_prep.readers import read_annotation
             objects = read_annotation(name, conf)
         return cls(name=name, objects=objects, load_patch=_data_prep_get_i(conf),
                    truth_files={int(p): conf.truth_file(name, int(p)) for p in part_list})
@@ -501,14 +505,12 @@ class CategorySource:
             if isinstance(entry, (str, os.PathLike)):
                 if not Path(entry).exists():
                     raise EvaluationError(f"category {self.name!r}: part truth file not found: {entry}")
-                from data_prep.readers import read_part_truth_file
                 entry = read_part_truth_file(entry)
             per_part.append(list(entry))
         return part_centres(per_part)
 
 
 def _data_prep_get_i(conf: Any) -> Callable[[Any, tuple[int, int]], np.ndarray]:
-    from data_prep.get_i import get_i
 
     def load(obj: Any, size: tuple[int, int]) -> np.ndarray:
         patch, _ = get_i(obj, conf.imgdir, size, False)
@@ -724,8 +726,6 @@ def load_net_for_evaluation(path: os.PathLike | str, device: Any = "cpu") -> tup
 
     Returns (net in evaluation mode on `device`, stats, meta).
     """
-    from reproduce.checkpoints import load_checkpoint, load_mat_checkpoint
-    from reproduce.network import SimpleNN
 
     path = Path(path)
     if not path.exists():
@@ -739,7 +739,6 @@ def load_net_for_evaluation(path: os.PathLike | str, device: Any = "cpu") -> tup
             net.meta = state.meta
         except AttributeError:
             pass
-    from reproduce.device import resolve_device
     net = net.to(resolve_device(device)).eval()
     return net, state.stats, state.meta
 
@@ -834,13 +833,11 @@ def read_mean_data(mean_data: Any) -> np.ndarray:
     elif isinstance(mean_data, (str, os.PathLike)):
         path = Path(mean_data)
         if path.is_dir():
-            from data_prep.imdb import load_cached_imdb
             imdb = load_cached_imdb(path, check_fingerprint=False)
             if imdb is None:
                 raise EvaluationError(f"{path}: no finished imdb cache in this folder")
             mean_data = imdb.data_mean
         elif path.suffix.lower() == ".mat":
-            from legacy_compat import loadmat
             if not path.exists():
                 raise EvaluationError(f"imdb file not found: {path}")
             meta = loadmat(path, variable_names=["meta"]).get("meta")     # not images.data (GBs)

@@ -276,12 +276,6 @@ def _set_loss_type(net: SimpleNN, loss_type: str) -> None:
 
 
 # ------------------------------------------------------------------ layer specs
-def _he_init(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
-    """init_weight.m 'xavierimproved': randn * sqrt(2 / (h w out)); shape OUT x IN x h x w."""
-    out, _, h, w = shape
-    return torch.randn(shape, generator=gen) * float(np.sqrt(2.0 / (h * w * out)))
-
-
 def _generator(seed: int | None) -> torch.Generator:
     """A private generator: seeded, or from OS entropy (the global RNG is left alone)."""
     gen = torch.Generator()
@@ -296,7 +290,7 @@ def _row_spec(row: tuple, gen: torch.Generator | None) -> LayerSpec:
     kind, name = row[0], row[1]
     if kind == "conv":
         _, _, kh, kw, cin, cout, stride, pad = row
-        w = _he_init((cout, cin, kh, kw), gen) if gen is not None else torch.zeros(cout, cin, kh, kw)
+        w = init_weight("xavierimproved", kh, kw, cin, cout, gen) if gen is not None else torch.zeros(cout, cin, kh, kw)
         return LayerSpec("conv", name, [w, torch.zeros(cout)],
                          {"pad": quad(pad), "stride": (stride, stride), "dilate": (1, 1)})
     if kind == "relu":

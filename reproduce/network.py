@@ -43,6 +43,7 @@ from legacy_compat.simplenn import (
 from . import losses
 from .conv_mask import ConvMask, FilterLossContext
 from .geometry import LayerGeometry
+from .ops import conv2d_padded
 from .tv_blocks import TorchvisionBlock
 
 __all__ = ["SimpleNN", "ParamInfo", "MatConv", "ReLU", "Pool", "LRN", "Dropout", "Softmax", "LossLayer",
@@ -117,10 +118,7 @@ class MatConv(_Layer):
                              self.pad, self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t, b, l, r = self.pad
-        if t == b and l == r:
-            return F.conv2d(x, self.weight, self.bias, self.stride, (t, l), self.dilate, self.groups)
-        return F.conv2d(F.pad(x, (l, r, t, b)), self.weight, self.bias, self.stride, 0, self.dilate, self.groups)
+        return conv2d_padded(x, self.weight, self.bias, self.pad, self.stride, self.dilate, self.groups)
 
     def _spec_fields(self):
         f = {"pad": self.pad, "stride": self.stride, "dilate": self.dilate}

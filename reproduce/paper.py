@@ -47,6 +47,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from data_prep.facts import DATASETS
+from data_prep.facts import all_categories as facts_categories
 from legacy_compat.atomic import atomic_write_text
 from legacy_compat.cli import UserError
 
@@ -130,13 +132,9 @@ def config_slug(model: str, dropout: float, epochs: int | None, seed: int, loss:
 
 def all_categories(dataset: str) -> list[str]:
     """A dataset's categories (demo.m's lists; 'toy' the generated toy dataset's)."""
-    from data_prep.setup import DATASETS
-    if dataset == "toy":
-        from data_prep.toy import TOY_CATEGORIES
-        return list(TOY_CATEGORIES)
     if dataset not in DATASETS:
         raise RunnerError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    return list(DATASETS[dataset].categories)
+    return list(facts_categories(dataset))
 
 
 def _categories(dataset: str, given: Sequence[str] | None, multiclass: bool) -> list[str]:
@@ -225,7 +223,7 @@ def resolve_paths(exp: Experiment, truth_dir: str | None = None, neg_dir: str | 
     them under original/data_input_...), `data_prep.setup.dataset_paths` with those folders, after
     checking that the files the run reads are there."""
     from data_prep.readers import default_readcode
-    from data_prep.setup import DATASETS, dataset_paths, default_data_root
+    from data_prep.setup import dataset_paths, default_data_root
 
     from .models import MODELS
     from .pipeline import prepare_dataset
@@ -423,7 +421,6 @@ def comparison_rows(records: Sequence[dict]) -> list[ComparisonRow]:
     row that applies (the category's own row; a dataset-average row, compared with the mean over
     the categories measured; CUB's one row), then, for what the paper has no figure for (the toy
     data, our small nets, multi-class), the measured values alone."""
-    from data_prep.setup import DATASETS
 
     from .paper_numbers import paper_rows
     groups: dict[tuple, dict[str, dict[str, dict]]] = {}
@@ -529,7 +526,6 @@ def _duration(seconds: float | None) -> str:
 
 # ================================================================== command line
 def build_parser() -> argparse.ArgumentParser:
-    from data_prep.setup import DATASETS
 
     from .models import MODELS
     doc = __doc__.split("\n\n")

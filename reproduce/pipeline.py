@@ -178,8 +178,9 @@ def build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
 
 
 def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
+    from data_prep.annotations import read_annotation
     from data_prep.imdb import get_category_imdb, load_or_build_imdb, produce_imdb
-    from data_prep.readers import count_objects, read_annotation
+    from data_prep.readers import count_objects
     conf = paths.data_conf()
 
     def category_imdb(category: str, cache: Path) -> Any:

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from legacy_compat.atomic import atomic_write
+
 __all__ = ["plot_training_stats", "statistics_to_plot"]
 
 
@@ -29,9 +31,8 @@ def statistics_to_plot(stats: Mapping[str, Sequence[Mapping[str, float]]]) -> li
 def plot_training_stats(stats: Mapping[str, Sequence[Mapping[str, float]]], exp_dir: str | os.PathLike,
                         basename: str = "net-train") -> list[Path]:
     """Draw cnn_train's figure of `stats` ({"train": [...], "val": [...]}) to <basename>.png and .pdf."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415 - deferred on purpose: matplotlib is slow to import, only plots need it
 
-    from .checkpoints import atomic_write
 
     plots = statistics_to_plot(stats)
     fig = Figure(figsize=(max(4.0 * len(plots), 4.0), 3.6), layout="constrained")

@@ -51,16 +51,14 @@ Several GPUs or machines (our_cnn_train's ``opts.gpus``): start the command line
 ``torchrun --nproc_per_node K``; `train` then runs data-parallel with the original's
 semantics (reproduce.distributed, which documents them and the two corrections).
 
-Command line: ``python -m reproduce.train --help``: it runs through reproduce.pipeline
+Command line: ``python -m reproduce.train --help`` (in `reproduce.train_cli`): it runs through reproduce.pipeline
 (dataset, network_init, imdb cache, then `train`); ``--out`` is the output root,
 as demo.py's (checkpoints and plots in OUT/mat/<name>/).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 import warnings
@@ -72,14 +70,13 @@ import numpy as np
 import torch
 
 from . import checkpoints as ckpt
-from .cli import add_common, add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
 from .device import resolve_device
 
 __all__ = [
     "SLICE_MAG_FILL_COLUMN1", "SLICE_MAG_FILL_OWN_COLUMN", "BatchInfo", "TrainData", "TrainSettings",
     "MatConvNetSGD", "train", "learning_rate_for_epoch", "epoch_orders", "split_into_batches", "replayed_batches",
     "label_density", "check_labels", "update_slice_mag", "update_slice_mags", "batch_errors",
-    "error_name_for", "resolve_device", "main",
+    "error_name_for", "resolve_device",
 ]
 
 # sliceMag update, where a class's new per-filter mean is exactly 0:
@@ -488,7 +485,7 @@ class _Run:
 
 # ====================================================================== one phase of an epoch
 @dataclass
-class _EpochSetup:
+class EpochSetup:
     net: Any
     data: TrainData
     epoch: int
@@ -508,7 +505,7 @@ def _make_context(labels: torch.Tensor, epoch: int, density: torch.Tensor | None
     return FilterLossContext(labels=labels, epoch=epoch, density=density)
 
 
-def _batch_step(setup: _EpochSetup, idx: np.ndarray, training: bool) -> tuple[float, float, torch.Tensor, np.ndarray]:
+def _batch_step(setup: EpochSetup, idx: np.ndarray, training: bool) -> tuple[float, float, torch.Tensor, np.ndarray]:
     """One batch of processEpoch: forward (and, training, backward, the SGD step, sliceMag).
 
     With several ranks (`setup.dp`) this rank takes its share of the batch, the gradients are
@@ -576,7 +573,7 @@ class _PhaseClock:
                 f"  {self.error_name} {s[self.error_name]:.3f}")
 
 
-def _process_phase(setup: _EpochSetup, mode: str, batches: list[np.ndarray]) -> dict[str, float]:
+def process_phase(setup: EpochSetup, mode: str, batches: list[np.ndarray]) -> dict[str, float]:
     """processEpoch of our_cnn_train.m for one phase ('train' or 'val')."""
     from tqdm import tqdm
 
@@ -797,9 +794,9 @@ def _run_epoch(net: Any, sgd: MatConvNetSGD, run: _Run, epoch: int) -> tuple[dic
     s = run.settings
     lr = learning_rate_for_epoch(run.schedule, epoch)
     train_batches, val_batches = _epoch_batches(run, epoch)
-    setup = _EpochSetup(net, run.data, epoch, lr, sgd, run.density, run.device, run.error_name, s.slice_mag_fill,
+    setup = EpochSetup(net, run.data, epoch, lr, sgd, run.density, run.device, run.error_name, s.slice_mag_fill,
                         s.progress and run.is_main, s.on_batch, run.dp)
-    return _process_phase(setup, "train", train_batches), _process_phase(setup, "val", val_batches), lr
+    return process_phase(setup, "train", train_batches), process_phase(setup, "val", val_batches), lr
 
 
 def _save_epoch(net: Any, sgd: MatConvNetSGD, run: _Run, stats: dict, epoch: int) -> None:
@@ -884,98 +881,6 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
     return net, stats
 
 
-# ====================================================================== command line
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m reproduce.train",
-        description="Train an interpretable CNN as the original learn_icnn.m / learn_icnn_multiclass.m do "
-                    "(our_cnn_train.m: MatConvNet SGD with momentum, the conv_mask filter loss, sliceMag). "
-                    "Builds (or reuses) the imdb with data_prep in OUT/mat/<name>/imdb, the network with "
-                    "network_init from the pretrained ImageNet model, then trains, writing net-epoch-N.pt "
-                    "checkpoints and net-train.png/.pdf into OUT/mat/<name> (<name>: the category, or the "
-                    "original's multi-class name). Running the same command again resumes from the last "
-                    "checkpoint; Ctrl-C stops without leaving a half-written file.",
-        epilog="example: python -m reproduce.train --dataset ilsvrcanimalpart --category n02118333 "
-               "--model vgg-vd-16 --dropout 0.8 --device cuda --out output")
-    from data_prep.setup import DATASETS
-    parser.add_argument("--dataset", required=True, choices=list(DATASETS),
-                        help="dataset the imdb is built from (demo.m's choices, plus the offline toy dataset)")
-    parser.add_argument("--category", required=True, nargs="+",
-                        help="category, e.g. n02118333 (fox), bird (VOC), cub200; several categories train one "
-                             "multi-class net as learn_icnn_multiclass.m")
-    from .models import MODELS
-    parser.add_argument("--model", default="vgg-vd-16", choices=list(MODELS),
-                        help="network (network_init.m; default vgg-vd-16; 'tiny' is the package's small net "
-                             "for 64 x 64 inputs, without pretrained weights)")
-    parser.add_argument("--pretrained", default="auto",
-                        help="the MatConvNet ImageNet model file the trunk comes from; 'auto' (default): the "
-                             "model's file under --models-root, downloaded when missing; 'none': random trunk")
-    parser.add_argument("--dropout", type=dropout_rate, default=0.8,
-                        help="dropout rate, 0 <= rate < 1 (demo.m's default 0.8)")
-    parser.add_argument("--loss", default="ourloss_logistic", choices=["ourloss_logistic", "ourloss_softmaxlog"],
-                        help="loss of a multi-class net (learn_icnn_multiclass.m's lossType; default logistic)")
-    parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="number of epochs (default: network_init's trainOpts.numEpochs: 50, multi-class 80)")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="override trainOpts.batchSize")
-    add_common(parser)
-    parser.add_argument("--out", required=True, help="output folder (as demo.py's): OUT/mat/<name>/ gets the "
-                                                     "checkpoints, the plots and the imdb cache")
-    add_data_root(parser)
-    parser.add_argument("--models-root", default=None, help="folder of the MatConvNet ImageNet models "
-                                                           "(default: data_prep's default)")
-    parser.add_argument("--offline", action="store_true", help="download nothing; fail naming what is missing")
-    parser.add_argument("--seed", type=nonnegative_int, default=0,
-                        help="opts.randomSeed: epoch e is seeded with e + seed")
-    parser.add_argument("--save-mat", action="store_true", help="also write MATLAB net-epoch-N.mat checkpoints")
-    parser.add_argument("--fix-slicemag-quirk", action="store_true",
-                        help="sliceMag update: fill zero means from the class's own column instead of column 1 "
-                             "(the original's linear-indexing quirk, kept by default)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars or epoch summaries")
-    from .distributed import add_arguments
-    add_arguments(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m reproduce.train`: learn_icnn.m / learn_icnn_multiclass.m through
-    reproduce.pipeline (data, network_init, imdb, train); prints the last epoch's val statistics.
-    Options are checked as they are parsed; errors are one or two lines (reproduce.cli.run_cli)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .losses import single_class_loss_error
-    if (problem := single_class_loss_error(args.loss, len(args.category) > 1,
-                                           "several --category values")) is not None:
-        parser.error(problem)
-    from .distributed import shutdown
-    try:
-        return run_cli("reproduce.train", lambda: _run(args), debug=args.debug,
-                       interrupted="run the same command again to resume from the last checkpoint.")
-    finally:
-        shutdown()
-
-
-def _run(args: argparse.Namespace) -> int:
-    from data_prep.setup import default_data_root
-
-    from . import distributed as dd
-    from .pipeline import Experiment, learn
-    dp, device = dd.start_from_args(args, start_device(args))
-    if dp is not None and not dp.is_main:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints
-        args.no_progress = True
-    out = Path(args.out)
-    exp = Experiment(dataset=args.dataset, categories=args.category, model=args.model, dropout=args.dropout,
-                     loss=args.loss, out=out,
-                     data_root=Path(args.data_root) if args.data_root else default_data_root(out),
-                     models_root=Path(args.models_root) if args.models_root else None,
-                     pretrained=args.pretrained, offline=args.offline, device=device, seed=args.seed,
-                     epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
-                     fix_slicemag_quirk=args.fix_slicemag_quirk, progress=not args.no_progress)
-    net, stats, _, _ = learn(exp)
-    last = stats["val"][-1] if stats["val"] else {}
-    print(" ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("num", "time")))
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":   # `python -m reproduce.train`: the command line sits above the pipeline (reproduce.train_cli)
+    from reproduce.train_cli import main  # noqa: PLC0415 - train_cli imports this module through the pipeline
     sys.exit(main())

@@ -36,3 +36,19 @@ def test_bytes_and_text_land_whole_with_open_s_mode(tmp_path):
     assert target.read_bytes() == b"\x00\x01" and sorted(os.listdir(target.parent)) == ["a.csv"]
     with pytest.raises(FileNotFoundError):
         atomic_write_bytes(tmp_path / "missing" / "b.bin", b"", make_parents=False)
+
+
+def test_overwrite_false_refuses_an_existing_or_appearing_file(tmp_path):
+    target = tmp_path / "net-epoch-1.pt"
+    atomic_write_bytes(target, b"first")
+    with pytest.raises(FileExistsError, match="already exists; refusing to overwrite"):
+        atomic_write(target, lambda tmp: tmp.write_bytes(b"second"), overwrite=False)
+    late = tmp_path / "late.bin"
+
+    def racing(tmp):
+        tmp.write_bytes(b"mine")
+        late.write_bytes(b"theirs")       # another writer got there first
+    with pytest.raises(FileExistsError, match="appeared while writing"):
+        atomic_write(late, racing, overwrite=False)
+    assert target.read_bytes() == b"first" and late.read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.bin", "net-epoch-1.pt"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from reproduce import bench
+from reproduce.bench import suite as bench
 
 
 def test_conv_mask_benchmark_writes_json_and_table(tmp_path, capsys):

@@ -16,6 +16,7 @@ from legacy_compat.checkpoint import (
     read_icnn_checkpoint,
     write_icnn_checkpoint,
 )
+from legacy_compat.matio import savemat
 from legacy_compat.mattypes import MatStruct, cell_items
 from legacy_compat.simplenn import MATLAB_FORM, LayerSpec, weight_to_torch
 
@@ -102,7 +103,6 @@ def test_epoch_from_the_file_name(checkpoints_dir, tmp_path):
 
 # ----------------------------------------------------------------- bad files
 def test_missing_stats_is_a_partial_save(checkpoints_dir, tmp_path):
-    from legacy_compat.matio import savemat
     original = loadmat(checkpoints_dir / "checkpoint_single_epoch3.mat")
     partial = tmp_path / "net-epoch-4.mat"
     savemat(partial, {"net": original["net"], "state": original["state"]}, version="5")   # saveState only
@@ -111,7 +111,6 @@ def test_missing_stats_is_a_partial_save(checkpoints_dir, tmp_path):
 
 
 def test_unreadable_and_foreign_files_raise_matfileerror(checkpoints_dir, tmp_path):
-    from legacy_compat.matio import savemat
     truncated = tmp_path / "net-epoch-1.mat"
     truncated.write_bytes((checkpoints_dir / "checkpoint_single_epoch3.mat").read_bytes()[:3000])
     with pytest.raises(MatFileError, match=r"net-epoch-1\.mat"):

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from legacy_compat import loadmat
+from legacy_compat.matio import savemat
+from legacy_compat.mattypes import cell_items
 from legacy_compat.simplenn import layers_from_matlab
 from reproduce import checkpoints as ck
 
@@ -81,16 +83,16 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
         tmp.write_bytes(b"half")
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        ck.atomic_write(target, failing)
+        ck.write_new_file(target, failing)
     assert list(tmp_path.iterdir()) == []
-    ck.atomic_write(target, lambda tmp: tmp.write_bytes(b"whole"))
+    ck.write_new_file(target, lambda tmp: tmp.write_bytes(b"whole"))
     assert target.read_bytes() == b"whole"
     plain = tmp_path / "plain"
     plain.write_bytes(b"")
     assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
     plain.unlink()
     with pytest.raises(ck.CheckpointError, match="refusing to overwrite"):
-        ck.atomic_write(target, lambda tmp: tmp.write_bytes(b"other"), overwrite=False)
+        ck.write_new_file(target, lambda tmp: tmp.write_bytes(b"other"))
     assert target.read_bytes() == b"whole"
 
 
@@ -155,7 +157,6 @@ def test_original_checkpoint_loads_with_its_momentum_and_stats(checkpoints_dir, 
     assert [s["binerr"] for s in state.stats["train"]] == pytest.approx([0.8, 0.6, 0.2])
     assert [s["num"] for s in state.stats["val"]] == [4.0, 4.0, 4.0]
     golden = loadmat(golden_dir / "cnn_train_single.mat").outputs.checkpoint_state.solverState
-    from legacy_compat.mattypes import cell_items
     want = cell_items(cell_items(golden)[5])[0]  # conv6 filters' momentum, MATLAB layout H x W x IN x OUT
     np.testing.assert_array_equal(state.momentum[5][0].numpy().transpose(2, 3, 1, 0), want)
     assert state.momentum[1] == []
@@ -182,7 +183,6 @@ def test_mat_checkpoint_written_reads_back(golden_dir, tmp_path, version):
 
 def test_pt_is_preferred_and_a_partial_mat_is_reported(golden_dir, tmp_path):
     pytest.importorskip("legacy_compat.checkpoint")
-    from legacy_compat.matio import savemat
     state = _state(_specs(golden_dir), epoch=1)
     ck.save_checkpoint(ck.checkpoint_path(tmp_path, 1), state)
     ck.save_mat_checkpoint(ck.checkpoint_path(tmp_path, 1, "mat"), state, version="5")

@@ -8,10 +8,13 @@ import errno
 import pytest
 
 import demo
-from data_prep import bench_imdb
 from legacy_compat import cli, parity
-from reproduce import bench, bench_conv_mask, bench_eval, paper
+from reproduce import paper
 from reproduce import train as train_cli
+from reproduce.bench import conv_mask as bench_conv_mask
+from reproduce.bench import evaluation as bench_eval
+from reproduce.bench import imdb as bench_imdb
+from reproduce.bench import suite as bench
 
 # every command line's main, and the arguments it needs besides the one under test
 COMMANDS = {

@@ -16,6 +16,7 @@ from reproduce.conv_mask import (
     ConvMask,
     FilterLossContext,
     FilterLossError,
+    _ConvMaskFunction,
     filter_loss_gradients,
     filter_loss_setup,
     get_mask,
@@ -322,7 +323,6 @@ def test_conv_part_gradcheck_without_context():
         with torch.no_grad():
             layer.weight.copy_(w)
             layer.bias.copy_(b)
-        from reproduce.conv_mask import _ConvMaskFunction
         st = layer._state(x, None)
         return _ConvMaskFunction.apply(x, w, b, layer.beta.detach(), st)
 
@@ -397,7 +397,7 @@ def test_forward_backward_operation_counts():
     # issue 15: 414 top-level ATen operations before (1 class), 5 for Conv2d, with this counter. The
     # issue's targets (80 / 100) are not reached: see count_ops and the README; these bounds keep
     # the counts from growing back.
-    from reproduce.bench_conv_mask import count_ops
+    from reproduce.bench.conv_mask import count_ops
     c = count_ops("cpu", batch=8, channels=64, size=14)
     assert c["plain"]["aten_ops"] == 5
     assert c["single"]["aten_ops"] <= 105

@@ -6,8 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import demo
+from data_prep import download
 
 RESULT_LINE = re.compile(r"^binary error (\d+\.\d{6})     location stability (\d+\.\d{6})$")
 
@@ -87,7 +89,6 @@ def test_toy_images_only_for_the_toy_dataset(capsys):
 
 
 def test_cuda_without_a_gpu_is_said_at_once(capsys, monkeypatch, tmp_path):
-    import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rc, out, err = _main(["--quick", "--device", "cuda", "--out", tmp_path / "out"], capsys)
     assert rc == 2 and "--device cuda asked for, but PyTorch sees no CUDA GPU" in err and "--device cpu" in err
@@ -107,7 +108,6 @@ def test_unwritable_output_folder_is_said_before_any_work(capsys, tmp_path):
 
 
 def test_a_full_disk_is_said_before_any_work(capsys, tmp_path, monkeypatch):
-    from data_prep import download
 
     def full(path, needed):
         raise download.InsufficientDiskSpaceError(f"not enough free disk space for {path}: need {needed} bytes")

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from reproduce import draw_rf as rf
+from reproduce.models import network_init
 
 
 def _imfilter_replicate_same(t: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -162,7 +163,6 @@ def test_contact_sheet_layout():
 
 # ------------------------------------------------------------------ the whole drawing
 def test_draw_rf_on_a_tiny_network_writes_the_original_files_and_a_contact_sheet(tmp_path):
-    from reproduce.models import network_init
     net, _, _ = network_init(1, "tiny", 0.5, seed=3)
     net.eval()
     rng = np.random.default_rng(0)
@@ -217,7 +217,6 @@ def test_draw_rf_on_a_tiny_network_writes_the_original_files_and_a_contact_sheet
 
 
 def test_draw_rf_needs_a_layer_above():
-    from reproduce.models import network_init
     net, _, _ = network_init(1, "tiny", 0.5, seed=0)
     with pytest.raises(rf.DrawRFError, match="layerID 7"):
         rf.draw_rf(net.eval(), "toy", [0] * 12, lambda o, s: np.zeros((64, 64, 3), np.float32),

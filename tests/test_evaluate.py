@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from data_prep.ilsvrc import ilsvrc_conf
+from legacy_compat import loadmat
 from reproduce import evaluate as ev
+from reproduce.checkpoints import load_mat_checkpoint, save_checkpoint
 from reproduce.geometry import get_conv_net_para
+from reproduce.models import network_init
+from reproduce.network import SimpleNN
 
 
 # ------------------------------------------------------------------ helpers
 def _tiny_net(seed: int = 0):
-    from reproduce.models import network_init
     net, _, _ = network_init(1, "tiny", 0.5, seed=seed)
     return net.eval()
 
@@ -70,7 +74,6 @@ def test_final_val_error_from_package_stats_and_softmax_hint():
 
 
 def test_final_val_error_from_original_checkpoint(checkpoints_dir):
-    from legacy_compat import loadmat
     stats = loadmat(checkpoints_dir / "checkpoint_single_epoch3.mat")["stats"]
     assert ev.final_val_error(stats) == pytest.approx(0.75)
 
@@ -178,7 +181,6 @@ def test_multiclass_stability_assigns_each_filter_to_its_best_category():
 def test_location_stability_on_real_fox_truth_files(shared_data):
     """Peaks placed at a fixed offset from the fox's head never move relative to it: stability 0;
     random peaks reproduce a direct loop over the original's steps."""
-    from data_prep.ilsvrc import ilsvrc_conf
     conf = ilsvrc_conf(shared_data)
     files = [conf.truth_file("n02118333", p) for p in (1, 2)]
     truth = ev.read_part_centres(files)
@@ -304,7 +306,6 @@ def test_goldfish_rule_sticks_for_later_categories():
 # ------------------------------------------------------------------ baseline and checkpoints
 def _plain_copy(net):
     """The same net with every conv_mask layer replaced by a plain conv (the baseline)."""
-    from reproduce.network import SimpleNN
     specs = net.to_specs()
     for s in specs:
         if s.type == "conv_mask":
@@ -333,7 +334,6 @@ def test_plain_cnn_baseline_is_measured_on_its_conv_layer():
 
 def _subset_fox_conf(tmp_path: Path, shared_data: Path, n: int):
     """A data folder holding the first n fox images (links), the real data.mat and truth files."""
-    from data_prep.ilsvrc import ilsvrc_conf
     root = tmp_path / "detanimalpart" / "n02118333_obj" / "img"
     (root / "img").mkdir(parents=True)
     src = shared_data / "detanimalpart" / "n02118333_obj" / "img"
@@ -344,7 +344,6 @@ def _subset_fox_conf(tmp_path: Path, shared_data: Path, n: int):
 
 
 def test_evaluate_original_mat_checkpoint_and_package_checkpoint_agree(tmp_path, shared_data, checkpoints_dir):
-    from reproduce.checkpoints import load_mat_checkpoint, save_checkpoint
     conf = _subset_fox_conf(tmp_path, shared_data, 24)
     mat = checkpoints_dir / "checkpoint_single_epoch3.mat"
     mean = np.full((16, 16, 3), 120.0, dtype=np.float32)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from data_prep_fixtures import small_ilsvrc, write_cub
 
 from data_prep.cub200 import cub200_conf
@@ -34,6 +35,7 @@ from data_prep.imdb import (
     produce_imdb,
     save_imdb_mat,
 )
+from data_prep.negatives import get_neg_objset
 from data_prep.readers import DatasetError
 from legacy_compat import loadmat
 
@@ -299,7 +301,6 @@ _CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def fox64(tmp_path_factory):
-    from conftest import SHARED_DATA
     if not (SHARED_DATA / "detanimalpart" / "n02118333_obj").exists():
         pytest.skip(f"the fox data is not at {SHARED_DATA}")
     cache = tmp_path_factory.mktemp("fox64")
@@ -351,7 +352,6 @@ def test_fox_pixels_mirrors_repetition_and_mean(fox64):
 
 
 def ObjRecordFull(conf):
-    from data_prep.negatives import get_neg_objset
     return get_neg_objset(conf, "n02118333", count=1)[0]
 
 

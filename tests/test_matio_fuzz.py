@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import struct
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
+
+from legacy_compat import MatFileError, MatStruct, StructArray, cell, loadmat, savemat
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20240531
@@ -39,9 +43,7 @@ REAL_FILES = [
 
 def _own_files(folder: Path) -> list[tuple[Path, int, int]]:
     """Files our savemat writes (v5 and v7.3), holding every kind of value."""
-    import scipy.sparse as sp
 
-    from legacy_compat import MatStruct, StructArray, cell, savemat
 
     value = MatStruct(
         x=np.arange(12.0).reshape(3, 4), b=np.array([[True, False]]), z=np.array([[1 + 2j]], np.complex64),
@@ -121,9 +123,7 @@ def test_corrupt_files_give_our_types_or_matfileerror(tmp_path):
 # ---------------------------------------------------------------- the child process
 def _check_our_types(value, where="value"):
     """Raise AssertionError unless `value` is made only of the types loadmat documents."""
-    import scipy.sparse as sp
 
-    from legacy_compat import MatStruct, StructArray
 
     if isinstance(value, StructArray):
         for s in np.asarray(value).reshape(-1):
@@ -148,9 +148,7 @@ def _check_our_types(value, where="value"):
 
 
 def _child(plan_path: str) -> None:
-    import signal
 
-    from legacy_compat import MatFileError, loadmat
 
     spec = json.loads(Path(plan_path).read_text())
     scratch = Path(spec["scratch"])

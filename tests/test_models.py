@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from legacy_compat import savemat
+from legacy_compat.mattypes import MatStruct
+from legacy_compat.simplenn import net_to_matlab
 from reproduce.conv_mask import FilterLossContext, get_mask, get_mu
 from reproduce.geometry import get_conv_net_para, layer_output_sizes, x2p
 from reproduce.models import (
@@ -15,6 +18,7 @@ from reproduce.models import (
     network_init,
     train_opts,
     train_opts_multiclass,
+    trunk_specs,
 )
 from reproduce.network import LossLayer, MatConv
 
@@ -95,10 +99,6 @@ def test_alexnet_random_trunk_warns_and_uses_real_groups():
 
 def test_network_init_reads_a_pretrained_model_file(tmp_path):
     """pretrained=<MatConvNet file>: the trunk's weights and the file's normalization.imageSize."""
-    from legacy_compat import savemat
-    from legacy_compat.mattypes import MatStruct
-    from legacy_compat.simplenn import net_to_matlab
-    from reproduce.models import trunk_specs
     trunk = trunk_specs("tiny", seed=3, cut=False)
     model = net_to_matlab(trunk, MatStruct(normalization=MatStruct(imageSize=np.array([[48.0, 48, 3]]))))
     path = tmp_path / "pretrained.mat"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from legacy_compat import loadmat
 from legacy_compat.numerics import (
     mfind,
     mind2sub,
@@ -153,7 +154,6 @@ def test_mlinspace_octave_flavor_differs_where_rounding_matters():
 
 
 def test_mlinspace_single_matches_the_checkpoint_postemp(checkpoints_dir):
-    from legacy_compat import loadmat
     net = loadmat(checkpoints_dir / "checkpoint_single_epoch3.mat")["net"]
     layers = [l for l in net["layers"].reshape(-1, order="F") if l["type"] == "conv_mask"]
     assert layers

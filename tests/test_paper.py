@@ -4,10 +4,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from reproduce import paper as pp
+from reproduce.evaluate import DEFAULT_LAYER_ID, target_layer_index
+from reproduce.geometry import get_conv_net_para
+from reproduce.models import MODELS, network_init
 from reproduce.paper_numbers import paper_rows
 
 TOY = ["--dataset", "toy", "--categories", "toy01", "--models", "tiny", "--epochs", "1", "--device", "cpu",
@@ -178,7 +183,6 @@ def test_bad_results_file_and_help(tmp_path, capsys):
 
 
 def test_a_diverged_run_is_flagged(tmp_path):
-    from types import SimpleNamespace
     args = pp.build_parser().parse_args(["--dataset", "toy", "--models", "tiny", "--out", str(tmp_path),
                                          "--device", "cpu", "--epochs", "2"])
     exp = pp.plan_grid(args)[0]
@@ -197,11 +201,7 @@ def test_a_diverged_run_is_flagged(tmp_path):
 
 
 def test_alexnet_narrow_measures_its_conv_mask_layer_in_224_pixel_units():
-    import torch
 
-    from reproduce.evaluate import DEFAULT_LAYER_ID, target_layer_index
-    from reproduce.geometry import get_conv_net_para
-    from reproduce.models import MODELS, network_init
     net, opts, meta = network_init(1, "alexnet-narrow", 0.5, seed=0)
     assert MODELS["alexnet-narrow"].image_size == 224 and meta["image_size"] == (224, 224, 3)
     convnet = get_conv_net_para(net)

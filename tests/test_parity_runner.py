@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.io
+import torch
 from conftest import PROJECT_ROOT
 
 from legacy_compat import MatStruct, cell, parity
@@ -54,7 +56,6 @@ def test_nested_outputs_missing_and_wrong_leaves_fail():
 
 
 def test_unknown_case_fn_is_a_failure(tmp_path):
-    import scipy.io
     path = tmp_path / "unknown.mat"
     scipy.io.savemat(path, {"case_fn": "noSuchFunction", "inputs": {"x": 1.0}, "outputs": {"y": 2.0}})
     res = run_case(path)
@@ -63,7 +64,6 @@ def test_unknown_case_fn_is_a_failure(tmp_path):
 
 
 def test_cli_reports_each_case_and_a_summary(tmp_path):
-    import scipy.io
     path = tmp_path / "unknown.mat"
     scipy.io.savemat(path, {"case_fn": "noSuchFunction", "inputs": {"x": 1.0}, "outputs": {"y": 2.0}})
     out = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(path)],
@@ -88,7 +88,6 @@ def test_every_golden_case_passes(golden_dir):
 
 
 def test_cli_refuses_a_device_it_cannot_use(tmp_path, capsys, monkeypatch):
-    import torch
     with pytest.raises(SystemExit) as info:                     # refused when parsed
         parity.main([str(tmp_path), "--device", "gpu"])
     assert info.value.code == 2 and "'gpu': use cpu, cuda or cuda:N" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from data_prep.readers import (
     BndBox,
     DataConf,
     DatasetError,
+    ObjRecord,
     PartTruth,
     conf_from_paths,
     count_objects,
@@ -184,7 +185,6 @@ def test_voc_part_mask_from_annotation():
     leg[25:34, 30:40] = True
     parts = StructArray.from_structs([MatStruct(part_name="head", mask=head), MatStruct(part_name="lfuleg", mask=leg)])
     anno = MatStruct(objects=StructArray.from_structs([MatStruct(class_ind=np.array([[10.0]]), mask=silh, parts=parts)]))
-    from data_prep.readers import ObjRecord
     obj = ObjRecord("./", "x.jpg", "cow", BndBox(6, 4, 55, 38), 1)
     mask = voc_part_mask(obj, anno, (h, w), (35, 50))       # the box is 35 x 50: no resampling
     assert mask.shape == (35, 50)

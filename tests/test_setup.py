@@ -4,13 +4,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
 from download_fixtures import start_server, stop_server
 
-from data_prep import setup
+from data_prep import facts, setup
 from data_prep.setup import (
     MissingDataError,
     dataset_paths,
@@ -111,7 +113,7 @@ def test_voc_and_cub_messages(tmp_path):
 def _voc_cow_without_pascal_part(tmp_path, monkeypatch):
     """Everything VOC needs for cow except the Pascal-Part annotations (a small image count keeps it fast)."""
     monkeypatch.setattr(setup, "VOC2010_TRAINVAL_IMAGES", 30)
-    jpeg = tmp_path / setup.VOC_JPEG
+    jpeg = tmp_path / facts.VOC_JPEG
     jpeg.mkdir(parents=True)
     for i in range(setup.VOC2010_TRAINVAL_IMAGES):
         (jpeg / f"{i}.jpg").touch()
@@ -134,7 +136,6 @@ def test_optional_pascal_part_only_warns(tmp_path, monkeypatch):
 
 
 def test_pascal_part_download_failure_warns_then_success_places_it(server, tmp_path, monkeypatch):
-    import tarfile
     _voc_cow_without_pascal_part(tmp_path, monkeypatch)
     src = setup.SOURCES["pascalpart"]
     monkeypatch.setitem(setup.SOURCES, "pascalpart", setup.Source(
@@ -149,7 +150,6 @@ def test_pascal_part_download_failure_warns_then_success_places_it(server, tmp_p
             info.size = 3
             tf.addfile(info, io.BytesIO(b"mat"))
     server.files[src.filename] = buf.getvalue()
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ensure_dataset("vocpart", tmp_path, categories="cow", progress=False)
@@ -175,13 +175,13 @@ def test_model_offline_message(tmp_path):
 
 
 def test_model_table_matches_the_original_setup():
-    files = {k: (s.filename, s.md5) for k, s in setup.MODELS.items()}
+    files = {k: (s.filename, s.md5) for k, s in setup.MODEL_SOURCES.items()}
     assert files == {"vgg-vd-16": ("imagenet-vgg-verydeep-16.mat", "f72d927587ca4c97fbd165ec9cb9997f"),
                      "alexnet": ("imagenet-caffe-alex.mat", "b5152a54bf61100a8ed61827c76e7d08"),
                      "vgg-m": ("imagenet-vgg-m.mat", "29294d5f62578c96a3533859514235f2"),
                      "vgg-s": ("imagenet-vgg-s.mat", "dbe23da22e82078debda75842b16d5fa")}
-    assert len(setup.ILSVRC_CATEGORIES) == 30 and set(setup.ILSVRC_IMAGE_COUNTS) == set(setup.ILSVRC_CATEGORIES)
-    assert sum(setup.ILSVRC_IMAGE_COUNTS.values()) == 15067   # git ls-tree of zqs1022/detanimalpart
+    assert len(facts.ILSVRC_CATEGORIES) == 30 and set(facts.ILSVRC_IMAGE_COUNTS) == set(facts.ILSVRC_CATEGORIES)
+    assert sum(facts.ILSVRC_IMAGE_COUNTS.values()) == 15067   # git ls-tree of zqs1022/detanimalpart
 
 
 # ------------------------------------------------------------------ set-up from a mirror
@@ -270,7 +270,7 @@ def test_ensure_model_downloads_verifies_and_reuses(server, tmp_path, monkeypatc
     server.files["imagenet-vgg-s.mat"] = body
     fake = setup.Source("vgg-s", (server.url("range", "imagenet-vgg-s.mat"),), "imagenet-vgg-s.mat",
                         "fake model", md5=hashlib.md5(body).hexdigest(), approx_bytes=len(body))
-    monkeypatch.setitem(setup.MODELS, "vgg-s", fake)
+    monkeypatch.setitem(setup.MODEL_SOURCES, "vgg-s", fake)
     path = ensure_model("vgg-s", tmp_path / "nets", progress=False)
     assert path == tmp_path / "nets" / "imagenet-vgg-s.mat" and path.read_bytes() == body
     server.requests.clear()
@@ -282,7 +282,7 @@ def test_ensure_model_checksum_failure(server, tmp_path, monkeypatch):
     server.files["imagenet-vgg-m.mat"] = b"corrupt"
     fake = setup.Source("vgg-m", (server.url("range", "imagenet-vgg-m.mat"),), "imagenet-vgg-m.mat",
                         "fake model", md5="29294d5f62578c96a3533859514235f2", approx_bytes=7)
-    monkeypatch.setitem(setup.MODELS, "vgg-m", fake)
+    monkeypatch.setitem(setup.MODEL_SOURCES, "vgg-m", fake)
     with pytest.raises(MissingDataError) as info:
         ensure_model("vgg-m", tmp_path, progress=False)
     msg = str(info.value)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from legacy_compat import MatFileError, loadmat
+from legacy_compat.matio import savemat
 from legacy_compat.mattypes import MatStruct, StructArray, cell, cell_items
 from legacy_compat.simplenn import (
     MATLAB_FORM,
@@ -249,7 +250,6 @@ def _beta24_meta(average):
 
 
 def test_load_matconvnet_model_file_v5(tmp_path, standins):
-    from legacy_compat.matio import savemat
     rng = np.random.default_rng(0)
     layers = standin_layers(standins["alexnet_6"], rng)
     avg = (rng.random((227, 227, 3)) * 255).astype(np.float32)
@@ -276,7 +276,6 @@ def test_load_matconvnet_model_file_v5(tmp_path, standins):
 
 def test_load_older_model_file_with_filters_and_biases(tmp_path):
     """vl_simplenn_tidy's upgrade: filters/biases -> weights, top-level classes/normalization -> meta."""
-    from legacy_compat.matio import savemat
     rng = np.random.default_rng(1)
     f1, b1 = rng.standard_normal((5, 5, 3, 4)).astype(np.float32), rng.standard_normal((1, 4)).astype(np.float32)
     f2, b2 = rng.standard_normal((1, 1, 4)).astype(np.float32), rng.standard_normal((1, 1)).astype(np.float32)
@@ -303,7 +302,6 @@ def test_load_older_model_file_with_filters_and_biases(tmp_path):
 
 
 def test_load_matconvnet_model_bad_files(tmp_path):
-    from legacy_compat.matio import savemat
     path = tmp_path / "nolayers.mat"
     savemat(path, {"x": np.zeros((2, 2))}, version="5")
     with pytest.raises(MatFileError, match="nolayers.mat.*layers"):

@@ -6,6 +6,7 @@ The whole runs use the scaled-down ICNN of the golden case cnn_train_single
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 from collections import namedtuple
 from types import SimpleNamespace
@@ -14,8 +15,19 @@ import numpy as np
 import pytest
 import torch
 
+from legacy_compat import loadmat
+from legacy_compat.mattypes import cell_items
+from legacy_compat.simplenn import layers_from_matlab
+from reproduce import pipeline, train_cli
 from reproduce import train as tr
-from reproduce.checkpoints import CheckpointError, CheckpointMismatchError, checkpoint_path, find_checkpoints
+from reproduce.checkpoints import (
+    CheckpointError,
+    CheckpointMismatchError,
+    checkpoint_path,
+    find_checkpoints,
+    load_checkpoint,
+)
+from reproduce.golden.train import golden_imdb
 
 ParamInfo = namedtuple("ParamInfo", "layer_index j name param learning_rate weight_decay")
 
@@ -207,9 +219,6 @@ def test_binary_and_top1_errors_as_error_binary_and_error_multiclass():
 def tiny(golden_dir):
     """(make_net, imdb) from the golden cnn_train_single case: a scaled-down ICNN and its 14 images."""
     network = pytest.importorskip("reproduce.network")
-    from legacy_compat import loadmat
-    from legacy_compat.simplenn import layers_from_matlab
-    from reproduce.golden.train import golden_imdb
     case = loadmat(golden_dir / "cnn_train_single.mat")
     specs_layers = case.inputs.net.layers
 
@@ -397,10 +406,7 @@ def test_damaged_last_checkpoint_is_named(tiny, tmp_path):
 def test_resume_from_the_original_codes_checkpoint(tiny, checkpoints_dir, golden_dir, tmp_path):
     """checkpoint_single_epoch3.mat (our_cnn_train's own net-epoch-3.mat) + one more epoch."""
     pytest.importorskip("legacy_compat.checkpoint")
-    import shutil
 
-    from legacy_compat import loadmat
-    from legacy_compat.mattypes import cell_items
     make_net, imdb = tiny
     shutil.copy(checkpoints_dir / "checkpoint_single_epoch3.mat", tmp_path / "net-epoch-3.mat")
     batches = cell_items(loadmat(golden_dir / "cnn_train_single.mat").inputs.batches)
@@ -411,7 +417,6 @@ def test_resume_from_the_original_codes_checkpoint(tiny, checkpoints_dir, golden
     assert len(stats["train"]) == 4 and stats["train"][2]["binerr"] == pytest.approx(0.2)
     assert math.isfinite(stats["train"][3]["lossForClassification"])
     assert sorted(find_checkpoints(tmp_path)) == [3, 4]
-    from reproduce.checkpoints import load_checkpoint
     state = load_checkpoint(checkpoint_path(tmp_path, 4))
     assert state.epoch == 4 and any(m is not None for layer in state.momentum for m in layer)
 
@@ -419,7 +424,7 @@ def test_resume_from_the_original_codes_checkpoint(tiny, checkpoints_dir, golden
 # ====================================================================== command line
 def test_cli_help_explains_the_options(capsys):
     with pytest.raises(SystemExit) as exc:
-        tr.main(["--help"])
+        train_cli.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for option in ("--dataset", "--category", "--model", "--dropout", "--epochs", "--device", "--out", "resumes"):
@@ -427,7 +432,6 @@ def test_cli_help_explains_the_options(capsys):
 
 
 def test_cli_trains_and_resumes_through_the_seams(tiny, tmp_path, monkeypatch, capsys):
-    from reproduce import pipeline
     make_net, imdb = tiny
     built = []
 
@@ -439,18 +443,18 @@ def test_cli_trains_and_resumes_through_the_seams(tiny, tmp_path, monkeypatch, c
     monkeypatch.setattr(pipeline, "build_imdb", lambda exp, paths, size: imdb if size == (16, 16) else None)
     argv = ["--dataset", "toy", "--category", "toy01", "--model", "tiny", "--dropout", "0.0",
             "--out", str(tmp_path), "--no-progress"]
-    assert tr.main(argv) == 0
+    assert train_cli.main(argv) == 0
     assert built == [(("toy01",), "tiny", 0.0)]
     first = capsys.readouterr().out.strip()
     assert first.startswith("lossForClassification ") and " binerr " in first
     assert sorted(find_checkpoints(tmp_path / "mat" / "toy01")) == [1]
-    assert tr.main(argv + ["--epochs", "2"]) == 0
+    assert train_cli.main(argv + ["--epochs", "2"]) == 0
     assert sorted(find_checkpoints(tmp_path / "mat" / "toy01")) == [1, 2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
 def test_cli_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
-    code = tr.main(["--dataset", "toy", "--category", "toy01", "--device", "cuda", "--out", str(tmp_path)])
+    code = train_cli.main(["--dataset", "toy", "--category", "toy01", "--device", "cuda", "--out", str(tmp_path)])
     assert code == 2                                  # refused before any work
     assert "no CUDA GPU" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -458,8 +462,6 @@ def test_cli_cuda_without_gpu_is_a_clear_error(tmp_path, capsys):
 
 def test_resuming_from_our_matlab_export_gives_the_same_run(tiny, tmp_path):
     pytest.importorskip("legacy_compat.checkpoint")
-    from legacy_compat import loadmat
-    from legacy_compat.mattypes import cell_items
     make_net, imdb = tiny
     ref, _ = tr.train(make_net(), imdb, _opts(epochs=2), tmp_path / "ref", progress=False, plot=False)
     run = tmp_path / "run"

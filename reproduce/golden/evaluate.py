@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_prep.ilsvrc import ilsvrc_conf
 from legacy_compat.mattypes import MatStruct, cell_items, scalar
 from legacy_compat.parity import CaseContext, register
-from legacy_compat.simplenn import maps_to_matlab, maps_to_torch
+from legacy_compat.simplenn import layers_from_matlab, maps_to_matlab, maps_to_torch
 from reproduce import draw_rf as rf
 from reproduce import evaluate as ev
 from reproduce.geometry import get_conv_net_para
+from reproduce.network import SimpleNN
 
 
 def _ints(v: Any) -> tuple[int, ...]:
@@ -52,8 +54,6 @@ def golden_get_dist_sqrt_var(inputs: MatStruct, ctx: CaseContext) -> dict:
 
 # ------------------------------------------------------------------ computeStability
 def _golden_net(net: MatStruct) -> tuple[Any, tuple[int, int]]:
-    from legacy_compat.simplenn import layers_from_matlab
-    from reproduce.network import SimpleNN
     model = SimpleNN.from_specs(layers_from_matlab(net["layers"])).eval()
     size = np.asarray(net["meta"]["normalization"]["imageSize"], dtype=np.float64).reshape(-1)
     return model, (int(size[0]), int(size[1]))
@@ -61,7 +61,6 @@ def _golden_net(net: MatStruct) -> tuple[Any, tuple[int, int]]:
 
 def _ilsvrc_source(ctx: CaseContext, name: str, image_root: str, min_area: float, truth_files: list[str],
                    part_list: tuple[int, ...]) -> ev.CategorySource:
-    from data_prep.ilsvrc import ilsvrc_conf
     conf = ilsvrc_conf(ctx.data_root, imgdir=_data_file(ctx, image_root), min_area=min_area)
     source = ev.CategorySource.from_conf(name, conf, part_list)
     source.truth_files = {p: _data_file(ctx, f) for p, f in zip(part_list, truth_files)}

@@ -34,6 +34,7 @@ from legacy_compat.parity import TRAINING_RTOL, register
 from legacy_compat.simplenn import filters_to_matlab, layers_from_matlab, maps_to_torch, vector_to_matlab
 
 from .. import checkpoints as ckpt
+from ..network import SimpleNN
 from ..train import BatchInfo, label_density, train
 
 _FILTER_LAYERS = ("conv", "conv_mask", "convt")
@@ -102,7 +103,6 @@ def _trained_net(input_net: MatStruct, net: Any, last: BatchInfo, density: torch
 @register("our_cnn_train", rtol=TRAINING_RTOL, overrides={"*/time": _time_is_plausible})
 def our_cnn_train_case(inputs: MatStruct, ctx: Any) -> dict:
     """Replay the recorded batches through `train` and return net, stats and checkpoint_state."""
-    from ..network import SimpleNN
 
     net = SimpleNN.from_specs(layers_from_matlab(inputs["net"]["layers"]))
     imdb = golden_imdb(inputs["imdb"])

@@ -10,7 +10,7 @@
   (33 x 33 squares, stride 9, 224 x 224) through the same net up to the
   layer, in batches. Reported: seconds per image (all its copies) and per copy.
 
-`run() -> dict` returns the numbers; `python -m reproduce.bench_eval` prints
+`run() -> dict` returns the numbers; `python -m reproduce.bench.evaluation` prints
 them. CPU by default (the issue asks for CPU timings); `--device cuda` too.
 On a small CPU, `--max-images` and `--occlusions` time a part and scale up
 (per-image numbers stay per image).
@@ -27,9 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cli import add_common, add_data_root, positive_int, run_cli, start_device
+from data_prep.ilsvrc import ilsvrc_conf
+from reproduce import draw_rf as rf
+from reproduce import evaluate as ev
+from reproduce.cli import add_common, add_data_root, positive_int, run_cli, start_device
+from reproduce.device import resolve_device
+from reproduce.geometry import get_conv_net_para
+from reproduce.models import network_init
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"   # <project>/../shared/data
 CATEGORY = "n02118333"
 
 
@@ -39,7 +45,6 @@ def _sync(device: torch.device) -> None:
 
 
 def _vgg16_icnn(device: torch.device):
-    from reproduce.models import network_init
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")             # no pretrained trunk: random weights are fine for timing
         net, _, _ = network_init(1, "vgg-vd-16", 0.5, seed=0)
@@ -50,11 +55,6 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
         batch_size: int = 32, occlusions: int | None = None, occlusion_batch_size: int = 64,
         threads: int | None = None) -> dict[str, Any]:
     """Time location stability and one occlusion pass; returns a dict of the numbers and settings."""
-    from data_prep.ilsvrc import ilsvrc_conf
-    from reproduce import draw_rf as rf
-    from reproduce import evaluate as ev
-    from reproduce.device import resolve_device
-    from reproduce.geometry import get_conv_net_para
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -88,7 +88,7 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
     forward = time.perf_counter() - t0
 
     # ---- one occlusion pass
-    st = rf._setup(net, layer_id, (224, 224))
+    st = rf.drawing_setup(net, layer_id, (224, 224))
     corners = rf.occlusion_list(224, 224)
     n_all = len(corners)
     if occlusions is not None:
@@ -96,7 +96,7 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
     image = torch.from_numpy(np.ascontiguousarray((patches[idx[0]] - mean).transpose(2, 0, 1))).to(dev)
     _sync(dev)
     t0 = time.perf_counter()
-    rf._occlusion_values(net, st, image, corners, rf.OCCLUDE_SIZE, 1, occlusion_batch_size, dev)
+    rf.occlusion_values(net, st, image, corners, rf.OCCLUDE_SIZE, 1, occlusion_batch_size, dev)
     _sync(dev)
     occ = time.perf_counter() - t0
     per_copy = occ / len(corners)
@@ -116,7 +116,7 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reproduce.bench_eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reproduce.bench.evaluation", description=__doc__.split("\n\n")[0])
     add_common(p, tf32=False)
     add_data_root(p, str(DEFAULT_DATA_ROOT), "the fox data (default ../shared/data)")
     p.add_argument("--max-images", type=positive_int, default=None, help="time only the first N fox images")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    return run_cli("reproduce.bench_eval", lambda: _run(a), debug=a.debug)
+    return run_cli("reproduce.bench.evaluation", lambda: _run(a), debug=a.debug)
 
 
 def _run(a: argparse.Namespace) -> int:

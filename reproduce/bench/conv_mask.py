@@ -6,9 +6,9 @@ single-class and 6-class with sliceMag set) against nn.Conv2d, both with the inp
 gradient, forward + backward. Prints the median time of each over `repeats` interleaved
 rounds (after a warm-up) and the ratios (issue 3's target: at most 1.15x).
 
-    python -m reproduce.bench_conv_mask [--repeats 5] [--threads N] [--device cpu] [--batch 32]
-    python -m reproduce.bench_conv_mask --profile single --device cuda     # where the time goes
-    python -m reproduce.bench_conv_mask --profile                          # operations per step
+    python -m reproduce.bench.conv_mask [--repeats 5] [--threads N] [--device cpu] [--batch 32]
+    python -m reproduce.bench.conv_mask --profile single --device cuda     # where the time goes
+    python -m reproduce.bench.conv_mask --profile                          # operations per step
 
 --profile prints the number of top-level ATen operations of one forward+backward on the CPU
 (8 x 64 x 14 x 14: Conv2d, conv_mask with 1 class, 6 classes with sliceMag; "top-level": an
@@ -32,10 +32,12 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
 
-from .cli import add_common, positive_int, run_cli, start_device
-from .conv_mask import ConvMask, FilterLossContext
-from .device import resolve_device
+from reproduce.cli import add_common, positive_int, run_cli, start_device
+from reproduce.conv_mask import ConvMask, FilterLossContext
+from reproduce.device import resolve_device
 
 __all__ = ["run", "main"]
 
@@ -166,8 +168,8 @@ def sync_check(device: str = "cuda", batch: int = 32, model: str = "vgg-vd-16") 
 
     import numpy as np
 
-    from . import train as tr
-    from .models import MODELS, network_init, train_opts
+    from reproduce import train as tr
+    from reproduce.models import MODELS, network_init, train_opts
 
     dev = resolve_device(device)
     if dev.type != "cuda":
@@ -211,7 +213,7 @@ def sync_check(device: str = "cuda", batch: int = 32, model: str = "vgg-vd-16") 
             lines.append(f"sync check: {name}: SYNCHRONISES: {str(err).splitlines()[0][:200]}")
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    from .conv_mask import raise_deferred_errors
+    from reproduce.conv_mask import raise_deferred_errors
     _sync(dev)
     raise_deferred_errors(net)
     return lines
@@ -231,8 +233,6 @@ def profile(device: str = "cpu", batch: int = 32, channels: int = 512, size: int
             rows: int = 25, seed: int = 0) -> str:
     """torch.profiler's table of one warmed-up `step` ('plain', 'single', 'multi'): where the time
     goes, operator by operator (sorted by self time on the device: CUDA kernels, or the CPU)."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     dev = resolve_device(device)
     fn = _steps(dev, batch, channels, size, seed)[step]
@@ -247,7 +247,7 @@ def profile(device: str = "cpu", batch: int = 32, channels: int = 512, size: int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reproduce.bench_conv_mask", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reproduce.bench.conv_mask", description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     add_common(p)
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("reproduce.bench_conv_mask", lambda: _run(args), debug=args.debug)
+    return run_cli("reproduce.bench.conv_mask", lambda: _run(args), debug=args.debug)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The benchmark suite: every benchmark the issues define, one command, one table, one JSON file.
+"""The benchmark suite (`python -m reproduce.bench`): every benchmark the issues define, one command, one table, one JSON file.
 
     python -m reproduce.bench                          # all of them (~3 min on a 2-core CPU)
     python -m reproduce.bench --only conv_mask train_step
@@ -7,7 +7,7 @@
 Benchmarks (each figure a ratio or a per-item figure, measured in one run):
 
   conv_mask   conv_mask forward+backward (1 class; 6 classes with sliceMag) / nn.Conv2d of the same
-              shape, VGG-16 conv6 size (batch 32, 512 -> 512, 14 x 14): reproduce.bench_conv_mask.run.
+              shape, VGG-16 conv6 size (batch 32, 512 -> 512, 14 x 14): reproduce.bench.conv_mask.run.
               Target <= 1.15.
   train_step  one training step of the vgg-vd-16 ICNN / the same net with plain conv layers
               (network_init('vgg-vd-16', pretrained=None), interpretable=False; same weights, same
@@ -18,11 +18,11 @@ Benchmarks (each figure a ratio or a per-item figure, measured in one run):
               also at the paper's batch size, 32 (target <= 1.1; skipped on the CPU).
   imdb        build the fox imdb (n02118333: 3000 positives + 1000 negatives, 224 x 224) from
               ../shared/data into a temporary folder: seconds per image and the peak resident
-              memory the build adds / the imdb's size: data_prep.bench_imdb.run.
+              memory the build adds / the imdb's size: reproduce.bench.imdb.run.
   eval        location stability (getI, forward to the conv_mask layer, peaks, distances) and one
               occlusion pass (step_drawRF.m: 484 occluded copies) of a vgg-vd-16 ICNN, seconds per
               image, on the first --eval-images fox images and --occlusions copies (per-image
-              figures scaled from those): reproduce.bench_eval.run.
+              figures scaled from those): reproduce.bench.evaluation.run.
   demo        `python demo.py --quick --out <temporary folder>` wall time (a subprocess).
 
 No targets are asserted: the figures are printed beside the issues' targets and written to the
@@ -44,11 +44,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+import torch
+
 from legacy_compat.atomic import atomic_write_text
+from reproduce import train as tr
+from reproduce.cli import add_common, add_data_root, add_out, nonnegative_int, positive_int, run_cli, start_device
+from reproduce.models import MODELS, network_init, train_opts
+from reproduce.paper import machine_info
 
-from .cli import add_common, add_data_root, add_out, nonnegative_int, positive_int, run_cli, start_device
+from . import conv_mask as bench_conv_mask
+from . import evaluation as bench_evaluation
+from . import imdb as bench_imdb
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_ROOT = PROJECT_ROOT.parent / "shared" / "data"
 BENCHMARKS = ("conv_mask", "train_step", "imdb", "eval", "demo")
 
@@ -112,15 +121,10 @@ def bench_train_step(device: str = "cpu", batch: int = 2, repeats: int = 3, mode
 
     Both nets come from network_init(1, model, 0.5, pretrained=None, seed) (the same random
     weights; the ordinary one with interpretable=False) and train through reproduce.train's
-    step (`_process_phase` on one batch: forward with the filter-loss context, backward of the
+    step (`process_phase` on one batch: forward with the filter-loss context, backward of the
     summed loss, MatConvNetSGD update, sliceMag update), rounds interleaved. Dropout 0.5
     (the same masks for both: each step reseeds torch with `seed`).
     """
-    import numpy as np
-    import torch
-
-    from . import train as tr
-    from .models import MODELS, network_init, train_opts
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -139,12 +143,12 @@ def bench_train_step(device: str = "cpu", batch: int = 2, repeats: int = 3, mode
             net, _, _ = network_init(1, model, 0.5, pretrained=None, seed=seed, interpretable=kind == "icnn")
         net = net.to(dev)
         sgd = tr.MatConvNetSGD(net.matconvnet_params())
-        setup = tr._EpochSetup(net, tdata, 1, lr, sgd, None, dev, "binerr", tr.SLICE_MAG_FILL_COLUMN1, False, None)
+        setup = tr.EpochSetup(net, tdata, 1, lr, sgd, None, dev, "binerr", tr.SLICE_MAG_FILL_COLUMN1, False, None)
         batches = [np.arange(batch)]
 
         def step(setup=setup, batches=batches) -> None:
             torch.manual_seed(seed)
-            tr._process_phase(setup, "train", batches)
+            tr.process_phase(setup, "train", batches)
         steps[kind], nets[kind] = step, net
 
     def sync() -> None:
@@ -162,9 +166,6 @@ def bench_train_step(device: str = "cpu", batch: int = 2, repeats: int = 3, mode
 # ================================================================== the suite
 def _machine() -> dict:
     """Where the benchmarks ran (reproduce.paper's machine record) and the load when they started."""
-    import torch
-
-    from .paper import machine_info
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -175,8 +176,7 @@ def _machine() -> dict:
 
 
 def _conv_mask(a: argparse.Namespace) -> BenchResult:
-    from .bench_conv_mask import run
-    r = run(a.device, repeats=a.repeats, threads=a.threads)
+    r = bench_conv_mask.run(a.device, repeats=a.repeats, threads=a.threads)
     return BenchResult("conv_mask", [
         Figure("conv_mask / Conv2d fwd+bwd, 1 class (32x512x14x14)", r["ratio_single"], "x", 1.15),
         Figure("conv_mask / Conv2d fwd+bwd, 6 classes + sliceMag", r["ratio_multi6"], "x", 1.15),
@@ -204,10 +204,9 @@ def _train_step(a: argparse.Namespace) -> BenchResult:
 
 
 def _imdb(a: argparse.Namespace) -> BenchResult:
-    from data_prep.bench_imdb import run
     if not (Path(a.data_root) / "detanimalpart" / "n02118333_obj").is_dir():
         return BenchResult("imdb", skipped=f"no fox data under {a.data_root}")
-    r = run(a.data_root, size=a.imdb_size)
+    r = bench_imdb.run(a.data_root, size=a.imdb_size)
     return BenchResult("imdb", [
         Figure(f"fox imdb build ({r['images']} images, {r['image_size']} px), per image",
                r["seconds"] / r["images"] * 1e3, "ms/image"),
@@ -216,10 +215,9 @@ def _imdb(a: argparse.Namespace) -> BenchResult:
 
 
 def _eval(a: argparse.Namespace) -> BenchResult:
-    from .bench_eval import run
     if not (Path(a.data_root) / "detanimalpart" / "n02118333_obj").is_dir():
         return BenchResult("eval", skipped=f"no fox data under {a.data_root}")
-    r = run(a.device, a.data_root, max_images=a.eval_images, occlusions=a.occlusions, threads=a.threads)
+    r = bench_evaluation.run(a.device, a.data_root, max_images=a.eval_images, occlusions=a.occlusions, threads=a.threads)
     return BenchResult("eval", [
         Figure(f"location stability, vgg-vd-16 ({r['images']} images), per image", r["stability_s_per_image"],
                "s/image"),

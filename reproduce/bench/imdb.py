@@ -1,7 +1,7 @@
 """Benchmark: build the fox imdb (n02118333, 286 objects x 2 mirrors repeated to 3000 + 1000
 negatives) at 224 x 224 into a temporary cache, as learn_icnn.m's first run does.
 
-    python -m data_prep.bench_imdb [--data-root ../shared/data] [--size 224] [--tracemalloc]
+    python -m reproduce.bench.imdb [--data-root ../shared/data] [--size 224] [--tracemalloc]
 
 Prints the build time, the finished imdb's size, and the peak memory the build added:
 resident memory (VmHWM after minus VmRSS before, with the high-water mark reset first
@@ -21,12 +21,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from data_prep.ilsvrc import ilsvrc_conf
+from data_prep.imdb import get_imdb, load_or_build_imdb
 from legacy_compat.cli import add_data_root, add_debug, positive_int, run_cli
 
-from .ilsvrc import ilsvrc_conf
-from .imdb import get_imdb, load_or_build_imdb
-
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"   # <project>/../shared/data
 CATEGORY = "n02118333"
 
 
@@ -93,7 +92,7 @@ def run(data_root: str | Path = DEFAULT_DATA_ROOT, size: int = 224, use_tracemal
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_prep.bench_imdb", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reproduce.bench.imdb", description=__doc__.split("\n\n")[0])
     add_data_root(p, str(DEFAULT_DATA_ROOT), "the fox data (default ../shared/data)")
     p.add_argument("--size", type=positive_int, default=224)
     p.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
@@ -105,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("data_prep.bench_imdb", lambda: _run(args), debug=args.debug)
+    return run_cli("reproduce.bench.imdb", lambda: _run(args), debug=args.debug)
 
 
 def _run(args: argparse.Namespace) -> int:

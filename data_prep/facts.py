@@ -1,0 +1,125 @@
+"""The datasets' and models' facts, stated once.
+
+Everything the original code hard-codes about its data and its pretrained
+models, and which set-up, the readers, evaluation and the command lines all
+need: the categories (setup_*.m's ``Name_batch``), the parts each dataset is
+evaluated on (showResults.m's ``partList``) and the goldfish rule
+(step_computeStability*.m), ``conf.data.minArea``, the number of shared
+negatives (getNegObjSet.m's ``MaxObjNum``), where each dataset sits under the
+data root, and the MatConvNet model files network_init.m loads.
+
+This module imports nothing but the standard library, so any layer may
+import it (data_prep.setup for downloads, data_prep.readers, reproduce's
+evaluation and the command lines).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ILSVRC_CATEGORIES", "ILSVRC_IMAGE_COUNTS", "GOLDFISH", "VOC_CATEGORIES", "CUB_CATEGORIES",
+    "TOY_CATEGORIES", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
+    "ModelFile", "MODEL_FILES", "all_categories", "dataset_facts", "parts_for",
+    "ILSVRC_TRUTH", "VOC_TRUTH", "CUB_TRUTH", "VOC_JPEG", "VOC_ANNO",
+]
+
+#: setup_ilsvrcanimalpart.m's Name_batch (demo.m's list): the 30 ILSVRC animal categories.
+ILSVRC_CATEGORIES: tuple[str, ...] = (
+    "n01443537", "n01503061", "n01639765", "n01662784", "n01674464", "n01882714", "n01982650",
+    "n02084071", "n02118333", "n02121808", "n02129165", "n02129604", "n02131653", "n02324045",
+    "n02342885", "n02355227", "n02374451", "n02391049", "n02395003", "n02398521", "n02402425",
+    "n02411705", "n02419796", "n02437136", "n02444819", "n02454379", "n02484322", "n02503517",
+    "n02509815", "n02510455")
+
+#: Images per category in github zqs1022/detanimalpart (img/00001.jpg ... img/NNNNN.jpg), from its git tree.
+ILSVRC_IMAGE_COUNTS: dict[str, int] = {
+    "n01443537": 844, "n01503061": 1494, "n01639765": 179, "n01662784": 193, "n01674464": 144,
+    "n01882714": 571, "n01982650": 673, "n02084071": 688, "n02118333": 286, "n02121808": 529,
+    "n02129165": 660, "n02129604": 599, "n02131653": 380, "n02324045": 402, "n02342885": 524,
+    "n02355227": 276, "n02374451": 752, "n02391049": 679, "n02395003": 240, "n02398521": 581,
+    "n02402425": 230, "n02411705": 217, "n02419796": 256, "n02437136": 289, "n02444819": 564,
+    "n02454379": 491, "n02484322": 749, "n02503517": 414, "n02509815": 625, "n02510455": 538}
+
+#: step_computeStability*.m: the ILSVRC category (goldfish) evaluated on part 1 only.
+GOLDFISH = "n01443537"
+
+#: setup_vocpart.m's Name_batch: the six VOC Part animals.
+VOC_CATEGORIES: tuple[str, ...] = ("bird", "cat", "cow", "dog", "horse", "sheep")
+#: setup_cub200.m's Name_batch.
+CUB_CATEGORIES: tuple[str, ...] = ("cub200",)
+#: The generated toy dataset's categories (not in the original; data_prep.toy draws them).
+TOY_CATEGORIES: tuple[str, ...] = ("toy01", "toy02", "toy03")
+
+MIN_AREA = 50 ** 2            # conf.data.minArea of every setup_*.m
+NUM_NEGATIVES = 1000          # getNegObjSet.m's MaxObjNum: the shared negatives neg/00001.JPEG ... 01000.JPEG
+
+# Where each dataset sits under the data root (the original's ../data, plus its code/data_input truth files).
+ILSVRC_TRUTH = "data_input/data_input_DET-2015-subset-ILSVRC2013train"
+VOC_TRUTH = "data_input/data_input_VOC"
+CUB_TRUTH = "data_input/data_input_CUB-200-2011"
+VOC_JPEG = "VOC_part/VOCdevkit/VOC2010/JPEGImages"
+VOC_ANNO = "VOC_part/Annotations_Part"
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """One dataset: its categories, showResults.m's partList and its folders under the data root."""
+    name: str
+    categories: tuple[str, ...]         # () for 'toy': the generated set's (TOY_CATEGORIES by default)
+    part_list: tuple[int, ...]          # showResults.m's partList
+    image_dir: str                      # conf.data.imgdir, relative to the data root
+    truth_dir: str                      # conf.data.readCode's truth files, relative to the data root
+    cate_dir: str | None = None         # conf.data.catedir
+    anno_dir: str | None = None         # conf.data.annodir (getPart.m)
+
+
+#: The datasets demo.m offers, plus "toy": the generated toy dataset, written in the ILSVRC layout.
+DATASETS: dict[str, DatasetFacts] = {s.name: s for s in (
+    DatasetFacts("ilsvrcanimalpart", ILSVRC_CATEGORIES, (1, 2), "detanimalpart", ILSVRC_TRUTH),
+    DatasetFacts("vocpart", VOC_CATEGORIES, (1, 2, 3), VOC_JPEG, VOC_TRUTH, cate_dir="VOC_part",
+                 anno_dir=VOC_ANNO),
+    DatasetFacts("cub200", CUB_CATEGORIES, (1, 6, 14), "CUB_200_2011/images", CUB_TRUTH,
+                 cate_dir="CUB_200_2011"),
+    DatasetFacts("toy", (), (1, 2), "toy/detanimalpart", "toy/data_input"),
+)}
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
+#: What the readers know (DataConf.dataset): DATASETS plus "helen" (faces with landmarks, data_prep.helen;
+#: not in the original, read through its own conf, not set up by data_prep.setup).
+READER_DATASETS: tuple[str, ...] = DATASET_NAMES + ("helen",)
+
+
+def dataset_facts(name: str) -> DatasetFacts:
+    """`DATASETS[name]`, or a ValueError naming the valid datasets."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def all_categories(name: str) -> tuple[str, ...]:
+    """A dataset's categories (setup_*.m's Name_batch; 'toy': TOY_CATEGORIES)."""
+    return TOY_CATEGORIES if name == "toy" else dataset_facts(name).categories
+
+
+def parts_for(name: str, category: str | None = None, part_list: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The parts evaluated for one category: showResults.m's partList (`part_list`, default the
+    dataset's), with step_computeStability.m's goldfish rule (GOLDFISH: part 1 only)."""
+    parts = dataset_facts(name).part_list if part_list is None else tuple(part_list)
+    return (1,) if category == GOLDFISH else parts
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A MatConvNet ImageNet model file that tool/nets/*.m loads (setup_matconvnet.m downloads it)."""
+    model: str                          # demo.m's model name
+    filename: str
+    md5: str                            # MatConvNet's published MD5
+    approx_bytes: int
+
+
+#: The four pretrained models network_init.m uses, keyed by demo.m's model names.
+MODEL_FILES: dict[str, ModelFile] = {m.model: m for m in (
+    ModelFile("vgg-vd-16", "imagenet-vgg-verydeep-16.mat", "f72d927587ca4c97fbd165ec9cb9997f", 560_000_000),
+    ModelFile("alexnet", "imagenet-caffe-alex.mat", "b5152a54bf61100a8ed61827c76e7d08", 240_000_000),
+    ModelFile("vgg-m", "imagenet-vgg-m.mat", "29294d5f62578c96a3533859514235f2", 400_000_000),
+    ModelFile("vgg-s", "imagenet-vgg-s.mat", "dbe23da22e82078debda75842b16d5fa", 400_000_000),
+)}
