@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from data_prep.facts import MODEL_FILES
 from legacy_compat.simplenn import LayerSpec, load_matconvnet_model, quad
 
 from .conv_mask import pos_templates
@@ -160,20 +161,20 @@ class ModelDef:
     ids: tuple             # add_dropout / add_block ids of '7' and '8'
     batch_size: int
     lr_mag: float          # network_init.m: lrMag = lr_mag * labelNum
-    pretrained_file: str   # the MatConvNet model file tool/nets/*.m loads
+    pretrained_file: str   # the MatConvNet model file tool/nets/*.m loads (data_prep.facts.MODEL_FILES)
     head_init: str = "gaussian"   # init_weight.m method of the new layers (network_init.m: 'gaussian')
     family: str = "matconvnet"    # 'torchvision': built by reproduce.torchvision_nets (trunk: its own tables)
 
 
 MODELS: dict[str, ModelDef] = {
     "vgg-vd-16": ModelDef("vgg-vd-16", "vgg-vd-16", tuple(_vgg16_table()), CUT, 224, 512, ("pool5", 2, 2, 0), 7,
-                          4096, ("fc--7", "fc--8"), 32, 1.0, "imagenet-vgg-verydeep-16.mat"),
+                          4096, ("fc--7", "fc--8"), 32, 1.0, MODEL_FILES["vgg-vd-16"].filename),
     "alexnet": ModelDef("alexnet", "alexnet", tuple(_alexnet_table()), CUT, 227, 256, ("pool6", 3, 2, 0), 6,
-                        4096, ("fc-7", "fc-8"), 512, 30.0, "imagenet-caffe-alex.mat"),
+                        4096, ("fc-7", "fc-8"), 512, 30.0, MODEL_FILES["alexnet"].filename),
     "vgg-m": ModelDef("vgg-m", "vgg-m", tuple(_vggm_table()), CUT, 224, 512, ("pool6", 3, 2, 0), 6,
-                      4096, ("7", "8"), 196, 30.0, "imagenet-vgg-m.mat"),
+                      4096, ("7", "8"), 196, 30.0, MODEL_FILES["vgg-m"].filename),
     "vgg-s": ModelDef("vgg-s", "vgg-s", tuple(_vggs_table()), CUT, 224, 512, ("pool6", 3, 3, (0, 1, 0, 1)), 6,
-                      4096, ("7", "8"), 128, 10.0, "imagenet-vgg-s.mat"),
+                      4096, ("7", "8"), 128, 10.0, MODEL_FILES["vgg-s"].filename),
     "tiny": ModelDef("tiny", "tiny", tuple(_tiny_table()), 0, 64, 64, ("pool5", 2, 2, 0), None,
                      128, ("fc--7", "fc--8"), 32, TINY_LR_MAG, "", "xavierimproved"),
     # not the paper's (see _alexnet_narrow_table): alexnet's head (pool6 3/2, fc7 6 x 6), narrow
