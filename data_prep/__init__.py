@@ -4,7 +4,8 @@ data_prep.download / data_prep.toy, getting the data and the toy dataset).
 | original                                   | here                                  |
 |--------------------------------------------|---------------------------------------|
 | setup_*.m (conf.data)                      | `ilsvrc_conf`, `vocpart_conf`, `cub200_conf`, `DataConf`, `conf_from_paths` |
-| data_input/*/readAnnotation.m              | `read_annotation` (`data_prep.ilsvrc`, `.vocpart`, `.cub200`) |
+| setup_*.m Name_batch, partList, minArea     | `data_prep.facts` (every dataset and model fact, stated once) |
+| data_input/*/readAnnotation.m              | `read_annotation` (`data_prep.annotations`: `.ilsvrc`, `.vocpart`, `.cub200`) |
 | data_input/*/readPartTruth.m, truth files  | `read_part_truth_file`, `read_part_truth_voc`, `read_part_truth_cub` |
 | data_input/CUB/readAnnotation_sampling.m   | `data_prep.cub200.read_annotation_sampling_cub` |
 | data_input/*/getPart.m                     | `data_prep.vocpart.voc_part_masks_and_positions`, `data_prep.cub200.cub_part_positions` |
@@ -18,13 +19,16 @@ data_prep.download / data_prep.toy, getting the data and the toy dataset).
 from importlib import import_module
 from typing import Any
 
-# Names are imported on first use, so that `import data_prep.setup` (downloads)
-# does not pull in numpy/scipy/torch through the imdb code.
+# Names are imported on first use (deferred on purpose): `import data_prep.facts` or
+# `data_prep.download` does not pull in numpy/scipy through the readers and the imdb code.
 _EXPORTS = {
     "readers": ["BndBox", "DataConf", "DatasetError", "ObjRecord", "PartTruth", "conf_from_paths", "count_objects",
-                "read_annotation", "read_part_truth_file"],
-    "ilsvrc": ["ILSVRC_CATEGORIES", "ilsvrc_conf", "read_annotation_ilsvrc", "read_part_truth_ilsvrc"],
-    "vocpart": ["VOC_CATEGORIES", "vocpart_conf", "read_annotation_voc", "read_part_truth_voc"],
+                "read_part_truth_file"],
+    "facts": ["DATASETS", "ILSVRC_CATEGORIES", "VOC_CATEGORIES", "CUB_CATEGORIES", "TOY_CATEGORIES", "GOLDFISH",
+              "MIN_AREA", "NUM_NEGATIVES", "MODEL_FILES", "parts_for", "all_categories"],
+    "annotations": ["read_annotation"],
+    "ilsvrc": ["ilsvrc_conf", "read_annotation_ilsvrc", "read_part_truth_ilsvrc"],
+    "vocpart": ["vocpart_conf", "read_annotation_voc", "read_part_truth_voc"],
     "cub200": ["cub200_conf", "read_annotation_cub", "read_annotation_sampling_cub", "read_part_truth_cub"],
     "negatives": ["get_neg_objset"],
     "get_i": ["BoxError", "ImageReadError", "gather_patches", "get_i", "read_image"],

@@ -6,6 +6,7 @@ import pytest
 from data_prep_fixtures import small_ilsvrc, write_cub, write_ilsvrc_category
 from PIL import Image
 
+from data_prep.annotations import read_annotation
 from data_prep.cub200 import (
     CUB_PART_MERGE,
     cub200_conf,
@@ -28,7 +29,6 @@ from data_prep.readers import (
     count_objects,
     int2str,
     objset_to_matlab,
-    read_annotation,
     read_part_truth_file,
     save_part_truth,
 )
