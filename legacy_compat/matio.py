@@ -279,6 +279,7 @@ class _V5Walker:
         return self.contents(s, s + n, depth), nxt
 
     def contents(self, s: int, e: int, depth: int) -> _V5Node:
+        """The miMATRIX body in buf[s:e]: array flags, dimensions, name, then the class's data."""
         if depth > _MAX_DEPTH:
             raise _Bad(f"arrays nested more than {_MAX_DEPTH} levels deep")
         if s == e:
@@ -294,72 +295,91 @@ class _V5Walker:
         dims = struct.unpack_from(f"{self.e}{n // 4}i", self.buf, d)
         if min(dims) < 0:
             raise _Bad(f"negative array dimensions {dims}")
-        count = math.prod(dims)
         _, _, _, p = self.tag(p, e)  # array name
         c = node.mclass
         if c in _MX_NUMERIC or c == _MX_CHAR:
-            t, n, _, p = self.tag(p, e)
-            size = _MI_ITEMSIZE.get(t)
-            if c != _MX_CHAR and (size is None or n != count * size):
-                raise _Bad(f"{_MX_NUMERIC[c]} data of {n} bytes does not fill its dimensions {dims}")
-            if node.complex:
-                self.tag(p, e)
+            self._numeric(node, dims, p, e)
         elif c == _MX_SPARSE:
-            if len(dims) != 2:
-                raise _Bad(f"sparse array with dimensions {dims}")
-            _, _, _, p = self.tag(p, e)  # ir
-            t, n, _, p = self.tag(p, e)  # jc
-            if n != 4 * (dims[1] + 1):
-                raise _Bad("corrupt sparse column index")
-            self.tag(p, e)  # data
+            self._sparse(dims, p, e)
         elif c == _MX_CELL:
-            for k in range(count):
-                try:
-                    child, p = self.matrix(p, e, depth + 1)
-                except _Bad as exc:
-                    exc.where.append(f"{{{k + 1}}}")
-                    raise
-                node.children.append(child)
+            self._cell(node, math.prod(dims), p, e, depth)
         elif c in (_MX_STRUCT, _MX_OBJECT):
-            if c == _MX_OBJECT:
-                _, n, d, p = self.tag(p, e)
-                node.classname = bytes(self.buf[d:d + n]).decode("latin1", "replace")
-            t, n, d, p = self.tag(p, e)
-            if t != 5 or n != 4:
-                raise _Bad("corrupt struct field-name length")
-            (length,) = struct.unpack_from(self.e + "i", self.buf, d)
-            t, n, d, p = self.tag(p, e)
-            if length <= 0 or n % length:
-                if n:
-                    raise _Bad("corrupt struct field names")
-            nfields = n // length if length > 0 else 0
-            raw = bytes(self.buf[d:d + n])
-            node.fields = [raw[i * length:(i + 1) * length].split(b"\0", 1)[0].decode("latin1")
-                           for i in range(nfields)]
-            if c == _MX_OBJECT:
-                raise _Bad(f"is a MATLAB object of class {node.classname!r}, which Python cannot hold")
-            for k in range(count * nfields):
-                try:
-                    child, p = self.matrix(p, e, depth + 1)
-                except _Bad as exc:
-                    exc.where.append(f".{node.fields[k % nfields]}")
-                    if count != 1:
-                        exc.where.append(f"({k // nfields + 1})")
-                    raise
-                node.children.append(child)
+            self._struct(node, math.prod(dims), p, e, depth)
         elif c == _MX_OPAQUE:
-            try:
-                _, n, d, p = self.tag(p, e)  # type system ("MCOS")
-                _, n, d, p = self.tag(p, e)  # class name
-                node.classname = bytes(self.buf[d:d + n]).decode("latin1", "replace")
-            except _Bad:
-                pass
-            raise _Bad(f"is a MATLAB object of class {node.classname!r}, which Python cannot hold")
+            self._opaque(node, p, e)
         elif c == _MX_FUNCTION:
             raise _Bad("is a MATLAB function handle, which Python cannot hold")
         else:
             raise _Bad(f"unknown array class {c}")
         return node
+
+    def _numeric(self, node: _V5Node, dims: tuple[int, ...], p: int, e: int) -> None:
+        """A numeric or char array: the real part fills the dimensions; the imaginary part follows."""
+        t, n, _, p = self.tag(p, e)
+        size = _MI_ITEMSIZE.get(t)
+        if node.mclass != _MX_CHAR and (size is None or n != math.prod(dims) * size):
+            raise _Bad(f"{_MX_NUMERIC[node.mclass]} data of {n} bytes does not fill its dimensions {dims}")
+        if node.complex:
+            self.tag(p, e)
+
+    def _sparse(self, dims: tuple[int, ...], p: int, e: int) -> None:
+        """A sparse matrix: row indices, column index (numel = columns + 1), data."""
+        if len(dims) != 2:
+            raise _Bad(f"sparse array with dimensions {dims}")
+        _, _, _, p = self.tag(p, e)  # ir
+        t, n, _, p = self.tag(p, e)  # jc
+        if n != 4 * (dims[1] + 1):
+            raise _Bad("corrupt sparse column index")
+        self.tag(p, e)  # data
+
+    def _cell(self, node: _V5Node, count: int, p: int, e: int, depth: int) -> None:
+        """A cell array: `count` miMATRIX elements; an error names the cell {k}."""
+        for k in range(count):
+            try:
+                child, p = self.matrix(p, e, depth + 1)
+            except _Bad as exc:
+                exc.where.append(f"{{{k + 1}}}")
+                raise
+            node.children.append(child)
+
+    def _struct(self, node: _V5Node, count: int, p: int, e: int, depth: int) -> None:
+        """A struct array (or an object, refused): field names, then count x fields miMATRIX elements."""
+        if node.mclass == _MX_OBJECT:
+            _, n, d, p = self.tag(p, e)
+            node.classname = bytes(self.buf[d:d + n]).decode("latin1", "replace")
+        t, n, d, p = self.tag(p, e)
+        if t != 5 or n != 4:
+            raise _Bad("corrupt struct field-name length")
+        (length,) = struct.unpack_from(self.e + "i", self.buf, d)
+        t, n, d, p = self.tag(p, e)
+        if length <= 0 or n % length:
+            if n:
+                raise _Bad("corrupt struct field names")
+        nfields = n // length if length > 0 else 0
+        raw = bytes(self.buf[d:d + n])
+        node.fields = [raw[i * length:(i + 1) * length].split(b"\0", 1)[0].decode("latin1")
+                       for i in range(nfields)]
+        if node.mclass == _MX_OBJECT:
+            raise _Bad(f"is a MATLAB object of class {node.classname!r}, which Python cannot hold")
+        for k in range(count * nfields):
+            try:
+                child, p = self.matrix(p, e, depth + 1)
+            except _Bad as exc:
+                exc.where.append(f".{node.fields[k % nfields]}")
+                if count != 1:
+                    exc.where.append(f"({k // nfields + 1})")
+                raise
+            node.children.append(child)
+
+    def _opaque(self, node: _V5Node, p: int, e: int) -> None:
+        """A MATLAB object (MCOS): its class name, for the message; always refused."""
+        try:
+            _, n, d, p = self.tag(p, e)  # type system ("MCOS")
+            _, n, d, p = self.tag(p, e)  # class name
+            node.classname = bytes(self.buf[d:d + n]).decode("latin1", "replace")
+        except _Bad:
+            pass
+        raise _Bad(f"is a MATLAB object of class {node.classname!r}, which Python cannot hold")
 
 
 def _load_v5(path: str, head: bytes, wanted: list[str] | None) -> MatStruct:

@@ -9,6 +9,7 @@ instead of taking pytest down with it.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import struct
@@ -100,8 +101,9 @@ def test_corrupt_files_give_our_types_or_matfileerror(tmp_path):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({"plan": plan, "scratch": str(tmp_path / "mutated.mat")}))
     try:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.run([sys.executable, __file__, str(plan_file)], cwd=str(ROOT), capture_output=True,
-                              text=True, timeout=CHILD_TIMEOUT_S)
+                              text=True, timeout=CHILD_TIMEOUT_S, env=env)   # the child imports the package
     except subprocess.TimeoutExpired as exc:
         last = (exc.stdout or b"").decode(errors="replace").strip().splitlines()[-1:] if exc.stdout else []
         pytest.fail(f"loading a corrupt file hung (last started: {last})")
@@ -188,5 +190,4 @@ def _child(plan_path: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     _child(sys.argv[1])
