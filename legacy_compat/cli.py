@@ -114,7 +114,7 @@ def device_name(text: str) -> str:
 def choose_device(name: str | None) -> str:
     """'auto' (or None): cuda when PyTorch sees a GPU, else cpu; a CUDA device without a GPU (or
     past the last one) is a `UserError`. torch is imported here, not at import time."""
-    import torch
+    import torch  # noqa: PLC0415 - deferred on purpose: legacy_compat needs no torch (only this check does)
     if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -577,7 +577,7 @@ def _maybe_compiled(fn: Any, device: torch.device, allow_cpu: bool = False) -> A
             return fn(*args)
         try:
             return compiled(*args)
-        except Exception as err:            # no compiler, unsupported GPU, ...: eager from now on
+        except Exception as err:  # noqa: BLE001 - no compiler, unsupported GPU, ...: eager from now on
             _COMPILE["failed"] = True
             warnings.warn(f"conv_mask: torch.compile failed ({type(err).__name__}: {err}); running eagerly")
             return fn(*args)

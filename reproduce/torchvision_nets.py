@@ -58,7 +58,7 @@ from legacy_compat.simplenn import LayerSpec
 
 from .conv_mask import pos_templates
 from .geometry import layer_output_sizes
-from .models import (
+from .model_registry import (
     ALPHA_INIT,
     LOSS_WEIGHT,
     MAG,
