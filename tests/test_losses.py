@@ -81,10 +81,10 @@ def test_softmaxlog_without_multiclass_is_refused_at_argument_parsing(command, c
     """The original uses lossType only for multi-class nets: one class with softmaxlog would train
     nothing (constant log-softmax) and print an error of 0. Each command line says so at once."""
     import demo
-    from reproduce import paper, train
+    from reproduce import paper, train_cli
     single = {"demo": (demo.main, ["--loss", "softmaxlog", "--quick", "--out", str(tmp_path)]),
               "paper": (paper.main, ["--loss", "softmaxlog", "--dataset", "toy", "--dry-run", "--out", str(tmp_path)]),
-              "train": (train.main, ["--loss", "ourloss_softmaxlog", "--dataset", "toy", "--category", "toy01",
+              "train": (train_cli.main, ["--loss", "ourloss_softmaxlog", "--dataset", "toy", "--category", "toy01",
                                      "--out", str(tmp_path)])}
     main, argv = single[command]
     with pytest.raises(SystemExit) as exc:
