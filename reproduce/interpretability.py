@@ -286,12 +286,12 @@ def layer_maps(net: Any, load_patch: Callable[[int], np.ndarray], indices: Seque
                batch_size: int = 64) -> np.ndarray:
     """(len(indices), P, h, w) float32: the output of SimpleNN layer `target_layer` (1-based) for the images."""
     from .device import module_device, resolve_device
-    from .evaluate import _layer_output, iterate_patch_batches
+    from .evaluate import iterate_patch_batches, layer_output
     device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
     out = []
     for _, x in iterate_patch_batches(load_patch, list(indices), mean_data, batch_size):
-        y = _layer_output(net, x.to(device), target_layer)
+        y = layer_output(net, x.to(device), target_layer)
         out.append((y[:, :num_filters] if num_filters is not None else y).float().cpu().numpy())
     if not out:
         raise InterpretabilityError("no image to measure")

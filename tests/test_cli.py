@@ -9,8 +9,7 @@ import pytest
 
 import demo
 from legacy_compat import cli, parity
-from reproduce import paper
-from reproduce import train_cli
+from reproduce import paper, train_cli
 from reproduce.bench import conv_mask as bench_conv_mask
 from reproduce.bench import evaluation as bench_eval
 from reproduce.bench import imdb as bench_imdb
