@@ -131,8 +131,8 @@ class FilterLossContext:
 class _MuGrid:
     """getMu's position grids for H x W maps (one dtype, one device), built once (see `mu_grid`).
 
-    proj: HW x (H+W+3), x.flatten(2) @ proj = [row sums (H), column sums (W), total, sum i x,
-    sum j x] in one matrix product; pos: (H+W,) the positions 1..H, 1..W of those sums;
+    proj: H x W x (H+W+3), tensordot(x, proj, 2) = [row sums (H), column sums (W), total,
+    sum i x, sum j x] in one matrix product; pos: (H+W,) the positions 1..H, 1..W of those sums;
     spread: 2 x (H+W), mu @ spread puts mu_i under the rows, mu_j under the columns; lower,
     upper: (2,) the centroid bounds [1, 1], [H, W]."""
 
@@ -153,6 +153,7 @@ def mu_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _MuGrid
     proj[pix, ii.long() - 1] = 1.0
     proj[pix, h + jj.long() - 1] = 1.0
     proj[:, h + w], proj[:, h + w + 1], proj[:, h + w + 2] = 1.0, ii, jj
+    proj = proj.view(h, w, h + w + 3)
     pos = torch.cat([torch.arange(1, h + 1), torch.arange(1, w + 1)]).to(torch.float64)
     spread = torch.zeros(2, h + w, dtype=torch.float64)
     spread[0, :h], spread[1, h:] = 1.0, 1.0
@@ -211,7 +212,7 @@ def centroids(x: torch.Tensor, grid: "_MuGrid | None" = None) -> tuple[torch.Ten
     centroid lies beyond the map (negative inputs)."""
     n, d, h, w = x.shape
     g = mu_grid(h, w, x.dtype, x.device) if grid is None else grid
-    margins, total, moments = (x.flatten(2) @ g.proj).split([h + w, 1, 2], dim=2)
+    margins, total, moments = torch.tensordot(x, g.proj, dims=2).split([h + w, 1, 2], dim=2)
     s = total.clamp_min(1e-9)
     mu = (moments / s).add_(0.5).floor_().clamp_(min=g.lower, max=g.upper).nan_to_num_(nan=1.0)   # NaN input: checked later
     dev = g.pos - mu @ g.spread                                           # i - mu_i, j - mu_j
@@ -366,7 +367,7 @@ def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Te
         raise ValueError(f"{where}: sliceMag is {tuple(slice_mag.shape)}, expected {depth} x {n_labels} "
                          f"(channels x classes)")
     group_of = slice_mag.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).argmax(dim=1)
-    groups = (group_of[:, None] == _arange(n_labels, labels.device)).view(1, 1, depth, n_labels)
+    groups = group_of.view(1, 1, depth, 1) == _arange(n_labels, labels.device)
     pos = (labels == 1).index_select(1, group_of)                                            # N x D
     member = (pos != consts.flip) & consts.part
     count = member.sum(dim=1, keepdim=True)
@@ -395,9 +396,23 @@ def _class_steps(n_labels: int, density: torch.Tensor | None, group_of: torch.Te
         return _many_class_steps(n_labels, dtype, group_of.device)
     if density is None or density.numel() != n_labels:
         raise ValueError(f"{where}: the label density (L = {n_labels} values) is needed with sliceMag set")
-    dens = density.reshape(-1).to(dtype=torch.float64)
-    w = torch.stack([dens, 1 - dens]).reciprocal_().mul_(0.5 * LOSS_STEP)    # 1e-5 * (0.5 ./ density) ...
-    return w.index_select(1, group_of).to(dtype).unsqueeze(1)
+    return _density_steps(density, dtype, group_of.device).index_select(2, group_of)
+
+
+_DENSITY_STEPS: dict = {}
+
+
+def _density_steps(density: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1e-5 (0.5 ./ density), 1e-5 (0.5 ./ (1 - density)) per class, 2 x 1 x L (in float64,
+    then `dtype`); kept for the last density tensor (the imdb's, the same every batch)."""
+    key = (id(density), density._version, density.device, dtype, device)
+    hit = _DENSITY_STEPS.get("last")
+    if hit is None or hit[0] != key:
+        dens = density.reshape(-1).to(device=device, dtype=torch.float64, non_blocking=True)
+        w = torch.stack([dens, 1 - dens]).reciprocal_().mul_(0.5 * LOSS_STEP).to(dtype).unsqueeze(1)
+        hit = (key, w, density)                # the tensor kept alive: its id stays its own
+        _DENSITY_STEPS["last"] = hit
+    return hit[1]
 
 
 # ------------------------------------------------------------------ the filter loss: arithmetic
@@ -409,20 +424,18 @@ def _replace_inf_by_block_max(v: torch.Tensor, setup: FilterLossSetup) -> tuple[
     whose non-Inf values are all NaN gives NaN, then 0. Returns (v, bad): bad marks the blocks
     that hold Inf values and no other value, where MATLAB stops with an error (their values
     become `setup.fallback`, or 0 when it is None). Entries outside the blocks come out 0."""
+    if setup.groups is not None:                            # 2 x N x D x G: NaN outside class g's block
+        v = torch.where(setup.groups, v.unsqueeze(3), math.nan)
     inf = v.isinf()
-    if setup.groups is None:
-        vg, inf_g = v, inf
-    else:                                                   # 2 x N x D x G: NaN outside class g's block
-        vg = torch.where(setup.groups, v.unsqueeze(3), math.nan)
-        inf_g = vg.isinf()
-    top = vg.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax(dim=(1, 2), keepdim=True)
-    bad = inf_g.sum(dim=(1, 2), keepdim=True) >= setup.block_size     # only ±Inf in the block
+    top = v.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax(dim=(1, 2), keepdim=True)
+    bad = inf.sum(dim=(1, 2), keepdim=True) >= setup.block_size         # only ±Inf in the block
     if setup.fallback is not None:
         top = torch.where(bad, float(setup.fallback), top)
-    if setup.groups is not None:
-        top = top.index_select(3, setup.group_of).squeeze(2)        # each channel's block: 2 x 1 x D
     # -inf left in v: no finite value in the block (NaN -> 0, or MATLAB's error)
-    return torch.where(inf, top, v).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), bad
+    v = torch.where(inf, top, v)
+    if setup.groups is not None:                            # each channel's own class; NaN elsewhere
+        v = v.nansum(dim=3)
+    return v.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), bad
 
 
 def _log_z(x: torch.Tensor, mask: torch.Tensor, neg_mean: torch.Tensor, fallback: float | None):
@@ -901,8 +914,10 @@ class ConvMask(nn.Module):
         if self.has_slice_mag and n_labels > 1:
             if self.slice_mag.shape[1] != n_labels:
                 raise ValueError(f"{where}: sliceMag has {self.slice_mag.shape[1]} classes, the labels {n_labels}")
-            if n_labels <= 10:
-                density = context.density_vector(n_labels, where).to(x.device, non_blocking=True)
+            if n_labels <= 10:        # checked here; converted once per density tensor (_density_steps)
+                density = context.density
+                if not isinstance(density, torch.Tensor) or density.numel() != n_labels:
+                    density = context.density_vector(n_labels, where)
         return _blocks(labels, consts.channels, self.slice_mag if self.has_slice_mag else None, context.epoch,
                        density, self.mag, x.dtype, self.all_inf_fallback, where)
 

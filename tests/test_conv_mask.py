@@ -400,8 +400,8 @@ def test_forward_backward_operation_counts():
     from reproduce.bench.conv_mask import count_ops
     c = count_ops("cpu", batch=8, channels=64, size=14)
     assert c["plain"]["aten_ops"] == 5
-    assert c["single"]["aten_ops"] <= 105
-    assert c["multi"]["aten_ops"] <= 135
+    assert c["single"]["aten_ops"] <= 104
+    assert c["multi"]["aten_ops"] <= 118
 
 
 def test_deferred_checks_raise_the_same_errors_later():
