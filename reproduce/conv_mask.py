@@ -51,6 +51,19 @@ Deviations from the original, each where the original would stop with an error:
   the layer's `all_inf_fallback` is set to a number, which is then used instead.
 Errors (`ValueError`) rather than wrong numbers: a non-square map, NaN/Inf input, labels of the
 wrong shape, a missing context in training mode (see `ConvMask.require_context`).
+
+How it is computed (issue 15: the same arithmetic in few, large operations): getMu's sums in
+one matrix product (`centroids`); getMask as a gather from a per-layer table of the distances
+of every possible centroid (`distance_table`; built once, as getMask's float operations would
+give them) times beta; the filter loss on 2 x N x D arrays (positives and negatives stacked;
+with classes, a class axis) where each block's Inf replacement is one masked reduction
+(`_replace_inf_by_block_max`), no Python loop over blocks or classes. The constants (grids,
+tables, filter-type masks) are cached per layer (`ConvMask._constants`) and per shape, dtype
+and device (`mu_grid`). Nothing reads a value back to the host inside a CUDA training step: the
+NaN/Inf-input and all-Inf-block checks are kept on the device (`ConvMask.check_mode`,
+`DeferredChecks`) and raised, with the messages of the immediate checks, by
+`raise_deferred_errors` (reproduce.train calls it after each phase of an epoch). `set_compile`
+(or ICNN_COMPILE_CONV_MASK=1) runs the maths through torch.compile on CUDA; off by default.
 """
 from __future__ import annotations
 
