@@ -435,3 +435,27 @@ def test_compile_is_off_by_default_and_never_on_the_cpu():
         assert cm._COMPILED == {}                               # the CPU path never compiles
     finally:
         set_compile(False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_step_without_host_sync_and_deferred_errors():
+    dev = resolve_device("cuda")
+    layer = _layer().to(dev)
+    layer.set_slice_mag(torch.rand(4, 3))
+    g = torch.Generator().manual_seed(5)
+    x = torch.relu(torch.randn(6, 4, 5, 5, generator=g)).to(dev).requires_grad_(True)
+    labels = -torch.ones(6, 3)
+    labels[torch.arange(6), torch.arange(6) % 3] = 1
+    ctx = FilterLossContext(labels.to(dev), 2, density=torch.full((3,), 1 / 3, dtype=torch.float64).to(dev))
+    layer(x, ctx).sum().backward()                       # warm-up: the layer's constants
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer(x, ctx).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    bad = x.detach().clone()
+    bad[0, 0, 0, 0] = float("inf")
+    layer(bad.requires_grad_(True), ctx).sum().backward()   # deferred on CUDA in training
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        raise_deferred_errors(layer)
