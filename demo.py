@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from data_prep.facts import DATASETS, NUM_NEGATIVES, all_categories
+from data_prep.facts import DATASETS, all_categories
 from legacy_compat.cli import (
     UserError,
     add_allow_tf32,
@@ -35,6 +35,7 @@ from legacy_compat.cli import (
     positive_int,
     run_cli,
 )
+from legacy_compat.runlock import folder_lock
 
 # Before torch loads its OpenMP runtime (libgomp in the Linux wheels): idle OpenMP threads spin for
 # 30000 rounds, not libgomp's default 300000, before they sleep. On a small machine shared with other
@@ -57,7 +58,6 @@ QUICK = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 
 QUICK_TORCHVISION = {"image_size": 64, "toy_images": 100, "epochs": 4}
 DEMO_DEFAULTS = {"dataset": "ilsvrcanimalpart", "categories": ["n02118333"], "model": "vgg-vd-16",
                  "dropout": 0.8, "epochs": None, "device": None, "out": "output"}
-TOY_NEGATIVES = NUM_NEGATIVES   # data_prep.toy's default n_neg (getNegObjSet.m's MaxObjNum); the imdb holds 4 x n_neg
 LOSSES = {"logistic": "ourloss_logistic", "softmaxlog": "ourloss_softmaxlog"}
 
 
@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--imdb", default=None, metavar="PATH",
                         help="with --net: the imdb whose dataMean the net was trained with (the original's "
                              "imdb.mat, or this package's imdb cache folder); default: build or reuse ours")
+    parser.add_argument("--measure-error", action="store_true",
+                        help="with --net: also measure the binary error on the imdb's validation images (the "
+                             "line showResults.m prints shows the error the checkpoint recorded for its last "
+                             "epoch, not a measured one)")
     parser.add_argument("--baseline", action="store_true",
                         help="also train the ordinary CNN (plain conv layers instead of conv_mask, trained "
                              "the same way) and print the two side by side; then the ablation table (reproduce.ablation): "
@@ -131,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (weights, batch order)")
     parser.add_argument("--save-mat", action="store_true",
                         help="also write MATLAB net-epoch-N.mat checkpoints")
+    parser.add_argument("--resume-anyway", action="store_true",
+                        help="resume from checkpoints in the output folder although they were written with other "
+                             "options (dataset, category, model, dropout, seed ...; each difference is said); "
+                             "without it such a folder stops the run before any work")
     parser.add_argument("--no-draw", action="store_true", help="skip the receptive-field drawings")
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
@@ -143,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: options that mean nothing with --net (it trains nothing) or without it
-_NET_ONLY = ("imdb",)
-_TRAINING_ONLY = ("baseline", "epochs", "save_mat", "fix_slicemag_quirk")
+_NET_ONLY = ("imdb", "measure_error")
+_TRAINING_ONLY = ("baseline", "epochs", "save_mat", "fix_slicemag_quirk", "resume_anyway")
 
 
 def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -153,7 +161,7 @@ def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace
     if args.net is None:
         for name in _NET_ONLY:
             if given(name):
-                parser.error(f"--{name.replace('_', '-')} goes with --net (the imdb a given net was trained with)")
+                parser.error(f"--{name.replace('_', '-')} goes with --net (it is about a given trained net)")
     else:
         for name in _TRAINING_ONLY:
             if given(name):
@@ -230,15 +238,12 @@ def check_output_folder(out: Path, needed_bytes: int) -> None:
         raise DemoError(str(exc)) from exc
 
 
-def estimate_bytes(settings: dict, baseline: bool) -> int:
-    """A rough lower bound of what a run writes: the imdb and two checkpoints' worth of weights."""
-    from reproduce.models import MODELS
-    size = settings.get("image_size") or MODELS[settings["model"]].image_size
-    negatives = settings.get("toy_images") or TOY_NEGATIVES
-    images = 4 * negatives * max(1, len(settings["categories"]))   # 1000 negatives -> 4000 images per category
-    imdb = images * 3 * size * size * 4
-    weights = {"vgg-vd-16": 540e6, "alexnet": 260e6, "vgg-m": 330e6, "vgg-s": 330e6}.get(settings["model"], 5e6)
-    return int(imdb + 2 * weights * (2 if baseline else 1))
+def estimate_bytes(exp) -> int:
+    """What a run needs free before it starts: the imdb build at its peak, unless cached
+    (reproduce.pipeline.imdb_build_bytes). The checkpoints (one per epoch still to train) are
+    counted once the net is built, before the imdb (reproduce.pipeline.check_space)."""
+    from reproduce.pipeline import imdb_build_bytes, input_size
+    return imdb_build_bytes(exp, input_size(exp)) + 10**6
 
 
 def experiment(settings: dict, args: argparse.Namespace):
@@ -251,7 +256,7 @@ def experiment(settings: dict, args: argparse.Namespace):
                       device=settings["device"], seed=args.seed, epochs=settings["epochs"],
                       save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
                       draw=not args.no_draw, toy_options=_toy_size(settings.get("toy_images")),
-                      image_size=settings.get("image_size"))
+                      image_size=settings.get("image_size"), resume_anyway=args.resume_anyway)
 
 
 def data_root(args: argparse.Namespace, out: Path) -> Path:
@@ -272,7 +277,7 @@ def _toy_size(toy_images: int | None) -> dict:
     return {"n_pos": int(toy_images), "n_neg": int(toy_images)}
 
 
-def show_trained_net(exp, net_path: Path, imdb_path: str | None):
+def show_trained_net(exp, net_path: Path, imdb_path: str | None, measure: bool = False):
     """--net: showResults.m on an existing net (MATLAB net-epoch-N.mat or this package's .pt).
 
     The dataMean the net was trained with comes from --imdb (the original's imdb.mat or our
@@ -281,11 +286,27 @@ def show_trained_net(exp, net_path: Path, imdb_path: str | None):
     from reproduce.pipeline import build_imdb, prepare_dataset, show_results
     if not net_path.is_file():
         raise DemoError(f"--net {net_path}: no such file")
-    net, stats, _ = load_net_for_evaluation(net_path, exp.device)
-    size = net_input_size(net)
+    try:
+        net, stats, _ = load_net_for_evaluation(net_path, exp.device)
+        size = net_input_size(net)
+    except UserError as exc:          # CheckpointError, MatFileError, EvaluationError: the file is named
+        raise DemoError(f"--net: {exc}. Give a net-epoch-N.pt of this package or a net-epoch-N.mat of "
+                        f"the original code") from exc
     paths = prepare_dataset(exp, size[0])
     mean_data = imdb_path if imdb_path else build_imdb(exp, paths, size)
-    return show_results(exp, net, stats, mean_data, paths)
+    measured = None
+    if measure:
+        from reproduce.train import validation_error
+        imdb = mean_data if not imdb_path else build_imdb(exp, paths, size)
+        measured = validation_error(net, imdb, exp.device)
+    result = show_results(exp, net, stats, mean_data, paths)
+    error_name = "top1err" if exp.loss == "ourloss_softmaxlog" else "binerr"
+    if measured is not None:
+        print(f"binary error measured now on the imdb's {int(measured['num'])} validation images: "
+              f"{measured[error_name]:.6f}")
+    print(f"note: the binary error on the next line is the one {net_path.name} recorded for its last epoch, "
+          f"as showResults.m reads it{'' if measure else '; --measure-error measures it'}")
+    return result
 
 
 def print_comparison(ordinary, interpretable) -> None:
@@ -344,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """demo.m after its settings: checked up front (device, output folder and its disk space, one run
+    per output folder, the checkpoints there), then learn and show results."""
     from reproduce.device import set_tf32
     set_tf32(args.allow_tf32)
     start = time.perf_counter()
@@ -352,30 +375,11 @@ def run(args: argparse.Namespace) -> int:
     exp = experiment(settings, args)
     from reproduce.distributed import is_main
     exp.progress = is_main()
-    check_output_folder(exp.out, estimate_bytes(settings, args.baseline) if args.net is None else 10**6)
-    print(f"demo: dataset {exp.dataset}, {'categories' if exp.multiclass else 'category'} "
-          f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}"
-          f"{' (TF32 allowed)' if args.allow_tf32 and exp.device.startswith('cuda') else ''}, "
-          f"output {exp.out}", flush=True)
-    from reproduce.pipeline import ordinary_counterpart, prepare_dataset, run_experiment
-    ablation = None
-    if args.net:
-        result = show_trained_net(exp, Path(args.net), args.imdb)
-        ordinary = None
-    else:
-        from reproduce.pipeline import input_size
-        how = ("generated once, then reused" if exp.dataset == "toy" else
-               "checked" if exp.offline else "downloaded when missing")
-        stage(f"data: {exp.dataset} in {exp.data_root} ({how})")
-        paths = prepare_dataset(exp, input_size(exp))
-        ordinary = None
-        if args.baseline:
-            stage("the ordinary CNN (baseline): learn, then binary error and location instability")
-            ordinary = run_experiment(ordinary_counterpart(exp), paths)
-        stage("the interpretable CNN: learn (learn_icnn), then show results (showResults)")
-        result = run_experiment(exp, paths)
-        if args.baseline and not exp.multiclass:
-            ablation = run_ablation_table(exp, paths)
+    check_output_folder(exp.out, estimate_bytes(exp) if args.net is None else 10**6)
+    from reproduce.pipeline import check_data_root
+    check_data_root(exp)
+    with folder_lock(exp.out):
+        result, ordinary, ablation = _learn_and_show(args, exp)
     if ordinary is not None:
         print_comparison(ordinary, result)
     if ablation is not None:
@@ -389,6 +393,32 @@ def run(args: argparse.Namespace) -> int:
     scope = "multi-class" if exp.multiclass else "single-class"
     print(format_rows(rows_for(exp.dataset, exp.model, exp.categories[0], scope)))
     return 0
+
+
+def _learn_and_show(args: argparse.Namespace, exp):
+    """(the ICNN's RunResult, the ordinary CNN's or None, the ablation table or None): --net's
+    results, or learn then show."""
+    print(f"demo: dataset {exp.dataset}, {'categories' if exp.multiclass else 'category'} "
+          f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}"
+          f"{' (TF32 allowed)' if args.allow_tf32 and exp.device.startswith('cuda') else ''}, "
+          f"output {exp.out}", flush=True)
+    from reproduce.pipeline import check_resume_early, input_size, ordinary_counterpart, prepare_dataset, run_experiment
+    if args.net:
+        return show_trained_net(exp, Path(args.net), args.imdb, args.measure_error), None, None
+    for e in ([ordinary_counterpart(exp)] if args.baseline else []) + [exp]:
+        check_resume_early(e)                   # a folder of another run: said before any work
+    how = ("generated once, then reused" if exp.dataset == "toy" else
+           "checked" if exp.offline else "downloaded when missing")
+    stage(f"data: {exp.dataset} in {exp.data_root} ({how})")
+    paths = prepare_dataset(exp, input_size(exp))
+    ordinary = None
+    if args.baseline:
+        stage("the ordinary CNN (baseline): learn, then binary error and location instability")
+        ordinary = run_experiment(ordinary_counterpart(exp), paths)
+    stage("the interpretable CNN: learn (learn_icnn), then show results (showResults)")
+    result = run_experiment(exp, paths)
+    ablation = run_ablation_table(exp, paths) if args.baseline and not exp.multiclass else None
+    return result, ordinary, ablation
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from legacy_compat.cli import add_data_root, add_debug, run_cli
+
 from .facts import DATASETS, ILSVRC_IMAGE_COUNTS
 from .readers import DatasetError, ObjRecord, PartTruth, default_readcode, read_part_truth_file
 from .setup import dataset_paths, default_data_root
@@ -370,13 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "something under the data root, and toy when generated)")
     parser.add_argument("--category", nargs="+", default=None, metavar="C",
                         help="categories to check (default: every category of the dataset found on disk)")
-    parser.add_argument("--data-root", default=None,
-                        help="datasets folder (default $ICNN_DATA_ROOT or output/data); the truth files are "
-                             "looked for in <root>/data_input/ then <root>/original/ (../shared/data's layout)")
+    add_data_root(parser, help="datasets folder (default $ICNN_DATA_ROOT or output/data); the truth files are "
+                               "looked for in <root>/data_input/ then <root>/original/ (../shared/data's layout)")
     parser.add_argument("--truth-dir", default=None,
                         help="folder of <category>/truth_partNN.mat (override; one dataset only)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug(parser)
     return parser
 
 
@@ -403,6 +405,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--truth-dir needs exactly one --dataset")
     if args.category and len(datasets) != 1:
         parser.error("--category needs exactly one --dataset")
+    return run_cli("data_prep.check", lambda: _run(args, parser, root, datasets, truth_dir), debug=args.debug)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, root: Path, datasets: list[str],
+         truth_dir: Path | None) -> int:
     reports = []
     for d in datasets:
         try:

@@ -40,6 +40,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from legacy_compat.atomic import remove_orphans, writer_tag
 from legacy_compat.cli import UserError
 
 __all__ = ["download", "extract", "check_disk_space", "DownloadError", "ChecksumError",
@@ -405,7 +406,8 @@ def extract(archive: os.PathLike | str, target_dir: os.PathLike | str, progress:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ArchiveError(f"cannot extract {archive}: the target {target} already exists and is not empty")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
+    remove_orphans(target.parent, (f".{target.name}.extract",))             # what a killed extraction left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract{writer_tag()}", dir=target.parent))
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:

@@ -736,6 +736,11 @@ def _read_marker(cache_dir: Path) -> dict | None:
         return None
 
 
+def cache_complete(cache_dir: os.PathLike | str) -> bool:
+    """Whether `cache_dir` holds a finished imdb (its completion marker, written last, is there)."""
+    return (Path(cache_dir) / _MARKER_FILE).is_file()
+
+
 def load_cached_imdb(cache_dir: os.PathLike | str, settings: dict | None = None, *,
                      check_fingerprint: bool = True) -> Imdb | None:
     """The finished imdb in cache_dir (data memory-mapped read-only), or None when there is none

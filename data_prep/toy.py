@@ -65,7 +65,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from legacy_compat.atomic import atomic_write
+from legacy_compat.atomic import atomic_write, remove_orphans, writer_tag
 from legacy_compat.matio import savemat
 from legacy_compat.mattypes import MatStruct, StructArray
 
@@ -663,7 +663,8 @@ def generate_toy_dataset(root: os.PathLike | str, seed: int = 0, n_pos: int = 15
     if root.exists() and not overwrite and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not empty; pass overwrite=True to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.toy-", dir=root.parent))
+    remove_orphans(root.parent, (f".{root.name}.toy", f".{root.name}.old"))   # what a killed generation left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.toy{writer_tag()}", dir=root.parent))
     try:
         total = n_pos * len(categories) + n_neg
         with tqdm(total=total, desc="toy dataset", unit="img", disable=not progress, leave=False) as bar:
@@ -699,7 +700,7 @@ def _write_negatives(neg_dir: Path, seed: int, n_neg: int, image_size: int, bar)
 
 def _replace_dir(tmp: Path, root: Path) -> None:
     if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old{writer_tag()}", dir=root.parent))
         os.replace(root, old / root.name)
         os.replace(tmp, root)
         shutil.rmtree(old, ignore_errors=True)

@@ -7,7 +7,8 @@ Ports the checkpoint functions of ICNN `tool/main/our_cnn_train.m`:
 - `loadState(fileName)`: loads `net`, `state`, `stats`, runs
   `vl_simplenn_tidy(net)` and fails with "Epoch '<file>' was only partially
   saved. Delete this file and try again." when `stats` is missing (the run
-  stopped between saveState and saveStats).
+  stopped between saveState and saveStats). Here `PartialCheckpointError` says what is wrong
+  only: the file may be a user's input (``demo.py --net``), so what to do is the caller's to say.
 
 A file holds three variables:
 
@@ -96,8 +97,7 @@ def read_icnn_checkpoint(path: os.PathLike | str) -> IcnnCheckpoint:
         raise MatFileError(path, f"has no SimpleNN 'net' variable: not a net-epoch-N.mat of our_cnn_train "
                                  f"(variables: {list(data)})")
     if "stats" not in data:
-        raise PartialCheckpointError(path, "was only partially saved (it has no 'stats': saveStats never ran). "
-                                           "Delete this file and try again.")
+        raise PartialCheckpointError(path, "was only partially saved (it has no 'stats': saveStats never ran)")
     if "state" not in data or not isinstance(data["state"], dict):
         raise MatFileError(path, "has no 'state' struct (state.solverState): not a checkpoint of our_cnn_train")
     net, state = data["net"], data["state"]

@@ -38,8 +38,9 @@ Safety rules
 ------------
 - every file is written to a temporary file in the same folder and moved into
   place with ``os.replace``: a file named ``net-epoch-N.*`` is always complete;
-- a checkpoint that fails to load raises `CheckpointError` naming the file and
-  telling the user to delete it (nothing falls back silently to an older one);
+- a checkpoint that fails to load raises `CheckpointError` naming the file; when resuming,
+  the message says to move it out of the folder (never to delete it: it may be a user's only
+  copy), and nothing falls back silently to an older one;
 - a folder whose checkpoints belong to a different network raises
   `CheckpointMismatchError`; an existing ``net-epoch-N`` file is never
   overwritten.
@@ -57,14 +58,15 @@ import numpy as np
 import torch
 
 from legacy_compat import checkpoint as legacy
-from legacy_compat.atomic import TMP_PREFIX, atomic_write
+from legacy_compat.atomic import TMP_PREFIX, atomic_write, remove_orphans
 from legacy_compat.cli import UserError
 from legacy_compat.mattypes import MatStruct, StructArray
 from legacy_compat.simplenn import LayerSpec
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "CheckpointMismatchError",
-    "TrainingState", "checkpoint_path", "find_checkpoints", "last_checkpoint_epoch",
+    "ResumeMismatchError", "resume_differences", "check_resume", "recorded_options", "TrainingState",
+    "checkpoint_path", "find_checkpoints", "last_checkpoint_epoch",
     "architecture_of", "check_architecture", "save_checkpoint", "load_checkpoint",
     "load_any_checkpoint", "save_mat_checkpoint", "load_mat_checkpoint",
     "to_plain", "from_plain", "remove_stale_temporaries",
@@ -81,6 +83,11 @@ class CheckpointError(UserError, RuntimeError):
 
 class CheckpointMismatchError(CheckpointError):
     """The checkpoints in a folder belong to a different network than the one being trained."""
+
+
+class ResumeMismatchError(CheckpointMismatchError):
+    """The checkpoints in a folder were written by a run with other options (dataset, category,
+    dropout, seed, ...) than the one asked for; the message names each difference."""
 
 
 # ------------------------------------------------------------------ state
@@ -129,15 +136,9 @@ def last_checkpoint_epoch(exp_dir: os.PathLike | str) -> int:
 
 
 def remove_stale_temporaries(exp_dir: os.PathLike | str) -> list[Path]:
-    """Delete temporary files an interrupted write of ours left (``.tmp-net-epoch-*``)."""
-    removed = []
-    exp_dir = Path(exp_dir)
-    if exp_dir.is_dir():
-        for entry in exp_dir.iterdir():
-            if entry.name.startswith(TMP_PREFIX) and entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed.append(entry)
-    return removed
+    """Delete the temporary files (``.tmp-*``: checkpoints, plots) that writers now gone left in
+    the folder; a live writer's temporary is never touched (legacy_compat.atomic.remove_orphans)."""
+    return remove_orphans(exp_dir, (TMP_PREFIX,))
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -273,6 +274,102 @@ def check_architecture(expected: list[list[Any]], found: list[list[Any]], source
         f"train into another folder or delete the checkpoints of the other run")
 
 
+# ------------------------------------------------------------------ what resuming compares
+#: the training options (besides the run's own, ``options["run"]``) that must be the same to resume;
+#: num_epochs is not among them: a longer run resumes, as MatConvNet's cnn_train does
+RESUME_TRAINING_KEYS = ("batch_size", "weight_decay", "momentum", "seed", "slice_mag_fill", "replay")
+
+
+def dropout_rates(specs: Iterable[LayerSpec]) -> list[float]:
+    """The rate of every dropout layer, in order (what a MATLAB checkpoint says of its dropout)."""
+    return [round(float(np.asarray(s.fields.get("rate", 0.5)).reshape(-1)[0]), 6) for s in specs
+            if str(s.type) == "dropout"]
+
+
+def resume_differences(recorded: dict, requested: dict, recorded_specs: Iterable[LayerSpec] = (),
+                       requested_specs: Iterable[LayerSpec] = ()) -> list[str]:
+    """What differs between the run that wrote a checkpoint and the run asked for, one phrase each.
+
+    Compares the run's options (``options["run"]``: dataset, categories, model, dropout, loss,
+    image size, ...), the training options of `RESUME_TRAINING_KEYS`, the learning rates of the
+    epochs both schedules hold (a longer schedule of the same rates resumes), and the dropout
+    rates in the layers (the one thing a MATLAB checkpoint says of its options). An option one
+    side does not record is not compared (see `unrecorded_options`)."""
+    out = []
+    rec_run, req_run = dict(recorded.get("run") or {}), dict(requested.get("run") or {})
+    for key in [k for k in req_run if k in rec_run]:
+        if _canonical(rec_run[key]) != _canonical(req_run[key]):
+            out.append(f"{key} {_show(rec_run[key])} there, {_show(req_run[key])} asked for")
+    for key in RESUME_TRAINING_KEYS:
+        if key in recorded and key in requested and _canonical(recorded[key]) != _canonical(requested[key]):
+            out.append(f"{key} {_show(recorded[key])} there, {_show(requested[key])} asked for")
+    old, new = list(recorded.get("learning_rate") or []), list(requested.get("learning_rate") or [])
+    n = min(len(old), len(new))
+    if n and not np.allclose(np.asarray(old[:n], dtype=float), np.asarray(new[:n], dtype=float), rtol=1e-9, atol=0):
+        out.append(f"learning rates {_show(old[:n])} there, {_show(new[:n])} asked for")
+    rates_old, rates_new = dropout_rates(recorded_specs), dropout_rates(requested_specs)
+    if rates_old and rates_new and rates_old != rates_new and not any(o.startswith("dropout ") for o in out):
+        one = lambda rates: rates[0] if len(set(rates)) == 1 else rates  # noqa: E731 - one rate, or each layer's
+        out.append(f"dropout rate {_show(one(rates_old))} there, {_show(one(rates_new))} asked for")
+    return out
+
+
+def check_resume(exp_dir: os.PathLike | str, source: os.PathLike | str, recorded: dict, requested: dict, *,
+                 resume_anyway: bool = False, recorded_specs: Iterable[LayerSpec] = (),
+                 requested_specs: Iterable[LayerSpec] = ()) -> list[str]:
+    """`ResumeMismatchError` naming each `resume_differences` and the two ways out, unless
+    `resume_anyway`; returns the differences (empty when the same run resumes)."""
+    diffs = resume_differences(recorded, requested, recorded_specs, requested_specs)
+    if diffs and not resume_anyway:
+        raise ResumeMismatchError(
+            f"{exp_dir} holds checkpoints (up to {Path(source).name}) of a run with other options: "
+            f"{'; '.join(diffs)}. Nothing was trained. Choose another output folder (--out) for this run, "
+            f"or continue that run with these options (--resume-anyway)")
+    return diffs
+
+
+def recorded_options(path: os.PathLike | str) -> dict:
+    """The `options` a ``net-epoch-N.pt`` records, read without loading its weights (memory-mapped);
+    {} for a MATLAB checkpoint or a file that cannot be read (loading it proper says why)."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        return {}
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return dict(from_plain(payload.get("options") or {}))
+    except Exception:  # noqa: BLE001 - the full load reports an unreadable file, naming it
+        return {}
+
+
+def unrecorded_options(recorded: dict) -> bool:
+    """True when a checkpoint does not record its run's options (a MATLAB one, or an older one of ours)."""
+    return not recorded.get("run")
+
+
+def _canonical(value: Any) -> Any:
+    """Options as comparable plain data (tuples as lists, numbers as floats)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, np.number)):
+        return round(float(value), 9)
+    return str(value)
+
+
+def _show(value: Any) -> str:
+    value = _canonical(value)
+    if isinstance(value, float) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, list) and len(value) > 6:
+        return "[" + ", ".join(_show(v) for v in value[:6]) + ", ...]"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
 # ------------------------------------------------------------------ the package's format
 def save_checkpoint(path: os.PathLike | str, state: TrainingState,
                     param_names: dict[tuple[int, int], str] | None = None) -> Path:
@@ -345,7 +442,9 @@ def _short_reason(exc: BaseException) -> str:
 
 
 def _unreadable(path: Path, why: str) -> str:
-    return f"{path}: cannot load this checkpoint ({why}). Delete this file and run again to resume from the one before."
+    """What is wrong with a file, and nothing about what to do: whether the file is a run's own last
+    checkpoint (`load_any_checkpoint` says to move it aside) or a user's input (--net) is the caller's."""
+    return f"{path}: cannot load this checkpoint ({why})"
 
 
 def _plain_stats(stats: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
@@ -370,7 +469,7 @@ def load_mat_checkpoint(path: os.PathLike | str, epoch: int | None = None) -> Tr
         raise CheckpointError(_unreadable(path, _short_reason(exc))) from exc
     stats = ckpt.stats
     if stats is None:  # loadState: 'was only partially saved'
-        raise CheckpointError(f"{path}: epoch was only partially saved (no stats). Delete this file and try again.")
+        raise CheckpointError(f"{path}: epoch was only partially saved (no stats)")
     if epoch is None:
         epoch = ckpt.epoch
         if epoch is None:
@@ -422,8 +521,14 @@ def normalize_stats(stats: Any) -> dict[str, list[dict[str, float]]]:
 def load_any_checkpoint(exp_dir: os.PathLike | str, epoch: int) -> TrainingState:
     """The checkpoint of `epoch` in `exp_dir`: the ``.pt`` file when there is one, else the ``.mat``."""
     files = find_checkpoints(exp_dir).get(int(epoch), {})
-    if "pt" in files:
-        return load_checkpoint(files["pt"])
-    if "mat" in files:
+    if not files:
+        raise CheckpointError(f"{exp_dir}: no checkpoint for epoch {epoch}")
+    try:
+        if "pt" in files:
+            return load_checkpoint(files["pt"])
         return load_mat_checkpoint(files["mat"], epoch=int(epoch))
-    raise CheckpointError(f"{exp_dir}: no checkpoint for epoch {epoch}")
+    except CheckpointError as exc:
+        # our_cnn_train's loadState says "Delete this file and try again"; the file may be the only copy
+        # of a MATLAB checkpoint the user put there, so: move it aside
+        raise CheckpointError(f"{exc}. It is the last checkpoint in {exp_dir}: move it out of that folder and "
+                              f"run again to resume from the one before, or choose another --out") from exc

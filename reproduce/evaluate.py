@@ -553,8 +553,12 @@ def net_input_size(net: Any) -> tuple[int, int]:
     if size is None:
         raise EvaluationError("the net's meta has no normalization.imageSize / image_size (the input size getI "
                               "resizes to): pass image_size=")
-    size = np.asarray(size, dtype=np.float64).reshape(-1)
-    return int(size[0]), int(size[1])
+    try:                              # a numeric array, or a cell of scalars (a tuple saved to MATLAB)
+        values = [float(np.asarray(v, dtype=np.float64).reshape(-1)[0])
+                  for v in np.asarray(size, dtype=object).reshape(-1)]
+        return int(values[0]), int(values[1])
+    except (ValueError, TypeError, IndexError) as exc:
+        raise EvaluationError(f"the net's meta image size {size!r} is not two numbers ({exc})") from None
 
 
 def _category_peaks(net: Any, source: CategorySource, part_list: Sequence[int], layer_id: int, convnet: Any,
@@ -731,9 +735,13 @@ def load_net_for_evaluation(path: os.PathLike | str, device: Any = "cpu") -> tup
     if not path.exists():
         raise EvaluationError(f"checkpoint not found: {path}")
     state = load_mat_checkpoint(path) if path.suffix.lower() == ".mat" else load_checkpoint(path)
-    net = SimpleNN.from_specs(state.specs)
-    if state.state_dict:          # a .pt written from a MATLAB state holds the weights in its specs only
-        net.load_state_dict(state.state_dict)
+    try:
+        net = SimpleNN.from_specs(state.specs)
+        if state.state_dict:          # a .pt written from a MATLAB state holds the weights in its specs only
+            net.load_state_dict(state.state_dict)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError) as exc:
+        raise EvaluationError(f"{path}: its layers do not make a network ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:300]})") from exc
     if state.meta is not None:
         try:
             net.meta = state.meta

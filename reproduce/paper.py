@@ -189,6 +189,7 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
                         seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
                         fix_slicemag_quirk=args.fix_slicemag_quirk, draw=args.draw and kind == "interpretable",
                         toy_options=toy_options, progress=not args.no_progress, runs_root=out / "runs",
+                        resume_anyway=args.resume_anyway,
                         config=slug))
     return runs
 
@@ -586,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="redo runs already in the results file: their epoch checkpoints are deleted and "
                              "they train again from the start")
     parser.add_argument("--keep-going", action="store_true", help="after a failed run, go on with the next")
+    parser.add_argument("--resume-anyway", action="store_true",
+                        help="resume from checkpoints written with other options (each difference is said); "
+                             "without it such a run folder stops that run before any work")
     parser.add_argument("--no-start-control", action="store_true",
                         help="skip the control figure: the location instability of each net before training "
                              "(the same initial weights, evaluated the same way; seconds for the small nets)")
@@ -701,7 +705,7 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
     the at-start control figure gets it added (an evaluation only), unless --no-start-control.
     `order`: the 0-based runs this process takes (several GPUs: `reproduce.distributed.claimed_runs`);
     default all, one after the other."""
-    from .pipeline import run_experiment
+    from .pipeline import check_resume_early, run_experiment
     done = store.finished()
     paths_cache: dict[tuple, Any] = {}
     records: dict[str, dict] = {}
@@ -732,6 +736,7 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
                 removed = _remove_checkpoints(exp.exp_dir)
                 _say(f"{tag}: --force: {removed} checkpoint files removed, training again")
             _say(f"{tag}: training the {exp.cnn} CNN on {exp.device} (checkpoints in {exp.exp_dir})")
+            check_resume_early(exp)
             paths = _paths_for(exp, args, paths_cache)
             t0 = time.perf_counter()
             result = run_experiment(exp, paths)
@@ -838,7 +843,13 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         raise RunnerError("--part-interpretability needs part regions: the toy dataset or vocpart")
     _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}"
          + (f" (rank {rank} of {world}: one run at a time, taking the next free one)" if world > 1 else ""))
-    records, failed = run_grid(args, runs, store, _command(argv), _order(world, len(runs)))
+    from legacy_compat.runlock import folder_lock
+
+    from .pipeline import check_data_root
+    for exp in {(e.dataset, e.data_root): e for e in runs}.values():
+        check_data_root(exp)
+    with folder_lock(Path(args.out), _command(argv)):           # one runner per output folder (rank 0 holds it)
+        records, failed = run_grid(args, runs, store, _command(argv), _order(world, len(runs)))
     if world > 1:
         records, failed = _after_all_ranks(runs, store, failed, rank)
         if rank > 0:

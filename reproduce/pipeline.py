@@ -16,6 +16,8 @@ each when there are more than 10).
 """
 from __future__ import annotations
 
+import errno
+import os
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["Experiment", "RunResult", "experiment_name", "prepare_dataset", "build_net", "build_imdb",
-           "learn", "show_results", "run_experiment"]
+           "learn", "show_results", "run_experiment", "run_options", "check_resume_early",
+           "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root"]
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Experiment:
     toy_options: dict = field(default_factory=dict)
     progress: bool = True
     image_size: int | None = None       # the network's input size; None: the model's (MODELS[model].image_size)
+    resume_anyway: bool = False         # resume from checkpoints written with other options (said)
 
     def __post_init__(self) -> None:
         self.categories = [self.categories] if isinstance(self.categories, str) else list(self.categories)
@@ -212,15 +216,129 @@ def image_size_of(meta: dict) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------ the two steps
+def run_options(exp: Experiment) -> dict:
+    """What defines a run beside the training options: stored in every checkpoint, compared when
+    resuming (`reproduce.checkpoints.resume_differences`). The number of epochs is not among them:
+    a longer run resumes a shorter one."""
+    toy = {k: v for k, v in dict(exp.toy_options).items() if k != "progress"} if exp.dataset == "toy" else {}
+    return {"dataset": exp.dataset, "categories": list(exp.categories), "model": exp.model,
+            "dropout": float(exp.dropout), "loss": exp.loss, "interpretable": bool(exp.interpretable),
+            "image_size": input_size(exp), "pretrained": str(exp.pretrained),
+            "learning_rate_scale": float(exp.learning_rate_scale),
+            "toy_options": {k: list(v) if isinstance(v, tuple) else v for k, v in toy.items()}}
+
+
+def _slice_mag_fill(exp: Experiment) -> str:
+    from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN
+    return SLICE_MAG_FILL_OWN_COLUMN if exp.fix_slicemag_quirk else SLICE_MAG_FILL_COLUMN1
+
+
+PLOT_BYTES = 256 * 1024                 # net-train.png + .pdf, rewritten each epoch (about 60 KB measured)
+TOY_POSITIVES, TOY_NEGATIVES = 1500, 1000   # data_prep.toy.generate_toy_dataset's defaults
+REAL_NEGATIVES = 1000                   # getNegObjSet.m's MaxObjNum
+
+
+def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
+    """The disk an imdb build of `exp` needs at its peak, 0 when its cache is complete.
+
+    getImdb's imdb holds 4 x the negatives (3 x positives with mirrors, then the negatives), float32
+    3 x H x W; while it is assembled, the patches (one per object and per negative) sit in a
+    temporary .npy beside it. The toy dataset's positives are known; a real category's are bounded
+    by getImdb's tarN (3 x the negatives). A multi-class run builds each category's imdb, then
+    produceIMDB's (about as large as their sum)."""
+    from data_prep.imdb import cache_complete
+    row = 3 * int(image_size) ** 2 * 4
+    if exp.dataset == "toy":
+        n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", TOY_NEGATIVES))
+    else:
+        n_neg = REAL_NEGATIVES
+        n_pos = 3 * n_neg
+    one = (4 * n_neg + n_pos + n_neg) * row
+    if not exp.multiclass:
+        return 0 if cache_complete(exp.imdb_dir) else one
+    singles = sum(0 if cache_complete(exp.out / "mat" / c / "imdb") else one for c in exp.categories)
+    combined = 0 if cache_complete(exp.imdb_dir) else 4 * n_neg * row * len(exp.categories)
+    return singles + combined
+
+
+def checkpoint_bytes(net: Any) -> int:
+    """One net-epoch-N.pt of `net`, slightly over: its parameters and buffers, the SGD momentum of
+    each parameter, and the layer specs (their weights reference the parameters; their other fields,
+    posTemp among them, and the zip layout add about 4 %: 5.17 MB for the tiny net's 4.98 MB)."""
+    params = sum(p.numel() * p.element_size() for p in net.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in net.buffers())
+    return int(1.05 * (2 * params + buffers)) + 128 * 1024
+
+
+def space_needed(exp: Experiment, net: Any, opts: Any) -> dict[str, int]:
+    """What the rest of a run writes into `exp.out`: the imdb build (unless cached) and a checkpoint
+    (plus its .mat with save_mat) and the plots for each epoch still to train; resuming at epoch k
+    of n needs n - k epochs, not n."""
+    from . import checkpoints as ckpt
+    num_epochs = opts["num_epochs"] if isinstance(opts, dict) else opts.num_epochs
+    remaining = max(0, int(num_epochs) - ckpt.last_checkpoint_epoch(exp.exp_dir))
+    per_epoch = checkpoint_bytes(net) * (2 if exp.save_mat else 1) + PLOT_BYTES
+    return {"imdb": imdb_build_bytes(exp, input_size(exp)), "checkpoints": remaining * per_epoch,
+            "epochs": remaining}
+
+
+def check_space(exp: Experiment, net: Any, opts: Any) -> None:
+    """`InsufficientDiskSpaceError` (said before the imdb is built) unless `space_needed` is free."""
+    from data_prep.download import check_disk_space
+    need = space_needed(exp, net, opts)
+    check_disk_space(exp.out, need["imdb"] + need["checkpoints"])
+
+
+def check_data_root(exp: Experiment) -> None:
+    """Before any work: the data folder must take the files the run will write there (the toy
+    dataset when not generated yet, downloads unless offline); a read-only folder that already
+    holds the data is fine with --offline. A `UserError` naming the folder otherwise."""
+    from data_prep.setup import default_data_root
+    from data_prep.toy import read_manifest
+    from legacy_compat.cli import UserError
+    root = Path(exp.data_root) if exp.data_root is not None else default_data_root()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent             # the folder that would hold it: nothing is created here
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(existing))
+        probe = existing / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        generated = exp.dataset == "toy" and read_manifest(root / "toy") is not None
+        if (exp.offline and exp.dataset != "toy") or generated:
+            return
+        raise UserError(f"the data folder {root} is not writable ({exc.strerror or exc}); choose another "
+                        f"--data-root{'' if exp.dataset == 'toy' else ', or --offline if the dataset is all there'}") from None
+
+
+def check_resume_early(exp: Experiment) -> None:
+    """Before the data, the net and the imdb are built: a folder whose last checkpoint records other
+    options than `exp` stops the run here (train checks again, the network included)."""
+    from . import checkpoints as ckpt
+    start = ckpt.last_checkpoint_epoch(exp.exp_dir)
+    if start == 0:
+        return
+    files = ckpt.find_checkpoints(exp.exp_dir)[start]
+    source = files.get("pt") or files.get("mat")
+    requested = {"run": run_options(exp), "seed": int(exp.seed), "slice_mag_fill": _slice_mag_fill(exp)}
+    ckpt.check_resume(exp.exp_dir, source, ckpt.recorded_options(source), requested,
+                      resume_anyway=exp.resume_anyway)
+
+
 def learn(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any, Any]:
     """learn_icnn.m / learn_icnn_multiclass.m: (trained net, stats, imdb, dataset paths)."""
-    from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
+    from .train import train
+    check_resume_early(exp)
     net, opts, meta = build_net(exp)
+    check_space(exp, net, opts)
     paths = paths if paths is not None else prepare_dataset(exp, image_size_of(meta)[0])
     imdb = build_imdb(exp, paths, image_size_of(meta))
-    fill = SLICE_MAG_FILL_OWN_COLUMN if exp.fix_slicemag_quirk else SLICE_MAG_FILL_COLUMN1
     net, stats = train(net, imdb, opts, exp.exp_dir, device=exp.device, seed=exp.seed, save_mat=exp.save_mat,
-                       progress=exp.progress, meta=meta, slice_mag_fill=fill)
+                       progress=exp.progress, meta=meta, slice_mag_fill=_slice_mag_fill(exp),
+                       run_options=run_options(exp), resume_anyway=exp.resume_anyway)
     return net, stats, imdb, paths
 
 

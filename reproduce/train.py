@@ -76,7 +76,7 @@ __all__ = [
     "SLICE_MAG_FILL_COLUMN1", "SLICE_MAG_FILL_OWN_COLUMN", "BatchInfo", "TrainData", "TrainSettings",
     "MatConvNetSGD", "train", "learning_rate_for_epoch", "epoch_orders", "split_into_batches", "replayed_batches",
     "label_density", "check_labels", "update_slice_mag", "update_slice_mags", "batch_errors",
-    "error_name_for", "resolve_device",
+    "error_name_for", "resolve_device", "validation_error",
 ]
 
 # sliceMag update, where a class's new per-filter mean is exactly 0:
@@ -444,6 +444,11 @@ class TrainSettings:
     plot: write net-train.png / .pdf after each epoch.
     on_batch / on_epoch: callbacks after each batch (`BatchInfo`) and after each epoch's
       checkpoint is written (epoch, stats).
+    run_options: what defines the run beside the training options (dataset, categories, model,
+      dropout, loss, image size ...: reproduce.pipeline's); stored in every checkpoint and
+      compared when resuming (`reproduce.checkpoints.resume_differences`).
+    resume_anyway: resume from checkpoints written with other options (each difference is
+      said); by default they stop the run before any work (`ResumeMismatchError`).
     """
 
     device: str | torch.device = "cpu"
@@ -458,6 +463,8 @@ class TrainSettings:
     mat_version: str = "7.3"
     on_batch: Callable[[BatchInfo], None] | None = None
     on_epoch: Callable[[int, dict], None] | None = None
+    run_options: dict | None = None
+    resume_anyway: bool = False
 
 
 @dataclass
@@ -610,6 +617,21 @@ def _stats_over_ranks(dp: Any, clock: _PhaseClock) -> dict[str, float]:
     return _phase_stats(loss_sum, err_sum, int(total), elapsed, clock.error_name)
 
 
+def validation_error(net: Any, imdb: Any, device: str | torch.device = "cpu", batch_size: int = 32,
+                     progress: bool = False) -> dict[str, float]:
+    """processEpoch's 'val' phase alone (our_cnn_train.m: test mode, no update) on the imdb's
+    validation images (set == 2): the statistics a checkpoint records for its last epoch, measured
+    now on `net` (lossForClassification, binerr or top1err, num, time)."""
+    dev = resolve_device(device)
+    data = TrainData.from_imdb(imdb)
+    if len(data.val_idx) == 0:
+        raise ValueError("imdb.set has no validation images (set == 2): there is nothing to measure")
+    density = label_density(data.labels)
+    setup = EpochSetup(net.to(dev), data, 1, 0.0, None, None if density is None else density.to(dev), dev,
+                        error_name_for(str(net.layer_types[-1])), SLICE_MAG_FILL_COLUMN1, progress, None)
+    return process_phase(setup, "val", split_into_batches(np.sort(data.val_idx), int(batch_size)))
+
+
 # ====================================================================== train
 def _opt(opts: Any, name: str, default: Any = None) -> Any:
     value = opts.get(name, default) if isinstance(opts, dict) else getattr(opts, name, default)
@@ -706,7 +728,8 @@ def _prepare(net: Any, imdb: Any, opts: Any, exp_dir: Path, s: TrainSettings) ->
     from .distributed import active
     return _Run(settings=s, exp_dir=exp_dir, device=dev, data=data, batch_size=batch_size, num_epochs=num_epochs,
                 schedule=schedule, dp=active(), replay=replay,
-                options=_options_record(opts, s.seed, s.slice_mag_fill, replay is not None),
+                options={**_options_record(opts, s.seed, s.slice_mag_fill, replay is not None),
+                         "run": dict(s.run_options or {})},
                 meta=_storable_meta(s.meta if s.meta is not None else getattr(net, "meta", None)),
                 density=None if density is None else density.to(dev),
                 error_name=error_name_for(str(net.layer_types[-1])))
@@ -767,6 +790,7 @@ def _resume_here(net: Any, run: _Run, opts: Any) -> tuple[Any, MatConvNetSGD, di
                 f"Resume from them (resume=True), choose another folder, or delete them")
         state = ckpt.load_any_checkpoint(run.exp_dir, start)
         ckpt.check_architecture(ckpt.architecture_of(net.to_specs()), ckpt.architecture_of(state.specs), state.source)
+        _check_same_run(net, state, run)
         net = _restore(net, state, run.device)
         momentum_state = state.momentum
         stats = {m: list(state.stats.get(m, []))[:start] for m in ("train", "val")}
@@ -777,6 +801,19 @@ def _resume_here(net: Any, run: _Run, opts: Any) -> tuple[Any, MatConvNetSGD, di
     if momentum_state is not None:
         sgd.load_momentum(momentum_state)
     return net, sgd, stats, start
+
+
+def _check_same_run(net: Any, state: ckpt.TrainingState, run: _Run) -> None:
+    """Stop, before any work, when the checkpoint was written with other options than those asked
+    for (each difference named), unless resume_anyway; say what could not be compared."""
+    diffs = ckpt.check_resume(run.exp_dir, state.source, state.options or {}, run.options,
+                              resume_anyway=run.settings.resume_anyway, recorded_specs=state.specs,
+                              requested_specs=net.to_specs())
+    if diffs:
+        _say(True, f"train: resuming anyway, with other options than the checkpoint's: {'; '.join(diffs)}")
+    elif ckpt.unrecorded_options(state.options or {}) and run.options.get("run"):
+        _say(run.settings.progress, f"train: {state.source.name} does not record its run's options (dataset, "
+                                    f"category, seed ...); only the network and its dropout were compared")
 
 
 def _epoch_batches(run: _Run, epoch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -14,12 +14,13 @@ from typing import Sequence
 
 from data_prep.facts import DATASETS
 from data_prep.setup import default_data_root
+from legacy_compat.runlock import folder_lock
 
 from . import distributed as dd
 from .cli import add_common, add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
 from .losses import single_class_loss_error
 from .models import MODELS
-from .pipeline import Experiment, learn
+from .pipeline import Experiment, check_data_root, learn
 
 __all__ = ["build_parser", "main"]
 
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="sliceMag update: fill zero means from the class's own column instead of column 1 "
                              "(the original's linear-indexing quirk, kept by default)")
+    parser.add_argument("--resume-anyway", action="store_true",
+                        help="resume from checkpoints in OUT/mat/<name> although they were written with other "
+                             "options (each difference is said); without it such a folder stops the run before "
+                             "any work")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or epoch summaries")
     dd.add_arguments(parser)
     return parser
@@ -100,8 +105,11 @@ def _run(args: argparse.Namespace) -> int:
                      models_root=Path(args.models_root) if args.models_root else None,
                      pretrained=args.pretrained, offline=args.offline, device=device, seed=args.seed,
                      epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
-                     fix_slicemag_quirk=args.fix_slicemag_quirk, progress=not args.no_progress)
-    net, stats, _, _ = learn(exp)
+                     fix_slicemag_quirk=args.fix_slicemag_quirk, progress=not args.no_progress,
+                     resume_anyway=args.resume_anyway)
+    check_data_root(exp)
+    with folder_lock(out):                  # one run per output folder (under torchrun: rank 0 holds it)
+        net, stats, _, _ = learn(exp)
     last = stats["val"][-1] if stats["val"] else {}
     print(" ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("num", "time")))
     return 0

@@ -21,7 +21,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
-    assert seen[0].parent == tmp_path and seen[0].name.startswith(TMP_PREFIX + "out-") and seen[0].suffix == ".json"
+    assert seen[0].parent == tmp_path and seen[0].name.startswith(TMP_PREFIX + "out.pid") and seen[0].suffix == ".json"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 

@@ -8,6 +8,7 @@ import errno
 import pytest
 
 import demo
+from data_prep import check as data_check
 from legacy_compat import cli, parity
 from reproduce import paper, train_cli
 from reproduce.bench import conv_mask as bench_conv_mask
@@ -64,10 +65,11 @@ def test_every_command_line_has_the_same_device_default_and_debug():
     parsers = {"demo": demo.build_parser(), "train": train_cli.build_parser(), "paper": paper.build_parser(),
                "bench": bench.build_parser(), "bench_eval": bench_eval.build_parser(),
                "bench_conv_mask": bench_conv_mask.build_parser(), "bench_imdb": bench_imdb.build_parser(),
+               "data_check": data_check.build_parser(),
                "parity": parity.build_parser()}
     for name, parser in parsers.items():
         actions = {a.dest: a for a in parser._actions}
-        if name != "bench_imdb":                                # the imdb benchmark runs no net
+        if name not in ("bench_imdb", "data_check"):            # these run no net
             assert actions["device"].default == "auto", name
         assert "debug" in actions, name
         if "allow_tf32" in actions:

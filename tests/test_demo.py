@@ -47,9 +47,11 @@ def test_toy_images_sets_the_toy_size_and_the_disk_estimate():
     args = parser.parse_args(["--quick", "--toy-images", "40"])
     assert demo.toy_options(args) == {"n_pos": 40, "n_neg": 40}
     assert demo.toy_options(parser.parse_args(["--quick"])) == {}
-    small = demo.estimate_bytes(demo.resolve_settings(args), baseline=False)
-    full = demo.estimate_bytes(demo.resolve_settings(parser.parse_args(["--quick"])), baseline=False)
-    assert small - 2 * 5e6 == pytest.approx((full - 2 * 5e6) * 40 / 1000, rel=1e-6)   # imdb: 4 x n_neg images
+    quick = parser.parse_args(["--quick"])
+    small = demo.estimate_bytes(demo.experiment(demo.resolve_settings(args), args))
+    full = demo.estimate_bytes(demo.experiment(demo.resolve_settings(quick), quick))
+    row = 3 * 64 * 64 * 4                   # imdb (4 x n_neg images) + the patches (n_pos + n_neg) while it is built
+    assert small == (4 * 40 + 40 + 40) * row + 10**6 and full == (4 * 1000 + 1500 + 1000) * row + 10**6
     assert "--toy-images" not in parser.format_help()                                 # hidden
 
 
@@ -129,8 +131,14 @@ def test_quick_end_to_end_on_a_small_toy_set_with_the_baseline(capsys, tmp_path)
     running the same command again resumes from the checkpoint and prints the same line."""
     out, data = tmp_path / "out", tmp_path / "data"
     argv = ["--quick", "--toy-images", 40, "--epochs", 1, "--baseline", "--out", out, "--data-root", data]
+    args = demo.build_parser().parse_args([str(a) for a in argv])
+    exp = demo.experiment(demo.resolve_settings(args), args)
+    needed = demo.estimate_bytes(exp)
     rc, text, _ = _main(argv, capsys)
     assert rc == 0
+    built = (out / "mat" / "toy01" / "imdb" / "data.npy").stat().st_size + (40 + 40) * 3 * 64 * 64 * 4
+    assert built <= needed <= built + 2 * 10**6          # the imdb and its patches, what the build held at its peak
+    assert demo.estimate_bytes(exp) == 10**6             # cached now
     lines = text.strip().splitlines()
     assert lines[-1] == "The paper reports no figures for this dataset/model."
     match = RESULT_LINE.match(lines[-2])
@@ -167,10 +175,17 @@ def test_quick_end_to_end_on_a_small_toy_set_with_the_baseline(capsys, tmp_path)
     rc, again, _ = _main(argv, capsys)                                      # resume: nothing to train
     assert rc == 0 and "epoch 01 (" not in again
     assert again.strip().splitlines()[-2] == lines[-2]
+    for change, said in ((["--seed", "1"], "seed 0 there, 1 asked for"),   # another run's folder: refused
+                         (["--dropout", "0.1"], "dropout 0.5 there, 0.1 asked for")):
+        rc, text, err = _main(argv + change, capsys)
+        assert rc == 2 and said in err and "--resume-anyway" in err and "epoch 01 (" not in text + err
 
     # --net: show results for the trained net alone (our checkpoint; the imdb cache gives dataMean)
     net_argv = ["--quick", "--toy-images", 40, "--out", out, "--data-root", data, "--no-draw",
                 "--net", out / "mat" / "toy01" / "net-epoch-1.pt", "--imdb", out / "mat" / "toy01" / "imdb"]
-    rc, shown, _ = _main(net_argv, capsys)
+    rc, shown, _ = _main(net_argv + ["--measure-error"], capsys)
     assert rc == 0 and "epoch 01 (" not in shown
     assert shown.strip().splitlines()[-2] == lines[-2]
+    assert "is the one net-epoch-1.pt recorded for its last epoch" in shown
+    measured = re.search(r"binary error measured now on the imdb's (\d+) validation images: (\S+)", shown)
+    assert measured and float(measured.group(2)) == pytest.approx(binerr, abs=1e-6)   # the recorded one, measured

@@ -399,7 +399,7 @@ def test_damaged_last_checkpoint_is_named(tiny, tmp_path):
     make_net, imdb = tiny
     tr.train(make_net(), imdb, _opts(epochs=1), tmp_path, progress=False, plot=False)
     checkpoint_path(tmp_path, 2).write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"net-epoch-2\.pt.*Delete this file"):
+    with pytest.raises(CheckpointError, match=r"net-epoch-2\.pt.*move it out of that folder"):
         tr.train(make_net(), imdb, _opts(epochs=3), tmp_path, progress=False, plot=False)
 
 

@@ -32,3 +32,101 @@ def test_a_missing_variable_lists_what_the_file_holds(tmp_path, version):
     savemat(path, {"alpha": np.ones((2, 2)), "beta": "hi"}, version=version)
     with pytest.raises(MatFileError, match=r"has no variable 'gamma' \(it holds: alpha, beta\)"):
         loadmat(path, ["gamma"])
+
+
+# ------------------------------------------------------------------ demo.py --net with bad files
+@pytest.fixture(scope="module")
+def bad_nets(tmp_path_factory):
+    """A real net-epoch-1.pt (the golden tiny ICNN, one epoch) and the bad files made from it."""
+    from conftest import GOLDEN
+
+    from legacy_compat.simplenn import layers_from_matlab
+    from reproduce import checkpoints as ckpt
+    from reproduce import train as tr
+    from reproduce.golden.train import golden_imdb
+    from reproduce.network import SimpleNN
+    if not (GOLDEN / "cnn_train_single.mat").is_file():
+        pytest.skip("golden cases missing")
+    case = loadmat(GOLDEN / "cnn_train_single.mat")
+    folder = tmp_path_factory.mktemp("nets")
+    net = SimpleNN.from_specs(layers_from_matlab(case.inputs.net.layers))
+    opts = {"learning_rate": [1e-3], "num_epochs": 1, "batch_size": 4, "weight_decay": 5e-4, "momentum": 0.9}
+    tr.train(net, golden_imdb(case.inputs.imdb), opts, folder, progress=False, plot=False,
+             meta={"image_size": (16, 16, 3)})
+    good = ckpt.checkpoint_path(folder, 1)
+    data = good.read_bytes()
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    files = {"truncated.pt": data[: len(data) // 2], "empty.pt": b"", "empty.mat": b"", "png.mat": png,
+             "png.pt": png}
+    for name, payload in files.items():
+        (folder / name).write_bytes(payload)
+    ckpt.save_mat_checkpoint(folder / "good.mat", ckpt.load_checkpoint(good), version="5")
+
+    def variant(name, change):
+        m = loadmat(folder / "good.mat")
+        change(m)
+        savemat(folder / name, dict(m), version="5")
+
+    def without_postemp(m):
+        for layer in np.asarray(m["net"]["layers"]).reshape(-1):
+            if str(layer["type"]) == "conv_mask":
+                del layer["posTemp"]
+
+    def text_weights(m):
+        np.asarray(m["net"]["layers"]).reshape(-1)[0]["weights"] = "hello"
+
+    def number_layers(m):
+        m["net"]["layers"] = np.array([[3.0]])
+
+    def no_stats(m):
+        del m["stats"]
+    variant("no_postemp.mat", without_postemp)
+    variant("text_weights.mat", text_weights)
+    variant("number_layers.mat", number_layers)
+    variant("no_stats.mat", no_stats)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["truncated.pt", "empty.pt", "empty.mat", "png.mat", "png.pt", "no_postemp.mat",
+                                  "text_weights.mat", "number_layers.mat", "no_stats.mat"])
+def test_a_bad_net_file_is_named_without_a_traceback_or_advice_to_delete_it(bad_nets, name, tmp_path, capsys):
+    import demo
+    path = bad_nets / name
+    before = path.read_bytes()
+    rc = demo.main(["--quick", "--net", str(path), "--out", str(tmp_path / "out"), "--data-root",
+                    str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"--net: {path}" in err and err.count("\n") == 1
+    assert "Traceback" not in err and "delete" not in err.lower()
+    assert path.read_bytes() == before and not (tmp_path / "data").exists()     # the input untouched, no work
+
+
+def test_a_net_saved_to_matlab_by_this_package_is_read_back(bad_nets):
+    """meta.image_size, a tuple, becomes a cell of scalars in the .mat: the input size still reads."""
+    from reproduce.evaluate import load_net_for_evaluation, net_input_size
+    net, _, _ = load_net_for_evaluation(bad_nets / "good.mat")
+    assert net_input_size(net) == net_input_size(load_net_for_evaluation(bad_nets / "net-epoch-1.pt")[0]) == (16, 16)
+
+
+# ------------------------------------------------------------------ where the data goes
+def test_the_data_root_is_under_the_output_folder_by_default(tmp_path, monkeypatch):
+    import demo
+    from reproduce import paper, train_cli
+    monkeypatch.delenv("ICNN_DATA_ROOT", raising=False)
+    args = demo.build_parser().parse_args(["--quick", "--out", str(tmp_path / "o")])
+    assert demo.experiment(demo.resolve_settings(args), args).data_root == tmp_path / "o" / "data"
+    grid = paper.plan_grid(paper.build_parser().parse_args(["--dataset", "toy", "--models", "tiny",
+                                                            "--out", str(tmp_path / "p")]))
+    assert {e.data_root for e in grid} == {tmp_path / "p" / "data"}
+    assert "OUT/data" in train_cli.build_parser().format_help()
+
+
+def test_an_unwritable_data_root_is_said_before_any_work(tmp_path, capsys):
+    import demo
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the data folder should be")
+    rc = demo.main(["--quick", "--out", str(tmp_path / "out"), "--data-root", str(blocker / "data")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"the data folder {blocker / 'data'} is not writable" in err and "--data-root" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "mat").exists()
