@@ -56,6 +56,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from legacy_compat.cli import UserError
+
 __all__ = [
     "IOU_THRESHOLD",
     "TOP_QUANTILE",
@@ -77,7 +79,7 @@ TOP_QUANTILE = 0.005      # Bau et al. 2017: the top 0.5 % of a unit's activatio
 IOU_THRESHOLD = 0.2       # CVPR 2018 Sec. 4 / TPAMI 2020: filter f represents part k on I when IoU > 0.2
 
 
-class InterpretabilityError(ValueError):
+class InterpretabilityError(UserError, ValueError):
     """Bad input to the measure: the message names the argument, image or file."""
 
 
