@@ -95,3 +95,20 @@ def test_a_pretrained_trunk_is_saved_as_network_init_reads_it(tmp_path):
         for i in (0, 3, 6):                                           # conv1..conv3: the saved weights
             torch.testing.assert_close(net.layers[i].weight.detach(), source.layers[i].weight.detach(), rtol=0, atol=0)
         assert ("conv_mask" in net.layer_types) == interpretable
+
+
+def test_an_icnn_with_its_masks_off_is_the_ordinary_cnn_of_the_same_seed():
+    """Why the ablation's 'before' rows of the ordinary CNN and of the ICNNs with masks off agree:
+    network_init's ordinary CNN is the ICNN with plain convs (same weights), and beta = 0 makes every
+    mask 1."""
+    from reproduce.models import network_init
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        icnn, _, _ = network_init(1, "tiny", 0.5, seed=4)
+        plain, _, _ = network_init(1, "tiny", 0.5, seed=4, interpretable=False)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 50
+    x[:, :, 0, 0] = -100.0                                           # the input guard: mean subtracted
+    with torch.no_grad():
+        off = masks_off(icnn).eval()(x)
+        assert torch.allclose(off, plain.eval()(x), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(icnn.eval()(x), off, rtol=1e-3, atol=1e-4)
