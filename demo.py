@@ -22,7 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep import download
 from data_prep.facts import DATASETS, all_categories
+from data_prep.setup import default_data_root
 from legacy_compat.cli import (
     UserError,
     add_allow_tf32,
@@ -36,6 +38,27 @@ from legacy_compat.cli import (
     run_cli,
 )
 from legacy_compat.runlock import folder_lock
+from reproduce import distributed as dd
+from reproduce.ablation import format_table, run_ablation, summarise
+from reproduce.device import choose_device, set_tf32
+from reproduce.distributed import add_arguments, is_main, shutdown
+from reproduce.evaluate import load_net_for_evaluation, net_input_size
+from reproduce.losses import single_class_loss_error
+from reproduce.models import MODELS
+from reproduce.paper_numbers import format_rows, rows_for
+from reproduce.pipeline import (
+    Experiment,
+    build_imdb,
+    check_data_root,
+    check_resume_early,
+    imdb_build_bytes,
+    input_size,
+    ordinary_counterpart,
+    prepare_dataset,
+    run_experiment,
+    show_results,
+)
+from reproduce.train import validation_error
 
 # Before torch loads its OpenMP runtime (libgomp in the Linux wheels): idle OpenMP threads spin for
 # 30000 rounds, not libgomp's default 300000, before they sleep. On a small machine shared with other
@@ -62,7 +85,6 @@ LOSSES = {"logistic": "ourloss_logistic", "softmaxlog": "ourloss_softmaxlog"}
 
 
 def _lists() -> tuple[dict, list[str]]:
-    from reproduce.models import MODELS
     categories = {name: list(all_categories(name)) for name in DATASETS}
     return categories, list(MODELS)
 
@@ -143,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
     add_debug(parser)
-    from reproduce.distributed import add_arguments
     add_arguments(parser)
     # hidden, for tests and smoke runs: a smaller toy dataset (N positives per category and N negatives)
     parser.add_argument("--toy-images", type=positive_int, default=None, metavar="N", help=argparse.SUPPRESS)
@@ -203,7 +224,6 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         raise DemoError(f"unknown model {model!r}; valid models: {' '.join(models)}")
     if args.toy_images is not None and dataset != "toy":
         raise DemoError(f"--toy-images is for the toy dataset, not {dataset!r}")
-    from reproduce.models import MODELS
     if args.quick and MODELS[model].family == "torchvision":
         base.update(QUICK_TORCHVISION)
     toy_images = args.toy_images if args.toy_images is not None else base.get("toy_images")
@@ -218,13 +238,11 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 def resolve_device(device: str | None) -> str:
     """cuda when present (unless asked otherwise); asking for cuda without a GPU is an error
     (reproduce.device.choose_device, a UserError)."""
-    from reproduce.device import choose_device
     return choose_device(device)
 
 
 def check_output_folder(out: Path, needed_bytes: int) -> None:
     """Say before hours of training, not after, that the output folder is unusable or too small."""
-    from data_prep import download
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -242,12 +260,10 @@ def estimate_bytes(exp) -> int:
     """What a run needs free before it starts: the imdb build at its peak, unless cached
     (reproduce.pipeline.imdb_build_bytes). The checkpoints (one per epoch still to train) are
     counted once the net is built, before the imdb (reproduce.pipeline.check_space)."""
-    from reproduce.pipeline import imdb_build_bytes, input_size
     return imdb_build_bytes(exp, input_size(exp)) + 10**6
 
 
 def experiment(settings: dict, args: argparse.Namespace):
-    from reproduce.pipeline import Experiment
     return Experiment(dataset=settings["dataset"], categories=settings["categories"], model=settings["model"],
                       dropout=settings["dropout"], loss=LOSSES[args.loss], out=settings["out"],
                       data_root=data_root(args, settings["out"]),
@@ -262,7 +278,6 @@ def experiment(settings: dict, args: argparse.Namespace):
 def data_root(args: argparse.Namespace, out: Path) -> Path:
     """--data-root, else $ICNN_DATA_ROOT, else OUT/data: the datasets go under the output folder
     (data_prep.setup.default_data_root), never into a folder the current directory decides."""
-    from data_prep.setup import default_data_root
     return Path(args.data_root) if args.data_root else default_data_root(out)
 
 
@@ -282,8 +297,6 @@ def show_trained_net(exp, net_path: Path, imdb_path: str | None, measure: bool =
 
     The dataMean the net was trained with comes from --imdb (the original's imdb.mat or our
     imdb cache folder), else from our own imdb of the category (built once, then reused)."""
-    from reproduce.evaluate import load_net_for_evaluation, net_input_size
-    from reproduce.pipeline import build_imdb, prepare_dataset, show_results
     if not net_path.is_file():
         raise DemoError(f"--net {net_path}: no such file")
     try:
@@ -296,7 +309,6 @@ def show_trained_net(exp, net_path: Path, imdb_path: str | None, measure: bool =
     mean_data = imdb_path if imdb_path else build_imdb(exp, paths, size)
     measured = None
     if measure:
-        from reproduce.train import validation_error
         imdb = mean_data if not imdb_path else build_imdb(exp, paths, size)
         measured = validation_error(net, imdb, exp.device)
     result = show_results(exp, net, stats, mean_data, paths)
@@ -322,7 +334,6 @@ def run_ablation_table(exp, paths) -> str:
     """--baseline: the ablation (reproduce.ablation) for the demo's seed. The ordinary CNN and the ICNN
     are the two just trained (their checkpoints are reused); the ICNN without the filter loss is
     trained; every net is measured before and after training, each ICNN also with its masks off."""
-    from reproduce.ablation import format_table, run_ablation, summarise
     stage("the ablation: the ICNN without the filter loss (masks only), then every net measured before and "
           "after training (binary error, location instability, part interpretability), the ICNNs also with "
           "their masks off (beta = 0)")
@@ -337,7 +348,6 @@ def stage(text: str) -> None:
 def _join_ranks(args: argparse.Namespace, device: str) -> str:
     """Under torchrun: join the other ranks (reproduce.distributed); this rank's device. Ranks other
     than 0 print nothing on stdout (errors still go to stderr), so every line appears once."""
-    from reproduce import distributed as dd
     try:
         dp, device = dd.start_from_args(args, device)
     except dd.DistributedError as exc:
@@ -352,11 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     one or two lines and exit status 2, 1 or 3; a traceback only with --debug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from reproduce.losses import single_class_loss_error
     if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
         parser.error(problem)
     check_combinations(parser, args)
-    from reproduce.distributed import shutdown
     try:
         return run_cli("demo", lambda: run(args), debug=args.debug,
                        interrupted="run the same command again to resume from the last checkpoint.")
@@ -367,16 +375,13 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """demo.m after its settings: checked up front (device, output folder and its disk space, one run
     per output folder, the checkpoints there), then learn and show results."""
-    from reproduce.device import set_tf32
     set_tf32(args.allow_tf32)
     start = time.perf_counter()
     settings = resolve_settings(args)
     settings["device"] = _join_ranks(args, settings["device"])
     exp = experiment(settings, args)
-    from reproduce.distributed import is_main
     exp.progress = is_main()
     check_output_folder(exp.out, estimate_bytes(exp) if args.net is None else 10**6)
-    from reproduce.pipeline import check_data_root
     check_data_root(exp)
     with folder_lock(exp.out):
         result, ordinary, ablation = _learn_and_show(args, exp)
@@ -388,7 +393,6 @@ def run(args: argparse.Namespace) -> int:
     if result.drawing is not None:
         print(f"receptive fields: {exp.draw_dir} (contact sheet: {result.drawing.contact_sheet})")
     print(f"demo: done in {time.perf_counter() - start:.0f} s")
-    from reproduce.paper_numbers import format_rows, rows_for
     print(result.line())
     scope = "multi-class" if exp.multiclass else "single-class"
     print(format_rows(rows_for(exp.dataset, exp.model, exp.categories[0], scope)))
@@ -402,7 +406,6 @@ def _learn_and_show(args: argparse.Namespace, exp):
           f"{' '.join(exp.categories)}, model {exp.model}, dropout {exp.dropout:g}, device {exp.device}"
           f"{' (TF32 allowed)' if args.allow_tf32 and exp.device.startswith('cuda') else ''}, "
           f"output {exp.out}", flush=True)
-    from reproduce.pipeline import check_resume_early, input_size, ordinary_counterpart, prepare_dataset, run_experiment
     if args.net:
         return show_trained_net(exp, Path(args.net), args.imdb, args.measure_error), None, None
     for e in ([ordinary_counterpart(exp)] if args.baseline else []) + [exp]:

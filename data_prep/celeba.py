@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from .get_i import gather_patches
+from .imdb import Imdb
 from .readers import BndBox, DatasetError, ObjRecord, PartTruth
 
 __all__ = ["CelebaFiles", "CelebaImage", "find_celeba_files", "read_celeba", "build_celeba_imdb",
@@ -145,7 +147,6 @@ def build_celeba_imdb(root: os.PathLike | str, image_size: Sequence[int] = (224,
                       workers: int | None = None, progress: bool = False):
     """The 40-attribute imdb (module docstring); `limit`: at most that many images per partition
     (the whole training partition is 162,770 images, 98 GB at 224 x 224 in float32)."""
-    from .imdb import Imdb
     names, images = read_celeba(root)
     chosen = _select(images, partitions, limit)
     if not any(im.partition == 0 for im in chosen):
@@ -165,7 +166,6 @@ def build_celeba_imdb(root: os.PathLike | str, image_size: Sequence[int] = (224,
 
 
 def _whole_image(image_dir: Path, filename: str, ident: int) -> ObjRecord:
-    from PIL import Image
     path = image_dir / filename
     try:
         with Image.open(path) as im:

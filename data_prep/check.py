@@ -36,11 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
 from legacy_compat.cli import add_data_root, add_debug, run_cli
 
+from .cub200 import read_annotation_cub, read_annotation_sampling_cub, read_cub_tables, read_sampling
 from .facts import DATASETS, ILSVRC_IMAGE_COUNTS
+from .ilsvrc import read_annotation_ilsvrc
 from .readers import DatasetError, ObjRecord, PartTruth, default_readcode, read_part_truth_file
 from .setup import dataset_paths, default_data_root
+from .vocpart import read_annotation_voc, read_truth_voc
 
 __all__ = ["PartReport", "CategoryReport", "check_category", "check_dataset", "find_categories",
            "format_table", "main"]
@@ -120,7 +126,6 @@ def _annotation(dataset: str, category: str, conf: Any, rep: CategoryReport) -> 
     """(readAnnotation's objset, the objset the evaluation indexes the truth files with), or None each."""
     try:
         if dataset in ("ilsvrcanimalpart", "toy"):
-            from .ilsvrc import read_annotation_ilsvrc
             data_mat = conf.imgdir / f"{category}_obj" / "img" / "data.mat"
             if not data_mat.is_file():
                 rep.missing.append(str(data_mat))
@@ -133,7 +138,6 @@ def _annotation(dataset: str, category: str, conf: Any, rep: CategoryReport) -> 
             rep.objects = len(objset)
             return objset, objset
         if dataset == "vocpart":
-            from .vocpart import read_annotation_voc, read_truth_voc
             path = conf.readcode / f"truth_{category}.mat"
             if not path.is_file():
                 rep.missing.append(str(path))
@@ -141,7 +145,6 @@ def _annotation(dataset: str, category: str, conf: Any, rep: CategoryReport) -> 
             rep.objects = len(read_truth_voc(path))
             objset = read_annotation_voc(category, conf)
             return objset, objset
-        from .cub200 import read_annotation_cub, read_annotation_sampling_cub, read_cub_tables
         needed = [conf.catedir / n for n in ("images.txt", "bounding_boxes.txt", "image_class_labels.txt",
                                              "train_test_split.txt", "classes.txt")]
         absent = [str(p) for p in needed if not p.is_file()]
@@ -163,7 +166,6 @@ def _annotation(dataset: str, category: str, conf: Any, rep: CategoryReport) -> 
 
 def _check_sampling(path: Path, rep: CategoryReport) -> bool:
     """CUB's sampling.mat (validObj) reads; missing or unreadable ones are reported."""
-    from .cub200 import read_sampling
     if not path.is_file():
         rep.missing.append(str(path))
         return False
@@ -177,7 +179,6 @@ def _check_sampling(path: Path, rep: CategoryReport) -> bool:
 
 def _image_header_ok(path: Path) -> str | None:
     """None when PIL reads the header (size and mode; no pixels decoded), else why not."""
-    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -272,7 +273,6 @@ def check_category(dataset: str, category: str, root: Path, truth_dir: Path | No
 def check_dataset(dataset: str, root: Path, categories: Sequence[str] | None = None,
                   truth_dir: Path | None = None, progress: bool = True) -> list[CategoryReport]:
     """check_category for each category (given, or `find_categories`), with a progress bar."""
-    from tqdm import tqdm
     cats = list(categories) if categories else find_categories(dataset, root, truth_dir)
     reports = []
     with tqdm(total=None, desc=f"check {dataset}", unit="file", disable=None if progress else True,

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
-from .readers import BndBox, DatasetError, ObjRecord, PartTruth
+from .readers import BndBox, DatasetError, ObjRecord, PartTruth, save_part_truth
 
 __all__ = ["HelenFace", "read_helen", "helen_objset", "helen_part_truth", "write_helen_truth",
            "read_annotation_helen", "HELEN_PARTS", "HELEN_MARGIN", "HELEN_POINTS", "HELEN_CATEGORY"]
@@ -103,7 +104,6 @@ def read_helen(root: os.PathLike | str) -> list[HelenFace]:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
     try:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
@@ -147,7 +147,6 @@ def helen_part_truth(faces: Sequence[HelenFace], objs: Sequence[ObjRecord], inpu
 
 def write_helen_truth(root: os.PathLike | str, truth_dir: os.PathLike | str, input_size: int = 224) -> list[Path]:
     """truth_partNN.mat files (the original's format) of the Helen folder, under truth_dir/face/."""
-    from .readers import save_part_truth
     faces = read_helen(root)
     objs = helen_objset(faces, root)
     written = []

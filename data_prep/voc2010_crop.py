@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from .facts import VOC_CATEGORIES
 from .get_i import gather_patches
+from .imdb import Imdb
 from .readers import BndBox, DatasetError, ObjRecord
 
 __all__ = ["CropEntry", "read_voc2010_crop", "build_voc2010_crop_imdb", "VOC2010_CROP_CATEGORIES"]
@@ -66,7 +68,6 @@ def read_voc2010_crop(root: os.PathLike | str, category: str) -> list[CropEntry]
 
 
 def _whole(root: Path, entry: CropEntry, ident: int) -> ObjRecord:
-    from PIL import Image
     try:
         with Image.open(root / entry.path) as im:
             w, h = im.size
@@ -79,7 +80,6 @@ def build_voc2010_crop_imdb(root: os.PathLike | str, category: str, image_size: 
                             workers: int | None = None, progress: bool = False):
     """The single-class imdb of `category` (module docstring): train positives, train negatives,
     validation positives, validation negatives, in that order (the port's)."""
-    from .imdb import Imdb
     root = Path(root)
     entries = read_voc2010_crop(root, category)
     ordered = [e for t in (True, False) for p in (True, False) for e in entries if e.train == t and e.positive == p]

@@ -36,17 +36,33 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .pipeline import Experiment
+from legacy_compat.atomic import atomic_write_bytes
+
+from .cli import add_common, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
+from .conv_mask import ConvMask
+from .evaluate import CategorySource, compute_stability, layer_id_for_model, load_net_for_evaluation, read_mean_data
+from .interpretability import compute_part_interpretability, part_regions_for
+from .pipeline import (
+    Experiment,
+    build_imdb,
+    build_net,
+    image_size_of,
+    input_size,
+    ordinary_counterpart,
+    prepare_dataset,
+)
+from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, TrainData, batch_errors, train
 
 __all__ = [
     "METRICS",
@@ -92,7 +108,6 @@ class AblationExperiment(Experiment):
 
 # ================================================================== the switches
 def _conv_masks(net: Any) -> list[Any]:
-    from .conv_mask import ConvMask
     return [m for m in net.modules() if isinstance(m, ConvMask)]
 
 
@@ -119,7 +134,6 @@ def masks_off(net: Any) -> Any:
 @torch.no_grad()
 def validation_error(net: Any, imdb: Any, device: Any, error_name: str = "binerr", batch_size: int = 100) -> float:
     """our_cnn_train.m's validation error (error_binary / error_multiclass) over the imdb's set == 2."""
-    from .train import TrainData, batch_errors
     data = TrainData.from_imdb(imdb)
     net = net.to(device).eval()
     errors, num = 0.0, 0
@@ -146,9 +160,6 @@ class _Measuring:
 
 
 def _prepare(exp: Experiment, paths: Any, imdb: Any) -> _Measuring:
-    from .evaluate import CategorySource, layer_id_for_model
-    from .interpretability import part_regions_for
-    from .pipeline import input_size
     conf = paths.data_conf()
     category = exp.categories[0]
     part_list = tuple(paths.parts_for(category))
@@ -176,8 +187,6 @@ def _cached(source: Any) -> Any:
 
 def measure_net(net: Any, m: _Measuring) -> dict[str, float]:
     """Binary error, location instability and part interpretability of `net` (evaluation mode)."""
-    from .evaluate import compute_stability, read_mean_data
-    from .interpretability import compute_part_interpretability
     net = net.to(m.exp.device).eval()
     mean = read_mean_data(m.imdb)
     stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device)
@@ -190,14 +199,11 @@ def measure_net(net: Any, m: _Measuring) -> dict[str, float]:
 
 # ================================================================== one variant, one seed
 def _build(exp: AblationExperiment):
-    from .pipeline import build_net
     return build_net(replace(exp, interpretable=exp.variant != "ordinary"))
 
 
 def run_variant(exp: AblationExperiment, m: _Measuring) -> dict:
     """Build, measure, train (resuming from the variant's checkpoints), measure again."""
-    from .pipeline import ordinary_counterpart
-    from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
     exp = exp if exp.variant != "ordinary" else ordinary_counterpart(exp)
     net, opts, meta = _build(exp)
     record: dict[str, Any] = {"variant": exp.variant, "seed": exp.seed, "exp_dir": str(exp.exp_dir)}
@@ -225,7 +231,6 @@ def run_ablation(exp: Experiment, seeds: Sequence[int], paths: Any = None,
                  variants: Sequence[str] = VARIANTS, say=print) -> list[dict]:
     """Every variant for every seed; `exp` gives the dataset, category, model and schedule (its
     seed is the base seed whose folders are the pipeline's own)."""
-    from .pipeline import build_imdb, image_size_of, prepare_dataset
     if exp.multiclass:
         raise ValueError("the ablation runs single-category nets (give one category)")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -246,7 +251,6 @@ def run_ablation(exp: Experiment, seeds: Sequence[int], paths: Any = None,
 
 
 def _fields(exp: Experiment) -> dict:
-    from dataclasses import fields
     return {f.name: getattr(exp, f.name) for f in fields(Experiment)}
 
 
@@ -294,7 +298,6 @@ def format_table(summary: Sequence[dict]) -> str:
 
 def write_results(out: Path, records: Sequence[dict], summary: Sequence[dict], settings: dict) -> tuple[Path, Path]:
     """ablation.json (settings, every run, the summary) and ablation.csv (the summary), written atomically."""
-    from legacy_compat.atomic import atomic_write_bytes
     out.mkdir(parents=True, exist_ok=True)
     js = out / "ablation.json"
     atomic_write_bytes(js, json.dumps({"settings": settings, "runs": list(records), "summary": list(summary)},
@@ -313,7 +316,6 @@ def write_results(out: Path, records: Sequence[dict], summary: Sequence[dict], s
 
 # ================================================================== command line
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_common, dropout_rate, nonnegative_int, positive_int
     p = argparse.ArgumentParser(prog="python -m reproduce.ablation", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="toy", help="toy (default) or vocpart (needs Pascal-Part)")
@@ -334,7 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def experiment_from_args(args: argparse.Namespace) -> Experiment:
-    from .cli import start_device
     toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
     return Experiment(dataset=args.dataset, categories=[args.category], model=args.model, dropout=args.dropout,
                       out=Path(args.out), data_root=Path(args.data_root) if args.data_root else None,
@@ -345,7 +346,6 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.ablation`; errors are one or two lines (reproduce.cli.run_cli)."""
-    from .cli import run_cli
     args = build_parser().parse_args(argv)
     return run_cli("reproduce.ablation", lambda: _run(args, argv), debug=args.debug,
                    interrupted="run the same command again: finished nets resume from their checkpoints.")
@@ -373,11 +373,7 @@ if __name__ == "__main__":
 def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, float]:
     """For the paper runner (`--part-interpretability`): the part interpretability of a finished run's
     net (its last epoch checkpoint in exp.exp_dir) and of the net training started from."""
-    import re
 
-    from .evaluate import load_net_for_evaluation
-    from .interpretability import compute_part_interpretability
-    from .pipeline import build_imdb, build_net, image_size_of
     start, _, meta = build_net(exp)
     imdb = build_imdb(exp, paths, image_size_of(meta))
     m = _prepare(exp, paths, imdb)
@@ -385,7 +381,6 @@ def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, float
     if not ckpts:
         raise FileNotFoundError(f"no net-epoch-N.pt checkpoint in {exp.exp_dir}")
     trained, _, _ = load_net_for_evaluation(ckpts[-1], exp.device)
-    from .evaluate import read_mean_data
     mean = read_mean_data(imdb)
 
     def value(net: Any) -> float:

@@ -55,11 +55,15 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .device import resolve_device
+from .interrupt import sigterm_as_interrupt
 
 __all__ = ["DataParallel", "DistributedError", "WholeBatch", "init_data_parallel", "init_from_environment",
            "launched_by_torchrun", "active", "is_main", "shutdown", "rank_zero_first", "share_indices",
@@ -188,7 +192,6 @@ def launched_by_torchrun() -> bool:
 def _sigterm_as_interrupt() -> None:
     """torchrun stops the other workers with SIGTERM when one fails: from joining the group until
     `shutdown`, SIGTERM acts as Ctrl-C (reproduce.interrupt), also while caches are built."""
-    from .interrupt import sigterm_as_interrupt
     if "restore_sigterm" not in _STATE:
         _STATE["restore_sigterm"] = sigterm_as_interrupt()
 
@@ -202,7 +205,6 @@ def init_data_parallel(device: str | torch.device, *, timeout_s: float = DEFAULT
     `device` "cuda" means this rank's GPU, cuda:LOCAL_RANK (NCCL); "cpu" uses gloo. Without
     `init_method`, torchrun's environment (env://) is read. Returns the `DataParallel` that
     `active()` returns from now on."""
-    from .device import resolve_device
     rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
     world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
     local = int(os.environ.get("LOCAL_RANK", str(rank))) if local_rank is None else int(local_rank)
@@ -308,7 +310,6 @@ def init_scheduler(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int, int]
 def file_lock(path: os.PathLike | str) -> Iterator[None]:
     """An exclusive advisory lock (fcntl) on `path`, held for the block: processes that build the
     same cache (the paper's ranks, each running its own experiments) take turns."""
-    from pathlib import Path
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "a+") as handle:

@@ -67,6 +67,7 @@ from PIL import Image, ImageDraw
 from skimage.feature import canny
 from tqdm import tqdm
 
+from data_prep.annotations import read_annotation
 from legacy_compat import loadmat
 from legacy_compat.atomic import atomic_write
 from legacy_compat.matio import savemat
@@ -581,7 +582,6 @@ def drawing_objset(name: str, conf: Any) -> list[Any]:
     readAnnotation_sampling's test objects that the evaluation
     (computeStability.m) measures. For the other datasets both are the same.
     """
-    from data_prep.annotations import read_annotation
     return list(read_annotation(name, conf))
 
 

@@ -67,6 +67,7 @@ from reproduce.checkpoints import load_checkpoint, load_mat_checkpoint
 from reproduce.network import SimpleNN
 
 from .device import module_device, resolve_device
+from .distributed import active, gather_over_ranks
 from .geometry import CONV_TYPES, get_conv_net_para
 
 __all__ = [
@@ -603,7 +604,6 @@ def _peaks_over_ranks(peaks: Callable[[list[int]], tuple], indices: list[int]) -
     """`peaks(indices)`; in a data-parallel run (reproduce.distributed) each rank runs its share
     indices[rank::K] and the ranks' arrays are added up: each image's row is non-zero on the one
     rank that ran it, so every rank ends with the arrays of one process."""
-    from .distributed import active, gather_over_ranks
     dp = active()
     if dp is None or dp.world == 1:
         return peaks(indices)

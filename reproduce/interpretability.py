@@ -55,8 +55,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from data_prep.toy import TOY_MASK_LABELS
+from data_prep.vocpart import VOC_PART_MERGE, voc_part_masks_and_positions
 from legacy_compat.cli import UserError
+from legacy_compat.numerics import mlinspace, mround
+
+from .device import module_device, resolve_device
+from .evaluate import iterate_patch_batches, layer_output, net_input_size, read_mean_data, target_layer_index
+from .geometry import get_conv_net_para
 
 __all__ = [
     "IOU_THRESHOLD",
@@ -227,7 +235,6 @@ class PartInterpretability:
 # ================================================================== part regions of the datasets
 def _sample_crop(label_map: np.ndarray, box: Any, size: tuple[int, int]) -> np.ndarray:
     """getPart.m's crop and sampling: the box's rows and columns, sampled at round(linspace(1, n, tar))."""
-    from legacy_compat.numerics import mlinspace, mround
     crop = label_map[box.ymin - 1:box.ymax, box.xmin - 1:box.xmax]
     if crop.size == 0:
         raise InterpretabilityError(f"the box {box} is empty in a {label_map.shape} label map")
@@ -242,9 +249,7 @@ def toy_part_regions(objects: Sequence[Any], image_dir: Path | str, category: st
     `objects` (ObjRecords), cropped to each box and sampled to the input size as getPart.m does.
     parts: default every labelled part of the category (TOY_MASK_LABELS: the landmark parts, the
     body and the other limbs; Pascal-Part's part groups include the torso too)."""
-    from PIL import Image
 
-    from data_prep.toy import TOY_MASK_LABELS
     if category not in TOY_MASK_LABELS:
         raise InterpretabilityError(f"{category!r} is not a toy category ({', '.join(TOY_MASK_LABELS)})")
     names = dict(TOY_MASK_LABELS[category])
@@ -260,7 +265,6 @@ def toy_part_regions(objects: Sequence[Any], image_dir: Path | str, category: st
 
 def voc_part_regions(objects: Sequence[Any], annodir: Path | str, conf: Any, size: tuple[int, int]) -> PartRegions:
     """Pascal-Part's merged part regions (getPart.m's getIMDBMask, data_prep.vocpart) of `objects`."""
-    from data_prep.vocpart import VOC_PART_MERGE, voc_part_masks_and_positions
     masks, _ = voc_part_masks_and_positions(objects, annodir, conf, size)
     merge = VOC_PART_MERGE.get(objects[0].name, ()) if objects else ()
     parts = tuple(range(1, len(merge) + 1)) or tuple(int(v) for v in np.unique(masks) if v > 0)
@@ -287,8 +291,6 @@ def layer_maps(net: Any, load_patch: Callable[[int], np.ndarray], indices: Seque
                target_layer: int, *, num_filters: int | None = None, device: Any = None,
                batch_size: int = 64) -> np.ndarray:
     """(len(indices), P, h, w) float32: the output of SimpleNN layer `target_layer` (1-based) for the images."""
-    from .device import module_device, resolve_device
-    from .evaluate import iterate_patch_batches, layer_output
     device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
     out = []
@@ -309,8 +311,6 @@ def compute_part_interpretability(net: Any, source: Any, regions: PartRegions, m
 
     regions: the part label maps of the objects `indices` (default: all of source.objects), in
     the same order. The net runs in evaluation mode up to the measured layer."""
-    from .evaluate import net_input_size, read_mean_data, target_layer_index
-    from .geometry import get_conv_net_para
     convnet = get_conv_net_para(net)
     target = target_layer_index(convnet, layer_id)
     size = net_input_size(net)

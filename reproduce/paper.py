@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import math
@@ -42,18 +44,42 @@ import shlex
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import torch
+import torch.distributed as dist
+
 from data_prep.facts import DATASETS
 from data_prep.facts import all_categories as facts_categories
+from data_prep.readers import default_readcode
+from data_prep.setup import dataset_paths, default_data_root
 from legacy_compat.atomic import atomic_write_text
 from legacy_compat.cli import UserError
+from legacy_compat.runlock import folder_lock
 
+from . import distributed as dd
+from .ablation import format_table, part_interpretability_of_run, run_ablation, summarise, write_results
 from .cli import add_common, add_data_root, add_out, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
-from .pipeline import Experiment
+from .device import tf32_allowed
+from .distributed import shutdown
+from .losses import single_class_loss_error
+from .models import MODELS, train_opts, train_opts_multiclass
+from .paper_numbers import format_rows, paper_rows, paper_source, rows_for
+from .pipeline import (
+    Experiment,
+    build_imdb,
+    build_net,
+    check_data_root,
+    check_resume_early,
+    image_size_of,
+    prepare_dataset,
+    run_experiment,
+    show_results,
+)
+from .pretrain import pretrain_and_finetune
 
 __all__ = ["GridExperiment", "ResultsStore", "RunnerError", "CNN_KINDS", "plan_grid", "config_slug",
            "run_record", "resolve_paths", "comparison_rows", "format_comparison", "format_runs",
@@ -115,7 +141,6 @@ class GridExperiment(Experiment):
 def config_slug(model: str, dropout: float, epochs: int | None, seed: int, loss: str, multiclass: bool,
                 pretrained: str, batch_size: int | None = None, fix_slicemag_quirk: bool = False) -> str:
     """The settings that make two runs of one model different, as a folder-name-safe text."""
-    from .models import MODELS
     parts = [f"drop{dropout:g}", f"ep{epochs if epochs is not None else 'default'}", f"seed{seed}"]
     if multiclass:
         parts.append("softmax" if loss == "ourloss_softmaxlog" else "logistic")
@@ -154,9 +179,7 @@ def _categories(dataset: str, given: Sequence[str] | None, multiclass: bool) -> 
 def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
     """The runs the options ask for: per dataset, per category (single-class) or one run for all the
     categories (--multiclass), per model, the CNN kinds (ordinary first, as demo.py --baseline)."""
-    from data_prep.setup import default_data_root
 
-    from .models import MODELS
     out = Path(args.out)
     runs: list[GridExperiment] = []
     bad = [m for m in args.models if m not in MODELS]
@@ -200,7 +223,6 @@ def _toy_tag(toy_options: dict) -> str:
     options = {k: v for k, v in toy_options.items() if k not in ("categories", "progress")}
     if not options:
         return ""
-    import hashlib
     return "_toy" + hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -223,11 +245,7 @@ def resolve_paths(exp: Experiment, truth_dir: str | None = None, neg_dir: str | 
     missing), or, when the truth files sit elsewhere (the options, or ../shared/data's layout with
     them under original/data_input_...), `data_prep.setup.dataset_paths` with those folders, after
     checking that the files the run reads are there."""
-    from data_prep.readers import default_readcode
-    from data_prep.setup import dataset_paths, default_data_root
 
-    from .models import MODELS
-    from .pipeline import prepare_dataset
     if exp.dataset == "toy":
         return prepare_dataset(exp, MODELS[exp.model].image_size)
     root = Path(exp.data_root) if exp.data_root is not None else default_data_root()
@@ -287,7 +305,6 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as fh:
             try:
-                import fcntl
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             except (ImportError, OSError):       # no POSIX locks (Windows): single writer assumed
                 pass
@@ -326,7 +343,6 @@ def _csv_text(runs: Sequence[dict]) -> str:
 # ================================================================== one record
 def machine_info(device: str) -> dict:
     """Where a run ran: host, OS, CPU, cores, torch, the device (the GPU's name for CUDA)."""
-    import torch
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -339,7 +355,6 @@ def machine_info(device: str) -> dict:
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "device": device}
     if str(device).startswith("cuda") and torch.cuda.is_available():
-        from .device import tf32_allowed
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda_tf32"] = tf32_allowed()          # False: IEEE float32 convolutions, as MATLAB
     return info
@@ -347,7 +362,6 @@ def machine_info(device: str) -> dict:
 
 def _train_settings(exp: Experiment) -> dict:
     """network_init's trainOpts for this run (learn_icnn_multiclass.m's adjustments included), as run."""
-    from .models import MODELS, train_opts, train_opts_multiclass
     n = len(exp.categories)
     opts = train_opts(n, exp.model)
     if exp.multiclass:
@@ -423,7 +437,6 @@ def comparison_rows(records: Sequence[dict]) -> list[ComparisonRow]:
     the categories measured; CUB's one row), then, for what the paper has no figure for (the toy
     data, our small nets, multi-class), the measured values alone."""
 
-    from .paper_numbers import paper_rows
     groups: dict[tuple, dict[str, dict[str, dict]]] = {}
     for r in records:
         key = (r["dataset"], r["scope"], r["model"], r["config"])
@@ -483,7 +496,6 @@ def _maybe(v: Any, spec: str) -> str:
 
 def format_comparison(rows: Sequence[ComparisonRow]) -> str:
     """The table: each metric measured (ours) beside the paper's, ordinary -> interpretable CNN."""
-    from .paper_numbers import paper_source
     if not rows:
         return "No finished runs to compare."
     head = ("published row", "dataset", "model", "config", "measured on", "metric", "ordinary ours",
@@ -528,7 +540,6 @@ def _duration(seconds: float | None) -> str:
 # ================================================================== command line
 def build_parser() -> argparse.ArgumentParser:
 
-    from .models import MODELS
     doc = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(
         prog="python -m reproduce.paper", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -645,7 +656,6 @@ def _say(text: str) -> None:
 def _join_ranks(args: argparse.Namespace) -> tuple[int, int]:
     """Under torchrun: (rank, world size), each rank on its own GPU (cuda -> cuda:LOCAL_RANK); the
     grid's runs are dealt out one at a time (`_order`). Otherwise (0, 1)."""
-    from . import distributed as dd
     if not dd.launched_by_torchrun():
         return 0, 1
     rank, world, local = dd.init_scheduler()
@@ -658,16 +668,13 @@ def _order(world: int, n: int) -> Iterable[int] | None:
     free (reproduce.distributed.claimed_runs), so K GPUs each run one at a time until the grid is done."""
     if world <= 1:
         return None
-    from . import distributed as dd
     return dd.claimed_runs(n, dd.store_counter("reproduce.paper/next-run"))
 
 
 def _after_all_ranks(runs: Sequence[GridExperiment], store: ResultsStore, failed: list[str],
                      rank: int) -> tuple[list[dict], list[str]]:
     """Wait for the other ranks' runs (as long as they take), then every run's record from the results file."""
-    from datetime import timedelta
 
-    import torch.distributed as dist
     dist.monitored_barrier(timeout=timedelta(days=30), wait_all_ranks=True)
     every_failed: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(every_failed, failed)
@@ -681,9 +688,7 @@ def instability_at_start(exp: GridExperiment, paths: Any) -> float:
     With a random trunk the conv_mask layer's test-time mask (centred on each map's centroid)
     already makes its peaks far more stable than a plain conv's, before any training; a trained
     ICNN's figure means something only beside this one."""
-    from dataclasses import replace
 
-    from .pipeline import build_imdb, build_net, image_size_of, show_results
     net, _, meta = build_net(exp)
     imdb = build_imdb(exp, paths, image_size_of(meta))          # the cached imdb: only its mean is read
     quiet = replace(exp, draw=False, progress=False)
@@ -705,7 +710,6 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
     the at-start control figure gets it added (an evaluation only), unless --no-start-control.
     `order`: the 0-based runs this process takes (several GPUs: `reproduce.distributed.claimed_runs`);
     default all, one after the other."""
-    from .pipeline import check_resume_early, run_experiment
     done = store.finished()
     paths_cache: dict[tuple, Any] = {}
     records: dict[str, dict] = {}
@@ -720,7 +724,6 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
                 record = done[exp.run_id]
                 _say(f"{tag}: in the results file already (finished {record.get('finished')}); --force runs it again")
                 if getattr(args, "part_interpretability", False) and record.get("part_interpretability") is None:
-                    from .ablation import part_interpretability_of_run
                     record = dict(record, **part_interpretability_of_run(exp, _paths_for(exp, args, paths_cache)))
                     store.add(record)
                     _say(f"{tag}: added the part interpretability, {record['part_interpretability']:.4f}")
@@ -744,7 +747,6 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
             if control:
                 record["location_instability_at_start"] = instability_at_start(exp, paths)
             if getattr(args, "part_interpretability", False):
-                from .ablation import part_interpretability_of_run
                 record.update(part_interpretability_of_run(exp, paths))
         except KeyboardInterrupt:
             raise
@@ -765,9 +767,7 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
 def run_ablation_cells(args: argparse.Namespace, runs: Sequence[GridExperiment]) -> int:
     """--ablation / --pretrain-finetune: reproduce.ablation (or reproduce.pretrain) for each single-class
     cell of the grid (dataset x category x model), written to OUT/ablation/... or OUT/pretrain/..."""
-    from dataclasses import fields, replace
 
-    from .ablation import format_table, run_ablation, summarise, write_results
     cells = {(e.dataset, tuple(e.categories), e.model): e for e in runs if e.interpretable or not args.ablation}
     if any(len(c[1]) != 1 for c in cells):
         raise RunnerError("--ablation and --pretrain-finetune run single-class nets (no --multiclass)")
@@ -781,7 +781,6 @@ def run_ablation_cells(args: argparse.Namespace, runs: Sequence[GridExperiment])
             records = run_ablation(exp, args.seeds, resolve_paths(exp, args.truth_dir, args.neg_dir, args.image_dir),
                                    say=_say)
         else:
-            from .pretrain import pretrain_and_finetune
             pre = args.pretrain_categories or [c for c in all_categories(dataset) if c != category]
             res = pretrain_and_finetune(dataset, pre, category, model=model, seeds=args.seeds, out=out,
                                         pretrain_epochs=args.epochs or 8, finetune_epochs=args.epochs or 8,
@@ -804,10 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     one run per GPU at a time."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .losses import single_class_loss_error
     if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
         parser.error(problem)
-    from .distributed import shutdown
     try:
         return run_cli("reproduce.paper", lambda: _run(args, argv), debug=args.debug,
                        interrupted="run the same command again to resume (finished runs are kept, the run in "
@@ -832,7 +829,6 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         for e in runs:
             state = "done" if e.run_id in done and not args.force else "to run"
             _say(f"{state:7s} {e.run_id}   ({e.exp_dir})")
-        from .paper_numbers import format_rows, rows_for
         for dataset, model, scope, first in dict.fromkeys((e.dataset, e.model, e.scope, e.categories[0])
                                                           for e in runs):
             _say(f"{dataset} {model} {scope} ({first}): " + format_rows(rows_for(dataset, model, first, scope)))
@@ -843,9 +839,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         raise RunnerError("--part-interpretability needs part regions: the toy dataset or vocpart")
     _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}"
          + (f" (rank {rank} of {world}: one run at a time, taking the next free one)" if world > 1 else ""))
-    from legacy_compat.runlock import folder_lock
 
-    from .pipeline import check_data_root
     for exp in {(e.dataset, e.data_root): e for e in runs}.values():
         check_data_root(exp)
     with folder_lock(Path(args.out), _command(argv)):           # one runner per output folder (rank 0 holds it)

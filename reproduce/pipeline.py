@@ -18,12 +18,28 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from data_prep.annotations import read_annotation
+from data_prep.download import check_disk_space
+from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
+from data_prep.readers import count_objects
+from data_prep.setup import default_data_root, ensure_dataset, ensure_model
+from data_prep.toy import read_manifest
+from legacy_compat.cli import UserError
+
+from . import checkpoints as ckpt
+from .distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
+from .draw_rf import draw_rf, drawing_objset, scaled_rf_settings
+from .evaluate import CategorySource, evaluate_net, format_result_line, read_mean_data
+from .models import MODELS, network_init
+from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
 
 __all__ = ["Experiment", "RunResult", "experiment_name", "prepare_dataset", "build_net", "build_imdb",
            "learn", "show_results", "run_experiment", "run_options", "check_resume_early",
@@ -97,7 +113,6 @@ class RunResult:
     seconds: dict = field(default_factory=dict)
 
     def line(self) -> str:
-        from .evaluate import format_result_line
         return format_result_line(self.binary_error, self.stability)
 
 
@@ -117,7 +132,6 @@ def _one_builder(exp: Experiment, what: str, fn: Any) -> Any:
     rank 0 first and the others after it (reproduce.distributed.rank_zero_first); under torchrun,
     one process at a time (a file lock in exp.out), for reproduce.paper's ranks that each run
     their own experiments. One process: just `fn()`."""
-    from .distributed import file_lock, launched_by_torchrun, rank_zero_first
 
     def guarded() -> Any:
         if not launched_by_torchrun():
@@ -129,7 +143,6 @@ def _one_builder(exp: Experiment, what: str, fn: Any) -> Any:
 
 def prepare_dataset(exp: Experiment, input_size: int | None = None) -> Any:
     """setup_<dataset>.m: the dataset's paths, downloading (or generating, for 'toy') what is missing."""
-    from data_prep.setup import ensure_dataset
     toy_options = dict(exp.toy_options)
     if exp.dataset == "toy" and input_size is not None:
         toy_options.setdefault("input_size", int(input_size))
@@ -139,13 +152,11 @@ def prepare_dataset(exp: Experiment, input_size: int | None = None) -> Any:
 
 
 def _pretrained(exp: Experiment) -> Any:
-    from .models import MODELS
     if exp.pretrained == "none":
         return None
     if exp.pretrained == "auto":
         if not MODELS[exp.model].pretrained_file:
             return None
-        from data_prep.setup import ensure_model
         return _one_builder(exp, f"getting the {exp.model} model", lambda: ensure_model(
             exp.model, root=exp.models_root, offline=exp.offline, progress=exp.progress))
     path = Path(exp.pretrained)
@@ -156,7 +167,6 @@ def _pretrained(exp: Experiment) -> Any:
 
 def build_net(exp: Experiment) -> tuple[Any, Any, dict]:
     """network_init.m as learn_icnn.m / learn_icnn_multiclass.m call it: (net, trainOpts, meta)."""
-    from .models import network_init
     with warnings.catch_warnings():
         if exp.model == "tiny":
             warnings.simplefilter("ignore")
@@ -182,9 +192,6 @@ def build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
 
 
 def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
-    from data_prep.annotations import read_annotation
-    from data_prep.imdb import get_category_imdb, load_or_build_imdb, produce_imdb
-    from data_prep.readers import count_objects
     conf = paths.data_conf()
 
     def category_imdb(category: str, cache: Path) -> Any:
@@ -206,7 +213,6 @@ def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any
 def input_size(exp: Experiment) -> int:
     """The network's input size: exp.image_size, else network_init's default for the model (224, 227 for
     alexnet, 64 for tiny)."""
-    from .models import MODELS
     return int(exp.image_size or MODELS[exp.model].image_size)
 
 
@@ -229,7 +235,6 @@ def run_options(exp: Experiment) -> dict:
 
 
 def _slice_mag_fill(exp: Experiment) -> str:
-    from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN
     return SLICE_MAG_FILL_OWN_COLUMN if exp.fix_slicemag_quirk else SLICE_MAG_FILL_COLUMN1
 
 
@@ -246,7 +251,6 @@ def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
     temporary .npy beside it. The toy dataset's positives are known; a real category's are bounded
     by getImdb's tarN (3 x the negatives). A multi-class run builds each category's imdb, then
     produceIMDB's (about as large as their sum)."""
-    from data_prep.imdb import cache_complete
     row = 3 * int(image_size) ** 2 * 4
     if exp.dataset == "toy":
         n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", TOY_NEGATIVES))
@@ -274,7 +278,6 @@ def space_needed(exp: Experiment, net: Any, opts: Any) -> dict[str, int]:
     """What the rest of a run writes into `exp.out`: the imdb build (unless cached) and a checkpoint
     (plus its .mat with save_mat) and the plots for each epoch still to train; resuming at epoch k
     of n needs n - k epochs, not n."""
-    from . import checkpoints as ckpt
     num_epochs = opts["num_epochs"] if isinstance(opts, dict) else opts.num_epochs
     remaining = max(0, int(num_epochs) - ckpt.last_checkpoint_epoch(exp.exp_dir))
     per_epoch = checkpoint_bytes(net) * (2 if exp.save_mat else 1) + PLOT_BYTES
@@ -284,7 +287,6 @@ def space_needed(exp: Experiment, net: Any, opts: Any) -> dict[str, int]:
 
 def check_space(exp: Experiment, net: Any, opts: Any) -> None:
     """`InsufficientDiskSpaceError` (said before the imdb is built) unless `space_needed` is free."""
-    from data_prep.download import check_disk_space
     need = space_needed(exp, net, opts)
     check_disk_space(exp.out, need["imdb"] + need["checkpoints"])
 
@@ -293,9 +295,6 @@ def check_data_root(exp: Experiment) -> None:
     """Before any work: the data folder must take the files the run will write there (the toy
     dataset when not generated yet, downloads unless offline); a read-only folder that already
     holds the data is fine with --offline. A `UserError` naming the folder otherwise."""
-    from data_prep.setup import default_data_root
-    from data_prep.toy import read_manifest
-    from legacy_compat.cli import UserError
     root = Path(exp.data_root) if exp.data_root is not None else default_data_root()
     existing = root
     while not existing.exists() and existing != existing.parent:
@@ -317,7 +316,6 @@ def check_data_root(exp: Experiment) -> None:
 def check_resume_early(exp: Experiment) -> None:
     """Before the data, the net and the imdb are built: a folder whose last checkpoint records other
     options than `exp` stops the run here (train checks again, the network included)."""
-    from . import checkpoints as ckpt
     start = ckpt.last_checkpoint_epoch(exp.exp_dir)
     if start == 0:
         return
@@ -330,7 +328,6 @@ def check_resume_early(exp: Experiment) -> None:
 
 def learn(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any, Any]:
     """learn_icnn.m / learn_icnn_multiclass.m: (trained net, stats, imdb, dataset paths)."""
-    from .train import train
     check_resume_early(exp)
     net, opts, meta = build_net(exp)
     check_space(exp, net, opts)
@@ -348,7 +345,6 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
     single-class ICNN, step_drawRF.m's pictures (occluder and smoothing scaled to the input
     size when it is smaller than the original's 224: `draw_rf.scaled_rf_settings`). mean_data: the imdb
     the net was trained on, or its dataMean in any form `evaluate.read_mean_data` takes."""
-    from .evaluate import CategorySource, evaluate_net, read_mean_data
     conf = paths.data_conf()
     error_name = "top1err" if exp.loss == "ourloss_softmaxlog" else "binerr"
     sources = [CategorySource.from_conf(c, conf, sorted(set(paths.parts_for(c)) | {1})) for c in exp.categories]
@@ -358,9 +354,7 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
                               multiclass=exp.multiclass, error_name=error_name, device=exp.device,
                               progress=exp.progress)
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
-    from .distributed import is_main
     if exp.draw and exp.interpretable and not exp.multiclass and is_main():
-        from .draw_rf import draw_rf, drawing_objset, scaled_rf_settings
         source = sources[0]
         objects = drawing_objset(source.name, conf)     # readAnnotation's objset (CUB: not the sampling one)
         result.drawing = draw_rf(net, source.name, objects, source.load_patch, mean, evaluation.layer_id,
@@ -371,7 +365,6 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
 
 def run_experiment(exp: Experiment, paths: Any = None) -> RunResult:
     """demo.m after the settings: learn, then show results."""
-    import time
     t0 = time.perf_counter()
     net, stats, imdb, paths = learn(exp, paths)
     t1 = time.perf_counter()

@@ -39,7 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import Experiment
+from legacy_compat.atomic import atomic_write, atomic_write_bytes
+from legacy_compat.matio import savemat
+from legacy_compat.mattypes import MatStruct, cell
+from legacy_compat.simplenn import net_to_matlab
+
+from .ablation import format_table, run_ablation, summarise, write_results
+from .cli import add_common, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
+from .models import MODELS
+from .pipeline import Experiment, learn, prepare_dataset
 
 #: The pretraining's learning rates: network_init's tiny schedule x this. At x1 the multi-class ordinary tiny
 #: CNN (2 logistic outputs, the tiny lrMag chosen at the edge of what the single-class ordinary net survives)
@@ -52,7 +60,6 @@ __all__ = ["main", "pretrain_and_finetune", "pretrain_trunk", "save_pretrained_m
 def pretrain_trunk(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any]:
     """Step 1: train the ordinary CNN on exp.categories (several: multi-class, logistic loss).
     Returns (trained net, stats, imdb)."""
-    from .pipeline import learn
     if not exp.multiclass:
         raise ValueError("pretraining needs at least two categories (a multi-way classifier)")
     net, stats, imdb, _ = learn(replace(exp, interpretable=False, draw=False), paths)
@@ -62,12 +69,7 @@ def pretrain_trunk(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any]:
 def save_pretrained_model(net: Any, model: str, path: Path, classes: Sequence[str]) -> Path:
     """Step 2: the trunk of `net` (its first meta['pretrained_count'] layers, what network_init took
     from the trunk) as a MatConvNet model file network_init reads (`pretrained=path`)."""
-    from legacy_compat.atomic import atomic_write
-    from legacy_compat.matio import savemat
-    from legacy_compat.mattypes import MatStruct, cell
-    from legacy_compat.simplenn import net_to_matlab
 
-    from .models import MODELS
     count = int(net.meta["pretrained_count"])
     specs = net.to_specs()[:count]
     bad = [s.name for s in specs for w in s.weights if not bool(np.isfinite(w.detach().cpu().numpy()).all())]
@@ -93,8 +95,6 @@ def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], fine
                           device: str = "cpu", data_root: Path | None = None, toy_options: dict | None = None,
                           progress: bool = True, say=print) -> dict:
     """Steps 1-3. Returns {'pretrain': ..., 'model_file': ..., 'records': [...], 'summary': [...]}."""
-    from .ablation import run_ablation, summarise
-    from .pipeline import prepare_dataset
     out = Path(out)
     common = {"dataset": dataset, "model": model, "dropout": dropout, "out": out, "data_root": data_root,
               "offline": True, "device": device, "draw": False, "toy_options": dict(toy_options or {}),
@@ -102,7 +102,6 @@ def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], fine
     every = list(dict.fromkeys([*pretrain_categories, finetune_category]))
     if finetune_category in pretrain_categories:
         raise ValueError(f"the fine-tuning category {finetune_category!r} must be held out of pretraining")
-    from .models import MODELS
     paths = prepare_dataset(Experiment(categories=every, **common), MODELS[model].image_size)
     pre = Experiment(categories=list(pretrain_categories), pretrained="none", seed=int(seeds[0]),
                      epochs=pretrain_epochs, interpretable=False, learning_rate_scale=pretrain_lr_scale, **common)
@@ -123,7 +122,6 @@ def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], fine
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_common, dropout_rate, nonnegative_int, positive_int
     p = argparse.ArgumentParser(prog="python -m reproduce.pretrain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="toy")
@@ -147,17 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.pretrain`; errors are one or two lines (reproduce.cli.run_cli)."""
-    from .cli import run_cli
     args = build_parser().parse_args(argv)
     return run_cli("reproduce.pretrain", lambda: _run(args, argv), debug=args.debug,
                    interrupted="run the same command again: finished nets resume from their checkpoints.")
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    from legacy_compat.atomic import atomic_write_bytes
 
-    from .ablation import format_table, write_results
-    from .cli import start_device
     t0 = time.perf_counter()
     toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
     res = pretrain_and_finetune(args.dataset, args.pretrain_categories, args.category, model=args.model,

@@ -68,9 +68,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import checkpoints as ckpt
+from .conv_mask import FilterLossContext, raise_deferred_errors
 from .device import resolve_device
+from .distributed import DistributedError, WholeBatch, active
+from .interrupt import Terminated, sigterm_as_interrupt
+from .plots import plot_training_stats
 
 __all__ = [
     "SLICE_MAG_FILL_COLUMN1", "SLICE_MAG_FILL_OWN_COLUMN", "BatchInfo", "TrainData", "TrainSettings",
@@ -508,7 +513,6 @@ class EpochSetup:
 
 
 def _make_context(labels: torch.Tensor, epoch: int, density: torch.Tensor | None):
-    from .conv_mask import FilterLossContext
     return FilterLossContext(labels=labels, epoch=epoch, density=density)
 
 
@@ -528,7 +532,6 @@ def _batch_step(setup: EpochSetup, idx: np.ndarray, training: bool) -> tuple[flo
     if len(share) > 0:
         context = _make_context(labels, setup.epoch, setup.density)
         if training and dp is not None and dp.whole_batch_filter_loss:
-            from .distributed import WholeBatch
             context.whole_batch = WholeBatch(dp, len(idx))
         x = setup.data.images(share, setup.device)
         with torch.set_grad_enabled(training):
@@ -538,7 +541,6 @@ def _batch_step(setup: EpochSetup, idx: np.ndarray, training: bool) -> tuple[flo
                 loss_t.backward()
         loss, errors = float(loss_t.detach().to(torch.float64)), batch_errors(res[-2], labels, setup.error_name)
     elif training and dp.whole_batch_filter_loss:
-        from .distributed import WholeBatch
         WholeBatch(dp, len(idx)).participate(net, setup.data.num_classes)
     if training:
         if dp is not None:
@@ -582,7 +584,6 @@ class _PhaseClock:
 
 def process_phase(setup: EpochSetup, mode: str, batches: list[np.ndarray]) -> dict[str, float]:
     """processEpoch of our_cnn_train.m for one phase ('train' or 'val')."""
-    from tqdm import tqdm
 
     training = mode == "train"
     setup.net.train(training)
@@ -600,7 +601,6 @@ def process_phase(setup: EpochSetup, mode: str, batches: list[np.ndarray]) -> di
                 setup.on_batch(BatchInfo(setup.epoch, mode, k, len(batches), share, labels, dict(stats)))
     finally:
         bar.close()
-    from .conv_mask import raise_deferred_errors
     raise_deferred_errors(setup.net)      # checks conv_mask kept on the GPU during the phase's steps
     return clock.stats if setup.dp is None else _stats_over_ranks(setup.dp, clock)
 
@@ -702,7 +702,6 @@ def _storable_meta(meta: Any) -> Any:
 
 def _say(progress: bool, text: str) -> None:
     if progress:
-        from tqdm import tqdm
         tqdm.write(text, file=sys.stderr)
 
 
@@ -725,7 +724,6 @@ def _prepare(net: Any, imdb: Any, opts: Any, exp_dir: Path, s: TrainSettings) ->
     learning_rate_for_epoch(schedule, 1)  # checks that it is not empty
     replay = replayed_batches(s.batch_order, data, batch_size, num_epochs) if s.batch_order is not None else None
     density = label_density(data.labels)
-    from .distributed import active
     return _Run(settings=s, exp_dir=exp_dir, device=dev, data=data, batch_size=batch_size, num_epochs=num_epochs,
                 schedule=schedule, dp=active(), replay=replay,
                 options={**_options_record(opts, s.seed, s.slice_mag_fill, replay is not None),
@@ -769,7 +767,6 @@ def _start_from_rank0(net: Any, sgd: MatConvNetSGD | None, run: _Run, info: dict
     if "error" in info:
         if dp.is_main:
             return None
-        from .distributed import DistributedError
         raise DistributedError(f"rank {dp.rank}: rank 0 could not start training: {info['error']}")
     if not dp.is_main:
         net.load_state_dict(info["state"], strict=True)
@@ -846,7 +843,6 @@ def _save_epoch(net: Any, sgd: MatConvNetSGD, run: _Run, stats: dict, epoch: int
         ckpt.save_mat_checkpoint(ckpt.checkpoint_path(run.exp_dir, epoch, "mat"), state, version=s.mat_version)
     ckpt.save_checkpoint(ckpt.checkpoint_path(run.exp_dir, epoch, "pt"), state, _param_names(net))
     if s.plot:
-        from .plots import plot_training_stats
         plot_training_stats(stats, run.exp_dir)
 
 
@@ -893,7 +889,6 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
         ckpt.remove_stale_temporaries(exp_dir)
     net, sgd, stats, start = _resume(net.to(run.device), run, opts)
     epoch = start
-    from .interrupt import Terminated, sigterm_as_interrupt
     restore_sigterm = sigterm_as_interrupt()        # SIGTERM (a scheduler stopping the job) acts as Ctrl-C
     try:
         for epoch in range(start + 1, run.num_epochs + 1):

@@ -15,6 +15,8 @@ from reproduce.ablation import (
     summarise,
 )
 from reproduce.conv_mask import ConvMask, FilterLossContext
+from reproduce.models import network_init
+from reproduce.pretrain import save_pretrained_model
 
 
 def _layer():
@@ -83,8 +85,6 @@ def test_summary_mean_and_sample_std_over_seeds():
 def test_a_pretrained_trunk_is_saved_as_network_init_reads_it(tmp_path):
     """reproduce.pretrain step 2: the trunk of a trained ordinary net as a MatConvNet model file, from
     which network_init builds the ordinary and the interpretable net exactly as from an ImageNet model."""
-    from reproduce.models import network_init
-    from reproduce.pretrain import save_pretrained_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source, _, _ = network_init(2, "tiny", 0.5, seed=5, interpretable=False)

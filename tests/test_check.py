@@ -1,6 +1,7 @@
 """Tests of data_prep.check: the dataset check, on ../shared/data and on small broken datasets."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from data_prep_fixtures import write_ilsvrc_category
 
 from data_prep import check
 from data_prep.readers import BndBox, ObjRecord, PartTruth, save_part_truth
+from data_prep.toy import generate_toy_dataset
 
 FOX = "n02118333"
 TRUTH = "data_input/data_input_DET-2015-subset-ILSVRC2013train"
@@ -76,7 +78,6 @@ def test_only_truth_files_report_the_rest_missing(tmp_path, capsys):
     root = _broken_root(tmp_path)
     (root / TRUTH / FOX / "truth_part02.mat").unlink()
     (root / TRUTH / FOX / "truth_part03.mat").unlink()
-    import shutil
     shutil.rmtree(root / "detanimalpart")
     rc = check.main(["--data-root", str(root), "--no-progress"])
     out = capsys.readouterr().out
@@ -109,7 +110,6 @@ def test_unknown_category_and_empty_root_are_argument_errors(tmp_path, capsys):
 
 def test_generated_toy_dataset_checks_clean(tmp_path, capsys):
     """The toy writer's truth files and images read as the real ones (one entry per object, no problem)."""
-    from data_prep.toy import generate_toy_dataset
     generate_toy_dataset(tmp_path / "toy", n_pos=6, n_neg=3, progress=False)
     rc = check.main(["--data-root", str(tmp_path), "--no-progress"])
     out = capsys.readouterr().out

@@ -9,12 +9,18 @@ import pytest
 
 import demo
 from data_prep import check as data_check
+from data_prep.download import InsufficientDiskSpaceError
+from data_prep.readers import DatasetError
+from data_prep.setup import MissingDataError
 from legacy_compat import cli, parity
+from legacy_compat.matio import MatFileError
 from reproduce import paper, train_cli
 from reproduce.bench import conv_mask as bench_conv_mask
 from reproduce.bench import evaluation as bench_eval
 from reproduce.bench import imdb as bench_imdb
 from reproduce.bench import suite as bench
+from reproduce.checkpoints import CheckpointError
+from reproduce.evaluate import EvaluationError
 
 # every command line's main, and the arguments it needs besides the one under test
 COMMANDS = {
@@ -130,12 +136,6 @@ def test_disk_full_is_said_as_such_and_other_errors_in_one_line(capsys):
 
 
 def test_the_package_errors_are_user_errors():
-    from data_prep.download import InsufficientDiskSpaceError
-    from data_prep.readers import DatasetError
-    from data_prep.setup import MissingDataError
-    from legacy_compat.matio import MatFileError
-    from reproduce.checkpoints import CheckpointError
-    from reproduce.evaluate import EvaluationError
     for kind in (InsufficientDiskSpaceError, DatasetError, MatFileError, CheckpointError, EvaluationError,
                  paper.RunnerError, demo.DemoError):
         assert issubclass(kind, cli.UserError), kind

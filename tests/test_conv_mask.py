@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reproduce import conv_mask as cm
+from reproduce.bench.conv_mask import count_ops
 from reproduce.conv_mask import (
     ConvMask,
     FilterLossContext,
@@ -397,7 +399,6 @@ def test_forward_backward_operation_counts():
     # issue 15: 414 top-level ATen operations before (1 class), 5 for Conv2d, with this counter. The
     # issue's targets (80 / 100) are not reached: see count_ops and the README; these bounds keep
     # the counts from growing back.
-    from reproduce.bench.conv_mask import count_ops
     c = count_ops("cpu", batch=8, channels=64, size=14)
     assert c["plain"]["aten_ops"] == 5
     assert c["single"]["aten_ops"] <= 104
@@ -424,7 +425,6 @@ def test_deferred_checks_raise_the_same_errors_later():
 
 
 def test_compile_is_off_by_default_and_never_on_the_cpu():
-    from reproduce import conv_mask as cm
     assert not cm._COMPILE["enabled"]
     layer = _layer()
     x = torch.rand(2, 4, 5, 5, requires_grad=True)

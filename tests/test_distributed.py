@@ -22,9 +22,14 @@ import numpy as np
 import pytest
 import torch
 
+from legacy_compat import loadmat
+from legacy_compat.simplenn import layers_from_matlab
 from reproduce import distributed as dd
 from reproduce import train as tr
 from reproduce.checkpoints import find_checkpoints, load_checkpoint
+from reproduce.evaluate import _peaks_over_ranks
+from reproduce.golden.train import golden_imdb
+from reproduce.network import SimpleNN
 
 GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden"
 BATCH = 3
@@ -34,10 +39,6 @@ TOL = 1e-5 if DEVICE == "cpu" else 1e-4
 
 
 def _tiny(case: str):
-    from legacy_compat import loadmat
-    from legacy_compat.simplenn import layers_from_matlab
-    from reproduce.golden.train import golden_imdb
-    from reproduce.network import SimpleNN
     data = loadmat(GOLDEN / f"cnn_train_{case}.mat")
     layers = data.inputs.net.layers
     return (lambda: SimpleNN.from_specs(layers_from_matlab(layers))), golden_imdb(data.inputs.imdb)
@@ -107,7 +108,6 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     claims = list(dd.claimed_runs(7, dd.store_counter("test/claims")))
     dd.active().barrier("after the claims")
     out["claims"] = claims
-    from reproduce.evaluate import _peaks_over_ranks
     out["peaks"] = _peaks_over_ranks(_fake_peaks, [0, 2, 3, 5, 8])
     torch.save(out, tmp_path / f"rank{rank}.pt")
     if DEVICE != "cpu":   # NCCL's watchdog would abort rank 0's process: the dead-rank run is gloo's

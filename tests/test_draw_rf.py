@@ -1,12 +1,19 @@
 """Tests of reproduce.draw_rf: step_drawRF.m's pieces and the whole drawing on a tiny net."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+from data_prep_fixtures import write_cub
 from PIL import Image
 
+from data_prep.cub200 import cub200_conf, read_annotation_cub, read_annotation_sampling_cub
+from legacy_compat.matio import savemat
 from reproduce import draw_rf as rf
+from reproduce import evaluate as ev
+from reproduce import pipeline
 from reproduce.models import network_init
 
 
@@ -237,14 +244,8 @@ def test_rf_settings_are_the_originals_from_224_up():
 def test_cub_drawings_use_read_annotations_objset(tmp_path, monkeypatch):
     """showResults draws from readAnnotation's objset (step_drawRF.m), not the evaluation's
     readAnnotation_sampling objset: for CUB they differ."""
-    from types import SimpleNamespace
 
-    from data_prep_fixtures import write_cub
 
-    from data_prep.cub200 import cub200_conf, read_annotation_cub, read_annotation_sampling_cub
-    from legacy_compat.matio import savemat
-    from reproduce import evaluate as ev
-    from reproduce import pipeline
 
     conf = cub200_conf(tmp_path, catedir=write_cub(tmp_path), readcode=tmp_path / "code")
     (tmp_path / "code").mkdir()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from data_prep.ilsvrc import ilsvrc_conf
+from data_prep.readers import PartTruth
 from legacy_compat import loadmat
 from reproduce import evaluate as ev
 from reproduce.checkpoints import load_mat_checkpoint, save_checkpoint
@@ -370,7 +371,6 @@ def test_missing_checkpoint_and_bad_mean():
 def test_multi_object_entries_count_as_present_but_never_as_usable(shared_data):
     """The goldfish's real truth file: 200 entries with the part (computeStability.m's validImg),
     9 of them with several objects, which getDistSqrtVar.m leaves out (numel(pHW_center) > 2)."""
-    from data_prep.ilsvrc import ilsvrc_conf
     truth = ev.read_part_centres([ilsvrc_conf(shared_data).truth_file("n01443537", 1)])
     assert truth.num_images == 844
     assert truth.present.sum() == 200 and truth.usable.sum() == 191
@@ -380,7 +380,6 @@ def test_multi_object_entries_count_as_present_but_never_as_usable(shared_data):
 def test_multi_object_image_is_processed_and_scored_but_not_measured():
     """computeStability.m runs an image whose only entry has several objects (its score counts in
     step_computeStability_multiClass.m's mean), getDistSqrtVar.m leaves it out of the distances."""
-    from data_prep.readers import PartTruth
     net = _tiny_net()
     imgs, centres = _blob_images(6)
     two = PartTruth(pHW_center=np.array([[10.0, 40.0], [12.0, 30.0]]))

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reproduce import losses
+import demo
+from reproduce import losses, paper, train_cli
+from reproduce.losses import single_class_loss_error
 
 
 def test_logistic_value_and_gradient():
@@ -80,8 +82,6 @@ def test_error_multiclass_top1_with_ties_and_nan():
 def test_softmaxlog_without_multiclass_is_refused_at_argument_parsing(command, capsys, tmp_path):
     """The original uses lossType only for multi-class nets: one class with softmaxlog would train
     nothing (constant log-softmax) and print an error of 0. Each command line says so at once."""
-    import demo
-    from reproduce import paper, train_cli
     single = {"demo": (demo.main, ["--loss", "softmaxlog", "--quick", "--out", str(tmp_path)]),
               "paper": (paper.main, ["--loss", "softmaxlog", "--dataset", "toy", "--dry-run", "--out", str(tmp_path)]),
               "train": (train_cli.main, ["--loss", "ourloss_softmaxlog", "--dataset", "toy", "--category", "toy01",
@@ -97,7 +97,6 @@ def test_softmaxlog_without_multiclass_is_refused_at_argument_parsing(command, c
 
 
 def test_softmaxlog_with_several_classes_and_logistic_are_accepted():
-    from reproduce.losses import single_class_loss_error
     assert single_class_loss_error("softmaxlog", True) is None
     assert single_class_loss_error("ourloss_softmaxlog", True) is None
     assert single_class_loss_error("logistic", False) is None

@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import reproduce.pretrain as pre
 from reproduce import paper as pp
+from reproduce.ablation import summarise
 from reproduce.evaluate import DEFAULT_LAYER_ID, target_layer_index
 from reproduce.geometry import get_conv_net_para
 from reproduce.models import MODELS, network_init
@@ -238,7 +240,6 @@ def test_ablation_through_the_runner(tmp_path, capsys):
 def test_pretrain_finetune_is_planned_from_the_grid(tmp_path, monkeypatch, capsys):
     """--pretrain-finetune: the grid's category is held out, the dataset's other categories pretrain the
     trunk (reproduce.pretrain; its steps are tested in test_ablation and by its command)."""
-    import reproduce.pretrain as pre
     seen = {}
 
     def fake(dataset, pretrain_categories, category, **kw):
@@ -246,7 +247,6 @@ def test_pretrain_finetune_is_planned_from_the_grid(tmp_path, monkeypatch, capsy
         m = {"binary_error": 0.1, "location_instability": 0.2, "part_interpretability": 0.3}
         recs = [{"variant": v, "seed": 3, "before": m, "after": m, "before_masks_off": m, "after_masks_off": m}
                 for v in ("ordinary", "icnn-no-filter-loss", "icnn")]
-        from reproduce.ablation import summarise
         return {"records": recs, "summary": summarise(recs)}
     monkeypatch.setattr(pre, "pretrain_and_finetune", fake)
     out = tmp_path / "paper"

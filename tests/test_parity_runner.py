@@ -106,7 +106,6 @@ def echo_adapter():
 
 
 def test_a_case_whose_outputs_are_empty_fails(tmp_path, echo_adapter):
-    import scipy.io
     path = tmp_path / "empty.mat"
     scipy.io.savemat(path, {"case_fn": echo_adapter, "inputs": {"x": 1.0}, "outputs": {}})
     res = run_case(path)
@@ -116,7 +115,6 @@ def test_a_case_whose_outputs_are_empty_fails(tmp_path, echo_adapter):
 
 
 def test_a_bad_file_fails_alone_and_the_other_cases_still_run(tmp_path, echo_adapter, capsys):
-    import scipy.io
     scipy.io.savemat(tmp_path / "a_no_outputs.mat", {"case_fn": echo_adapter, "inputs": {"x": 1.0}})
     (tmp_path / "b_png.mat").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
     (tmp_path / "c_empty.mat").write_bytes(b"")

@@ -306,7 +306,6 @@ def test_multi_object_truth_entries_are_read(shared_data):
 
 def test_multi_object_truth_round_trip_keeps_the_original_layout(tmp_path, shared_data):
     """save_part_truth writes a K-object entry as the original file holds it: 2 x K, obj 1 x K."""
-    from legacy_compat import StructArray, loadmat
     src = shared_data / ILSVRC_TRUTH / "n02391049" / "truth_part01.mat"
     truth = read_part_truth_file(src)[:30]
     for version in ("5", "7.3"):

@@ -6,9 +6,13 @@ The whole runs use the scaled-down ICNN of the golden case cnn_train_single
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections import namedtuple
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -291,9 +295,6 @@ def test_interrupted_runs_resume_to_the_same_weights(tiny, tmp_path):
 def test_the_resume_test_passes_with_sigint_ignored():
     """Started in the background or under nohup, pytest has SIGINT ignored (inherited across exec):
     the resume test above must still see its SIGINT."""
-    import subprocess
-    import sys
-    from pathlib import Path
     root = Path(__file__).resolve().parent.parent
     code = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); import pytest; "
             "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
@@ -306,7 +307,6 @@ def test_the_resume_test_passes_with_sigint_ignored():
 def test_sigterm_stops_training_as_ctrl_c_and_the_run_resumes(tiny, tmp_path, capsys):
     """SIGTERM (a batch scheduler's stop) between epochs 2 and 3: complete checkpoints only, a message
     on how to resume, the previous SIGTERM handler back; the resumed run ends as an unbroken one."""
-    import os
     make_net, imdb = tiny
     reference = _weights(tr.train(make_net(), imdb, _opts(), tmp_path / "ref", progress=False, plot=False)[0])
 

@@ -28,16 +28,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
+from reproduce import train as tr
 from reproduce.cli import add_common, positive_int, run_cli, start_device
-from reproduce.conv_mask import ConvMask, FilterLossContext
+from reproduce.conv_mask import ConvMask, FilterLossContext, raise_deferred_errors
 from reproduce.device import resolve_device
+from reproduce.models import MODELS, network_init, train_opts
 
 __all__ = ["run", "main"]
 
@@ -116,11 +121,7 @@ def count_ops(device: str = "cpu", batch: int = 8, channels: int = 64, size: int
     """Per forward+backward step ('plain', 'single', 'multi'): top-level ATen operations (see the
     module docstring) and, on CUDA, kernels launched and host synchronisations (counted with
     torch.cuda.set_sync_debug_mode('warn'))."""
-    import warnings
 
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     dev = resolve_device(device)
     steps = _steps(dev, batch, channels, size, seed)
@@ -164,12 +165,8 @@ def sync_check(device: str = "cuda", batch: int = 32, model: str = "vgg-vd-16") 
     the `model` ICNN's forward, backward, SGD update and sliceMag update (reproduce.train's,
     without its statistics) on a batch already on the GPU, after a warm-up. One line per part:
     'ok' or the error."""
-    import warnings
 
-    import numpy as np
 
-    from reproduce import train as tr
-    from reproduce.models import MODELS, network_init, train_opts
 
     dev = resolve_device(device)
     if dev.type != "cuda":
@@ -213,7 +210,6 @@ def sync_check(device: str = "cuda", batch: int = 32, model: str = "vgg-vd-16") 
             lines.append(f"sync check: {name}: SYNCHRONISES: {str(err).splitlines()[0][:200]}")
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    from reproduce.conv_mask import raise_deferred_errors
     _sync(dev)
     raise_deferred_errors(net)
     return lines
