@@ -43,7 +43,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -216,12 +216,19 @@ class ImdbLayout:
         return int(self.source.size)
 
 
-def _round_linspace(a: float, b: float, n: float, flavor: str) -> np.ndarray:
-    """round(linspace(a, b, n)) as 1-based int64 indices."""
-    return mround(mlinspace(a, b, int(n), flavor=flavor)).astype(np.int64)
+#: How the train/val split picks its images: `split(n)` -> the 1-based training indices of n.
+SplitFn = Callable[[int], np.ndarray]
+#: How the training mean is taken: `mean(chunks, count)` over the training rows (float32
+#: arrays, in the unshuffled order) -> the mean image, float32.
+MeanFn = Callable[[Iterable[np.ndarray], int], np.ndarray]
 
 
-def get_imdb_layout(num_pos: int, num_neg: int, *, linspace_flavor: str = "matlab") -> ImdbLayout:
+def linspace_split(n: int) -> np.ndarray:
+    """getImdb.m / produceIMDB's training picks: round(linspace(1, n, round(trainRate * n))), 1-based."""
+    return mround(mlinspace(1, n, int(mround(np.float64(n * TRAIN_RATE))))).astype(np.int64)
+
+
+def get_imdb_layout(num_pos: int, num_neg: int, *, split: SplitFn = linspace_split) -> ImdbLayout:
     """getImdb.m's arithmetic: positives and mirrors repeated to tarN, then the negatives.
 
     tarN = round(posRate/(1-posRate) * num_neg) (3 x num_neg); the 2*num_pos
@@ -229,9 +236,7 @@ def get_imdb_layout(num_pos: int, num_neg: int, *, linspace_flavor: str = "matla
     (2 num_pos)) times and cut at tarN. Training images: positives
     round(linspace(1, num_pos, round(0.9 num_pos))) with both mirrors in
     every repetition (those <= tarN), negatives round(linspace(1, num_neg,
-    round(0.9 num_neg))). `linspace_flavor` 'octave' reproduces GNU Octave's
-    linspace, under which the golden cases were recorded (the two differ
-    only where a value lands exactly on .5).
+    round(0.9 num_neg))) (`split`, default `linspace_split`).
     """
     if num_pos < 1:
         raise DatasetError("getImdb: no positive objects (every box was skipped or the category is empty)")
@@ -239,12 +244,12 @@ def get_imdb_layout(num_pos: int, num_neg: int, *, linspace_flavor: str = "matla
         raise DatasetError("getImdb: no negative images")
     tar_n = int(mround(np.float64(POS_RATE / (1 - POS_RATE) * num_neg)))
     rep_n = int(math.ceil(tar_n / (num_pos * 2)))
-    lp = _round_linspace(1, num_pos, mround(np.float64(num_pos * TRAIN_RATE)), linspace_flavor)
+    lp = split(num_pos)
     lp = np.concatenate([lp * 2 - 1, lp * 2])
     if rep_n > 1:
         lp = np.sort((lp[None, :] + (np.arange(rep_n)[:, None] * (num_pos * 2))).reshape(-1), kind="stable")
     lp = lp[lp <= tar_n]
-    ln = _round_linspace(1, num_neg, mround(np.float64(num_neg * TRAIN_RATE)), linspace_flavor)
+    ln = split(num_neg)
     total = tar_n + num_neg
     k = np.arange(tar_n) % (2 * num_pos)
     source = np.concatenate([k // 2, num_pos + np.arange(num_neg)]).astype(np.int64)
@@ -472,33 +477,26 @@ def _slot_rows(sources: _Sources, layout: ImdbLayout, slots: np.ndarray) -> np.n
     return rows
 
 
-def _training_mean(sources: _Sources, layout: ImdbLayout, mode: str) -> np.ndarray:
+def _training_mean(sources: _Sources, layout: ImdbLayout, mean: MeanFn | None) -> np.ndarray:
     """mean(data(:,:,:,set==1), 4) as float32.
 
-    mode 'float64': the weighted float64 sums taken while gathering,
-    divided, rounded once (the accurate mean). mode 'float32': a
-    single-precision running sum over the training images in the order of
-    the unshuffled imdb, divided in single, as Octave's `mean` of a single
-    array computes it (the golden cases were recorded with it). The two
-    differ by float32 rounding (~1e-5 relative).
+    Default (`mean` None): the weighted float64 sums taken while gathering, divided, rounded
+    once (the accurate mean). A `mean` function gets the training rows instead, chunk by chunk
+    in the order of the unshuffled imdb (the golden adapters pass Octave's single-precision
+    running sum, which differs from this by float32 rounding, ~1e-5 relative).
     """
     train = np.flatnonzero(layout.set == 1)
     if train.size == 0:
         raise DatasetError("the imdb has no training images: the training mean is undefined")
-    if mode == "float64":
+    if mean is None:
         return ((sources.acc + sources.acc_flip[..., ::-1]) / train.size).astype(np.float32)
-    if mode != "float32":
-        raise ValueError(f"mean_mode must be 'float64' or 'float32', got {mode!r}")
-    acc = np.zeros(sources.row_shape, dtype=np.float32)
     step = _rows_per_chunk(tuple(sources.row_shape), train.size)
-    for s in range(0, train.size, step):
-        rows = _slot_rows(sources, layout, train[s:s + step])
-        acc = np.add.reduce(np.concatenate([acc[None], rows]), axis=0, dtype=np.float32)   # row by row
-    return (acc / np.float32(train.size)).astype(np.float32)
+    chunks = (_slot_rows(sources, layout, train[s:s + step]) for s in range(0, train.size, step))
+    return np.asarray(mean(chunks, int(train.size)), dtype=np.float32)
 
 
 def _assemble(layout: ImdbLayout, pos: PatchInput, neg: PatchInput, perm: np.ndarray | None, classes: Sequence[str],
-              image_size: tuple[int, int] | None, out: os.PathLike | str | None, mean_mode: str) -> Imdb:
+              image_size: tuple[int, int] | None, out: os.PathLike | str | None, mean_fn: MeanFn | None) -> Imdb:
     """Gather the distinct patches (and the mean), then write every image once, in its final
     (shuffled) order, with the mean subtracted: data(:,:,:,k) = patch(list(k)) - dataMean."""
     n = layout.n
@@ -512,7 +510,7 @@ def _assemble(layout: ImdbLayout, pos: PatchInput, neg: PatchInput, perm: np.nda
     sources = _Sources(pos, neg, image_size, Path(out).parent if out is not None else None, w0, w1)
     store = None
     try:
-        mean = _training_mean(sources, layout, mean_mode)
+        mean = _training_mean(sources, layout, mean_fn)
         slot_at = perm - 1 if perm is not None else np.arange(n)     # unshuffled slot shown at each place
         store = _new_store(out, (n,) + tuple(sources.row_shape))
         step = _rows_per_chunk(tuple(sources.row_shape), n)
@@ -540,8 +538,8 @@ def _perm_for(is_train: bool, perms: Any, seed: int, n: int, what: str) -> np.nd
 
 def assemble_imdb(pos: PatchInput, neg: PatchInput, classes: Sequence[str] = ("cate",), *, is_train: bool = True,
                   perms: Any = None, seed: int = 0, image_size: tuple[int, int] | None = None,
-                  out: os.PathLike | str | None = None, linspace_flavor: str = "matlab",
-                  mean_mode: str = "float64") -> Imdb:
+                  out: os.PathLike | str | None = None, layout: ImdbLayout | None = None,
+                  mean: MeanFn | None = None) -> Imdb:
     """getImdb.m from the getI patches: pos (unflipped object patches) and neg, each
     N x 3 x H x W float32 0-255, or lazy sources `(count, blocks)` where blocks() yields
     (start, block) as `data_prep.get_i.gather_patches` does (then image_size is needed).
@@ -550,23 +548,23 @@ def assemble_imdb(pos: PatchInput, neg: PatchInput, classes: Sequence[str] = ("c
     subtracted, and (is_train) the shuffle by `perms` (MATLAB's recorded
     randperm(N), 1-based; a list/cell of draws uses the first), or by
     `legacy_randperm(N, seed)`. `out`: write the data to this .npy (the
-    returned data is then a read-only memmap of it). `linspace_flavor`: see
-    `get_imdb_layout`; `mean_mode`: see `_training_mean`.
+    returned data is then a read-only memmap of it). `layout`: default `get_imdb_layout` of
+    the counts; `mean`: how the training mean is taken (see `_training_mean`).
     """
-    layout = get_imdb_layout(_count(pos), _count(neg), linspace_flavor=linspace_flavor)
+    layout = layout if layout is not None else get_imdb_layout(_count(pos), _count(neg))
     perm = _perm_for(is_train, perms, seed, layout.n, "getImdb")
-    return _assemble(layout, pos, neg, perm, classes, image_size, out, mean_mode)
+    return _assemble(layout, pos, neg, perm, classes, image_size, out, mean)
 
 
 def assemble_imdb_cub200(pos: PatchInput, neg: PatchInput, train_list: Sequence[int],
                          classes: Sequence[str] = ("cub200",), *, is_train: bool = True, perms: Any = None,
                          seed: int = 0, image_size: tuple[int, int] | None = None,
-                         out: os.PathLike | str | None = None, mean_mode: str = "float64") -> Imdb:
+                         out: os.PathLike | str | None = None, mean: MeanFn | None = None) -> Imdb:
     """getImdb_cub200.m from the getI patches: `neg` holds each negative ONCE (it is used four
     times); `train_list` the 1-based training positions (readAnnotation's trainList)."""
     layout = get_imdb_cub200_layout(_count(pos), _count(neg), train_list)
     perm = _perm_for(is_train, perms, seed, layout.n, "getImdb_cub200")
-    return _assemble(layout, pos, neg, perm, classes, image_size, out, mean_mode)
+    return _assemble(layout, pos, neg, perm, classes, image_size, out, mean)
 
 
 # ----------------------------------------------------------------- produceIMDB
@@ -578,24 +576,10 @@ def _produce_rows(im: Imdb, idx: np.ndarray) -> np.ndarray:
     return rows
 
 
-def produce_imdb(category_imdbs: Sequence[Imdb], names: Sequence[str], npos: Sequence[int], *,
-                 out: os.PathLike | str | None = None, linspace_flavor: str = "matlab",
-                 mean_mode: str = "float64") -> Imdb:
-    """produceIMDB (learn_icnn_multiclass.m): one multi-class imdb from per-category imdbs.
-
-    For category i: undo its shuffle (images.order), take its first
-    2 * npos[i] positives (each object and its mirror; npos[i] is the number
-    of objects readAnnotation gives, `numel(objset)`), repeat them to at
-    least minSampleNum (1500; 100 when more than 10 classes) and cut at
-    maxSampleNum (1e6; 400), add its dataMean back; label +1 for class i and
-    -1 for the others. Then the linspace train/val split, the new training
-    mean subtracted, order 1..N (no shuffle). The category imdbs are read
-    twice (the mean, then the data), never held whole.
-    """
-    label_num = len(names)
-    if label_num != len(category_imdbs) or label_num != len(npos):
-        raise ValueError(f"produce_imdb: {len(category_imdbs)} imdbs, {label_num} names, {len(npos)} npos")
-    max_n, min_n = (400, 100) if label_num > 10 else (1000000, 1500)
+def _produce_picks(category_imdbs: Sequence[Imdb], names: Sequence[str], npos: Sequence[int]) -> list[np.ndarray]:
+    """Per category: the indices of its first 2 * npos positives (unshuffled), repeated to
+    minSampleNum and cut at maxSampleNum (produceIMDB's sample counts)."""
+    max_n, min_n = (400, 100) if len(names) > 10 else (1000000, 1500)
     picks = []
     for im, name, npo in zip(category_imdbs, names, npos):
         unshuffle = (im.order - 1) if im.order is not None else np.arange(im.num_images)
@@ -609,17 +593,46 @@ def produce_imdb(category_imdbs: Sequence[Imdb], names: Sequence[str], npos: Seq
             lst = np.tile(lst, int(math.ceil(min_n / lst.size)))[:min_n]
         lst = lst[:min(lst.size, max_n)]
         picks.append(unshuffle[lst])
+    return picks
+
+
+def _float64_mean(chunks: Iterable[np.ndarray], count: int) -> np.ndarray:
+    """The accurate training mean: float64 sums, divided, rounded once to float32."""
+    acc = None
+    for rows in chunks:
+        part = rows.sum(axis=0, dtype=np.float64)
+        acc = part if acc is None else acc + part
+    return (acc / count).astype(np.float32)
+
+
+def produce_imdb(category_imdbs: Sequence[Imdb], names: Sequence[str], npos: Sequence[int], *,
+                 out: os.PathLike | str | None = None, split: SplitFn = linspace_split,
+                 mean: MeanFn | None = None) -> Imdb:
+    """produceIMDB (learn_icnn_multiclass.m): one multi-class imdb from per-category imdbs.
+
+    For category i: undo its shuffle (images.order), take its first
+    2 * npos[i] positives (each object and its mirror; npos[i] is the number
+    of objects readAnnotation gives, `numel(objset)`), repeat them to at
+    least minSampleNum (1500; 100 when more than 10 classes) and cut at
+    maxSampleNum (1e6; 400), add its dataMean back; label +1 for class i and
+    -1 for the others. Then the linspace train/val split (`split`), the new training
+    mean (`mean`, default float64 sums) subtracted, order 1..N (no shuffle). The category
+    imdbs are read twice (the mean, then the data), never held whole.
+    """
+    label_num = len(names)
+    if label_num != len(category_imdbs) or label_num != len(npos):
+        raise ValueError(f"produce_imdb: {len(category_imdbs)} imdbs, {label_num} names, {len(npos)} npos")
+    picks = _produce_picks(category_imdbs, names, npos)
     row_shape = (3,) + category_imdbs[0].image_size
     for im, name in zip(category_imdbs, names):
         if (3,) + im.image_size != row_shape:
             raise DatasetError(f"produceIMDB: category {name!r} has {im.image_size} images, expected {row_shape[1:]}")
     total = sum(p.size for p in picks)
     set_ = np.full(total, 2, dtype=np.uint8)
-    set_[_round_linspace(1, total, mround(np.float64(total * TRAIN_RATE)), linspace_flavor) - 1] = 1
+    set_[split(total) - 1] = 1
     labels = -np.ones((total, label_num), dtype=np.float32)
-    # (category, index in it) of every output image, and its training flag
-    cat_of = np.concatenate([np.full(p.size, i) for i, p in enumerate(picks)])
-    src_of = np.concatenate(picks)
+    cat_of = np.concatenate([np.full(p.size, i) for i, p in enumerate(picks)])   # category of every image
+    src_of = np.concatenate(picks)                                                # its index in that category
     labels[np.arange(total), cat_of] = 1
     step = _rows_per_chunk(row_shape, total)
 
@@ -635,28 +648,18 @@ def produce_imdb(category_imdbs: Sequence[Imdb], names: Sequence[str], npos: Seq
     train = np.flatnonzero(set_ == 1)
     if train.size == 0:
         raise DatasetError("produceIMDB: no training images")
-    if mean_mode == "float64":
-        acc = np.zeros(row_shape, dtype=np.float64)
-        for _, rows in chunks(train):
-            acc += rows.sum(axis=0, dtype=np.float64)
-        mean = (acc / train.size).astype(np.float32)
-    elif mean_mode == "float32":
-        acc32 = np.zeros(row_shape, dtype=np.float32)
-        for _, rows in chunks(train):
-            acc32 = np.add.reduce(np.concatenate([acc32[None], rows]), axis=0, dtype=np.float32)
-        mean = (acc32 / np.float32(train.size)).astype(np.float32)
-    else:
-        raise ValueError(f"mean_mode must be 'float64' or 'float32', got {mean_mode!r}")
+    data_mean = np.asarray((mean or _float64_mean)((rows for _, rows in chunks(train)), int(train.size)),
+                           dtype=np.float32)
     store = _new_store(out, (total,) + row_shape)
     try:
         for part, rows in chunks(np.arange(total)):
-            np.subtract(rows, mean, out=rows)
+            np.subtract(rows, data_mean, out=rows)
             store.write_range(int(part[0]), rows)
         data = store.finish()
     except BaseException:
         store.abort()
         raise
-    return Imdb(data=data, labels=labels, set=set_, data_mean=mean, classes=list(names),
+    return Imdb(data=data, labels=labels, set=set_, data_mean=data_mean, classes=list(names),
                 order=np.arange(1, total + 1, dtype=np.int64))
 
 
@@ -672,7 +675,7 @@ def _neg_imgdir(conf: DataConf) -> Path:
 
 def get_imdb(name: str, conf: DataConf, image_size: Sequence[int] = (224, 224), *, is_train: bool = True,
              perms: Any = None, seed: int = 0, out: os.PathLike | str | None = None,
-             workers: int | None = None, progress: bool = True, linspace_flavor: str = "matlab") -> Imdb:
+             workers: int | None = None, progress: bool = True) -> Imdb:
     """getImdb(Name_batch, theConf, meta, IsTrain): read the category, crop, assemble.
 
     image_size is meta.normalization.imageSize(1:2) of the network (224 or
@@ -686,7 +689,7 @@ def get_imdb(name: str, conf: DataConf, image_size: Sequence[int] = (224, 224), 
     pos = _lazy_patches(objs, conf.imgdir, size, workers, f"{name} positives" if progress else None)
     neg = _lazy_patches(negs, _neg_imgdir(conf), size, workers, "negatives" if progress else None)
     return assemble_imdb(pos, neg, [name], is_train=is_train, perms=perms, seed=seed, image_size=size,
-                         out=out, linspace_flavor=linspace_flavor)
+                         out=out)
 
 
 def get_imdb_cub200(name: str, conf: DataConf, image_size: Sequence[int] = (224, 224), *, is_train: bool = True,

@@ -1,4 +1,5 @@
-"""The golden parity runner: `python -m legacy_compat.parity PATH... [--data-root DIR]`.
+"""The golden parity runner: `python -m reproduce.golden PATH... [--data-root DIR]`
+(also `python -m legacy_compat.parity`).
 
 Each golden case (../shared/golden/README.md) is one call of an original
 MATLAB function: `case_fn`, its `inputs` and its `outputs`, in MATLAB layout.
@@ -13,9 +14,9 @@ shapes (trailing singleton dimensions beyond the second ignored, as MATLAB
 ignores them), equal strings. A case whose `case_fn` has no adapter, an
 adapter that raises, or a missing output is a FAIL, never a skip.
 
-Adapters live with the code they test (legacy_compat imports nothing from the
-package at import time; the modules below are imported when the runner runs):
-each module calls `register(case_fn)` on a function `(inputs, ctx) -> outputs`
+Adapters live in `reproduce.golden` (legacy_compat imports nothing above it; importing
+`reproduce.golden` registers them all): each module calls `register(case_fn)` on a
+function `(inputs, ctx) -> outputs`
 where `inputs` is the case's `inputs` struct as `legacy_compat.loadmat` reads
 it and `outputs` is a dict (nested dicts / lists / arrays) in MATLAB layout,
 keyed like the golden `outputs`.
@@ -40,12 +41,6 @@ from .cli import DEVICE_HELP, UserError, add_debug, add_device, choose_device, r
 from .matio import loadmat
 from .mattypes import MatStruct, StructArray
 
-ADAPTER_MODULES = (
-    "reproduce.golden.core",
-    "reproduce.golden.train",
-    "reproduce.golden.evaluate",
-    "data_prep.golden",
-)
 DEFAULT_RTOL = 1e-4
 TRAINING_RTOL = 1e-3
 ATOL = 1e-6
@@ -86,8 +81,10 @@ def register(case_fn: str, rtol: float = DEFAULT_RTOL,
     return wrap
 
 
-def load_adapters(modules: Iterable[str] = ADAPTER_MODULES) -> list[str]:
-    """Import the adapter modules; returns the problems met (a module that failed to import)."""
+def load_adapters(modules: Iterable[str]) -> list[str]:
+    """Import adapter modules by name (each registers its adapters when imported); returns the
+    problems met (a module that failed to import). The port's adapters need no call: importing
+    `reproduce.golden` registers them all."""
     problems = []
     for name in modules:
         try:
@@ -301,7 +298,7 @@ def find_cases(paths: Iterable[os.PathLike | str]) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m legacy_compat.parity",
+        prog="python -m reproduce.golden",
         description="Run golden cases (MATLAB inputs and outputs of the original ICNN code) "
                     "through the Python port and compare every output.")
     parser.add_argument("paths", nargs="+", help="golden case .mat files or folders of them")
@@ -315,14 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the cases with the adapters registered so far (`python -m reproduce.golden` registers
+    the port's, then calls this)."""
     args = build_parser().parse_args(argv)
     return run_cli("legacy_compat.parity", lambda: _run(args), debug=args.debug)
 
 
 def _run(args: argparse.Namespace) -> int:
     device = choose_device(args.device)
-    for problem in load_adapters():
-        print(f"warning: adapter module failed to import: {problem}", file=sys.stderr)
     cases = find_cases(args.paths)
     passed = failed = 0
     for path in cases:
@@ -338,6 +335,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main: adapters register into `legacy_compat.parity`'s
-    # registry, which is not this `__main__` module's.
-    sys.exit(importlib.import_module("legacy_compat.parity").main())
+    # `python -m legacy_compat.parity` is another name of `python -m reproduce.golden`: the adapters sit
+    # above legacy_compat and register themselves (into the imported legacy_compat.parity's registry,
+    # not this __main__ module's) when reproduce.golden is imported. The library never imports them.
+    from reproduce.golden import main as golden_main  # noqa: PLC0415 - the command line only
+    sys.exit(golden_main())

@@ -1,4 +1,5 @@
-"""The data_prep golden cases (getI, getImdb, getImdb_cub200, produceIMDB) through the parity runner."""
+"""The data_prep golden cases (getI, getImdb, getImdb_cub200, produceIMDB) through the parity runner
+(adapters: reproduce.golden.data)."""
 from __future__ import annotations
 
 import subprocess
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import PROJECT_ROOT, SHARED_DATA
 
-import data_prep.golden  # noqa: F401  registers the adapters
 from legacy_compat import loadmat
 from legacy_compat.parity import _REGISTRY, run_case
+from reproduce.golden import data as golden_data  # importing reproduce.golden registers the adapters
 
 CASES = ["getI.mat", "getImdb_ilsvrc_a.mat", "getImdb_ilsvrc_b.mat", "getImdb_cub200.mat", "produceIMDB.mat"]
 
@@ -28,13 +29,14 @@ def test_golden_case_passes(golden_dir, name):
 def test_golden_imdb_is_exact(golden_dir):
     """With Octave's linspace and single-precision mean the replay is bit-exact."""
     case = loadmat(golden_dir / "getImdb_ilsvrc_b.mat")
-    out = data_prep.golden.golden_get_imdb(case["inputs"], None)["imdb"]
+    out = golden_data.golden_get_imdb(case["inputs"], None)["imdb"]
     np.testing.assert_array_equal(np.asarray(out["images"]["data"]), case["outputs"]["imdb"]["images"]["data"])
     np.testing.assert_array_equal(out["images"]["order"], case["outputs"]["imdb"]["images"]["order"])
 
 
 def test_runner_cli(golden_dir):
-    cmd = [sys.executable, "-m", "legacy_compat.parity", *(str(golden_dir / c) for c in CASES)]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.strip().splitlines()[-1] == f"{len(CASES)} passed, 0 failed"
+    for command in ("reproduce.golden", "legacy_compat.parity"):         # the runner and its other name
+        cmd = [sys.executable, "-m", command, *(str(golden_dir / c) for c in CASES)]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stdout.strip().splitlines()[-1] == f"{len(CASES)} passed, 0 failed"

@@ -38,6 +38,7 @@ from data_prep.imdb import (
 from data_prep.negatives import get_neg_objset
 from data_prep.readers import DatasetError
 from legacy_compat import loadmat
+from reproduce.golden.data import octave_single_mean
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -121,12 +122,16 @@ def test_assemble_invariants():
     assert im.data.dtype == np.float32 and im.labels.shape == (12, 1) and im.set.dtype == np.uint8
 
 
-def test_not_shuffled_and_mean_modes():
+def test_not_shuffled_and_the_mean_function():
     pos, neg = _patches(4), _patches(3, seed=1)
     a = assemble_imdb(pos, neg, is_train=False)
     assert a.order is None and a.labels[:9].min() == 1 and a.classes == ["cate"]
-    b = assemble_imdb(pos, neg, is_train=False, mean_mode="float32")
+    b = assemble_imdb(pos, neg, is_train=False, mean=octave_single_mean)      # the golden cases' running sum
     np.testing.assert_allclose(a.data_mean, b.data_mean, rtol=1e-6)
+    seen = []
+    c = assemble_imdb(pos, neg, is_train=False, mean=lambda chunks, n: seen.append(n) or np.full_like(a.data_mean, 7.0))
+    assert seen == [int((a.set == 1).sum())] and np.all(c.data_mean == 7)
+    np.testing.assert_allclose(c.data + 7, a.data + a.data_mean, rtol=1e-6, atol=1e-4)
     with pytest.raises(ValueError, match="permutation of 1..12"):
         assemble_imdb(pos, neg, perms=[np.arange(1, 12)])
 

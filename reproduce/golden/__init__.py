@@ -1,0 +1,29 @@
+"""The golden-case adapters: the port run on each recorded call of the original code.
+
+`python -m reproduce.golden PATH... [--data-root DIR] [--device DEV]` (also `python -m
+legacy_compat.parity`) runs the cases of ../shared/golden through legacy_compat.parity's
+runner. Importing this package registers every adapter with `legacy_compat.parity.register`:
+
+- `core`: conv_mask, the losses, our_vl_simplenn, network_init, getConvNetPara;
+- `train`: our_cnn_train runs (replayed batches) and checkpoints;
+- `evaluate`: getDistSqrtVar, computeStability, step_drawRF pieces;
+- `data`: getI, getImdb, getImdb_cub200, produceIMDB (with the GNU Octave numerics the cases
+  were recorded under: Octave's linspace and single-precision mean, which only these adapters use).
+
+A new golden case: record it (../shared/golden/README.md), then add `@register("<case_fn>")`
+on an adapter in the module of its area here.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from legacy_compat import parity
+
+from . import core, data, evaluate, train
+
+__all__ = ["main", "core", "data", "evaluate", "train"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m reproduce.golden`: every registered adapter, through legacy_compat.parity.main."""
+    return parity.main(None if argv is None else list(argv))

@@ -9,29 +9,40 @@ reads them) and returns its `outputs` in MATLAB layout, running the port:
   recorded getI patches, replaying the recorded randperm draws (`perms`);
 - produceIMDB: data_prep.imdb.produce_imdb from the per-category imdbs.
 
-The cases were recorded under GNU Octave, so the imdb adapters use Octave's
-linspace (`linspace_flavor='octave'`; the two differ only where a value of
-round(linspace(...)) lands exactly on .5) and Octave's single-precision
-running sum for the training mean (`mean_mode='float32'`; the default
-float64 mean differs from it by float32 rounding, 2e-5 of the data's range
-on produceIMDB.mat).
+The cases were recorded under GNU Octave, so the imdb adapters hand data_prep.imdb
+Octave's numerics, which only they need: Octave's linspace for the train/val split
+(`octave_split`; it differs from MATLAB's only where a value of round(linspace(...))
+lands exactly on .5) and Octave's single-precision running sum for the training mean
+(`octave_single_mean`; the library's float64 mean differs from it by float32 rounding,
+2e-5 of the data's range on produceIMDB.mat).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
+from data_prep.get_i import get_i
+from data_prep.imdb import TRAIN_RATE, Imdb, assemble_imdb, assemble_imdb_cub200, get_imdb_layout, produce_imdb
+from data_prep.readers import BndBox, ObjRecord
 from legacy_compat import MatStruct, cell
 from legacy_compat.mattypes import cell_items, is_cell, scalar
+from legacy_compat.numerics import mlinspace, mround
 from legacy_compat.parity import CaseContext, register
 
-from .get_i import get_i
-from .imdb import Imdb, assemble_imdb, assemble_imdb_cub200, produce_imdb
-from .readers import BndBox, ObjRecord
 
-GOLDEN_LINSPACE = "octave"
-GOLDEN_MEAN = "float32"
+def octave_split(n: int) -> np.ndarray:
+    """data_prep.imdb.linspace_split under GNU Octave 7's linspace (the cases' recorder)."""
+    return mround(mlinspace(1, n, int(mround(np.float64(n * TRAIN_RATE))), flavor="octave")).astype(np.int64)
+
+
+def octave_single_mean(chunks: Iterable[np.ndarray], count: int) -> np.ndarray:
+    """Octave's `mean(single_array, 4)`: a single-precision running sum, row by row, divided in single."""
+    acc = None
+    for rows in chunks:
+        start = np.zeros(rows.shape[1:], dtype=np.float32) if acc is None else acc
+        acc = np.add.reduce(np.concatenate([start[None], rows]), axis=0, dtype=np.float32)
+    return (acc / np.float32(count)).astype(np.float32)
 
 
 def _patches(x: Any) -> np.ndarray:
@@ -79,9 +90,9 @@ def golden_get_i(inputs: MatStruct, ctx: CaseContext) -> dict:
 @register("getImdb")
 def golden_get_imdb(inputs: MatStruct, ctx: CaseContext) -> dict:
     """getImdb.m from the recorded patches and randperm draws."""
-    imdb = assemble_imdb(_patches(inputs["pos"]), _patches(inputs["neg"]), [_name(inputs, "cate")],
-                         is_train=_is_train(inputs), perms=_perms(inputs), linspace_flavor=GOLDEN_LINSPACE,
-                         mean_mode=GOLDEN_MEAN)
+    pos, neg = _patches(inputs["pos"]), _patches(inputs["neg"])
+    imdb = assemble_imdb(pos, neg, [_name(inputs, "cate")], is_train=_is_train(inputs), perms=_perms(inputs),
+                         layout=get_imdb_layout(len(pos), len(neg), split=octave_split), mean=octave_single_mean)
     return {"imdb": imdb.to_matlab()}
 
 
@@ -91,7 +102,7 @@ def golden_get_imdb_cub200(inputs: MatStruct, ctx: CaseContext) -> dict:
     imdb = assemble_imdb_cub200(_patches(inputs["pos"]), _patches(inputs["neg"]),
                                 np.asarray(inputs["trainList"]).reshape(-1).astype(np.int64),
                                 [_name(inputs, "cub200")], is_train=_is_train(inputs), perms=_perms(inputs),
-                                mean_mode=GOLDEN_MEAN)
+                                mean=octave_single_mean)
     return {"imdb": imdb.to_matlab()}
 
 
@@ -101,5 +112,5 @@ def golden_produce_imdb(inputs: MatStruct, ctx: CaseContext) -> dict:
     imdbs = [Imdb.from_matlab(v) for v in cell_items(inputs["category_imdbs"])]
     names = [str(n) for n in cell_items(inputs["names"])]
     npos = [int(v) for v in np.asarray(inputs["npos"]).reshape(-1)]
-    imdb = produce_imdb(imdbs, names, npos, linspace_flavor=GOLDEN_LINSPACE, mean_mode=GOLDEN_MEAN)
+    imdb = produce_imdb(imdbs, names, npos, split=octave_split, mean=octave_single_mean)
     return {"imdb": imdb.to_matlab()}
