@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -75,6 +75,7 @@ from legacy_compat.numerics import mlinspace, mmax_reduce, mround, sort_ascend_s
 from reproduce.device import module_device, resolve_device
 from reproduce.evaluate import layer_output, net_input_size, read_mean_data, target_layer_index
 from reproduce.geometry import get_conv_net_para, x2p
+from reproduce.network import SimpleNN
 
 __all__ = [
     "SHOW_NUM", "INTEGRATE_ENERGY", "VISUALIZATION_STEP", "DRAW_THRESHOLD", "SCALE_W",
@@ -82,7 +83,7 @@ __all__ = [
     "get_mu_max", "mask_x", "image_to_uint8_blocks", "imagewrite", "gaussian_kernel",
     "smooth_template", "get_rf_mask", "scaled_rf_settings", "drawing_objset", "get_region", "canny_edges", "draw_edge",
     "occlusion_list", "occluded_batch", "select_top_images", "accumulate_template",
-    "contact_sheet", "draw_rf",
+    "contact_sheet", "draw_rf", "RFSettings",
 ]
 
 SHOW_NUM = 10                 # step_drawRF.m showNum
@@ -585,16 +586,73 @@ def drawing_objset(name: str, conf: Any) -> list[Any]:
     return list(read_annotation(name, conf))
 
 
-def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[Any, tuple[int, int]], np.ndarray],
-            mean_data: Any, layer_id: int, out_dir: os.PathLike | str = "draw_RF", *,
-            show_num: int = SHOW_NUM, visualization_step: int = VISUALIZATION_STEP,
-            integrate_energy: float = INTEGRATE_ENERGY, sampling_times: int = SAMPLING_TIMES,
-            draw_threshold: float = DRAW_THRESHOLD, occlude_size: int = OCCLUDE_SIZE,
-            occlude_stride: int = OCCLUDE_STRIDE, top_occ_num: int = TOP_OCC_NUM,
-            gauss_size: int = GAUSS_SIZE, gauss_sigma: float = GAUSS_SIGMA,
-            image_size: tuple[int, int] | None = None, device: Any = None, batch_size: int = 32,
-            occlusion_batch_size: int = 128, seed: int = 1, overwrite_templates: bool = False,
-            contact_sheet_name: str | None = None, progress: bool = True) -> DrawRFResult:
+@dataclass(frozen=True)
+class RFSettings:
+    """step_drawRF.m's settings (the original's values by default) and the port's run options.
+
+    show_num, visualization_step, integrate_energy: step_drawRF.m's showNum, visualizationStep,
+    integrateEnergy; sampling_times: generateAMTOriginalImages' samplingTimes; draw_threshold:
+    drawRF's drawThreshold; occlude_size, occlude_stride, top_occ_num: computeRF's occluder;
+    gauss_size, gauss_sigma: getRFMask's fspecial('gaussian', 50, 30) (`scaled_rf_settings`
+    gives the occluder and smoothing for an input under 224). The rest is the port's: batch
+    sizes, the random seed of the image sampling, whether existing template files are recomputed
+    (the original skips them), the contact sheet's file name, progress bars.
+    """
+    show_num: int = SHOW_NUM
+    visualization_step: int = VISUALIZATION_STEP
+    integrate_energy: float = INTEGRATE_ENERGY
+    sampling_times: int = SAMPLING_TIMES
+    draw_threshold: float = DRAW_THRESHOLD
+    occlude_size: int = OCCLUDE_SIZE
+    occlude_stride: int = OCCLUDE_STRIDE
+    top_occ_num: int = TOP_OCC_NUM
+    gauss_size: int = GAUSS_SIZE
+    gauss_sigma: float = GAUSS_SIGMA
+    batch_size: int = 32
+    occlusion_batch_size: int = 128
+    seed: int = 1
+    overwrite_templates: bool = False
+    contact_sheet_name: str | None = None
+    progress: bool = True
+
+
+def _settings_from(settings: RFSettings | None, overrides: dict[str, Any]) -> RFSettings:
+    names = {f.name for f in fields(RFSettings)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"draw_rf: unknown setting(s) {', '.join(unknown)} (RFSettings has {', '.join(sorted(names))})")
+    return replace(settings or RFSettings(), **overrides)
+
+
+@dataclass
+class _Drawing:
+    """One draw_rf run: the net and its setup, the images, where the files go, the settings."""
+    net: SimpleNN
+    st: DrawingSetup
+    device: torch.device
+    mean_t: torch.Tensor
+    name: str
+    objects: list[Any]
+    kept: list[int]
+    load_patch: Callable[[Any, tuple[int, int]], np.ndarray]
+    out: Path
+    s: RFSettings
+    result: DrawRFResult
+
+    def file(self, folder: str, dep: int, k: int, suffix: str = ".jpg") -> Path:
+        """<out>/<folder>/<name>-<dep>-<k><suffix>, step_drawRF.m's file names."""
+        return self.out / folder / f"{self.name}-{dep:04d}-{k:05d}{suffix}"
+
+    def read_back(self, dep: int) -> tuple[list[np.ndarray], torch.Tensor]:
+        """The filter's chosen pictures as written (JPEG), and as the net's input."""
+        pics = [_read_image(p) for p in self.result.images[dep]]
+        x = torch.from_numpy(np.stack(pics).astype(np.float32).transpose(0, 3, 1, 2)) - self.mean_t
+        return pics, x
+
+
+def draw_rf(net: SimpleNN, name: str, objects: Sequence[Any], load_patch: Callable[[Any, tuple[int, int]], np.ndarray],
+            mean_data: Any, layer_id: int, out_dir: os.PathLike | str = "draw_RF", settings: RFSettings | None = None,
+            *, image_size: tuple[int, int] | None = None, device: Any = None, **overrides: Any) -> DrawRFResult:
     """step_drawRF.m for one trained net: the four steps, then the contact sheet.
 
     net: a SimpleNN in evaluation mode; name: Name_batch (file-name prefix);
@@ -603,121 +661,128 @@ def draw_rf(net: Any, name: str, objects: Sequence[Any], load_patch: Callable[[A
     getI's patch (H x W x 3 float32, 0-255); mean_data: the imdb's dataMean
     (any form reproduce.evaluate takes: H x W x 3, 3 x H x W, an Imdb, an
     imdb.mat); layer_id: the measured conv layer (needs one above it).
-    The occluder (occlude_size, occlude_stride) and the template smoothing
-    (gauss_size, gauss_sigma: getRFMask's fspecial('gaussian', 50, 30)) are
-    the original's, chosen for 224 x 224 input; `scaled_rf_settings` gives
-    values scaled to another input size.
-    computeRF skips a filter whose template file exists, as the original
-    (`overwrite_templates=True` recomputes). Returns a DrawRFResult. `device` None: where the
-    net is; another device: the net is moved there (IEEE float32 on CUDA:
+    settings: `RFSettings` (the original's by default); any of its fields may also be given as a
+    keyword (`show_num=3`, `**scaled_rf_settings(64)`). Returns a DrawRFResult. `device` None:
+    where the net is; another device: the net is moved there (IEEE float32 on CUDA:
     reproduce.device.resolve_device).
     """
+    d = _start(net, name, objects, load_patch, mean_data, layer_id, Path(out_dir), _settings_from(settings, overrides),
+               image_size, device)
+    _original_images(d)
+    _raw_and_masked_maps(d)
+    templates = _templates(d)
+    _receptive_fields(d, templates)
+    return d.result
+
+
+def _start(net: SimpleNN, name: str, objects: Sequence[Any], load_patch: Callable, mean_data: Any, layer_id: int,
+           out: Path, s: RFSettings, image_size: tuple[int, int] | None, device: Any) -> _Drawing:
+    """The device, the layers drawn (`drawing_setup`), the mean, the images kept."""
     device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
-    out = Path(out_dir)
-    root_ori, root_mask, root_rf = out / "img_ori", out / "img_maskF", out / "img_RF"
     size = tuple(image_size) if image_size is not None else net_input_size(net)
     st = drawing_setup(net, layer_id, size)
-    ih, iw = st.ih, st.iw
     mean = read_mean_data(mean_data)
-    if mean.shape != (ih, iw, 3):
-        raise DrawRFError(f"mean_data has shape {mean.shape}, the net takes {ih} x {iw} x 3")
+    if mean.shape != (st.ih, st.iw, 3):
+        raise DrawRFError(f"mean_data has shape {mean.shape}, the net takes {st.ih} x {st.iw} x 3")
     mean_t = torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1)))
-    if name == "cub200":
-        objects = list(objects)[:500]
+    objects = list(objects)[:500] if name == "cub200" else list(objects)
     kept = [i for i, o in enumerate(objects) if o is not None]
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(int(seed))
-    filters = list(range(1, st.depth + 1, int(visualization_step)))
-    result = DrawRFResult(out, filters)
+    filters = list(range(1, st.depth + 1, int(s.visualization_step)))
+    return _Drawing(net, st, device, mean_t, name, objects, kept, load_patch, out, s, DrawRFResult(out, filters))
 
-    # ---- generateAMTOriginalImages
+
+def _original_images(d: _Drawing) -> None:
+    """generateAMTOriginalImages: tau per filter, each filter's top images written to img_ori."""
+    st, s, ih, iw = d.st, d.s, d.st.ih, d.st.iw
+    rng = np.random.default_rng(s.seed)
+    gen = torch.Generator().manual_seed(int(s.seed))
+
     def batches():
-        for s in range(0, len(kept), batch_size):
-            chunk = kept[s:s + batch_size]
-            imgs = np.stack([np.asarray(load_patch(objects[i], (ih, iw)), np.float32) for i in chunk])
-            x = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))) - mean_t
-            yield list(range(s, s + len(chunk))), x
+        for start in range(0, len(d.kept), s.batch_size):
+            chunk = d.kept[start:start + s.batch_size]
+            imgs = np.stack([np.asarray(d.load_patch(d.objects[i], (ih, iw)), np.float32) for i in chunk])
+            x = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))) - d.mean_t
+            yield list(range(start, start + len(chunk))), x
 
-    tau, dep_max = _tau_from_batches(net, st, batches(), len(kept), device, gen, integrate_energy,
-                                     sampling_times, progress)
-    valid, tau = select_top_images(dep_max, tau, show_num, rng)
-    for dep in filters:
-        chosen = np.flatnonzero(valid[dep - 1])
+    tau, dep_max = _tau_from_batches(d.net, st, batches(), len(d.kept), d.device, gen, s.integrate_energy,
+                                     s.sampling_times, s.progress)
+    valid, tau = select_top_images(dep_max, tau, s.show_num, rng)
+    for dep in d.result.filters:
         paths = []
-        for count, j in enumerate(chosen, start=1):
-            patch = np.asarray(load_patch(objects[kept[j]], (ih, iw)), np.float32)
-            path = root_ori / f"{name}-{dep:04d}-{count:05d}.jpg"
+        for count, j in enumerate(np.flatnonzero(valid[dep - 1]), start=1):
+            patch = np.asarray(d.load_patch(d.objects[d.kept[j]], (ih, iw)), np.float32)
+            path = d.file("img_ori", dep, count)
             _write_image(np.clip(mround(patch), 0, 255).astype(np.uint8), path)
             paths.append(path)
-        result.images[dep] = paths
-    _save_mat(root_ori / f"{name}_tau.mat", {"tau": tau.reshape(-1, 1).astype(np.float32)})
-    result.tau = tau
+        d.result.images[dep] = paths
+    _save_mat(d.out / "img_ori" / f"{d.name}_tau.mat", {"tau": tau.reshape(-1, 1).astype(np.float32)})
+    d.result.tau = tau
 
-    def read_back(dep: int) -> tuple[list[np.ndarray], torch.Tensor]:
-        pics = [_read_image(p) for p in result.images[dep]]
-        x = torch.from_numpy(np.stack(pics).astype(np.float32).transpose(0, 3, 1, 2)) - mean_t
-        return pics, x
 
-    # ---- drawRawFMaskF
-    for dep in filters:
-        _, x = read_back(dep)
-        raw, masked, mask = _masked_maps(net, st, x, device)
+def _raw_and_masked_maps(d: _Drawing) -> None:
+    """drawRawFMaskF: each chosen image's raw map, mask and masked map, written to img_maskF."""
+    for dep in d.result.filters:
+        _, x = d.read_back(dep)
+        raw, masked, mask = _masked_maps(d.net, d.st, x, d.device)
         for k in range(x.shape[0]):
-            stem = f"{name}-{dep:04d}-{k + 1:05d}"
-            imagewrite(raw[k, dep - 1].cpu().numpy(), root_mask / f"{stem}_rawX.jpg")
-            imagewrite(mask[k, dep - 1].cpu().numpy(), root_mask / f"{stem}_mask.jpg")
-            imagewrite(masked[k, dep - 1].cpu().numpy(), root_mask / f"{stem}_maskX.jpg")
+            stem = d.file("img_maskF", dep, k + 1, "")
+            imagewrite(raw[k, dep - 1].cpu().numpy(), stem.with_name(stem.name + "_rawX.jpg"))
+            imagewrite(mask[k, dep - 1].cpu().numpy(), stem.with_name(stem.name + "_mask.jpg"))
+            imagewrite(masked[k, dep - 1].cpu().numpy(), stem.with_name(stem.name + "_maskX.jpg"))
 
-    # ---- computeRF
-    corners = occlusion_list(ih, iw, occlude_size, occlude_stride)
+
+def _templates(d: _Drawing) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """computeRF: per filter, the occlusion template and the masked maps (saved as
+    <name>-<dep>_template.mat; an existing file is read back unless overwrite_templates)."""
+    s, ih, iw = d.s, d.st.ih, d.st.iw
+    corners = occlusion_list(ih, iw, s.occlude_size, s.occlude_stride)
     templates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for dep in tqdm(filters, desc="occlusion", unit="filter", disable=not progress):
-        tfile = root_ori / f"{name}-{dep:04d}_template.mat"
-        if tfile.exists() and not overwrite_templates:
+    for dep in tqdm(d.result.filters, desc="occlusion", unit="filter", disable=not s.progress):
+        tfile = d.out / "img_ori" / f"{d.name}-{dep:04d}_template.mat"
+        if tfile.exists() and not s.overwrite_templates:
             saved = loadmat(tfile)
             templates[dep] = (np.asarray(saved["template"], np.float64), np.asarray(saved["map"], np.float64))
             continue
-        _, x = read_back(dep)
-        n_img = x.shape[0]
-        template = np.zeros((2 * ih, 2 * iw, n_img))
-        _, masked, _ = _masked_maps(net, st, x, device)
+        _, x = d.read_back(dep)
+        template = np.zeros((2 * ih, 2 * iw, x.shape[0]))
+        _, masked, _ = _masked_maps(d.net, d.st, x, d.device)
         fmaps = masked[:, dep - 1]                                   # (n_img, xh, xw)
-        maps = fmaps.permute(1, 2, 0).to(torch.float64).cpu().numpy()
-        for k in range(n_img):
-            ori_value = float(fmaps[k].sum())
-            values, peaks = occlusion_values(net, st, x[k].to(device), corners, occlude_size, dep,
-                                              occlusion_batch_size, device)
+        for k in range(x.shape[0]):
+            values, peaks = occlusion_values(d.net, d.st, x[k].to(d.device), corners, s.occlude_size, dep,
+                                             s.occlusion_batch_size, d.device)
             v, order = sort_ascend_stable(values)
-            chosen = order[:top_occ_num]
-            drop = np.maximum(ori_value - v[:top_occ_num], 0)
-            accumulate_template(template[:, :, k], corners[chosen], peaks[chosen], drop, ih, iw, occlude_size)
+            drop = np.maximum(float(fmaps[k].sum()) - v[:s.top_occ_num], 0)
+            chosen = order[:s.top_occ_num]
+            accumulate_template(template[:, :, k], corners[chosen], peaks[chosen], drop, ih, iw, s.occlude_size)
+        maps = fmaps.permute(1, 2, 0).to(torch.float64).cpu().numpy()
         _save_mat(tfile, {"template": template, "map": maps})
         templates[dep] = (template, maps)
+    return templates
 
-    # ---- drawRF
+
+def _receptive_fields(d: _Drawing, templates: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """drawRF: each picture with its receptive-field region's edge (img_RF), then the contact sheet."""
+    s, ih, iw, result = d.s, d.st.ih, d.st.iw, d.result
     rows, labels = [], []
-    for dep in filters:
+    for dep in result.filters:
         template, maps = templates[dep]
         xh, xw = maps.shape[:2]
-        rf = get_rf_mask(template, ih, iw, xh, xw, layer_id, st.convnet, gauss_size, gauss_sigma)
-        pics = [_read_image(p) for p in result.images[dep]]
+        rf = get_rf_mask(template, ih, iw, xh, xw, d.st.layer_id, d.st.convnet, s.gauss_size, s.gauss_sigma)
         regions, drawn = [], []
-        for k, pic in enumerate(pics):
-            region = get_region(ih, iw, xh, xw, maps[:, :, k], float(tau[dep - 1]), draw_threshold, rf)
+        for k, pic in enumerate(_read_image(p) for p in result.images[dep]):
+            region = get_region(ih, iw, xh, xw, maps[:, :, k], float(result.tau[dep - 1]), s.draw_threshold, rf)
             pic_rf = draw_edge(region, pic)
-            _write_image(pic_rf, root_rf / f"{name}-{dep:04d}-{k + 1:05d}.jpg")
+            _write_image(pic_rf, d.file("img_RF", dep, k + 1))
             regions.append(region)
             drawn.append(pic_rf)
         result.regions[dep] = np.stack(regions) if regions else np.zeros((0, ih, iw), np.float32)
         rows.append(drawn)
         labels.append(f"filter {dep}")
-
     sheet, boxes = contact_sheet(rows, labels)
-    sheet_path = out / (contact_sheet_name or f"{name}_contact_sheet.png")
+    sheet_path = d.out / (s.contact_sheet_name or f"{d.name}_contact_sheet.png")
     _write_image(sheet, sheet_path)
     result.contact_sheet, result.sheet_size, result.sheet_boxes = sheet_path, sheet.shape[:2], boxes
-    return result
 
 
 @torch.no_grad()

@@ -12,7 +12,6 @@ from PIL import Image
 from data_prep.cub200 import cub200_conf, read_annotation_cub, read_annotation_sampling_cub
 from legacy_compat.matio import savemat
 from reproduce import draw_rf as rf
-from reproduce import evaluate as ev
 from reproduce import pipeline
 from reproduce.models import network_init
 
@@ -255,13 +254,13 @@ def test_cub_drawings_use_read_annotations_objset(tmp_path, monkeypatch):
     assert len(sampled) == 2 and len(everything) == 5                 # the fixture: 6 images, one under minArea
     paths = SimpleNamespace(data_conf=lambda: conf, parts_for=lambda c: (1,))
     evaluation = SimpleNamespace(binary_error=0.1, stability=0.2, layer_id=4)
-    monkeypatch.setattr(ev, "evaluate_net", lambda *a, **k: evaluation)
+    monkeypatch.setattr(pipeline, "evaluate_net", lambda *a, **k: evaluation)   # as pipeline calls it
     drawn = {}
 
     def fake_draw_rf(net, name, objects, load_patch, mean, layer_id, out_dir, **kw):
         drawn.update(name=name, objects=list(objects), kw=kw)
         return "drawing"
-    monkeypatch.setattr(rf, "draw_rf", fake_draw_rf)
+    monkeypatch.setattr(pipeline, "draw_rf", fake_draw_rf)
     exp = pipeline.Experiment("cub200", ["cub200"], model="vgg-vd-16", out=tmp_path / "out", progress=False)
     result = pipeline.show_results(exp, torch.nn.Sequential(), {}, np.zeros((224, 224, 3), np.float32), paths)
     assert result.drawing == "drawing" and drawn["name"] == "cub200"

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import reproduce.pretrain as pre
 from reproduce import paper as pp
 from reproduce.ablation import summarise
 from reproduce.evaluate import DEFAULT_LAYER_ID, target_layer_index
@@ -248,7 +247,7 @@ def test_pretrain_finetune_is_planned_from_the_grid(tmp_path, monkeypatch, capsy
         recs = [{"variant": v, "seed": 3, "before": m, "after": m, "before_masks_off": m, "after_masks_off": m}
                 for v in ("ordinary", "icnn-no-filter-loss", "icnn")]
         return {"records": recs, "summary": summarise(recs)}
-    monkeypatch.setattr(pre, "pretrain_and_finetune", fake)
+    monkeypatch.setattr(pp, "pretrain_and_finetune", fake)   # as reproduce.paper calls it
     out = tmp_path / "paper"
     assert pp.main(TOY + ["--out", str(out), "--pretrain-finetune", "--seeds", "3", "4"]) == 0
     assert seen["dataset"] == "toy" and seen["category"] == "toy01" and seen["pre"] == ["toy02", "toy03"]
