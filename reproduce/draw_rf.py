@@ -72,9 +72,10 @@ from legacy_compat import loadmat
 from legacy_compat.atomic import atomic_write
 from legacy_compat.matio import savemat
 from legacy_compat.numerics import mlinspace, mmax_reduce, mround, sort_ascend_stable, sort_descend_stable
+from reproduce.conv_mask import ConvMask
 from reproduce.device import module_device, resolve_device
-from reproduce.evaluate import layer_output, net_input_size, read_mean_data, target_layer_index
-from reproduce.geometry import get_conv_net_para, x2p
+from reproduce.evaluate import layer_output, net_input_size, num_output_filters, read_mean_data, target_layer_index
+from reproduce.geometry import ConvNetPara, get_conv_net_para, x2p
 from reproduce.network import SimpleNN
 
 __all__ = [
@@ -201,7 +202,7 @@ def smooth_template(t: np.ndarray, size: int = GAUSS_SIZE, sigma: float = GAUSS_
     return scipy.ndimage.correlate1d(out, g, axis=1, mode="nearest", origin=origin)
 
 
-def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_id: int, convnet: Any,
+def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_id: int, convnet: ConvNetPara,
                 gauss_size: int = GAUSS_SIZE, gauss_sigma: float = GAUSS_SIGMA) -> np.ndarray:
     """getRFMask (step_drawRF.m): the smoothed occlusion template shifted onto every map cell.
 
@@ -430,36 +431,12 @@ def _save_mat(path: Path, variables: dict[str, Any]) -> None:
 
 
 # =================================================================== the net
-def _layers(net: Any) -> list[Any]:
-    return list(net.layers)
-
-
-def _layer_type(layer: Any) -> str:
-    t = getattr(layer, "layer_type", None) or getattr(layer, "type", None)
-    if not isinstance(t, str):
-        raise DrawRFError(f"cannot tell the type of layer {layer!r}")
-    return t
-
-
-def _mask_params(net: Any, upper_layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _mask_params(net: SimpleNN, upper_layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """beta (weights{3}) and filter of SimpleNN layer `upper_layer` (1-based) when it is a conv_mask layer."""
-    layer = _layers(net)[upper_layer - 1]
-    if _layer_type(layer) != "conv_mask":
+    layer = net.layers[upper_layer - 1]
+    if not isinstance(layer, ConvMask):
         return None, None
-    beta = getattr(layer, "beta", None)
-    filt = getattr(layer, "filter_type", None)
-    if beta is None:                                  # a LayerSpec
-        beta = layer.weights[2]
-        filt = torch.as_tensor(np.asarray(layer.fields["filter"]))
-    return beta.detach(), torch.as_tensor(filt).detach()
-
-
-def _conv_out_channels(net: Any, layer_index: int) -> int:
-    layer = _layers(net)[layer_index - 1]
-    w = getattr(layer, "weight", None)
-    if w is None:
-        w = layer.weights[0]
-    return int(w.shape[0])
+    return layer.beta.detach(), layer.filter_type.detach()
 
 
 @dataclass
@@ -467,7 +444,7 @@ class DrawingSetup:
     layer_id: int
     target: int
     upper: int
-    convnet: Any
+    convnet: ConvNetPara
     ih: int
     iw: int
     depth: int
@@ -475,7 +452,7 @@ class DrawingSetup:
     filter_type: torch.Tensor | None
 
 
-def drawing_setup(net: Any, layer_id: int, image_size: tuple[int, int]) -> DrawingSetup:
+def drawing_setup(net: SimpleNN, layer_id: int, image_size: tuple[int, int]) -> DrawingSetup:
     convnet = get_conv_net_para(net)
     n_conv = len(np.asarray(convnet.target_layers).reshape(-1))
     if not 1 <= int(layer_id) < n_conv:
@@ -484,14 +461,14 @@ def drawing_setup(net: Any, layer_id: int, image_size: tuple[int, int]) -> Drawi
     target = target_layer_index(convnet, layer_id)
     upper = target_layer_index(convnet, layer_id + 1)
     beta, filt = _mask_params(net, upper)
-    depth = _conv_out_channels(net, target)
+    depth = num_output_filters(net, target)
     if beta is not None and beta.numel() != depth:
         raise DrawRFError(f"layer {upper} masks {beta.numel()} channels, layer {target} gives {depth}")
     return DrawingSetup(int(layer_id), target, upper, convnet, int(image_size[0]), int(image_size[1]), depth, beta, filt)
 
 
 @torch.no_grad()
-def _masked_maps(net: Any, st: DrawingSetup, images: torch.Tensor, device: torch.device
+def _masked_maps(net: SimpleNN, st: DrawingSetup, images: torch.Tensor, device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """getValue / getMaskMap's forward: (raw x, masked x, mask), each (N, D, xh, xw) on `device`."""
     raw = layer_output(net, images.to(device), st.target)
@@ -520,7 +497,7 @@ class DrawRFResult:
     sheet_boxes: list[list[tuple[int, int, int, int]]] = field(default_factory=list)
 
 
-def _tau_from_batches(net: Any, st: DrawingSetup, batches: Any, num_images: int, device: torch.device,
+def _tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images: int, device: torch.device,
                       gen: torch.Generator, integrate_energy: float, sampling_times: int,
                       progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """generateAMTOriginalImages' statistics: tau per filter and each image's peak (dep_max).
@@ -786,7 +763,7 @@ def _receptive_fields(d: _Drawing, templates: dict[int, tuple[np.ndarray, np.nda
 
 
 @torch.no_grad()
-def occlusion_values(net: Any, st: DrawingSetup, image: torch.Tensor, corners: np.ndarray, size: int, dep: int,
+def occlusion_values(net: SimpleNN, st: DrawingSetup, image: torch.Tensor, corners: np.ndarray, size: int, dep: int,
                       batch: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """getValue over every occluded copy: the filter's summed masked map and its peak's image position."""
     values, peaks = [], []

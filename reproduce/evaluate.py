@@ -48,7 +48,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ from data_prep.facts import DATASETS, GOLDFISH, parts_for
 from data_prep.get_i import get_i
 from data_prep.imdb import load_cached_imdb
 from data_prep.readers import read_part_truth_file
-from legacy_compat import loadmat
+from legacy_compat import MatStruct, loadmat
 from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, mvar, sort_ascend_stable, sort_descend_stable
 from reproduce.checkpoints import load_checkpoint, load_mat_checkpoint
@@ -68,12 +68,15 @@ from reproduce.network import SimpleNN
 
 from .device import module_device, resolve_device
 from .distributed import active, gather_over_ranks
-from .geometry import CONV_TYPES, get_conv_net_para
+from .geometry import CONV_TYPES, ConvNetPara, get_conv_net_para
+
+#: getConvNetPara's convnet: the port's ConvNetPara, or the MATLAB struct a golden case holds.
+ConvNet = Union[ConvNetPara, MatStruct]
 
 __all__ = [
     "INVALID_OFFSET", "GOLDFISH", "DEFAULT_LAYER_ID", "PART_LISTS", "EvaluationError",
     "StabilityResult", "PartCentres", "CategorySource", "EvaluationResult",
-    "layer_id_for_model", "part_list_for", "format_result_line", "final_val_error",
+    "layer_id_for_model", "num_output_filters", "ConvNet", "part_list_for", "format_result_line", "final_val_error",
     "target_layer_index", "first_conv_mask_layer_id",
     "peak_positions", "peaks_to_image", "part_centres", "read_part_centres",
     "get_dist_sqrt_var", "stability_from_distances", "multiclass_stability",
@@ -159,7 +162,7 @@ _CONVNET_FIELDS = {"targetLayers": "target_layers", "targetStride": "target_stri
                    "targetCenter": "target_center", "targetScale": "target_scale"}
 
 
-def _convnet_field(convnet: Any, name: str) -> np.ndarray:
+def _convnet_field(convnet: ConvNet, name: str) -> np.ndarray:
     """A getConvNetPara field (MATLAB name) of a geometry.ConvNetPara or of a dict with MATLAB names."""
     if isinstance(convnet, dict):
         value = convnet[name]
@@ -168,7 +171,7 @@ def _convnet_field(convnet: Any, name: str) -> np.ndarray:
     return np.asarray(value, dtype=np.float64).reshape(-1)
 
 
-def target_layer_index(convnet: Any, layer_id: int) -> int:
+def target_layer_index(convnet: ConvNet, layer_id: int) -> int:
     """computeStability.m's `targetLayer = convnet.targetLayers(layerID) - 1` (1-based SimpleNN index).
 
     That layer is the conv (or conv_mask) layer itself; `res(targetLayer+1).x`,
@@ -194,7 +197,7 @@ def first_conv_mask_layer_id(layer_types: Sequence[str]) -> int | None:
     return None
 
 
-def _x2p(idx_hw: np.ndarray, layer_id: int, convnet: Any) -> np.ndarray:
+def _x2p(idx_hw: np.ndarray, layer_id: int, convnet: ConvNet) -> np.ndarray:
     """x2p_.m: pHW = targetCenter(layer) + (xHW - 1) .* targetStride(layer), for 1-based map indices."""
     stride = _convnet_field(convnet, "targetStride")[int(layer_id) - 1]
     centre = _convnet_field(convnet, "targetCenter")[int(layer_id) - 1]
@@ -235,7 +238,7 @@ def peak_positions(x: torch.Tensor, fix_nonsquare_index: bool = False) -> tuple[
     return idx_h + 1, tmp + 1, score
 
 
-def peaks_to_image(idx_h: Any, idx_w: Any, layer_id: int, convnet: Any) -> np.ndarray:
+def peaks_to_image(idx_h: Any, idx_w: Any, layer_id: int, convnet: ConvNet) -> np.ndarray:
     """x2p_ of the peaks: (N, P) 1-based map indices -> (N, P, 2) [h, w] image coordinates (float64)."""
     idx = np.stack([_to_numpy(idx_h), _to_numpy(idx_w)], axis=-1).astype(np.float64)
     return _x2p(idx, layer_id, convnet)
@@ -410,7 +413,7 @@ def iterate_patch_batches(load_patch: Callable[[int], np.ndarray], indices: Sequ
             yield chunk, torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
 
 
-def layer_output(net: Any, x: torch.Tensor, layer: int) -> torch.Tensor:
+def layer_output(net: SimpleNN, x: torch.Tensor, layer: int) -> torch.Tensor:
     """res(layer+1).x: the output of SimpleNN layer `layer` (1-based), running the net only that far.
 
     The layers run one after the other keeping only the current map (SimpleNN.run keeps every
@@ -428,7 +431,7 @@ def layer_output(net: Any, x: torch.Tensor, layer: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_layer_peaks(net: Any, batches: Iterable[tuple[list[int], torch.Tensor]], target_layer: int,
+def extract_layer_peaks(net: SimpleNN, batches: Iterable[tuple[list[int], torch.Tensor]], target_layer: int,
                         num_images: int, num_filters: int | None = None, device: Any = None,
                         fix_nonsquare_index: bool = False, progress: bool = False,
                         total: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
@@ -541,7 +544,7 @@ class StabilityResult:
     part_list: tuple[int, ...]
 
 
-def net_input_size(net: Any) -> tuple[int, int]:
+def net_input_size(net: SimpleNN) -> tuple[int, int]:
     """The net's input size: meta.normalization.imageSize (MATLAB nets) or meta['image_size'] (network_init)."""
     meta = getattr(net, "meta", None)
     size = None
@@ -562,7 +565,7 @@ def net_input_size(net: Any) -> tuple[int, int]:
         raise EvaluationError(f"the net's meta image size {size!r} is not two numbers ({exc})") from None
 
 
-def _category_peaks(net: Any, source: CategorySource, part_list: Sequence[int], layer_id: int, convnet: Any,
+def _category_peaks(net: SimpleNN, source: CategorySource, part_list: Sequence[int], layer_id: int, convnet: ConvNet,
                     mean_data: np.ndarray, image_size: tuple[int, int], num_filters: int | None,
                     device: Any, batch_size: int, progress: bool, fix_nonsquare_index: bool):
     truth = source.centres(part_list)
@@ -613,23 +616,22 @@ def _peaks_over_ranks(peaks: Callable[[list[int]], tuple], indices: list[int]) -
     return (sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts), parts[0][3])
 
 
-def _num_output_filters(net: Any, target: int) -> int:
+def num_output_filters(net: SimpleNN, target: int) -> int:
     """numel(net.layers{target}.weights{2}): the number of filters (biases) of conv layer `target` (1-based)."""
-    layer = list(net.layers)[target - 1]
-    ltype = getattr(layer, "layer_type", None) or getattr(layer, "type", "")
-    if ltype not in CONV_TYPES:
-        raise EvaluationError(f"layer {target} ({ltype} {getattr(layer, 'name', '')!r}) is not a conv layer")
-    weights = layer.weights() if callable(getattr(layer, "weights", None)) else layer.weights
+    layer = net.layers[target - 1]
+    if layer.layer_type not in CONV_TYPES:
+        raise EvaluationError(f"layer {target} ({layer.layer_type} {layer.name!r}) is not a conv layer")
+    weights = layer.weights()
     if len(weights) >= 2:
         return int(weights[1].numel())
     return int(weights[0].shape[0])        # a conv without biases: its filters
 
 
-def compute_stability(net: Any, source: CategorySource, layer_id: int, mean_data: np.ndarray, *,
+def compute_stability(net: SimpleNN, source: CategorySource, layer_id: int, mean_data: np.ndarray, *,
                       part_list: Sequence[int] = (1, 2), part_rate: float = 1.0,
                       selected_pattern_ratio: float = SELECTED_PATTERN_RATIO,
                       patch_num_per_pattern: int = PATCH_NUM_PER_PATTERN,
-                      convnet: Any = None, image_size: Sequence[int] | None = None, device: Any = None,
+                      convnet: ConvNet = None, image_size: Sequence[int] | None = None, device: Any = None,
                       batch_size: int = 32, progress: bool = False,
                       fix_nonsquare_index: bool = False) -> StabilityResult:
     """computeStability.m (with getCNNFeature.m batched): the location stability of one category.
@@ -651,7 +653,7 @@ def compute_stability(net: Any, source: CategorySource, layer_id: int, mean_data
     part_list = tuple(int(p) for p in np.asarray(part_list).reshape(-1))
     image_size = net_input_size(net) if image_size is None else (int(image_size[0]), int(image_size[1]))
     target = target_layer_index(convnet, layer_id)
-    pat_num = int(mround(np.float64(_num_output_filters(net, target) * part_rate)))
+    pat_num = int(mround(np.float64(num_output_filters(net, target) * part_rate)))
     selected = int(mround(np.float64(pat_num * selected_pattern_ratio)))
     truth, valid, pos, score, map_size, target = _category_peaks(
         net, source, part_list, layer_id, convnet, mean_data, image_size, pat_num, device, batch_size,
@@ -664,11 +666,11 @@ def compute_stability(net: Any, source: CategorySource, layer_id: int, mean_data
     return StabilityResult(stability, dist, pos, score, valid, image_size, map_size, int(layer_id), target, part_list)
 
 
-def compute_stability_multiclass(net: Any, sources: Sequence[CategorySource], layer_id: int,
+def compute_stability_multiclass(net: SimpleNN, sources: Sequence[CategorySource], layer_id: int,
                                  mean_data: np.ndarray, *, part_list: Sequence[int] = (1, 2),
                                  selected_pattern_ratio: float = SELECTED_PATTERN_RATIO,
                                  patch_num_per_pattern: int = PATCH_NUM_PER_PATTERN,
-                                 convnet: Any = None, image_size: Sequence[int] | None = None,
+                                 convnet: ConvNet = None, image_size: Sequence[int] | None = None,
                                  device: Any = None, batch_size: int = 32, progress: bool = False,
                                  fix_nonsquare_index: bool = False,
                                  goldfish_rule_sticks: bool = True) -> tuple[float, dict[str, Any]]:
@@ -751,14 +753,7 @@ def load_net_for_evaluation(path: os.PathLike | str, device: Any = "cpu") -> tup
     return net, state.stats, state.meta
 
 
-def _net_layer_types(net: Any) -> list[str]:
-    types = getattr(net, "layer_types", None)
-    if types is None:
-        return [getattr(layer, "layer_type", None) or getattr(layer, "type", "") for layer in net.layers]
-    return list(types() if callable(types) else types)
-
-
-def evaluate_net(net: Any, stats: Any, sources: Sequence[CategorySource], mean_data: np.ndarray, *,
+def evaluate_net(net: SimpleNN, stats: Any, sources: Sequence[CategorySource], mean_data: np.ndarray, *,
                  layer_id: int | None = None, model: str | None = None, part_list: Sequence[int] = (1, 2),
                  multiclass: bool | None = None, error_name: str = "binerr", device: Any = None,
                  batch_size: int = 32, progress: bool = False,
@@ -774,7 +769,7 @@ def evaluate_net(net: Any, stats: Any, sources: Sequence[CategorySource], mean_d
     Unlike the original's getResult, which wraps everything in try/catch and
     reports 0 for a net it cannot evaluate, errors are raised here.
     """
-    types = _net_layer_types(net)
+    types = net.layer_types
     is_baseline = "conv_mask" not in types
     if layer_id is None:
         layer_id = DEFAULT_LAYER_ID.get(model) if model is not None else None

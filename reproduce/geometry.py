@@ -8,19 +8,19 @@ Ports
   the stride, receptive-field size and centre of its output on the input image;
 - `tool/main/x2p_.m` (`x2p`): a position on a conv layer's output map -> a position on the image.
 
-The functions read a layer list given as `LayerSpec`s, as a `reproduce.network.SimpleNN`, or as
-a list of its layer modules. Positions are MATLAB's: 1-based (row h, column w), like the
+The functions read a `reproduce.network.SimpleNN` or a list of layers (`GeometryNet`: its
+modules, or the `LayerSpec`s reproduce.models builds before a SimpleNN exists). Positions are MATLAB's: 1-based (row h, column w), like the
 original's truth files and like `x2p_`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, Union
 
 import numpy as np
 
-from legacy_compat.simplenn import pair, quad
+from legacy_compat.simplenn import LayerSpec, pair, quad
 
 __all__ = ["LayerGeometry", "layer_geometry", "layer_output_sizes", "ConvNetPara",
            "get_conv_net_para", "x2p", "CONV_TYPES"]
@@ -56,8 +56,28 @@ class LayerGeometry:
 
 
 
-def layer_geometry(layer: Any) -> LayerGeometry:
-    """The geometry of one layer: a LayerSpec, a layer module of reproduce.network, or a ready LayerGeometry."""
+class HasGeometry(Protocol):
+    """A layer module of reproduce.network (or reproduce.tv_blocks): it states its own geometry."""
+
+    def geometry(self) -> LayerGeometry: ...
+
+
+class LayerStack(Protocol):
+    """A net whose `layers` state their geometry: reproduce.network.SimpleNN."""
+
+    layers: Sequence[HasGeometry]
+
+
+#: One layer as the geometry reads it: a module, a ready LayerGeometry, or a LayerSpec (the
+#: MATLAB-side description, read while reproduce.models builds a net's specs, as
+#: our_vl_simplenn_display.m reads net.layers).
+GeometryLayer = Union[LayerGeometry, HasGeometry, LayerSpec]
+#: A net: a SimpleNN, or its layers in order.
+GeometryNet = Union[LayerStack, Sequence[GeometryLayer]]
+
+
+def layer_geometry(layer: GeometryLayer) -> LayerGeometry:
+    """The geometry of one layer: a layer module of reproduce.network, a LayerSpec, or a ready LayerGeometry."""
     if isinstance(layer, LayerGeometry):
         return layer
     if hasattr(layer, "geometry") and callable(layer.geometry):      # reproduce.network modules
@@ -79,13 +99,13 @@ def layer_geometry(layer: Any) -> LayerGeometry:
     return LayerGeometry(ltype, (1, 1), (1, 1), pad, stride)
 
 
-def _layers_of(net: Any) -> list[Any]:
+def _layers_of(net: GeometryNet) -> list[GeometryLayer]:
     if hasattr(net, "layers") and not isinstance(net, (list, tuple)):
         return list(net.layers)
     return list(net)
 
 
-def layer_output_sizes(net: Any, input_size: Sequence[int] | int) -> list[tuple[int, int]]:
+def layer_output_sizes(net: GeometryNet, input_size: Sequence[int] | int) -> list[tuple[int, int]]:
     """Spatial data sizes as our_vl_simplenn_display.m computes them.
 
     Returns [(H, W) of the input, (H, W) after layer 1, ...]: entry i is `info.dataSize(1:2, i)`
@@ -132,7 +152,7 @@ class ConvNetPara:
                 "targetCenter": self.target_center.reshape(1, -1)}
 
 
-def get_conv_net_para(net: Any) -> ConvNetPara:
+def get_conv_net_para(net: GeometryNet) -> ConvNetPara:
     """Port of tool/main/getConvNetPara.m.
 
     For conv layer i (in the order of the list) with filter size `scale` (rows), pad `pad` (top)
