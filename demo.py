@@ -90,6 +90,7 @@ def _lists() -> tuple[dict, list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """demo.py's options (one argparse call each, in --help's order: it reads better whole than split)."""
     categories, models = _lists()
     parser = argparse.ArgumentParser(
         prog="python demo.py",

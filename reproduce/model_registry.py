@@ -117,9 +117,10 @@ def _tiny_table() -> list[tuple]:
 TINY_LR_MAG = 15.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelDef:
-    """One row of the model registry: the trunk, the head's settings and the training defaults.
+    """One row of the model registry: the trunk, the head's settings and the training defaults
+    (keyword fields only, so that a row reads as what each value is).
 
     fc7_kernel None: the whole map (the tiny net); the originals hard-code 7 / 6.
     """
@@ -142,22 +143,33 @@ class ModelDef:
 
 
 MODELS: dict[str, ModelDef] = {
-    "vgg-vd-16": ModelDef("vgg-vd-16", "vgg-vd-16", tuple(_vgg16_table()), CUT, 224, 512, ("pool5", 2, 2, 0), 7,
-                          4096, ("fc--7", "fc--8"), 32, 1.0, MODEL_FILES["vgg-vd-16"].filename),
-    "alexnet": ModelDef("alexnet", "alexnet", tuple(_alexnet_table()), CUT, 227, 256, ("pool6", 3, 2, 0), 6,
-                        4096, ("fc-7", "fc-8"), 512, 30.0, MODEL_FILES["alexnet"].filename),
-    "vgg-m": ModelDef("vgg-m", "vgg-m", tuple(_vggm_table()), CUT, 224, 512, ("pool6", 3, 2, 0), 6,
-                      4096, ("7", "8"), 196, 30.0, MODEL_FILES["vgg-m"].filename),
-    "vgg-s": ModelDef("vgg-s", "vgg-s", tuple(_vggs_table()), CUT, 224, 512, ("pool6", 3, 3, (0, 1, 0, 1)), 6,
-                      4096, ("7", "8"), 128, 10.0, MODEL_FILES["vgg-s"].filename),
-    "tiny": ModelDef("tiny", "tiny", tuple(_tiny_table()), 0, 64, 64, ("pool5", 2, 2, 0), None,
-                     128, ("fc--7", "fc--8"), 32, TINY_LR_MAG, "", "xavierimproved"),
+    "vgg-vd-16": ModelDef(name="vgg-vd-16", netname="vgg-vd-16", trunk=tuple(_vgg16_table()), cut=CUT,
+                          image_size=224, channel_num=512, pool=("pool5", 2, 2, 0), fc7_kernel=7, fc_channels=4096,
+                          ids=("fc--7", "fc--8"), batch_size=32, lr_mag=1.0,
+                          pretrained_file=MODEL_FILES["vgg-vd-16"].filename),
+    "alexnet": ModelDef(name="alexnet", netname="alexnet", trunk=tuple(_alexnet_table()), cut=CUT, image_size=227,
+                        channel_num=256, pool=("pool6", 3, 2, 0), fc7_kernel=6, fc_channels=4096,
+                        ids=("fc-7", "fc-8"), batch_size=512, lr_mag=30.0,
+                        pretrained_file=MODEL_FILES["alexnet"].filename),
+    "vgg-m": ModelDef(name="vgg-m", netname="vgg-m", trunk=tuple(_vggm_table()), cut=CUT, image_size=224,
+                      channel_num=512, pool=("pool6", 3, 2, 0), fc7_kernel=6, fc_channels=4096, ids=("7", "8"),
+                      batch_size=196, lr_mag=30.0, pretrained_file=MODEL_FILES["vgg-m"].filename),
+    "vgg-s": ModelDef(name="vgg-s", netname="vgg-s", trunk=tuple(_vggs_table()), cut=CUT, image_size=224,
+                      channel_num=512, pool=("pool6", 3, 3, (0, 1, 0, 1)), fc7_kernel=6, fc_channels=4096,
+                      ids=("7", "8"), batch_size=128, lr_mag=10.0, pretrained_file=MODEL_FILES["vgg-s"].filename),
+    "tiny": ModelDef(name="tiny", netname="tiny", trunk=tuple(_tiny_table()), cut=0, image_size=64, channel_num=64,
+                     pool=("pool5", 2, 2, 0), fc7_kernel=None, fc_channels=128, ids=("fc--7", "fc--8"),
+                     batch_size=32, lr_mag=TINY_LR_MAG, pretrained_file="", head_init="xavierimproved"),
     # not the paper's (see _alexnet_narrow_table): alexnet's head (pool6 3/2, fc7 6 x 6), narrow
-    "alexnet-narrow": ModelDef("alexnet-narrow", "alexnet-narrow", tuple(_alexnet_narrow_table()), 0, 224, 32,
-                               ("pool6", 3, 2, 0), 6, 128, ("fc-7", "fc-8"), 32, 100.0, "", "xavierimproved"),
+    "alexnet-narrow": ModelDef(name="alexnet-narrow", netname="alexnet-narrow",
+                               trunk=tuple(_alexnet_narrow_table()), cut=0, image_size=224, channel_num=32,
+                               pool=("pool6", 3, 2, 0), fc7_kernel=6, fc_channels=128, ids=("fc-7", "fc-8"),
+                               batch_size=32, lr_mag=100.0, pretrained_file="", head_init="xavierimproved"),
     # not in the original: torchvision trunks with two conv_mask layers (reproduce.torchvision_nets); channel_num:
     # the conv_mask layers' C; lrMag 10 (ada-shen/ICNN's init_lr); no download: --pretrained PATH, else random
-    **{name: ModelDef(name, name, (), 0, 224, c, (), None, 0, (), 32, 10.0, "", "gaussian", "torchvision")
+    **{name: ModelDef(name=name, netname=name, trunk=(), cut=0, image_size=224, channel_num=c, pool=(),
+                      fc7_kernel=None, fc_channels=0, ids=(), batch_size=32, lr_mag=10.0, pretrained_file="",
+                      head_init="gaussian", family="torchvision")
        for name, c in (("resnet-18", 256), ("resnet-50", 1024), ("densenet-121", 1024))},
 }
 

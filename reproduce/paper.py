@@ -539,7 +539,8 @@ def _duration(seconds: float | None) -> str:
 
 # ================================================================== command line
 def build_parser() -> argparse.ArgumentParser:
-
+    """The runner's options (one argparse call each, in the order --help shows them: it reads
+    better whole than split)."""
     doc = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(
         prog="python -m reproduce.paper", formatter_class=argparse.RawDescriptionHelpFormatter,
