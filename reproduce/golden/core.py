@@ -1,4 +1,4 @@
-"""Golden-case adapters for the core of the method (run by `python -m legacy_compat.parity`).
+"""Golden-case adapters for the core of the method (run by `python -m reproduce.golden`).
 
 case_fn -> port:
 - getMu          -> reproduce.conv_mask.get_mu
