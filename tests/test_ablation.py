@@ -101,7 +101,6 @@ def test_an_icnn_with_its_masks_off_is_the_ordinary_cnn_of_the_same_seed():
     """Why the ablation's 'before' rows of the ordinary CNN and of the ICNNs with masks off agree:
     network_init's ordinary CNN is the ICNN with plain convs (same weights), and beta = 0 makes every
     mask 1."""
-    from reproduce.models import network_init
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         icnn, _, _ = network_init(1, "tiny", 0.5, seed=4)

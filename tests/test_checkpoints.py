@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -97,8 +99,6 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
 
 
 def test_finding_checkpoints_ignores_temporaries_and_other_files(tmp_path):
-    import subprocess
-    import sys
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()                                          # a writer that has ended
     stale = f".tmp-net-epoch-11.pid{gone.pid}-x.pt"

@@ -14,7 +14,9 @@ import pytest
 from conftest import PROJECT_ROOT
 
 import demo
+from data_prep.toy import generate_toy_dataset
 from legacy_compat import atomic
+from legacy_compat.cli import run_cli
 from legacy_compat.runlock import FolderBusyError, folder_lock, lock_holder
 from reproduce import checkpoints as ckpt
 
@@ -85,7 +87,6 @@ def test_temporaries_name_their_writer(tmp_path):
 
 
 def test_a_killed_toy_generation_leaves_nothing_behind(tmp_path):
-    from data_prep.toy import generate_toy_dataset
     dead = tmp_path / f".toy.toy.pid{_dead_pid()}-abc"
     live = tmp_path / f".toy.toy.pid{os.getpid()}-def"
     for d in (dead, live):
@@ -110,7 +111,6 @@ def test_a_full_disk_during_a_checkpoint_write_is_said_as_disk_full(tmp_path, mo
 
     def body():
         atomic.atomic_write(target, short_write, overwrite=False)
-    from legacy_compat.cli import run_cli
     assert run_cli("reproduce.train", body) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"reproduce.train: disk full: {target}") and "unexpected pos" not in err

@@ -7,9 +7,14 @@ import types
 
 import pytest
 
+from legacy_compat import loadmat
+from legacy_compat.simplenn import layers_from_matlab
 from reproduce import checkpoints as ckpt
+from reproduce import pipeline, train_cli
 from reproduce import train as tr
-from reproduce import train_cli
+from reproduce.golden.train import golden_imdb
+from reproduce.network import SimpleNN
+from reproduce.pipeline import PLOT_BYTES, Experiment, checkpoint_bytes, space_needed
 
 RUN = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 0.5, "loss": "ourloss_logistic",
        "interpretable": True, "image_size": 64, "pretrained": "auto", "learning_rate_scale": 1.0, "toy_options": {}}
@@ -18,10 +23,6 @@ RUN = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 0.
 @pytest.fixture
 def tiny(golden_dir):
     """(make_net, imdb): the golden cnn_train_single case's scaled-down ICNN and its 14 images."""
-    from legacy_compat import loadmat
-    from legacy_compat.simplenn import layers_from_matlab
-    from reproduce.golden.train import golden_imdb
-    from reproduce.network import SimpleNN
     case = loadmat(golden_dir / "cnn_train_single.mat")
 
     def make_net(dropout=None):
@@ -79,7 +80,6 @@ def test_a_checkpoint_without_recorded_options_is_still_compared_on_its_dropout(
 
 
 def test_the_command_line_refuses_another_seed_and_says_so(tiny, tmp_path, monkeypatch, capsys):
-    from reproduce import pipeline
     make_net, imdb = tiny
     built = []
 
@@ -103,7 +103,6 @@ def test_the_command_line_refuses_another_seed_and_says_so(tiny, tmp_path, monke
 
 def test_resuming_needs_the_space_of_the_remaining_epochs_only(tiny, tmp_path):
     """The disk check counts a checkpoint (the size one really has) for each epoch still to train."""
-    from reproduce.pipeline import PLOT_BYTES, Experiment, checkpoint_bytes, space_needed
     exp = Experiment(dataset="toy", categories=["toy01"], model="tiny", out=tmp_path)
     make_net, imdb = tiny
     net = make_net()

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import GOLDEN
 from data_prep_fixtures import write_ilsvrc_category
 
+import demo
 from data_prep.ilsvrc import read_annotation_ilsvrc
 from data_prep.readers import DataConf, DatasetError
 from legacy_compat import MatStruct, StructArray, loadmat
 from legacy_compat.matio import MatFileError, savemat
+from legacy_compat.simplenn import layers_from_matlab
+from reproduce import checkpoints as ckpt
+from reproduce import paper, train_cli
+from reproduce import train as tr
+from reproduce.evaluate import load_net_for_evaluation, net_input_size
+from reproduce.golden.train import golden_imdb
+from reproduce.network import SimpleNN
 
 
 def test_a_nan_box_names_its_file(tmp_path):
@@ -38,13 +47,7 @@ def test_a_missing_variable_lists_what_the_file_holds(tmp_path, version):
 @pytest.fixture(scope="module")
 def bad_nets(tmp_path_factory):
     """A real net-epoch-1.pt (the golden tiny ICNN, one epoch) and the bad files made from it."""
-    from conftest import GOLDEN
 
-    from legacy_compat.simplenn import layers_from_matlab
-    from reproduce import checkpoints as ckpt
-    from reproduce import train as tr
-    from reproduce.golden.train import golden_imdb
-    from reproduce.network import SimpleNN
     if not (GOLDEN / "cnn_train_single.mat").is_file():
         pytest.skip("golden cases missing")
     case = loadmat(GOLDEN / "cnn_train_single.mat")
@@ -90,7 +93,6 @@ def bad_nets(tmp_path_factory):
 @pytest.mark.parametrize("name", ["truncated.pt", "empty.pt", "empty.mat", "png.mat", "png.pt", "no_postemp.mat",
                                   "text_weights.mat", "number_layers.mat", "no_stats.mat"])
 def test_a_bad_net_file_is_named_without_a_traceback_or_advice_to_delete_it(bad_nets, name, tmp_path, capsys):
-    import demo
     path = bad_nets / name
     before = path.read_bytes()
     rc = demo.main(["--quick", "--net", str(path), "--out", str(tmp_path / "out"), "--data-root",
@@ -104,15 +106,12 @@ def test_a_bad_net_file_is_named_without_a_traceback_or_advice_to_delete_it(bad_
 
 def test_a_net_saved_to_matlab_by_this_package_is_read_back(bad_nets):
     """meta.image_size, a tuple, becomes a cell of scalars in the .mat: the input size still reads."""
-    from reproduce.evaluate import load_net_for_evaluation, net_input_size
     net, _, _ = load_net_for_evaluation(bad_nets / "good.mat")
     assert net_input_size(net) == net_input_size(load_net_for_evaluation(bad_nets / "net-epoch-1.pt")[0]) == (16, 16)
 
 
 # ------------------------------------------------------------------ where the data goes
 def test_the_data_root_is_under_the_output_folder_by_default(tmp_path, monkeypatch):
-    import demo
-    from reproduce import paper, train_cli
     monkeypatch.delenv("ICNN_DATA_ROOT", raising=False)
     args = demo.build_parser().parse_args(["--quick", "--out", str(tmp_path / "o")])
     assert demo.experiment(demo.resolve_settings(args), args).data_root == tmp_path / "o" / "data"
@@ -123,7 +122,6 @@ def test_the_data_root_is_under_the_output_folder_by_default(tmp_path, monkeypat
 
 
 def test_an_unwritable_data_root_is_said_before_any_work(tmp_path, capsys):
-    import demo
     blocker = tmp_path / "file"
     blocker.write_text("a file where the data folder should be")
     rc = demo.main(["--quick", "--out", str(tmp_path / "out"), "--data-root", str(blocker / "data")])
