@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ILSVRC_CATEGORIES", "ILSVRC_IMAGE_COUNTS", "GOLDFISH", "VOC_CATEGORIES", "CUB_CATEGORIES",
-    "TOY_CATEGORIES", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
+    "TOY_CATEGORIES", "HELEN_CATEGORY", "HELEN_PART_LIST", "HELEN_TRUTH", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
     "ModelFile", "MODEL_FILES", "all_categories", "dataset_facts", "parts_for",
     "ILSVRC_TRUTH", "VOC_TRUTH", "CUB_TRUTH", "VOC_JPEG", "VOC_ANNO",
 ]
@@ -59,6 +59,9 @@ VOC_TRUTH = "data_input/data_input_VOC"
 CUB_TRUTH = "data_input/data_input_CUB-200-2011"
 VOC_JPEG = "VOC_part/VOCdevkit/VOC2010/JPEGImages"
 VOC_ANNO = "VOC_part/Annotations_Part"
+HELEN_TRUTH = "data_input/data_input_helen"     # written by data_prep.setup from Helen's landmarks
+HELEN_CATEGORY = "face"                         # Helen's one category (data_prep.helen)
+HELEN_PART_LIST = (1, 2, 3, 4)                  # data_prep.helen.HELEN_PARTS: the two eyes, the nose, the mouth
 
 
 @dataclass(frozen=True)
@@ -81,11 +84,12 @@ DATASETS: dict[str, DatasetFacts] = {s.name: s for s in (
     DatasetFacts("cub200", CUB_CATEGORIES, (1, 6, 14), "CUB_200_2011/images", CUB_TRUTH,
                  cate_dir="CUB_200_2011"),
     DatasetFacts("toy", (), (1, 2), "toy/detanimalpart", "toy/data_input"),
+    # not in the original: Helen faces with landmarks (data_prep.helen; a manual download)
+    DatasetFacts("helen", (HELEN_CATEGORY,), HELEN_PART_LIST, "helen", HELEN_TRUTH),
 )}
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
-#: What the readers know (DataConf.dataset): DATASETS plus "helen" (faces with landmarks, data_prep.helen;
-#: not in the original, read through its own conf, not set up by data_prep.setup).
-READER_DATASETS: tuple[str, ...] = DATASET_NAMES + ("helen",)
+#: What the readers know (DataConf.dataset): every dataset of DATASETS.
+READER_DATASETS: tuple[str, ...] = DATASET_NAMES
 
 
 def dataset_facts(name: str) -> DatasetFacts:

@@ -35,20 +35,21 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .facts import HELEN_CATEGORY, HELEN_PART_LIST
 from .readers import BndBox, DatasetError, ObjRecord, PartTruth, save_part_truth
 
-__all__ = ["HelenFace", "read_helen", "helen_objset", "helen_part_truth", "write_helen_truth",
-           "read_annotation_helen", "HELEN_PARTS", "HELEN_MARGIN", "HELEN_POINTS", "HELEN_CATEGORY"]
+__all__ = ["HelenFace", "read_helen", "helen_missing_message", "face_box", "helen_objset", "helen_part_truth",
+           "write_helen_truth", "read_annotation_helen", "HELEN_PARTS", "HELEN_MARGIN", "HELEN_POINTS", "HELEN_CATEGORY"]
 
 HELEN_POINTS = 194
 HELEN_MARGIN = 0.2
-HELEN_CATEGORY = "face"
 HELEN_PARTS: dict[int, tuple[str, range]] = {
     1: ("eye (points 114-133)", range(114, 134)),
     2: ("eye (points 134-153)", range(134, 154)),
     3: ("nose", range(41, 58)),
     4: ("mouth", range(58, 86)),
 }
+assert tuple(HELEN_PARTS) == HELEN_PART_LIST        # data_prep.facts states the part list
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,21 @@ def _names(path: Path) -> set[str]:
     return {Path(ln.strip()).stem for ln in path.read_text().splitlines() if ln.strip()}
 
 
+def helen_missing_message(root: os.PathLike | str) -> str:
+    """What to download by hand, and where to put it."""
+    return (f"dataset 'helen' is not under {root}: download annotation.zip and helen_1.zip .. helen_5.zip by hand "
+            f"from the Helen page (www.ifp.illinois.edu/~vuongle2/helen/; its links need a browser) and unpack "
+            f"them into {root}/ (annotation/1.txt ... and the .jpg images in any folders below it; trainnames.txt "
+            f"and testnames.txt optional)")
+
+
 def read_helen(root: os.PathLike | str) -> list[HelenFace]:
     """Every annotation of the Helen folder `root`, in annotation-file number order."""
     root = Path(root)
     anno = root / "annotation"
     files = sorted(anno.glob("*.txt"), key=lambda p: (int(p.stem) if p.stem.isdigit() else 10**9, p.stem))
     if not files:
-        raise DatasetError(f"Helen: no annotation/*.txt under {root}. Download annotation.zip and helen_1.zip .. "
-                           f"helen_5.zip by hand from the Helen page and unpack them into {root}/")
+        raise DatasetError(helen_missing_message(root))
     images = {p.stem: p for p in root.rglob("*.jpg")}
     train, test = _names(root / "trainnames.txt"), _names(root / "testnames.txt")
     faces = []

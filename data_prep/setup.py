@@ -64,11 +64,13 @@ from .facts import (
     VOC_ANNO,
     VOC_JPEG,
     VOC_TRUTH,
+    HELEN_CATEGORY,
     DatasetFacts,
     all_categories,
     dataset_facts,
     parts_for,
 )
+from .helen import HELEN_PARTS, helen_missing_message, write_helen_truth
 from .readers import DataConf, conf_from_paths
 
 __all__ = [
@@ -249,8 +251,13 @@ def _cub_requirements(categories: Sequence[str]) -> list[Requirement]:
     return reqs
 
 
+def _helen_requirements(categories: Sequence[str]) -> list[Requirement]:
+    """Helen itself is a manual download (checked by `ensure_dataset`); the shared negatives are not."""
+    return [_neg_requirement()]
+
+
 _REQUIREMENTS = {"ilsvrcanimalpart": _ilsvrc_requirements, "vocpart": _voc_requirements,
-                 "cub200": _cub_requirements}
+                 "cub200": _cub_requirements, "helen": _helen_requirements}
 
 
 def _spec(name: str) -> DatasetFacts:
@@ -606,6 +613,8 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
     cats = _categories(name, categories)
     if name == "toy":
         return _ensure_toy(root, cats, toy_options or {}, offline)
+    if name == "helen" and not (root / "helen" / "annotation").is_dir():
+        raise MissingDataError(helen_missing_message(root / "helen"), [], {})
     missing = find_missing(name, root, cats)
     errors: dict[str, Exception] = {}
     if missing and not offline:
@@ -622,7 +631,10 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
     if missing:
         warnings.warn(str(MissingDataError(describe_missing(name, root, cats, missing), missing, errors)),
                       stacklevel=2)
-    return dataset_paths(name, root, cats)
+    paths = dataset_paths(name, root, cats)
+    if name == "helen" and not all(paths.truth_file(HELEN_CATEGORY, k).is_file() for k in HELEN_PARTS):
+        write_helen_truth(paths.image_dir, paths.truth_dir)          # the landmarks' part truth, once
+    return paths
 
 
 def _ensure_toy(root: Path, cats: tuple[str, ...], options: dict, offline: bool) -> DatasetPaths:

@@ -143,3 +143,20 @@ def test_voc2010_crop_reader_and_imdb(tmp_path):
     (root / "cat_info.txt").write_text("0,a.jpg,2,1\n")
     with pytest.raises(DatasetError, match="cat_info.txt, line 1"):
         read_voc2010_crop(root, "cat")
+
+
+def test_helen_set_up_writes_the_truth_files(tmp_path):
+    from data_prep.setup import MissingDataError, ensure_dataset
+    from data_prep.readers import conf_from_paths, read_annotation
+    with pytest.raises(MissingDataError, match="annotation.zip.*helen_1.zip"):
+        ensure_dataset("helen", tmp_path, offline=True)
+    _helen(tmp_path / "helen")
+    for i in range(1, 1001):                                   # the shared negatives' names (empty files do)
+        (tmp_path / "neg").mkdir(exist_ok=True)
+        (tmp_path / "neg" / f"{i:05d}.JPEG").write_bytes(b"")
+    paths = ensure_dataset("helen", tmp_path, offline=True)
+    assert paths.categories == ("face",) and paths.parts_for("face") == (1, 2, 3, 4)
+    truth = read_part_truth_file(paths.truth_file("face", 3))
+    assert len(truth) == 2 and truth[0].obj is not None
+    objs = read_annotation("face", conf_from_paths(paths))
+    assert [o.filename for o in objs] == ["helen_1/100032540_1.jpg", "helen_2/1002681492_1.jpg"]
