@@ -8,7 +8,8 @@ from PIL import Image
 from data_prep.celeba import build_celeba_imdb, celeba_part_truth, find_celeba_files, read_celeba
 from data_prep.helen import HELEN_PARTS, face_box, helen_objset, helen_part_truth, read_helen, write_helen_truth
 from data_prep.imdb import get_imdb
-from data_prep.readers import DataConf, DatasetError, read_part_truth_file
+from data_prep.readers import DataConf, DatasetError, conf_from_paths, read_annotation, read_part_truth_file
+from data_prep.setup import MissingDataError, ensure_dataset
 from data_prep.voc2010_crop import build_voc2010_crop_imdb, read_voc2010_crop
 
 ATTRS = [f"Attr_{i:02d}" for i in range(40)]
@@ -146,8 +147,6 @@ def test_voc2010_crop_reader_and_imdb(tmp_path):
 
 
 def test_helen_set_up_writes_the_truth_files(tmp_path):
-    from data_prep.setup import MissingDataError, ensure_dataset
-    from data_prep.readers import conf_from_paths, read_annotation
     with pytest.raises(MissingDataError, match="annotation.zip.*helen_1.zip"):
         ensure_dataset("helen", tmp_path, offline=True)
     _helen(tmp_path / "helen")
