@@ -45,9 +45,10 @@ def test_quick_settings_and_demo_m_defaults():
 def test_quick_with_a_torchvision_net_uses_its_toy_size():
     parser = demo.build_parser()
     quick = demo.resolve_settings(parser.parse_args(["--quick", "--model", "resnet-18"]))
-    assert (quick["model"], quick["image_size"], quick["toy_images"], quick["epochs"]) == ("resnet-18", 64, 100, 4)
+    assert (quick["model"], quick["image_size"], quick["toy_images"], quick["epochs"]) == ("resnet-18", 64, 100, 3)
     exp = demo.experiment(quick, parser.parse_args(["--quick", "--model", "resnet-18"]))
     assert exp.image_size == 64 and exp.toy_options == {"n_pos": 100, "n_neg": 100}
+    assert exp.learning_rate_scale == 10.0
     assert demo.resolve_settings(parser.parse_args(["--quick"]))["image_size"] is None     # tiny: its own 64
     helen = demo.resolve_settings(parser.parse_args(["--dataset", "helen", "--model", "densenet-121"]))
     assert (helen["categories"], helen["toy_images"], helen["image_size"]) == (["face"], None, None)
