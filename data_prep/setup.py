@@ -56,6 +56,7 @@ from . import download as dl
 from . import toy
 from .facts import (
     CUB_TRUTH,
+    HELEN_CATEGORY,
     ILSVRC_IMAGE_COUNTS,
     ILSVRC_TRUTH,
     MIN_AREA,
@@ -64,7 +65,6 @@ from .facts import (
     VOC_ANNO,
     VOC_JPEG,
     VOC_TRUTH,
-    HELEN_CATEGORY,
     DatasetFacts,
     all_categories,
     dataset_facts,

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep.annotations import read_annotation
 from data_prep.celeba import build_celeba_imdb, celeba_part_truth, find_celeba_files, read_celeba
 from data_prep.helen import HELEN_PARTS, face_box, helen_objset, helen_part_truth, read_helen, write_helen_truth
 from data_prep.imdb import get_imdb
-from data_prep.readers import DataConf, DatasetError, conf_from_paths, read_annotation, read_part_truth_file
+from data_prep.readers import DataConf, DatasetError, conf_from_paths, read_part_truth_file
 from data_prep.setup import MissingDataError, ensure_dataset
 from data_prep.voc2010_crop import build_voc2010_crop_imdb, read_voc2010_crop
 
