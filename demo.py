@@ -79,7 +79,7 @@ QUICK = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 
 # images at 64 x 64 (the conv_mask maps are 4 x 4 for the ResNets, 2 x 2 for DenseNet-121), 100 positives and
 # 100 negatives (an imdb of 400), 3 epochs, the learning rates x 10 (1e-2, 7.7e-3, 6.0e-3). At network_init's
 # rates (1e-3 ..) the randomly initialised resnet-18 still calls everything positive after 4 epochs
-# (validation error 0.25); x 10 gives 0.075 after epoch 3 (and 0.125 after a 4th). README: measured time.
+# (validation error 0.25); x 10 gave 0.05 and 0.075 after epoch 3 in two runs (0.125 after a 4th). README: time.
 QUICK_TORCHVISION = {"image_size": 64, "toy_images": 100, "epochs": 3, "learning_rate_scale": 10.0}
 DEMO_DEFAULTS = {"dataset": "ilsvrcanimalpart", "categories": ["n02118333"], "model": "vgg-vd-16",
                  "dropout": 0.8, "epochs": None, "device": None, "out": "output"}
