@@ -146,14 +146,18 @@ class _MuGrid:
 
     proj: H x W x (H+W+3), tensordot(x, proj, 2) = [row sums (H), column sums (W), total,
     sum i x, sum j x] in one matrix product; pos: (H+W,) the positions 1..H, 1..W of those sums;
-    spread: 2 x (H+W), mu @ spread puts mu_i under the rows, mu_j under the columns; lower,
-    upper: (2,) the centroid bounds [1, 1], [H, W]."""
+    lower, upper: (2,) the centroid bounds [1, 1], [H, W]; flat: (2,) [W+1, 1], mu @ flat is the
+    flat index mu_i (W+1) + mu_j of a centroid; sq: ((H+1)(W+1)) x (H+W), row mu_i (W+1) + mu_j
+    holds (i - mu_i)^2 under the row sums and (j - mu_j)^2 under the column sums (exact small
+    integers: sqrtvar's weights gathered instead of formed per map); half: 0.5 (0-d)."""
 
     proj: torch.Tensor
     pos: torch.Tensor
-    spread: torch.Tensor
     lower: torch.Tensor
     upper: torch.Tensor
+    flat: torch.Tensor
+    sq: torch.Tensor
+    half: torch.Tensor
 
 
 @functools.lru_cache(maxsize=64)
@@ -168,9 +172,11 @@ def mu_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _MuGrid
     proj[:, h + w], proj[:, h + w + 1], proj[:, h + w + 2] = 1.0, ii, jj
     proj = proj.view(h, w, h + w + 3)
     pos = torch.cat([torch.arange(1, h + 1), torch.arange(1, w + 1)]).to(torch.float64)
-    spread = torch.zeros(2, h + w, dtype=torch.float64)
-    spread[0, :h], spread[1, h:] = 1.0, 1.0
-    grid = _MuGrid(proj, pos, spread, torch.ones(2, dtype=torch.float64), torch.tensor([h, w], dtype=torch.float64))
+    mi = torch.arange(h + 1, dtype=torch.float64).repeat_interleave(w + 1)      # centroid row of each flat index
+    mj = torch.arange(w + 1, dtype=torch.float64).repeat(h + 1)                 # its column
+    sq = torch.cat([(pos[None, :h] - mi[:, None]) ** 2, (pos[None, h:] - mj[:, None]) ** 2], dim=1)
+    grid = _MuGrid(proj, pos, torch.ones(2, dtype=torch.float64), torch.tensor([h, w], dtype=torch.float64),
+                   torch.tensor([w + 1.0, 1.0], dtype=torch.float64), sq, torch.tensor(0.5, dtype=torch.float64))
     return _MuGrid(*(t.to(device=device, dtype=dtype) for t in vars(grid).values()))
 
 
@@ -223,14 +229,21 @@ def centroids(x: torch.Tensor, grid: "_MuGrid | None" = None) -> tuple[torch.Ten
     sqrtvar = sqrt(sum_ij ((i - mu_i)^2 + (j - mu_j)^2) x / s), from the row and column sums.
     The upper clamps are a fix: the original indexes linspace(-1,1,h) past its end when a
     centroid lies beyond the map (negative inputs)."""
+    mu, _, sqrtvar, total = _centroids(x, grid)
+    return mu, sqrtvar, total
+
+
+def _centroids(x: torch.Tensor, grid: "_MuGrid | None" = None):
+    """centroids, with the flat index mu_i (W+1) + mu_j (N x D, int64) of each centroid as well:
+    (mu, index, sqrtvar, total)."""
     n, d, h, w = x.shape
     g = mu_grid(h, w, x.dtype, x.device) if grid is None else grid
     margins, total, moments = torch.tensordot(x, g.proj, dims=2).split([h + w, 1, 2], dim=2)
     s = total.clamp_min(1e-9)
-    mu = (moments / s).add_(0.5).floor_().clamp_(min=g.lower, max=g.upper).nan_to_num_(nan=1.0)   # NaN input: checked later
-    dev = g.pos - mu @ g.spread                                           # i - mu_i, j - mu_j
-    var = torch.einsum("ndp,ndp,ndp->nd", dev, dev, margins)
-    return mu, var.div_(s.squeeze(2)).sqrt_(), total.squeeze(2)
+    mu = torch.addcdiv(g.half, moments, s).floor_().clamp_(min=g.lower, max=g.upper).nan_to_num_(nan=1.0)  # NaN: checked later
+    idx = (mu @ g.flat).long()
+    var = torch.einsum("ndp,ndp->nd", g.sq[idx], margins)     # sum_i (i - mu_i)^2 r_i + sum_j (j - mu_j)^2 c_j
+    return mu, idx, var.div_(s.squeeze(2)).sqrt_(), total.squeeze(2)
 
 
 def get_mask(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_type: torch.Tensor,
@@ -249,7 +262,13 @@ def get_mask(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_
 def _mask_from_distance(dist: torch.Tensor, beta_part: torch.Tensor) -> torch.Tensor:
     """max(1 - beta dist, -1), in place on dist; beta_part: D x 1 x 1, 0 for the filters that
     are not parts (1 - 0 dist = 1 exactly: their mask is 1, as getMask sets it)."""
-    return torch.rsub(dist.mul_(beta_part), 1).clamp_min_(-1)
+    return torch.addcmul(_unit(dist.dtype, dist.device), dist, beta_part, value=-1).clamp_min_(-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _unit(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1 as a 0-d tensor (addcmul's first operand), built once per dtype and device."""
+    return torch.ones((), dtype=dtype, device=device)
 
 
 def get_mask_separable(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_type: torch.Tensor | None,
@@ -531,7 +550,6 @@ class _LayerConstants:
     grid: _MuGrid
     table: torch.Tensor | None
     filter_type: torch.Tensor
-    flat_coef: torch.Tensor
     t: torch.Tensor
     channels: _ChannelConstants
     pos_x: torch.Tensor
@@ -552,15 +570,15 @@ def _layer_constants(pos_x: torch.Tensor, pos_y: torch.Tensor, filter_type: torc
     table = None
     if uniform and (h + 1) * (w + 1) * h * w <= _TABLE_MAX:
         table = distance_table(rows.reshape(h), cols.reshape(w), t)
-    flat = torch.tensor([w + 1.0, 1.0], dtype=dtype).to(dev)
-    return _LayerConstants(mu_grid(h, w, dtype, dev), table, filter_type, flat, t, _ChannelConstants.build(filter_type, dtype),
+    return _LayerConstants(mu_grid(h, w, dtype, dev), table, filter_type, t, _ChannelConstants.build(filter_type, dtype),
                            pos_x, pos_y)
 
 
-def _distances(mu: torch.Tensor, k: _LayerConstants) -> torch.Tensor:
-    """|posX - mu_x| + |posY - mu_y|, N x D x H x W (a gather from the table when there is one)."""
+def _distances(mu: torch.Tensor, idx: torch.Tensor, k: _LayerConstants) -> torch.Tensor:
+    """|posX - mu_x| + |posY - mu_y|, N x D x H x W (a gather from the table by the centroids'
+    flat index `idx` when there is a table)."""
     if k.table is not None:
-        return k.table[(mu @ k.flat_coef).long()]
+        return k.table[idx]
     idx = mu.long()
     dt = k.pos_x.dtype
     dist = (k.pos_x - k.t[idx[..., 0]].to(dt)[..., None, None]).abs_()
@@ -570,8 +588,8 @@ def _distances(mu: torch.Tensor, k: _LayerConstants) -> torch.Tensor:
 def _mask_maths(x: torch.Tensor, beta: torch.Tensor, k: _LayerConstants, with_strength: bool):
     """getMu, getMask and the mask product of the forward: (max(x .* mask, 0), mask, sqrtvar,
     the map sums, strength S = mean_ij x .* mask or None)."""
-    mu, sqrtvar, total = centroids(x, k.grid)
-    mask = _mask_from_distance(_distances(mu, k), torch.where(k.channels.part_col, beta.view(-1, 1, 1), 0))
+    mu, idx, sqrtvar, total = _centroids(x, k.grid)
+    mask = _mask_from_distance(_distances(mu, idx, k), torch.where(k.channels.part_col, beta.view(-1, 1, 1), 0))
     xm = x * mask
     strength = xm.mean(dim=(2, 3)) if with_strength else None              # mean(mean(x.*mask,1),2)
     return xm.clamp_min_(0), mask, sqrtvar, total, strength
