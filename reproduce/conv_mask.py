@@ -262,13 +262,13 @@ def get_mask(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_
 def _mask_from_distance(dist: torch.Tensor, beta_part: torch.Tensor) -> torch.Tensor:
     """max(1 - beta dist, -1), in place on dist; beta_part: D x 1 x 1, 0 for the filters that
     are not parts (1 - 0 dist = 1 exactly: their mask is 1, as getMask sets it)."""
-    return torch.addcmul(_unit(dist.dtype, dist.device), dist, beta_part, value=-1).clamp_min_(-1)
+    return torch.addcmul(_const(1.0, dist.dtype, dist.device), dist, beta_part, value=-1).clamp_min_(-1)
 
 
 @functools.lru_cache(maxsize=16)
-def _unit(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """1 as a 0-d tensor (addcmul's first operand), built once per dtype and device."""
-    return torch.ones((), dtype=dtype, device=device)
+def _const(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A number as a 0-d tensor (the first operand of addcmul / add), built once per dtype and device."""
+    return torch.full((), value, dtype=dtype, device=device)
 
 
 def get_mask_separable(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_type: torch.Tensor | None,
@@ -315,9 +315,9 @@ class FilterLossSetup:
     member: 2 x N x D bool, [positives, negatives] of each part channel's class (the entries of
     the blocks); count: 2 x 1 x D, images per channel in its block; block_size: entries per
     block, at least 1 (2 x 1 x 1, or 2 x 1 x 1 x G with classes); groups: 1 x 1 x D x G bool,
-    channel d in class g's block (None: one block); group_of (D,): its class; beta_member: N x D,
-    the positives of the part and texture channels; beta_scale (D,): -10000 for those channels,
-    0 for the others; step: 1e-5 w+, 1e-5 w- (a number when both are 1e-5, else 2 x 1 x D);
+    channel d in class g's block (None: one block); group_of (D,): its class; beta_member: N x D
+    (or N x 1), the positives of each channel's class; beta_scale (D,): -10000 for the part and
+    texture channels, 0 for the others (whose dbeta is then 0); step: 1e-5 w+, 1e-5 w- (a number when both are 1e-5, else 2 x 1 x D);
     mag: epoch / l.mag (0-d); three: 3 (0-d, BETA_TARGET); fallback: the layer's all_inf_fallback; where: for messages.
     """
 
@@ -346,14 +346,16 @@ def filter_loss_setup(labels: torch.Tensor, filter_type: torch.Tensor, slice_mag
 @dataclass(frozen=True)
 class _ChannelConstants:
     """What the filter types give, built once per layer: part (D,) bool, part_col (D x 1 x 1),
-    active (D,) bool (part or texture), beta_scale (D,); flip: [False, True] (2 x 1 x 1, to form
-    [positives, negatives] in one step); three: 3 (0-d); the last `mag` tensor, by epoch."""
+    active (D,) bool (part or texture), beta_scale (D,); member_key: 2 x 1 x D int64, [1, 0] for
+    part channels and 2 (never equal to a 0/1 label test) for the others, so that
+    `(labels == 1) == member_key` forms [positives, negatives] of the part channels in one
+    step; three: 3 (0-d); the last `mag` tensor, by epoch."""
 
     part: torch.Tensor
     part_col: torch.Tensor
     active: torch.Tensor
     beta_scale: torch.Tensor
-    flip: torch.Tensor
+    member_key: torch.Tensor
     three: torch.Tensor
     mags: dict
 
@@ -363,8 +365,8 @@ class _ChannelConstants:
         active = filter_type > 0
         scale = torch.where(active, BETA_GRAD_SCALE, 0.0).to(dtype)
         dev = filter_type.device
-        flip = torch.tensor([False, True]).view(2, 1, 1).to(dev)
-        return cls(part, part.view(-1, 1, 1), active, scale, flip, torch.full((), BETA_TARGET, dtype=dtype, device=dev),
+        key = torch.where(part, torch.tensor([[1], [0]], device=dev), 2).unsqueeze(1)      # 2 x 1 x D
+        return cls(part, part.view(-1, 1, 1), active, scale, key, torch.full((), BETA_TARGET, dtype=dtype, device=dev),
                    {})
 
     def mag(self, epoch: int, layer_mag: Any) -> torch.Tensor:
@@ -390,10 +392,11 @@ def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Te
     mag = consts.mag(epoch, layer_mag)
     if n_labels == 1 or slice_mag is None or slice_mag.numel() == 0:
         pos = labels == 1 if n_labels == 1 else labels.amax(dim=1, keepdim=True) == 1      # N x 1
-        member = (pos != consts.flip) & consts.part                  # [positives, negatives] x N x D
+        member = pos == consts.member_key                            # [positives, negatives] x N x D
         count = member.sum(dim=1, keepdim=True)
+        # beta's positives: all channels (beta_scale is 0 for the channels of type 0)
         return FilterLossSetup(member, count, count.sum(dim=2, keepdim=True).clamp_min_(1), None, None,
-                               pos & consts.active, consts.beta_scale, LOSS_STEP, mag, consts.three, fallback, where)
+                               pos, consts.beta_scale, LOSS_STEP, mag, consts.three, fallback, where)
     depth = consts.part.numel()
     if tuple(slice_mag.shape) != (depth, n_labels):
         raise ValueError(f"{where}: sliceMag is {tuple(slice_mag.shape)}, expected {depth} x {n_labels} "
@@ -401,10 +404,10 @@ def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Te
     group_of = slice_mag.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).argmax(dim=1)
     groups = group_of.view(1, 1, depth, 1) == _arange(n_labels, labels.device)
     pos = (labels == 1).index_select(1, group_of)                                            # N x D
-    member = (pos != consts.flip) & consts.part
+    member = pos == consts.member_key
     count = member.sum(dim=1, keepdim=True)
     block_size = (count.unsqueeze(3) * groups).sum(dim=2, keepdim=True).clamp_min_(1)
-    return FilterLossSetup(member, count, block_size, groups, group_of, pos & consts.active, consts.beta_scale,
+    return FilterLossSetup(member, count, block_size, groups, group_of, pos, consts.beta_scale,
                            _class_steps(n_labels, density, group_of, dtype, where), mag, consts.three, fallback, where)
 
 
@@ -453,31 +456,50 @@ def _replace_inf_by_block_max(v: torch.Tensor, setup: FilterLossSetup) -> tuple[
     `v(isnan(v)) = 0`.
 
     v: 2 x N x D with NaN outside the blocks (`setup.member`). MATLAB's max skips NaN; a block
-    whose non-Inf values are all NaN gives NaN, then 0. Returns (v, bad): bad marks the blocks
-    that hold Inf values and no other value, where MATLAB stops with an error (their values
-    become `setup.fallback`, or 0 when it is None). Entries outside the blocks come out 0."""
+    whose non-Inf values are all NaN gives NaN, then 0. Returns (v, infs): infs (2 x 1 x 1, or
+    2 x 1 x 1 x G) the number of ±Inf values of each block; a block with as many as it has
+    entries (`infs >= setup.block_size`) holds Inf values and no other value, where MATLAB
+    stops with an error (their values become `setup.fallback`, or 0 when it is None). Entries
+    outside the blocks come out 0."""
     if setup.groups is not None:                            # 2 x N x D x G: NaN outside class g's block
         v = torch.where(setup.groups, v.unsqueeze(3), math.nan)
     inf = v.isinf()
     top = v.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax(dim=(1, 2), keepdim=True)
-    bad = inf.sum(dim=(1, 2), keepdim=True) >= setup.block_size         # only ±Inf in the block
+    infs = inf.sum(dim=(1, 2), keepdim=True)
     if setup.fallback is not None:
-        top = torch.where(bad, float(setup.fallback), top)
+        top = torch.where(infs >= setup.block_size, float(setup.fallback), top)
     # -inf left in v: no finite value in the block (NaN -> 0, or MATLAB's error)
     v = torch.where(inf, top, v)
     if setup.groups is not None:                            # each channel's own class; NaN elsewhere
         v = v.nansum(dim=3)
-    return v.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), bad
+    return v.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), infs
 
 
-def _log_z(x: torch.Tensor, mask: torch.Tensor, neg_mean: torch.Tensor, fallback: float | None):
-    """2 log mean_n exp(2 z) for z = [mean_ij x .* mask~, -mean_ij x] (2 x 1 x D): twice
-    alpha_logZ_pos / _neg (alpha = 0.5), ±Inf replaced by the largest finite value of each.
-    mask~ has both its channel and its image order reversed (mask(:,:,end:-1:1,end:-1:1)).
-    Returns (2 logZ, bad): bad where every value is ±Inf (MATLAB's error)."""
+@functools.lru_cache(maxsize=64)
+def _row_divisors(hw: int, from_total: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The divisors of _doubled_rows' four rows, 4 x 1 x 1."""
+    m = -hw / 2 if from_total else 0.5
+    return torch.tensor([hw / 2, m, 0.5, m], dtype=torch.float64).to(dtype).view(4, 1, 1).to(device)
+
+
+def _doubled_rows(x: torch.Tensor, mask: torch.Tensor, strength: torch.Tensor, total: torch.Tensor | None,
+                  neg_mean: torch.Tensor | None) -> torch.Tensor:
+    """4 x N x D: twice [mean_ij x .* mask~, -mean_ij x, S, -mean_ij x] (the exponents of logZ+,
+    logZ-, then of the positives' and negatives' strengths), in one division: the sums over
+    hw / 2 (or -hw / 2), S over 0.5, which is exactly twice mean = sum / hw (scaling by 2 is
+    exact). mask~ has both its channel and its image order reversed (mask(:,:,end:-1:1,end:-1:1)).
+    From the map sums `total`, or from neg_mean = -mean_ij x."""
     hw = x.shape[2] * x.shape[3]
-    rev = torch.einsum("ndhw,ndhw->nd", x, mask.flip((0, 1))) / hw
-    lz = torch.stack([rev, neg_mean]).mul_(2).exp_().mean(dim=1, keepdim=True).log_()
+    rev = torch.einsum("ndhw,ndhw->nd", x, mask.flip((0, 1)))
+    m = total if total is not None else neg_mean
+    return torch.stack([rev, m, strength, m]).div_(_row_divisors(hw, total is not None, x.dtype, x.device))
+
+
+def _log_z(ez: torch.Tensor, fallback: float | None):
+    """2 log mean_n exp(2 z) from ez = exp(2 z) (2 x N x D, z = [mean_ij x .* mask~, -mean_ij x]):
+    twice alpha_logZ_pos / _neg (alpha = 0.5), ±Inf replaced by the largest finite value of
+    each. Returns (2 logZ 2 x 1 x D, bad 2 x 1 x 1: where every value is ±Inf, MATLAB's error)."""
+    lz = ez.mean(dim=1, keepdim=True).log_()
     inf = lz.isinf()
     top = lz.nan_to_num(posinf=-math.inf, neginf=-math.inf).amax(dim=2, keepdim=True)
     bad = top == -math.inf
@@ -490,11 +512,11 @@ def _normalise(s: torch.Tensor, setup: FilterLossSetup) -> tuple[torch.Tensor, t
     """The replacement / normalisation sequence the original applies to both strengths, on
     2 x N x D (NaN outside the blocks): Inf -> block max, NaN -> 0, s / (mean_block s * mag),
     NaN -> 0, Inf -> block max. Returns (s, 0 outside the blocks; bad blocks)."""
-    s, bad1 = _replace_inf_by_block_max(s, setup)
+    s, infs1 = _replace_inf_by_block_max(s, setup)
     s = s / ((s.sum(dim=1, keepdim=True) / setup.count) * setup.mag)        # mean(strength, 2) .* mag
     s = torch.where(setup.member, s.nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf), math.nan)
-    s, bad2 = _replace_inf_by_block_max(s, setup)
-    return s, bad1 | bad2
+    s, infs2 = _replace_inf_by_block_max(s, setup)
+    return s, torch.maximum(infs1, infs2) >= setup.block_size
 
 
 def _beta_derivative(strength: torch.Tensor, sqrtvar: torch.Tensor, beta: torch.Tensor,
@@ -514,9 +536,17 @@ def filter_loss_terms(x: torch.Tensor, mask: torch.Tensor, strength: torch.Tenso
     docstring), without host synchronisation: (coef 2 x N x D: the input gradient gets
     `- mask * coef[0] + coef[1]`; dbeta (D,); bad: 0-d bool, a block held only ±Inf values).
     neg_mean: -mean_ij x, N x D."""
-    lz2, bad0 = _log_z(x, mask, neg_mean, setup.fallback)
-    v = torch.stack([strength, neg_mean])                                    # S, -m
-    s = v.mul(2).exp_().mul_(v.add(lz2, alpha=-0.5).add_(ALPHA_LOGZ))       # exp(v/a) (v - logZ + a)
+    return _filter_loss(x, mask, strength, sqrtvar, None, neg_mean, beta, setup)
+
+
+def _filter_loss(x, mask, strength, sqrtvar, total, neg_mean, beta, setup: FilterLossSetup):
+    """filter_loss_terms from the map sums `total` (or from neg_mean when total is None)."""
+    w2 = _doubled_rows(x, mask, strength, total, neg_mean)          # 2 [z+, z-, S, -m]
+    e2 = w2.exp()
+    ez, ev = e2.split(2)
+    lz2, bad0 = _log_z(ez, setup.fallback)
+    # exp(v/a) (v - logZ + a), a = 0.5, v = [S, -m]: (2v - 2 logZ) / 2 is v - logZ exactly
+    s = torch.add(_const(ALPHA_LOGZ, x.dtype, x.device), w2.split(2)[1] - lz2, alpha=0.5).mul_(ev)
     s, bad = _normalise(torch.where(setup.member, s, math.nan), setup)
     coef = s * setup.step
     return coef, _beta_derivative(strength, sqrtvar, beta, setup), (bad0 | bad).any()
@@ -733,9 +763,8 @@ class _ConvMaskFunction(torch.autograd.Function):
             gx.mul_(positive)
         if st.setup is not None and (need_x or need_beta):
             if st.whole_batch is None:
-                terms = _maybe_compiled(filter_loss_terms, x.device)
-                coef, dbeta, bad = terms(x, mask, strength, sqrtvar, total / -(x.shape[2] * x.shape[3]), beta,
-                                         st.setup)
+                terms = _maybe_compiled(_filter_loss, x.device)
+                coef, dbeta, bad = terms(x, mask, strength, sqrtvar, total, None, beta, st.setup)
                 if st.setup.fallback is None:
                     _check_all_inf(bad, st)
             else:                       # several ranks: the loss over the whole batch (reproduce.distributed)
