@@ -728,11 +728,18 @@ def _conv_backward(gout: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, 
     return gx, gw, gb
 
 
+@functools.lru_cache(maxsize=16)
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
 def _check_input(total: torch.Tensor, st: _LayerState) -> None:
-    finite = torch.isfinite(total).all()
+    """Every map sum finite: sum_nd total .* 0 is 0 then, NaN otherwise (one reduction, the
+    products formed before any sum, so that large finite sums cannot overflow)."""
+    probe = torch.einsum("nd,nd->", total, _zeros(tuple(total.shape), total.dtype, total.device))
     if st.checks is not None:
-        st.checks.note_input(finite)
-    elif not bool(finite):
+        st.checks.note_input(torch.isfinite(probe))
+    elif not math.isfinite(probe.item()):
         raise ValueError(_NONFINITE_INPUT.format(where=st.name))
 
 
@@ -759,9 +766,10 @@ class _ConvMaskFunction(torch.autograd.Function):
         # dW, db: the convolution's backward on x .* max(mask, 0); dx: its input gradient .* max(mask, 0)
         gx, gw, gb = _conv_backward(gout.contiguous(), x * positive, weight, ctx.has_bias, st, (need_x, need_w, need_b))
         gbeta = None
-        if gx is not None:
+        loss = st.setup is not None and (need_x or need_beta)
+        if gx is not None and not loss:
             gx.mul_(positive)
-        if st.setup is not None and (need_x or need_beta):
+        if loss:
             if st.whole_batch is None:
                 terms = _maybe_compiled(_filter_loss, x.device)
                 coef, dbeta, bad = terms(x, mask, strength, sqrtvar, total, None, beta, st.setup)
@@ -769,9 +777,9 @@ class _ConvMaskFunction(torch.autograd.Function):
                     _check_all_inf(bad, st)
             else:                       # several ranks: the loss over the whole batch (reproduce.distributed)
                 coef, dbeta = _whole_batch_terms(x, mask, strength, sqrtvar, total, beta, st)
-            if gx is not None:
+            if gx is not None:     # dx .* max(mask, 0) - mask .* coef+ + coef- (one of the two is 0 per map)
                 coef_pos, coef_neg = coef.view(*coef.shape, 1, 1).unbind(0)
-                gx.addcmul_(mask, coef_pos, value=-1.0).add_(coef_neg)
+                gx = torch.addcmul(coef_neg, gx, positive).addcmul_(mask, coef_pos, value=-1.0)
             gbeta = dbeta if need_beta else None
         return gx, gw, gb if need_b else None, gbeta, None
 
