@@ -53,11 +53,15 @@ Errors (`ValueError`) rather than wrong numbers: a non-square map, NaN/Inf input
 wrong shape, a missing context in training mode (see `ConvMask.require_context`).
 
 How it is computed (issue 15: the same arithmetic in few, large operations): getMu's sums in
-one matrix product (`centroids`); getMask as a gather from a per-layer table of the distances
-of every possible centroid (`distance_table`; built once, as getMask's float operations would
-give them) times beta; the filter loss on 2 x N x D arrays (positives and negatives stacked;
-with classes, a class axis) where each block's Inf replacement is one masked reduction
-(`_replace_inf_by_block_max`), no Python loop over blocks or classes. The constants (grids,
+one matrix product (`centroids`), sqrtvar's weights (i - mu_i)^2, (j - mu_j)^2 gathered from a
+per-grid table by the centroid's flat index (`mu_grid`); getMask as a gather from a per-layer
+table of the distances of every possible centroid (`distance_table`; built once, as getMask's
+float operations would give them) by the same index, then one addcmul with beta; the filter
+loss on 2 x N x D arrays (positives and negatives stacked; with classes, a class axis): logZ's
+and the strengths' exponents as one 4 x N x D division and one exp (`_doubled_rows`), each
+block's Inf replacement one masked reduction (`_replace_inf_by_block_max`), no Python loop
+over blocks or classes. (addcmul may round its product and sum once, as a fused multiply-add;
+the golden cases are unchanged within 1e-6.) The constants (grids,
 tables, filter-type masks) are cached per layer (`ConvMask._constants`) and per shape, dtype
 and device (`mu_grid`). Nothing reads a value back to the host inside a CUDA training step: the
 NaN/Inf-input and all-Inf-block checks are kept on the device (`ConvMask.check_mode`,
