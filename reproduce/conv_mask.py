@@ -153,7 +153,7 @@ class _MuGrid:
     lower, upper: (2,) the centroid bounds [1, 1], [H, W]; flat: (2,) [W+1, 1], mu @ flat is the
     flat index mu_i (W+1) + mu_j of a centroid; sq: ((H+1)(W+1)) x (H+W), row mu_i (W+1) + mu_j
     holds (i - mu_i)^2 under the row sums and (j - mu_j)^2 under the column sums (exact small
-    integers: sqrtvar's weights gathered instead of formed per map); half: 0.5 (0-d)."""
+    integers: sqrtvar's weights gathered instead of formed per map); half, one: 0.5, 1 (0-d)."""
 
     proj: torch.Tensor
     pos: torch.Tensor
@@ -162,6 +162,7 @@ class _MuGrid:
     flat: torch.Tensor
     sq: torch.Tensor
     half: torch.Tensor
+    one: torch.Tensor
 
 
 @functools.lru_cache(maxsize=64)
@@ -180,7 +181,8 @@ def mu_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _MuGrid
     mj = torch.arange(w + 1, dtype=torch.float64).repeat(h + 1)                 # its column
     sq = torch.cat([(pos[None, :h] - mi[:, None]) ** 2, (pos[None, h:] - mj[:, None]) ** 2], dim=1)
     grid = _MuGrid(proj, pos, torch.ones(2, dtype=torch.float64), torch.tensor([h, w], dtype=torch.float64),
-                   torch.tensor([w + 1.0, 1.0], dtype=torch.float64), sq, torch.tensor(0.5, dtype=torch.float64))
+                   torch.tensor([w + 1.0, 1.0], dtype=torch.float64), sq, torch.tensor(0.5, dtype=torch.float64),
+                   torch.tensor(1.0, dtype=torch.float64))
     return _MuGrid(*(t.to(device=device, dtype=dtype) for t in vars(grid).values()))
 
 
@@ -263,10 +265,11 @@ def get_mask(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_
     return _mask_from_distance(dist, torch.where(filter_type == 1, beta.to(dt), 0).view(-1, 1, 1))
 
 
-def _mask_from_distance(dist: torch.Tensor, beta_part: torch.Tensor) -> torch.Tensor:
+def _mask_from_distance(dist: torch.Tensor, beta_part: torch.Tensor, one: torch.Tensor | None = None) -> torch.Tensor:
     """max(1 - beta dist, -1), in place on dist; beta_part: D x 1 x 1, 0 for the filters that
     are not parts (1 - 0 dist = 1 exactly: their mask is 1, as getMask sets it)."""
-    return torch.addcmul(_const(1.0, dist.dtype, dist.device), dist, beta_part, value=-1).clamp_min_(-1)
+    one = _const(1.0, dist.dtype, dist.device) if one is None else one
+    return torch.addcmul(one, dist, beta_part, value=-1).clamp_min_(-1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -487,7 +490,7 @@ def _row_divisors(hw: int, from_total: bool, dtype: torch.dtype, device: torch.d
 
 
 def _doubled_rows(x: torch.Tensor, mask: torch.Tensor, strength: torch.Tensor, total: torch.Tensor | None,
-                  neg_mean: torch.Tensor | None) -> torch.Tensor:
+                  neg_mean: torch.Tensor | None, divisors: torch.Tensor | None = None) -> torch.Tensor:
     """4 x N x D: twice [mean_ij x .* mask~, -mean_ij x, S, -mean_ij x] (the exponents of logZ+,
     logZ-, then of the positives' and negatives' strengths), in one division: the sums over
     hw / 2 (or -hw / 2), S over 0.5, which is exactly twice mean = sum / hw (scaling by 2 is
@@ -496,7 +499,9 @@ def _doubled_rows(x: torch.Tensor, mask: torch.Tensor, strength: torch.Tensor, t
     hw = x.shape[2] * x.shape[3]
     rev = torch.einsum("ndhw,ndhw->nd", x, mask.flip((0, 1)))
     m = total if total is not None else neg_mean
-    return torch.stack([rev, m, strength, m]).div_(_row_divisors(hw, total is not None, x.dtype, x.device))
+    if divisors is None:
+        divisors = _row_divisors(hw, total is not None, x.dtype, x.device)
+    return torch.stack([rev, m, strength, m]).div_(divisors)
 
 
 def _log_z(ez: torch.Tensor, fallback: float | None):
@@ -543,14 +548,16 @@ def filter_loss_terms(x: torch.Tensor, mask: torch.Tensor, strength: torch.Tenso
     return _filter_loss(x, mask, strength, sqrtvar, None, neg_mean, beta, setup)
 
 
-def _filter_loss(x, mask, strength, sqrtvar, total, neg_mean, beta, setup: FilterLossSetup):
-    """filter_loss_terms from the map sums `total` (or from neg_mean when total is None)."""
-    w2 = _doubled_rows(x, mask, strength, total, neg_mean)          # 2 [z+, z-, S, -m]
+def _filter_loss(x, mask, strength, sqrtvar, total, neg_mean, beta, setup: FilterLossSetup, divisors=None, half=None):
+    """filter_loss_terms from the map sums `total` (or from neg_mean when total is None);
+    divisors, half: the layer's constants (_row_divisors, 0.5), looked up when None."""
+    w2 = _doubled_rows(x, mask, strength, total, neg_mean, divisors)          # 2 [z+, z-, S, -m]
     e2 = w2.exp()
     ez, ev = e2.split(2)
     lz2, bad0 = _log_z(ez, setup.fallback)
     # exp(v/a) (v - logZ + a), a = 0.5, v = [S, -m]: (2v - 2 logZ) / 2 is v - logZ exactly
-    s = torch.add(_const(ALPHA_LOGZ, x.dtype, x.device), w2.split(2)[1] - lz2, alpha=0.5).mul_(ev)
+    half = _const(ALPHA_LOGZ, x.dtype, x.device) if half is None else half
+    s = torch.add(half, w2.split(2)[1] - lz2, alpha=0.5).mul_(ev)
     s, bad = _normalise(torch.where(setup.member, s, math.nan), setup)
     coef = s * setup.step
     return coef, _beta_derivative(strength, sqrtvar, beta, setup), (bad0 | bad).any()
@@ -579,7 +586,8 @@ def filter_loss_gradients(x: torch.Tensor, mask: torch.Tensor, strength: torch.T
 class _LayerConstants:
     """Built once per layer (and dtype, device), rebuilt when a buffer changes: getMu's grid,
     the distance table (None when posTemp differs between channels or the table would be
-    large: get_mask then forms the distances per call), the filter types' constants."""
+    large: get_mask then forms the distances per call), the filter types' constants, the
+    divisors of the filter loss's exponent rows (`_row_divisors`)."""
 
     grid: _MuGrid
     table: torch.Tensor | None
@@ -588,6 +596,7 @@ class _LayerConstants:
     channels: _ChannelConstants
     pos_x: torch.Tensor
     pos_y: torch.Tensor
+    divisors: torch.Tensor
 
 
 _TABLE_MAX = 1 << 22        # entries of the distance table (16 MiB in float32); larger: per-call distances
@@ -605,7 +614,7 @@ def _layer_constants(pos_x: torch.Tensor, pos_y: torch.Tensor, filter_type: torc
     if uniform and (h + 1) * (w + 1) * h * w <= _TABLE_MAX:
         table = distance_table(rows.reshape(h), cols.reshape(w), t)
     return _LayerConstants(mu_grid(h, w, dtype, dev), table, filter_type, t, _ChannelConstants.build(filter_type, dtype),
-                           pos_x, pos_y)
+                           pos_x, pos_y, _row_divisors(h * w, True, dtype, dev))
 
 
 def _distances(mu: torch.Tensor, idx: torch.Tensor, k: _LayerConstants) -> torch.Tensor:
@@ -623,7 +632,8 @@ def _mask_maths(x: torch.Tensor, beta: torch.Tensor, k: _LayerConstants, with_st
     """getMu, getMask and the mask product of the forward: (max(x .* mask, 0), mask, sqrtvar,
     the map sums, strength S = mean_ij x .* mask or None)."""
     mu, idx, sqrtvar, total = _centroids(x, k.grid)
-    mask = _mask_from_distance(_distances(mu, idx, k), torch.where(k.channels.part_col, beta.view(-1, 1, 1), 0))
+    mask = _mask_from_distance(_distances(mu, idx, k), torch.where(k.channels.part_col, beta.view(-1, 1, 1), 0),
+                               k.grid.one)
     xm = x * mask
     strength = xm.mean(dim=(2, 3)) if with_strength else None              # mean(mean(x.*mask,1),2)
     return xm.clamp_min_(0), mask, sqrtvar, total, strength
@@ -776,7 +786,8 @@ class _ConvMaskFunction(torch.autograd.Function):
         if loss:
             if st.whole_batch is None:
                 terms = _maybe_compiled(_filter_loss, x.device)
-                coef, dbeta, bad = terms(x, mask, strength, sqrtvar, total, None, beta, st.setup)
+                k = st.consts
+                coef, dbeta, bad = terms(x, mask, strength, sqrtvar, total, None, beta, st.setup, k.divisors, k.grid.half)
                 if st.setup.fallback is None:
                     _check_all_inf(bad, st)
             else:                       # several ranks: the loss over the whole batch (reproduce.distributed)

@@ -7,6 +7,8 @@ overflowing activations, ties in sliceMag).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -459,3 +461,17 @@ def test_cuda_step_without_host_sync_and_deferred_errors():
     layer(bad.requires_grad_(True), ctx).sum().backward()   # deferred on CUDA in training
     with pytest.raises(ValueError, match="NaN or Inf"):
         raise_deferred_errors(layer)
+
+
+def test_finiteness_check_is_not_fooled_by_large_finite_sums():
+    # the check is one reduction of (map sums) .* 0: finite map sums near float32's largest
+    # value must pass (a sum of the sums would overflow), one Inf or NaN value must not
+    layer = _layer().eval()
+    x = torch.full((3, 4, 5, 5), 1.2e37)                # map sums 3e38: finite, their sum is not
+    with torch.no_grad():
+        layer(x)
+        for bad in (math.inf, math.nan):
+            y = x.clone()
+            y[2, 1, 0, 0] = bad
+            with pytest.raises(ValueError, match="NaN or Inf"):
+                layer(y)
