@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import io
 import json
 import math
@@ -40,7 +41,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,7 @@ class _Measuring:
     indices: list[int]
     layer_id: int
     part_list: tuple[int, ...]
+    measured: dict[str, dict[str, float]] = field(default_factory=dict)   # by `net_fingerprint`
 
 
 def _prepare(exp: Experiment, paths: Any, imdb: Any) -> _Measuring:
@@ -185,8 +187,28 @@ def _cached(source: Any) -> Any:
     return replace(source, load_patch=load_patch)
 
 
+def net_fingerprint(net: Any) -> str:
+    """A digest of the net's layer types and every parameter and buffer (names, shapes, values)."""
+    digest = hashlib.sha256(" ".join(type(module).__name__ for module in net.modules()).encode())
+    for name, value in net.state_dict().items():
+        digest.update(f"{name} {tuple(value.shape)} {value.dtype}".encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def measure_net(net: Any, m: _Measuring) -> dict[str, float]:
-    """Binary error, location instability and part interpretability of `net` (evaluation mode)."""
+    """Binary error, location instability and part interpretability of `net` (evaluation mode).
+
+    The measures are deterministic functions of the net, so a net equal to one already measured
+    (the untrained ICNN with and without the filter loss start from the same weights) is not
+    measured again: the figures are reused (`m.measured`, keyed by `net_fingerprint`)."""
+    key = net_fingerprint(net)
+    if key not in m.measured:
+        m.measured[key] = _measure(net, m)
+    return dict(m.measured[key])
+
+
+def _measure(net: Any, m: _Measuring) -> dict[str, float]:
     net = net.to(m.exp.device).eval()
     mean = read_mean_data(m.imdb)
     stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device)

@@ -7,11 +7,13 @@ import warnings
 import pytest
 import torch
 
+import reproduce.ablation as ablation
 from reproduce.ablation import (
     ROWS,
     disable_filter_loss,
     format_table,
     masks_off,
+    net_fingerprint,
     summarise,
 )
 from reproduce.conv_mask import ConvMask, FilterLossContext
@@ -111,3 +113,21 @@ def test_an_icnn_with_its_masks_off_is_the_ordinary_cnn_of_the_same_seed():
         off = masks_off(icnn).eval()(x)
         assert torch.allclose(off, plain.eval()(x), rtol=1e-5, atol=1e-6)
         assert not torch.allclose(icnn.eval()(x), off, rtol=1e-3, atol=1e-4)
+
+
+def test_a_net_equal_to_one_already_measured_is_not_measured_again(monkeypatch):
+    """measure_net reuses the figures of an identical net (same layers, weights and buffers) and
+    measures any difference anew: a changed beta, a plain conv in place of conv_mask."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        icnn, _, _ = network_init(1, "tiny", 0.5, seed=4)
+        same, _, _ = network_init(1, "tiny", 0.5, seed=4)
+        plain, _, _ = network_init(1, "tiny", 0.5, seed=4, interpretable=False)
+    calls = []
+    monkeypatch.setattr(ablation, "_measure", lambda net, m: calls.append(net) or {"binary_error": float(len(calls))})
+    m = ablation._Measuring(*([None] * 8))
+    first = ablation.measure_net(icnn, m)
+    assert ablation.measure_net(same, m) == first and len(calls) == 1
+    assert net_fingerprint(masks_off(icnn)) != net_fingerprint(icnn)
+    assert ablation.measure_net(masks_off(icnn), m) == {"binary_error": 2.0}
+    assert ablation.measure_net(plain, m) == {"binary_error": 3.0} and len(calls) == 3
