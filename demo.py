@@ -40,6 +40,7 @@ from legacy_compat.cli import (
 from legacy_compat.runlock import folder_lock
 from reproduce import distributed as dd
 from reproduce.ablation import format_table, run_ablation, summarise
+from reproduce.cli import toy_size_options
 from reproduce.device import choose_device, set_tf32
 from reproduce.distributed import add_arguments, is_main, shutdown
 from reproduce.evaluate import load_net_for_evaluation, net_input_size
@@ -274,7 +275,7 @@ def experiment(settings: dict, args: argparse.Namespace):
                       pretrained=args.pretrained, offline=args.offline or settings["dataset"] == "toy",
                       device=settings["device"], seed=args.seed, epochs=settings["epochs"],
                       save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
-                      draw=not args.no_draw, toy_options=_toy_size(settings.get("toy_images")),
+                      draw=not args.no_draw, toy_options=toy_size_options(settings.get("toy_images")),
                       image_size=settings.get("image_size"), resume_anyway=args.resume_anyway,
                       learning_rate_scale=settings.get("learning_rate_scale", 1.0))
 
@@ -287,13 +288,7 @@ def data_root(args: argparse.Namespace, out: Path) -> Path:
 
 def toy_options(args: argparse.Namespace) -> dict:
     """data_prep.toy.generate_toy_dataset's size options: its defaults unless --toy-images N."""
-    return _toy_size(args.toy_images)
-
-
-def _toy_size(toy_images: int | None) -> dict:
-    if toy_images is None:
-        return {}
-    return {"n_pos": int(toy_images), "n_neg": int(toy_images)}
+    return toy_size_options(args.toy_images)
 
 
 def show_trained_net(exp, net_path: Path, imdb_path: str | None, measure: bool = False):

@@ -50,7 +50,16 @@ import torch
 
 from legacy_compat.atomic import atomic_write_bytes
 
-from .cli import add_common, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
+from .cli import (
+    add_common,
+    add_toy_run_options,
+    dropout_rate,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+    start_device,
+    toy_size_options,
+)
 from .conv_mask import ConvMask
 from .evaluate import CategorySource, compute_stability, layer_id_for_model, load_net_for_evaluation, read_mean_data
 from .interpretability import compute_part_interpretability, part_regions_for
@@ -348,17 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--pretrained", default="none", help="'none' (random trunk), 'auto', or a MatConvNet model file")
-    p.add_argument("--out", default="output/ablation")
-    p.add_argument("--data-root", default=None)
+    add_toy_run_options(p, "output/ablation")
     add_common(p)
-    p.add_argument("--toy-images", type=positive_int, default=None, metavar="N",
-                   help="toy dataset size: N positives per category and N negatives (default the toy's 1500/1000)")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def experiment_from_args(args: argparse.Namespace) -> Experiment:
-    toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
+    toy = toy_size_options(args.toy_images)
     return Experiment(dataset=args.dataset, categories=[args.category], model=args.model, dropout=args.dropout,
                       out=Path(args.out), data_root=Path(args.data_root) if args.data_root else None,
                       pretrained=args.pretrained, offline=True, device=start_device(args, auto="cpu"),

@@ -52,6 +52,22 @@ def add_common(parser: argparse.ArgumentParser, *, tf32: bool = True) -> None:
     add_debug(parser)
 
 
+def add_toy_run_options(parser: argparse.ArgumentParser, out_default: str) -> None:
+    """--out, --data-root, --toy-images and --no-progress of the experiment command lines that run
+    on the toy dataset by default (reproduce.ablation, reproduce.pretrain)."""
+    add_out(parser, out_default, f"results and checkpoints folder (default {out_default})")
+    add_data_root(parser, help="datasets folder (default $ICNN_DATA_ROOT, else output/data)")
+    parser.add_argument("--toy-images", type=positive_int, default=None, metavar="N",
+                        help="toy dataset size: N positives per category and N negatives (default the toy's "
+                             "1500/1000)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def toy_size_options(toy_images: int | None) -> dict:
+    """data_prep.toy.generate_toy_dataset's size options: its defaults unless --toy-images N."""
+    return {} if toy_images is None else {"n_pos": int(toy_images), "n_neg": int(toy_images)}
+
+
 def start_device(args: argparse.Namespace, auto: str | None = None) -> str:
     """The device of the run: --device checked (`choose_device`; 'auto' gives `auto` when given,
     else cuda when PyTorch sees a GPU, else cpu), with --allow-tf32's choice applied."""

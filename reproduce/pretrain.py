@@ -45,7 +45,16 @@ from legacy_compat.mattypes import MatStruct, cell
 from legacy_compat.simplenn import net_to_matlab
 
 from .ablation import format_table, run_ablation, summarise, write_results
-from .cli import add_common, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
+from .cli import (
+    add_common,
+    add_toy_run_options,
+    dropout_rate,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+    start_device,
+    toy_size_options,
+)
 from .models import MODELS
 from .pipeline import Experiment, learn, prepare_dataset
 
@@ -134,12 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the pretraining's learning rates x this (default {PRETRAIN_LR_SCALE}: at x1 it diverged)")
     p.add_argument("--epochs", type=positive_int, default=8, help="fine-tuning epochs (default 8)")
     p.add_argument("--dropout", type=dropout_rate, default=0.5)
-    p.add_argument("--out", default="output/pretrain")
-    p.add_argument("--data-root", default=None)
+    add_toy_run_options(p, "output/pretrain")
     add_common(p)
-    p.add_argument("--toy-images", type=positive_int, default=None, metavar="N",
-                   help="toy dataset size: N positives per category and N negatives (default 1500/1000)")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -153,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
     t0 = time.perf_counter()
-    toy = {"n_pos": args.toy_images, "n_neg": args.toy_images} if args.toy_images else {}
+    toy = toy_size_options(args.toy_images)
     res = pretrain_and_finetune(args.dataset, args.pretrain_categories, args.category, model=args.model,
                                 seeds=args.seeds, out=Path(args.out), pretrain_epochs=args.pretrain_epochs,
                                 pretrain_lr_scale=args.pretrain_lr_scale,
