@@ -37,7 +37,6 @@ import hashlib
 import io
 import json
 import math
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ import torch
 
 from legacy_compat.atomic import atomic_write_bytes
 
+from .checkpoints import checkpoint_path, last_checkpoint_epoch
 from .cli import (
     add_common,
     add_toy_run_options,
@@ -71,8 +71,9 @@ from .pipeline import (
     input_size,
     ordinary_counterpart,
     prepare_dataset,
+    slice_mag_fill,
 )
-from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, TrainData, batch_errors, train
+from .train import train, validation_error
 
 __all__ = [
     "METRICS",
@@ -87,7 +88,6 @@ __all__ = [
     "run_ablation",
     "run_variant",
     "summarise",
-    "validation_error",
     "write_results",
 ]
 
@@ -141,20 +141,6 @@ def masks_off(net: Any) -> Any:
 
 
 # ================================================================== the three figures
-@torch.no_grad()
-def validation_error(net: Any, imdb: Any, device: Any, error_name: str = "binerr", batch_size: int = 100) -> float:
-    """our_cnn_train.m's validation error (error_binary / error_multiclass) over the imdb's set == 2."""
-    data = TrainData.from_imdb(imdb)
-    net = net.to(device).eval()
-    errors, num = 0.0, 0
-    for s in range(0, len(data.val_idx), batch_size):
-        idx = data.val_idx[s:s + batch_size]
-        pred = net(data.images(idx, torch.device(device)))
-        errors += batch_errors(pred, data.labels[torch.from_numpy(idx)].to(pred.device), error_name)
-        num += len(idx)
-    return errors / num if num else float("nan")
-
-
 @dataclass
 class _Measuring:
     """What every measurement of one category needs, prepared once."""
@@ -223,7 +209,7 @@ def _measure(net: Any, m: _Measuring) -> dict[str, float]:
     stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device)
     interp = compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id, indices=m.indices,
                                            device=m.exp.device)
-    return {"binary_error": validation_error(net, m.imdb, m.exp.device),
+    return {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
             "location_instability": float(stability.stability),
             "part_interpretability": float(interp.value)}
 
@@ -244,7 +230,7 @@ def run_variant(exp: AblationExperiment, m: _Measuring) -> dict:
         record["before_masks_off"] = measure_net(masks_off(net), m)
     if exp.variant == "icnn-no-filter-loss":
         disable_filter_loss(net)
-    fill = SLICE_MAG_FILL_OWN_COLUMN if exp.fix_slicemag_quirk else SLICE_MAG_FILL_COLUMN1
+    fill = slice_mag_fill(exp)
     t1 = time.perf_counter()
     net, stats = train(net, m.imdb, opts, exp.exp_dir, device=exp.device, seed=exp.seed, progress=exp.progress,
                        meta=meta, slice_mag_fill=fill)
@@ -404,10 +390,10 @@ def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, float
     start, _, meta = build_net(exp)
     imdb = build_imdb(exp, paths, image_size_of(meta))
     m = _prepare(exp, paths, imdb)
-    ckpts = sorted(Path(exp.exp_dir).glob("net-epoch-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
-    if not ckpts:
+    last = last_checkpoint_epoch(exp.exp_dir)
+    if last == 0:
         raise FileNotFoundError(f"no net-epoch-N.pt checkpoint in {exp.exp_dir}")
-    trained, _, _ = load_net_for_evaluation(ckpts[-1], exp.device)
+    trained, _, _ = load_net_for_evaluation(checkpoint_path(exp.exp_dir, last), exp.device)
     mean = read_mean_data(imdb)
 
     def value(net: Any) -> float:

@@ -65,7 +65,7 @@ import torch.distributed as dist
 from .device import resolve_device
 from .interrupt import sigterm_as_interrupt
 
-__all__ = ["DataParallel", "DistributedError", "WholeBatch", "init_data_parallel", "init_from_environment",
+__all__ = ["DataParallel", "DistributedError", "WholeBatch", "init_data_parallel",
            "launched_by_torchrun", "active", "is_main", "shutdown", "rank_zero_first", "share_indices",
            "gather_over_ranks", "claimed_runs", "store_counter", "init_scheduler", "add_arguments",
            "start_from_args", "rank_device", "file_lock", "DEFAULT_TIMEOUT_S"]
@@ -142,7 +142,7 @@ class DataParallel:
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset:offset + n].view_as(p)   # flat is this step's own buffer
             offset += n
 
     def gather_rows(self, local: torch.Tensor, n: int, what: str) -> torch.Tensor:
@@ -208,10 +208,8 @@ def init_data_parallel(device: str | torch.device, *, timeout_s: float = DEFAULT
     rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
     world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
     local = int(os.environ.get("LOCAL_RANK", str(rank))) if local_rank is None else int(local_rank)
-    dev = torch.device(device)
+    dev = torch.device(rank_device(str(device), local))
     if dev.type == "cuda":
-        if dev.index is None:
-            dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
         dev = resolve_device(dev)
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -229,13 +227,6 @@ def init_data_parallel(device: str | torch.device, *, timeout_s: float = DEFAULT
     _STATE["dp"] = dp
     _sigterm_as_interrupt()
     return dp
-
-
-def init_from_environment(device: str, **options: Any) -> DataParallel | None:
-    """`init_data_parallel` when started by torchrun, else None (one process, as before)."""
-    if not launched_by_torchrun():
-        return None
-    return init_data_parallel(device, **options)
 
 
 def active() -> DataParallel | None:

@@ -43,7 +43,7 @@ from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
 
 __all__ = ["Experiment", "RunResult", "experiment_name", "prepare_dataset", "build_net", "build_imdb",
            "learn", "show_results", "run_experiment", "run_options", "check_resume_early",
-           "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root"]
+           "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root", "slice_mag_fill"]
 
 
 @dataclass
@@ -234,7 +234,8 @@ def run_options(exp: Experiment) -> dict:
             "toy_options": {k: list(v) if isinstance(v, tuple) else v for k, v in toy.items()}}
 
 
-def _slice_mag_fill(exp: Experiment) -> str:
+def slice_mag_fill(exp: Experiment) -> str:
+    """The sliceMag update rule the experiment asks for (the original's column-1 quirk by default)."""
     return SLICE_MAG_FILL_OWN_COLUMN if exp.fix_slicemag_quirk else SLICE_MAG_FILL_COLUMN1
 
 
@@ -321,7 +322,7 @@ def check_resume_early(exp: Experiment) -> None:
         return
     files = ckpt.find_checkpoints(exp.exp_dir)[start]
     source = files.get("pt") or files.get("mat")
-    requested = {"run": run_options(exp), "seed": int(exp.seed), "slice_mag_fill": _slice_mag_fill(exp)}
+    requested = {"run": run_options(exp), "seed": int(exp.seed), "slice_mag_fill": slice_mag_fill(exp)}
     ckpt.check_resume(exp.exp_dir, source, ckpt.recorded_options(source), requested,
                       resume_anyway=exp.resume_anyway)
 
@@ -334,7 +335,7 @@ def learn(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any, Any]:
     paths = paths if paths is not None else prepare_dataset(exp, image_size_of(meta)[0])
     imdb = build_imdb(exp, paths, image_size_of(meta))
     net, stats = train(net, imdb, opts, exp.exp_dir, device=exp.device, seed=exp.seed, save_mat=exp.save_mat,
-                       progress=exp.progress, meta=meta, slice_mag_fill=_slice_mag_fill(exp),
+                       progress=exp.progress, meta=meta, slice_mag_fill=slice_mag_fill(exp),
                        run_options=run_options(exp), resume_anyway=exp.resume_anyway)
     return net, stats, imdb, paths
 

@@ -512,10 +512,6 @@ class EpochSetup:
     dp: Any = None
 
 
-def _make_context(labels: torch.Tensor, epoch: int, density: torch.Tensor | None):
-    return FilterLossContext(labels=labels, epoch=epoch, density=density)
-
-
 def _batch_step(setup: EpochSetup, idx: np.ndarray, training: bool) -> tuple[float, float, torch.Tensor, np.ndarray]:
     """One batch of processEpoch: forward (and, training, backward, the SGD step, sliceMag).
 
@@ -530,7 +526,7 @@ def _batch_step(setup: EpochSetup, idx: np.ndarray, training: bool) -> tuple[flo
     if training:
         net.zero_grad(set_to_none=True)
     if len(share) > 0:
-        context = _make_context(labels, setup.epoch, setup.density)
+        context = FilterLossContext(labels=labels, epoch=setup.epoch, density=setup.density)
         if training and dp is not None and dp.whole_batch_filter_loss:
             context.whole_batch = WholeBatch(dp, len(idx))
         x = setup.data.images(share, setup.device)

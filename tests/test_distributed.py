@@ -27,6 +27,7 @@ from legacy_compat.simplenn import layers_from_matlab
 from reproduce import distributed as dd
 from reproduce import train as tr
 from reproduce.checkpoints import find_checkpoints, load_checkpoint
+from reproduce.conv_mask import FilterLossContext
 from reproduce.evaluate import _peaks_over_ranks
 from reproduce.golden.train import golden_imdb
 from reproduce.network import SimpleNN
@@ -186,7 +187,7 @@ def _emulate_workers(make_net, imdb, opts, workers: int = 2):
                     if len(share) == 0:
                         continue
                     labels = data.labels[torch.from_numpy(share)]
-                    ctx = tr._make_context(labels, epoch, density)
+                    ctx = FilterLossContext(labels=labels, epoch=epoch, density=density)
                     net.zero_grad(set_to_none=True)
                     with torch.set_grad_enabled(mode == "train"):
                         res = net.run(data.images(share, torch.device("cpu")), context=ctx)
