@@ -54,7 +54,7 @@ wrong shape, a missing context in training mode (see `ConvMask.require_context`)
 
 How it is computed (issue 15: the same arithmetic in few, large operations): getMu's sums in
 one matrix product (`centroids`), sqrtvar's weights (i - mu_i)^2, (j - mu_j)^2 gathered from a
-per-grid table by the centroid's flat index (`mu_grid`); getMask as a gather from a per-layer
+per-grid table by the centroid's index pair (`mu_grid`); getMask as a gather from a per-layer
 table of the distances of every possible centroid (`distance_table`; built once, as getMask's
 float operations would give them) by the same index, then one addcmul with beta; the filter
 loss on 2 x N x D arrays (positives and negatives stacked; with classes, a class axis): logZ's
@@ -150,16 +150,15 @@ class _MuGrid:
 
     proj: H x W x (H+W+3), tensordot(x, proj, 2) = [row sums (H), column sums (W), total,
     sum i x, sum j x] in one matrix product; pos: (H+W,) the positions 1..H, 1..W of those sums;
-    lower, upper: (2,) the centroid bounds [1, 1], [H, W]; flat: (2,) [W+1, 1], mu @ flat is the
-    flat index mu_i (W+1) + mu_j of a centroid; sq: ((H+1)(W+1)) x (H+W), row mu_i (W+1) + mu_j
-    holds (i - mu_i)^2 under the row sums and (j - mu_j)^2 under the column sums (exact small
-    integers: sqrtvar's weights gathered instead of formed per map); half, one: 0.5, 1 (0-d)."""
+    lower, upper: (2,) the centroid bounds [1, 1], [H, W]; sq: (H+1) x (W+1) x (H+W), entry
+    [mu_i, mu_j] holds (i - mu_i)^2 under the row sums and (j - mu_j)^2 under the column sums
+    (exact small integers: sqrtvar's weights gathered instead of formed per map); half, one:
+    0.5, 1 (0-d)."""
 
     proj: torch.Tensor
     pos: torch.Tensor
     lower: torch.Tensor
     upper: torch.Tensor
-    flat: torch.Tensor
     sq: torch.Tensor
     half: torch.Tensor
     one: torch.Tensor
@@ -181,7 +180,7 @@ def mu_grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> _MuGrid
     mj = torch.arange(w + 1, dtype=torch.float64).repeat(h + 1)                 # its column
     sq = torch.cat([(pos[None, :h] - mi[:, None]) ** 2, (pos[None, h:] - mj[:, None]) ** 2], dim=1)
     grid = _MuGrid(proj, pos, torch.ones(2, dtype=torch.float64), torch.tensor([h, w], dtype=torch.float64),
-                   torch.tensor([w + 1.0, 1.0], dtype=torch.float64), sq, torch.tensor(0.5, dtype=torch.float64),
+                   sq.view(h + 1, w + 1, h + w), torch.tensor(0.5, dtype=torch.float64),
                    torch.tensor(1.0, dtype=torch.float64))
     return _MuGrid(*(t.to(device=device, dtype=dtype) for t in vars(grid).values()))
 
@@ -217,12 +216,11 @@ def get_mu(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> tuple[torch
     """
     if x.dim() != 4:
         raise ValueError(f"getMu: expected an N x D x H x W input, got shape {tuple(x.shape)}")
-    mu, sqrtvar, total = centroids(x)
+    (i, j), sqrtvar, total = _centroids(x)
     if not bool(torch.isfinite(total).all()):
         raise ValueError(_NONFINITE_INPUT.format(where="getMu"))
     t = _linspace_table(x.shape[2], x.shape[3], out_dtype or x.dtype, x.device)
-    idx = mu.long()
-    return t[idx[..., 0]], t[idx[..., 1]], sqrtvar
+    return t[i], t[j], sqrtvar
 
 
 def centroids(x: torch.Tensor, grid: "_MuGrid | None" = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -235,21 +233,23 @@ def centroids(x: torch.Tensor, grid: "_MuGrid | None" = None) -> tuple[torch.Ten
     sqrtvar = sqrt(sum_ij ((i - mu_i)^2 + (j - mu_j)^2) x / s), from the row and column sums.
     The upper clamps are a fix: the original indexes linspace(-1,1,h) past its end when a
     centroid lies beyond the map (negative inputs)."""
-    mu, _, sqrtvar, total = _centroids(x, grid)
-    return mu, sqrtvar, total
+    ij, sqrtvar, total = _centroids(x, grid)
+    return torch.stack(ij, dim=2).to(x.dtype), sqrtvar, total
 
 
 def _centroids(x: torch.Tensor, grid: "_MuGrid | None" = None):
-    """centroids, with the flat index mu_i (W+1) + mu_j (N x D, int64) of each centroid as well:
-    (mu, index, sqrtvar, total)."""
+    """centroids with the centroid as a pair of int64 indices (mu_i, mu_j), N x D each:
+    ((mu_i, mu_j), sqrtvar, total)."""
     n, d, h, w = x.shape
     g = mu_grid(h, w, x.dtype, x.device) if grid is None else grid
     margins, total, moments = torch.tensordot(x, g.proj, dims=2).split([h + w, 1, 2], dim=2)
     s = total.clamp_min(1e-9)
-    mu = torch.addcdiv(g.half, moments, s).floor_().clamp_(min=g.lower, max=g.upper).nan_to_num_(nan=1.0)  # NaN: checked later
-    idx = (mu @ g.flat).long()
-    var = torch.einsum("ndp,ndp->nd", g.sq[idx], margins)     # sum_i (i - mu_i)^2 r_i + sum_j (j - mu_j)^2 c_j
-    return mu, idx, var.div_(s.squeeze(2)).sqrt_(), total.squeeze(2)
+    # floor(v) clamped to [1, H] is v clamped to [1, H], then truncated (floor and truncation agree
+    # from 1 up; below 1 both clamp to 1); NaN (a non-finite input, checked later) -> 1
+    ij = torch.addcdiv(g.half, moments, s).nan_to_num_(nan=1.0).clamp_(min=g.lower, max=g.upper).long().unbind(2)
+    # sum_i (i - mu_i)^2 r_i / s + sum_j (j - mu_j)^2 c_j / s
+    var = torch.einsum("ndp,ndp->nd", g.sq[ij], margins / s)
+    return ij, var.sqrt_(), total.squeeze(2)
 
 
 def get_mask(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tensor, filter_type: torch.Tensor,
@@ -292,16 +292,16 @@ def get_mask_separable(mu_x: torch.Tensor, mu_y: torch.Tensor, beta: torch.Tenso
 
 
 def distance_table(pos_rows: torch.Tensor, pos_cols: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """|posX - mu_x| + |posY - mu_y| for every possible centroid, ((H+1)(W+1)) x H x W: entry
-    mu_i (W+1) + mu_j is the distance map of the centroid (mu_i, mu_j) (1-based; row 0 and
-    column 0 unused), with posTemp the same in every channel (pos_rows (H,), pos_cols (W,)) and
+    """|posX - mu_x| + |posY - mu_y| for every possible centroid, (H+1) x (W+1) x H x W: entry
+    [mu_i, mu_j] is the distance map of the centroid (mu_i, mu_j) (1-based; row 0 and column 0
+    unused), with posTemp the same in every channel (pos_rows (H,), pos_cols (W,)) and
     t the centroid's coordinate table (_linspace_table). The same float operations as get_mask,
     done once per layer instead of once per map."""
     h, w = pos_rows.numel(), pos_cols.numel()
     tx, ty = t[: h + 1].to(pos_rows.dtype), t[: w + 1].to(pos_rows.dtype)
     dx = (pos_rows[None, :] - tx[:, None]).abs_()                  # (H+1) x H
     dy = (pos_cols[None, :] - ty[:, None]).abs_()                  # (W+1) x W
-    return (dx[:, None, :, None] + dy[None, :, None, :]).reshape((h + 1) * (w + 1), h, w)
+    return dx[:, None, :, None] + dy[None, :, None, :]
 
 
 def pos_templates(channels: int, h: int, w: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,7 +321,7 @@ class FilterLossSetup:
 
     member: 2 x N x D bool, [positives, negatives] of each part channel's class (the entries of
     the blocks); count: 2 x 1 x D, images per channel in its block; block_size: entries per
-    block, at least 1 (2 x 1 x 1, or 2 x 1 x 1 x G with classes); groups: 1 x 1 x D x G bool,
+    block, at least 1 (2 x 1 x 1, or G x 2 x 1 x 1 with classes); groups: G x 1 x 1 x D bool,
     channel d in class g's block (None: one block); group_of (D,): its class; beta_member: N x D
     (or N x 1), the positives of each channel's class; beta_scale (D,): -10000 for the part and
     texture channels, 0 for the others (whose dbeta is then 0); step: 1e-5 w+, 1e-5 w- (a number when both are 1e-5, else 2 x 1 x D);
@@ -356,7 +356,8 @@ class _ChannelConstants:
     active (D,) bool (part or texture), beta_scale (D,); member_key: 2 x 1 x D int64, [1, 0] for
     part channels and 2 (never equal to a 0/1 label test) for the others, so that
     `(labels == 1) == member_key` forms [positives, negatives] of the part channels in one
-    step; three: 3 (0-d); the last `mag` tensor, by epoch."""
+    step; three: 3 (0-d); the last `mag` tensor, by epoch; the last sliceMag's classes
+    (`class_groups`)."""
 
     part: torch.Tensor
     part_col: torch.Tensor
@@ -365,6 +366,7 @@ class _ChannelConstants:
     member_key: torch.Tensor
     three: torch.Tensor
     mags: dict
+    groups: dict
 
     @classmethod
     def build(cls, filter_type: torch.Tensor, dtype: torch.dtype) -> "_ChannelConstants":
@@ -374,7 +376,7 @@ class _ChannelConstants:
         dev = filter_type.device
         key = torch.where(part, torch.tensor([[1], [0]], device=dev), 2).unsqueeze(1)      # 2 x 1 x D
         return cls(part, part.view(-1, 1, 1), active, scale, key, torch.full((), BETA_TARGET, dtype=dtype, device=dev),
-                   {})
+                   {}, {})
 
     def mag(self, epoch: int, layer_mag: Any) -> torch.Tensor:
         """`ones(depth, imgNum) ./ (1/iter) ./ l.mag` (one value), in the constants' dtype; kept
@@ -387,6 +389,24 @@ class _ChannelConstants:
             self.mags[key] = (torch.full((), 1.0 / (1.0 / float(epoch)), dtype=torch.float64,
                                          device=lm.device).div_(lm).to(self.three.dtype), layer_mag)
         return self.mags[key][0]
+
+    def class_groups(self, slice_mag: torch.Tensor, n_labels: int, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(group_of (D,), groups G x 1 x 1 x D bool) of sliceMag (D x L): channel d belongs to
+        class argmax_l sliceMag(d, l), first of ties, NaN skipped as MATLAB's max does; kept
+        while the same sliceMag tensor is unchanged (it changes once per epoch at most)."""
+        depth = self.part.numel()
+        if tuple(slice_mag.shape) != (depth, n_labels):
+            raise ValueError(f"{where}: sliceMag is {tuple(slice_mag.shape)}, expected {depth} x {n_labels} "
+                             f"(channels x classes)")
+        key = (id(slice_mag), slice_mag._version, slice_mag.data_ptr(), slice_mag.device)
+        hit = self.groups.get("last")
+        if hit is None or hit[0] != key:
+            group_of = slice_mag.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).argmax(dim=1)
+            groups = group_of == _arange(n_labels, slice_mag.device).view(-1, 1, 1, 1)
+            hit = (key, group_of, groups, slice_mag)      # the tensor kept alive: its id stays its own
+            self.groups.clear()
+            self.groups["last"] = hit
+        return hit[1], hit[2]
 
 
 def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Tensor | None, epoch: int,
@@ -404,16 +424,11 @@ def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Te
         # beta's positives: all channels (beta_scale is 0 for the channels of type 0)
         return FilterLossSetup(member, count, count.sum(dim=2, keepdim=True).clamp_min_(1), None, None,
                                pos, consts.beta_scale, LOSS_STEP, mag, consts.three, fallback, where)
-    depth = consts.part.numel()
-    if tuple(slice_mag.shape) != (depth, n_labels):
-        raise ValueError(f"{where}: sliceMag is {tuple(slice_mag.shape)}, expected {depth} x {n_labels} "
-                         f"(channels x classes)")
-    group_of = slice_mag.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).argmax(dim=1)
-    groups = group_of.view(1, 1, depth, 1) == _arange(n_labels, labels.device)
+    group_of, groups = consts.class_groups(slice_mag, n_labels, where)
     pos = (labels == 1).index_select(1, group_of)                                            # N x D
     member = pos == consts.member_key
     count = member.sum(dim=1, keepdim=True)
-    block_size = (count.unsqueeze(3) * groups).sum(dim=2, keepdim=True).clamp_min_(1)
+    block_size = (count * groups).sum(dim=3, keepdim=True).clamp_min_(1)                    # G x 2 x 1 x 1
     return FilterLossSetup(member, count, block_size, groups, group_of, pos, consts.beta_scale,
                            _class_steps(n_labels, density, group_of, dtype, where), mag, consts.three, fallback, where)
 
@@ -438,7 +453,13 @@ def _class_steps(n_labels: int, density: torch.Tensor | None, group_of: torch.Te
         return _many_class_steps(n_labels, dtype, group_of.device)
     if density is None or density.numel() != n_labels:
         raise ValueError(f"{where}: the label density (L = {n_labels} values) is needed with sliceMag set")
-    return _density_steps(density, dtype, group_of.device).index_select(2, group_of)
+    steps = _density_steps(density, dtype, group_of.device)
+    key = (id(steps), id(group_of))
+    hit = _DENSITY_STEPS.get("by_channel")
+    if hit is None or hit[0] != key:
+        hit = (key, steps.index_select(2, group_of), steps, group_of)     # both kept alive: their ids stay theirs
+        _DENSITY_STEPS["by_channel"] = hit
+    return hit[1]
 
 
 _DENSITY_STEPS: dict = {}
@@ -458,28 +479,30 @@ def _density_steps(density: torch.Tensor, dtype: torch.dtype, device: torch.devi
 
 
 # ------------------------------------------------------------------ the filter loss: arithmetic
-def _replace_inf_by_block_max(v: torch.Tensor, setup: FilterLossSetup) -> tuple[torch.Tensor, torch.Tensor]:
+def _replace_inf_by_block_max(v: torch.Tensor, setup: FilterLossSetup,
+                              zero_nan: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """`v(isinf(v)) = max(v(isinf(v)==0))` of our_vl_simplenn.m on every block at once, then
-    `v(isnan(v)) = 0`.
+    `v(isnan(v)) = 0` (zero_nan False: NaN left, in and outside the blocks, for a caller that
+    treats NaN as 0 itself).
 
     v: 2 x N x D with NaN outside the blocks (`setup.member`). MATLAB's max skips NaN; a block
     whose non-Inf values are all NaN gives NaN, then 0. Returns (v, infs): infs (2 x 1 x 1, or
-    2 x 1 x 1 x G) the number of ±Inf values of each block; a block with as many as it has
+    G x 2 x 1 x 1) the number of ±Inf values of each block; a block with as many as it has
     entries (`infs >= setup.block_size`) holds Inf values and no other value, where MATLAB
     stops with an error (their values become `setup.fallback`, or 0 when it is None). Entries
-    outside the blocks come out 0."""
-    if setup.groups is not None:                            # 2 x N x D x G: NaN outside class g's block
-        v = torch.where(setup.groups, v.unsqueeze(3), math.nan)
+    outside the blocks come out 0 (zero_nan False: NaN, or 0 with classes)."""
+    if setup.groups is not None:                            # G x 2 x N x D: NaN outside class g's block
+        v = torch.where(setup.groups, v, math.nan)
     inf = v.isinf()
-    top = v.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax(dim=(1, 2), keepdim=True)
-    infs = inf.sum(dim=(1, 2), keepdim=True)
+    top = v.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax(dim=(-2, -1), keepdim=True)
+    infs = inf.sum(dim=(-2, -1), keepdim=True)
     if setup.fallback is not None:
         top = torch.where(infs >= setup.block_size, float(setup.fallback), top)
     # -inf left in v: no finite value in the block (NaN -> 0, or MATLAB's error)
     v = torch.where(inf, top, v)
     if setup.groups is not None:                            # each channel's own class; NaN elsewhere
-        v = v.nansum(dim=3)
-    return v.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), infs
+        v = v.nansum(dim=0)
+    return (v.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0) if zero_nan else v), infs
 
 
 @functools.lru_cache(maxsize=64)
@@ -520,9 +543,13 @@ def _log_z(ez: torch.Tensor, fallback: float | None):
 def _normalise(s: torch.Tensor, setup: FilterLossSetup) -> tuple[torch.Tensor, torch.Tensor]:
     """The replacement / normalisation sequence the original applies to both strengths, on
     2 x N x D (NaN outside the blocks): Inf -> block max, NaN -> 0, s / (mean_block s * mag),
-    NaN -> 0, Inf -> block max. Returns (s, 0 outside the blocks; bad blocks)."""
-    s, infs1 = _replace_inf_by_block_max(s, setup)
-    s = s / ((s.sum(dim=1, keepdim=True) / setup.count) * setup.mag)        # mean(strength, 2) .* mag
+    NaN -> 0, Inf -> block max. Returns (s, 0 outside the blocks; bad blocks).
+
+    The first NaN -> 0 is done by the mean (a nansum) and the NaN -> 0 after the quotient (a
+    NaN over any divisor stays NaN, where the original's 0 over it gives 0 or NaN: both 0 then);
+    -Inf left by the first pass (a block with no finite value) gives 0 there too, as 0 would."""
+    s, infs1 = _replace_inf_by_block_max(s, setup, zero_nan=False)
+    s = s / ((s.nansum(dim=1, keepdim=True) / setup.count) * setup.mag)     # mean(strength, 2) .* mag
     s = torch.where(setup.member, s.nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf), math.nan)
     s, infs2 = _replace_inf_by_block_max(s, setup)
     return s, torch.maximum(infs1, infs2) >= setup.block_size
@@ -617,22 +644,21 @@ def _layer_constants(pos_x: torch.Tensor, pos_y: torch.Tensor, filter_type: torc
                            pos_x, pos_y, _row_divisors(h * w, True, dtype, dev))
 
 
-def _distances(mu: torch.Tensor, idx: torch.Tensor, k: _LayerConstants) -> torch.Tensor:
+def _distances(ij: tuple[torch.Tensor, torch.Tensor], k: _LayerConstants) -> torch.Tensor:
     """|posX - mu_x| + |posY - mu_y|, N x D x H x W (a gather from the table by the centroids'
-    flat index `idx` when there is a table)."""
+    indices (mu_i, mu_j) when there is a table)."""
     if k.table is not None:
-        return k.table[idx]
-    idx = mu.long()
+        return k.table[ij]
     dt = k.pos_x.dtype
-    dist = (k.pos_x - k.t[idx[..., 0]].to(dt)[..., None, None]).abs_()
-    return dist.add_((k.pos_y - k.t[idx[..., 1]].to(dt)[..., None, None]).abs_())
+    dist = (k.pos_x - k.t[ij[0]].to(dt)[..., None, None]).abs_()
+    return dist.add_((k.pos_y - k.t[ij[1]].to(dt)[..., None, None]).abs_())
 
 
 def _mask_maths(x: torch.Tensor, beta: torch.Tensor, k: _LayerConstants, with_strength: bool):
     """getMu, getMask and the mask product of the forward: (max(x .* mask, 0), mask, sqrtvar,
     the map sums, strength S = mean_ij x .* mask or None)."""
-    mu, idx, sqrtvar, total = _centroids(x, k.grid)
-    mask = _mask_from_distance(_distances(mu, idx, k), torch.where(k.channels.part_col, beta.view(-1, 1, 1), 0),
+    ij, sqrtvar, total = _centroids(x, k.grid)
+    mask = _mask_from_distance(_distances(ij, k), torch.where(k.channels.part_col, beta.view(-1, 1, 1), 0),
                                k.grid.one)
     xm = x * mask
     strength = xm.mean(dim=(2, 3)) if with_strength else None              # mean(mean(x.*mask,1),2)
