@@ -404,7 +404,7 @@ class _ChannelConstants:
             group_of = slice_mag.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).argmax(dim=1)
             groups = group_of == _arange(n_labels, slice_mag.device).view(-1, 1, 1, 1)
             hit = (key, group_of, groups, slice_mag)      # the tensor kept alive: its id stays its own
-            self.groups.clear()
+            self.groups.clear()                           # (and the steps of the old classes)
             self.groups["last"] = hit
         return hit[1], hit[2]
 
@@ -430,7 +430,8 @@ def _blocks(labels: torch.Tensor, consts: _ChannelConstants, slice_mag: torch.Te
     count = member.sum(dim=1, keepdim=True)
     block_size = (count * groups).sum(dim=3, keepdim=True).clamp_min_(1)                    # G x 2 x 1 x 1
     return FilterLossSetup(member, count, block_size, groups, group_of, pos, consts.beta_scale,
-                           _class_steps(n_labels, density, group_of, dtype, where), mag, consts.three, fallback, where)
+                           _class_steps(n_labels, density, group_of, dtype, where, consts.groups), mag, consts.three,
+                           fallback, where)
 
 
 @functools.lru_cache(maxsize=16)
@@ -446,19 +447,20 @@ def _many_class_steps(n_labels: int, dtype: torch.dtype, device: torch.device) -
 
 
 def _class_steps(n_labels: int, density: torch.Tensor | None, group_of: torch.Tensor, dtype: torch.dtype,
-                 where: str) -> torch.Tensor:
+                 where: str, cache: dict) -> torch.Tensor:
     """1e-5 w+ and 1e-5 w- of each channel's class, 2 x 1 x D (w+ = 0.5 / density_l,
-    w- = 0.5 / (1 - density_l); more than 10 classes: _many_class_steps)."""
+    w- = 0.5 / (1 - density_l); more than 10 classes: _many_class_steps); kept in `cache` (the
+    layer's) for the same density and classes."""
     if n_labels > 10:
         return _many_class_steps(n_labels, dtype, group_of.device)
     if density is None or density.numel() != n_labels:
         raise ValueError(f"{where}: the label density (L = {n_labels} values) is needed with sliceMag set")
     steps = _density_steps(density, dtype, group_of.device)
     key = (id(steps), id(group_of))
-    hit = _DENSITY_STEPS.get("by_channel")
+    hit = cache.get("steps")
     if hit is None or hit[0] != key:
         hit = (key, steps.index_select(2, group_of), steps, group_of)     # both kept alive: their ids stay theirs
-        _DENSITY_STEPS["by_channel"] = hit
+        cache["steps"] = hit
     return hit[1]
 
 

@@ -531,3 +531,33 @@ def test_normalise_matches_the_original_with_nan_and_inf_in_the_blocks(n_lab, se
     assert bool(bad.any()) == any_bad
     if not any_bad:
         _close(port.numpy(), expect, rtol=1e-6)
+
+
+def test_a_changed_slice_mag_changes_the_classes():
+    """The layer keeps sliceMag's classes between steps; a new or modified sliceMag is seen."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.relu(torch.randn(6, 4, 5, 5, generator=g))
+    labels = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+    density = torch.tensor([0.5, 0.5])
+    first, second = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]]), torch.tensor([[0.0, 1], [1, 0], [1, 0], [0, 1]])
+
+    def beta_grad(layer):
+        xg = x.clone().requires_grad_(True)
+        layer.zero_grad(set_to_none=True)
+        layer(xg, FilterLossContext(labels, epoch=2, density=density)).sum().backward()
+        return xg.grad.clone(), layer.beta.grad.clone()
+
+    layer, fresh = _layer(), _layer()
+    layer.set_slice_mag(first)
+    beta_grad(layer)
+    layer.set_slice_mag(second)                        # a new tensor
+    fresh.set_slice_mag(second)
+    for got, want in zip(beta_grad(layer), beta_grad(fresh)):
+        assert torch.equal(got, want)
+    layer.slice_mag.copy_(first)                       # changed in place
+    fresh.set_slice_mag(first)
+    for got, want in zip(beta_grad(layer), beta_grad(fresh)):
+        assert torch.equal(got, want)
+    other = _layer()
+    other.set_slice_mag(second)
+    assert not torch.equal(beta_grad(layer)[0], beta_grad(other)[0])      # the classes matter here
