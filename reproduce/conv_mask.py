@@ -741,9 +741,11 @@ class _LayerState:
     stride: tuple[int, int]
     dilate: tuple[int, int]
     consts: _LayerConstants
-    setup: FilterLossSetup | None
+    setup: FilterLossSetup | None          # None with the whole-batch loss (its blocks come from all ranks)
     checks: DeferredChecks | None          # None: check now (raise at once)
     name: str
+    loss: bool = False                     # a FilterLossContext was given: the filter loss in backward
+    fallback: float | None = None          # the layer's all_inf_fallback
     context: FilterLossContext | None = None       # for reproduce.distributed's whole-batch loss
     whole_batch: Any = None
     labels: torch.Tensor | None = None
@@ -791,7 +793,7 @@ class _ConvMaskFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, beta, st: _LayerState):
         maths = _maybe_compiled(_mask_maths, x.device)
-        inp, mask, sqrtvar, total, strength = maths(x, beta, st.consts, st.setup is not None)
+        inp, mask, sqrtvar, total, strength = maths(x, beta, st.consts, st.loss)
         _check_input(total, st)
         out = _conv(inp, weight, bias, st)
         ctx.st = st
@@ -808,7 +810,7 @@ class _ConvMaskFunction(torch.autograd.Function):
         # dW, db: the convolution's backward on x .* max(mask, 0); dx: its input gradient .* max(mask, 0)
         gx, gw, gb = _conv_backward(gout.contiguous(), x * positive, weight, ctx.has_bias, st, (need_x, need_w, need_b))
         gbeta = None
-        loss = st.setup is not None and (need_x or need_beta)
+        loss = st.loss and (need_x or need_beta)
         if gx is not None and not loss:
             gx.mul_(positive)
         if loss:
@@ -833,7 +835,7 @@ def _whole_batch_terms(x, mask, strength, sqrtvar, total, beta, st: _LayerState)
     ctx = st.context
     loss = ctx.whole_batch.wrap(filter_loss_by_labels)
     cp, cn, dbeta = loss(x, mask, strength, sqrtvar, beta, st.consts.filter_type, st.slice_mag, st.labels,
-                         ctx.epoch, st.density, st.mag, st.setup.fallback, st.name,
+                         ctx.epoch, st.density, st.mag, st.fallback, st.name,
                          x_mean=total / (x.shape[2] * x.shape[3]))
     return torch.stack([cp, cn]), dbeta
 
@@ -1001,13 +1003,17 @@ class ConvMask(nn.Module):
         consts = self._constants(x.dtype)
         setup = None
         if context is not None:
-            setup = self._loss_setup(context, x, consts, where)
+            labels, density = self._loss_inputs(context, x, where)
+            if context.whole_batch is None:
+                setup = _blocks(labels, consts.channels, self.slice_mag if self.has_slice_mag else None,
+                                context.epoch, density, self.mag, x.dtype, self.all_inf_fallback, where)
         elif self.training and self.require_context and torch.is_grad_enabled() and \
                 (x.requires_grad or self.weight.requires_grad or self.beta.requires_grad):
             raise ValueError(f"{where}: in training mode the layer needs a FilterLossContext (labels, epoch, "
                              f"density) for its filter loss; pass context=..., call .eval() for evaluation, or set "
                              f"require_context = False to back-propagate without the filter loss")
-        st = _LayerState(self.pad, self.stride, self.dilate, consts, setup, self._deferred(x), where)
+        st = _LayerState(self.pad, self.stride, self.dilate, consts, setup, self._deferred(x), where,
+                         context is not None, self.all_inf_fallback)
         if context is not None and context.whole_batch is not None:
             st.context, st.whole_batch, st.mag = context, context.whole_batch, self.mag
             st.labels = context.labels_2d(x.shape[0], where)
@@ -1015,8 +1021,10 @@ class ConvMask(nn.Module):
             st.density = context.density
         return st
 
-    def _loss_setup(self, context: FilterLossContext, x: torch.Tensor, consts: _LayerConstants,
-                    where: str) -> FilterLossSetup:
+    def _loss_inputs(self, context: FilterLossContext, x: torch.Tensor,
+                     where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's labels (N x L, x's device and dtype) and, with sliceMag and 2-10 classes,
+        the label density, checked against the layer."""
         labels = context.labels_2d(x.shape[0], where)
         if labels.device != x.device or labels.dtype != x.dtype:
             labels = labels.to(device=x.device, dtype=x.dtype, non_blocking=True)
@@ -1029,8 +1037,7 @@ class ConvMask(nn.Module):
                 density = context.density
                 if not isinstance(density, torch.Tensor) or density.numel() != n_labels:
                     density = context.density_vector(n_labels, where)
-        return _blocks(labels, consts.channels, self.slice_mag if self.has_slice_mag else None, context.epoch,
-                       density, self.mag, x.dtype, self.all_inf_fallback, where)
+        return labels, density
 
     def _deferred(self, x: torch.Tensor) -> DeferredChecks | None:
         """Where the checks that need a value on the host go: None (now) or the layer's
