@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from data_prep import download
-from data_prep.facts import DATASETS, all_categories
+from data_prep.facts import DATASETS, all_categories, has_parts
 from data_prep.setup import default_data_root
 from legacy_compat.cli import (
     UserError,
@@ -52,6 +52,7 @@ from reproduce.pipeline import (
     build_imdb,
     check_data_root,
     check_resume_early,
+    dataset_option_error,
     imdb_build_bytes,
     input_size,
     ordinary_counterpart,
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                f"  ilsvrcanimalpart: {' '.join(categories['ilsvrcanimalpart'])}\n"
                f"  vocpart:          {' '.join(categories['vocpart'])}\n"
                "  cub200:           cub200\n"
+               "  helen:            face\n"
+               "  celeba:           its 40 attributes (5_o_Clock_Shadow ... Young; --multiclass: all 40 in one net)\n"
+               f"  voc2010_crop:     {' '.join(categories['voc2010_crop'])} (no parts: binary error only)\n"
                f"  toy:              {' '.join(categories['toy'])} (generated offline)\n\n"
                "outputs (under --out): mat/<category>/ (imdb cache, net-epoch-N.pt checkpoints, "
                "net-train.png), mat/<category>-ordinary/ (with --baseline), draw_RF/ (receptive fields "
@@ -113,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"({QUICK['epochs']} epochs) and show results, all offline "
                              "(other options still override)")
     parser.add_argument("--dataset", choices=list(categories), default=None,
-                        help="dataset (demo.m: 'ilsvrcanimalpart', 'vocpart', 'cub200'; plus 'toy'); "
-                             "default ilsvrcanimalpart")
+                        help="dataset (demo.m: 'ilsvrcanimalpart', 'vocpart', 'cub200'; plus 'toy', and 'helen', "
+                             "'celeba', 'voc2010_crop': manual downloads, see README); default ilsvrcanimalpart")
     parser.add_argument("--category", nargs="+", default=None, metavar="C",
                         help="category (default n02118333, the fox); several with --multiclass; "
                              "the valid ones are listed below")
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dropout rate, 0 <= rate < 1 (demo.m: 0.8; --quick: 0.5)")
     parser.add_argument("--multiclass", action="store_true",
                         help="learn one CNN for several categories (learn_icnn_multiclass.m); "
-                             "vocpart defaults to its six animals, as demo.m")
+                             "vocpart defaults to its six animals, as demo.m; celeba to its 40 attributes")
     parser.add_argument("--loss", choices=list(LOSSES), default="logistic",
                         help="loss of a multi-class CNN (demo.m's lossType; default logistic)")
     add_device(parser, help="cpu, cuda, cuda:N or auto (default auto: cuda when PyTorch sees a GPU, else cpu; "
@@ -159,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="number of epochs (default: the original's 50, multi-class 80; --quick: "
                              f"{QUICK['epochs']})")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (weights, batch order)")
+    parser.add_argument("--max-images", type=positive_int, default=None, metavar="N",
+                        help="celeba: at most N images of each partition (training, validation) in the imdb and "
+                             "the evaluation (default all: 182,637 images, about 110 GB at 224 x 224)")
     parser.add_argument("--save-mat", action="store_true",
                         help="also write MATLAB net-epoch-N.mat checkpoints")
     parser.add_argument("--resume-anyway", action="store_true",
@@ -228,6 +235,10 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         raise DemoError(f"unknown model {model!r}; valid models: {' '.join(models)}")
     if args.toy_images is not None and dataset != "toy":
         raise DemoError(f"--toy-images is for the toy dataset, not {dataset!r}")
+    if args.max_images is not None and dataset != "celeba":
+        raise DemoError(f"--max-images is for the celeba dataset, not {dataset!r}")
+    if (problem := dataset_option_error(dataset, args.multiclass, args.loss)) is not None:
+        raise DemoError(problem)
     if args.quick and MODELS[model].family == "torchvision":
         base.update(QUICK_TORCHVISION)
     toy_images = args.toy_images if args.toy_images is not None else base.get("toy_images")
@@ -277,7 +288,8 @@ def experiment(settings: dict, args: argparse.Namespace):
                       save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
                       draw=not args.no_draw, toy_options=toy_size_options(settings.get("toy_images")),
                       image_size=settings.get("image_size"), resume_anyway=args.resume_anyway,
-                      learning_rate_scale=settings.get("learning_rate_scale", 1.0))
+                      learning_rate_scale=settings.get("learning_rate_scale", 1.0),
+                      max_images=getattr(args, "max_images", None))
 
 
 def data_root(args: argparse.Namespace, out: Path) -> Path:
@@ -325,7 +337,8 @@ def print_comparison(ordinary, interpretable) -> None:
     print("                       binary error   location instability   learn s   show s   (lower is better)")
     for label, r in (("ordinary CNN", ordinary), ("interpretable CNN", interpretable)):
         t = r.seconds or {}
-        print(f"  {label:<20s} {r.binary_error:12.4f}   {r.stability:20.4f}   {t.get('learn', float('nan')):7.0f}"
+        stability = f"{r.stability:20.4f}" if r.note is None else f"{'not measured':>20s}"
+        print(f"  {label:<20s} {r.binary_error:12.4f}   {stability}   {t.get('learn', float('nan')):7.0f}"
               f"   {t.get('show_results', float('nan')):6.0f}")
 
 
@@ -410,6 +423,7 @@ def _learn_and_show(args: argparse.Namespace, exp):
     for e in ([ordinary_counterpart(exp)] if args.baseline else []) + [exp]:
         check_resume_early(e)                   # a folder of another run: said before any work
     how = ("generated once, then reused" if exp.dataset == "toy" else
+           "checked: a manual download" if exp.dataset in ("helen", "celeba", "voc2010_crop") else
            "checked" if exp.offline else "downloaded when missing")
     stage(f"data: {exp.dataset} in {exp.data_root} ({how})")
     paths = prepare_dataset(exp, input_size(exp))
@@ -419,7 +433,13 @@ def _learn_and_show(args: argparse.Namespace, exp):
         ordinary = run_experiment(ordinary_counterpart(exp), paths)
     stage("the interpretable CNN: learn (learn_icnn), then show results (showResults)")
     result = run_experiment(exp, paths)
-    ablation = run_ablation_table(exp, paths) if args.baseline and not exp.multiclass else None
+    ablation = None
+    if args.baseline and not exp.multiclass:
+        if has_parts(exp.dataset) and exp.dataset != "celeba":
+            ablation = run_ablation_table(exp, paths)
+        else:
+            print(f"ablation: not run for {exp.dataset} (it measures location instability and part "
+                  f"interpretability on the category's annotated objects, which {exp.dataset} does not have)")
     return result, ordinary, ablation
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from .cub200 import read_annotation_cub
 from .helen import read_annotation_helen
 from .ilsvrc import read_annotation_ilsvrc
-from .readers import DataConf, ObjRecord
+from .readers import DataConf, DatasetError, ObjRecord
+from .voc2010_crop_lists import read_annotation_voc2010_crop
 from .vocpart import read_annotation_voc
 
 __all__ = ["read_annotation"]
@@ -27,4 +28,9 @@ def read_annotation(name: str, conf: DataConf) -> list[ObjRecord | None]:
         return read_annotation_voc(name, conf)
     if conf.dataset == "helen":
         return list(read_annotation_helen(name, conf))
+    if conf.dataset == "voc2010_crop":
+        return list(read_annotation_voc2010_crop(name, conf))
+    if conf.dataset == "celeba":
+        raise DatasetError("CelebA has no per-category objset: its images are whole faces with 40 attributes "
+                           "(data_prep.celeba.build_celeba_imdb, celeba_evaluation_set)")
     return read_annotation_cub(name, conf)[0]

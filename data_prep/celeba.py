@@ -37,7 +37,7 @@ from .imdb import Imdb
 from .readers import BndBox, DatasetError, ObjRecord, PartTruth
 
 __all__ = ["CelebaFiles", "CelebaImage", "find_celeba_files", "read_celeba", "build_celeba_imdb",
-           "celeba_part_truth", "CELEBA_PARTITIONS", "CELEBA_LANDMARKS", "CELEBA_SIZE"]
+           "celeba_part_truth", "celeba_evaluation_set", "celeba_missing_message", "CELEBA_PARTITIONS", "CELEBA_LANDMARKS", "CELEBA_SIZE"]
 
 CELEBA_PARTITIONS = {"train": 0, "val": 1, "test": 2}          # list_eval_partition.txt's codes
 CELEBA_LANDMARKS = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
@@ -142,12 +142,25 @@ def _select(images: Sequence[CelebaImage], partitions: Sequence[str], limit: int
     return out
 
 
+def _columns(names: Sequence[str], attributes: Sequence[str] | None, where: Path) -> list[int]:
+    """The columns of `attributes` (None: all) among the file's attribute names."""
+    if attributes is None:
+        return list(range(len(names)))
+    absent = [a for a in attributes if a not in names]
+    if absent:
+        raise DatasetError(f"{where}: no attribute {', '.join(absent)} in its header ({' '.join(names)})")
+    return [list(names).index(a) for a in attributes]
+
+
 def build_celeba_imdb(root: os.PathLike | str, image_size: Sequence[int] = (224, 224), *,
                       partitions: Sequence[str] = ("train", "val"), limit: int | None = None,
-                      workers: int | None = None, progress: bool = False):
+                      attributes: Sequence[str] | None = None, workers: int | None = None, progress: bool = False):
     """The 40-attribute imdb (module docstring); `limit`: at most that many images per partition
-    (the whole training partition is 162,770 images, 98 GB at 224 x 224 in float32)."""
+    (the whole training partition is 162,770 images, 98 GB at 224 x 224 in float32); `attributes`:
+    the label columns (default all 40, in the file's order)."""
     names, images = read_celeba(root)
+    columns = _columns(names, attributes, find_celeba_files(root).attributes)
+    names = [names[c] for c in columns]
     chosen = _select(images, partitions, limit)
     if not any(im.partition == 0 for im in chosen):
         raise DatasetError(f"CelebA under {root}: no training image chosen (partitions {list(partitions)})")
@@ -161,8 +174,30 @@ def build_celeba_imdb(root: os.PathLike | str, image_size: Sequence[int] = (224,
     sets = np.asarray([1 if im.partition == 0 else 2 if im.partition == 1 else 3 for im in chosen], dtype=np.uint8)
     mean = data[sets == 1].mean(axis=0, dtype=np.float64).astype(np.float32)
     data -= mean
-    labels = np.stack([im.attributes for im in chosen]).astype(np.float32)
+    labels = np.stack([im.attributes[columns] for im in chosen]).astype(np.float32)
     return Imdb(data=data, labels=labels, set=sets, data_mean=mean, classes=list(names))
+
+
+def celeba_missing_message(root: os.PathLike | str) -> str:
+    """What to download by hand for CelebA, and where to put it."""
+    return (f"dataset 'celeba' is not under {root}: download it by hand from the CelebA page "
+            f"(mmlab.ie.cuhk.edu.hk/projects/CelebA.html; Google Drive / Baidu Pan, which need a browser): "
+            f"img_align_celeba.zip unpacked to {root}/Img/img_align_celeba/, list_attr_celeba.txt and "
+            f"list_landmarks_align_celeba.txt to {root}/Anno/, list_eval_partition.txt to {root}/Eval/")
+
+
+def celeba_evaluation_set(root: os.PathLike | str, attribute: str, input_size: int, *, partition: str = "val",
+                          limit: int | None = None) -> tuple[list[ObjRecord], dict[int, list[PartTruth]]]:
+    """The images location stability is measured on for one attribute (a package choice: the original
+    measures a category on its own objects): the `partition` images the imdb holds (the first `limit`),
+    those with the attribute (+1), whole, with their five landmarks as part truth at the network input
+    (`celeba_part_truth`; an image without landmarks has empty truth)."""
+    names, images = read_celeba(root)
+    files = find_celeba_files(root)
+    column = _columns(names, [attribute], files.attributes)[0]
+    chosen = [im for im in _select(images, [partition], limit) if im.attributes[column] == 1]
+    objs = [_whole_image(files.image_dir, im.filename, k + 1) for k, im in enumerate(chosen)]
+    return objs, celeba_part_truth(chosen, input_size)
 
 
 def _whole_image(image_dir: Path, filename: str, ident: int) -> ObjRecord:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 __all__ = [
     "ILSVRC_CATEGORIES", "ILSVRC_IMAGE_COUNTS", "GOLDFISH", "VOC_CATEGORIES", "CUB_CATEGORIES",
-    "TOY_CATEGORIES", "HELEN_CATEGORY", "HELEN_PART_LIST", "HELEN_TRUTH", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
-    "ModelFile", "MODEL_FILES", "all_categories", "dataset_facts", "parts_for",
+    "TOY_CATEGORIES", "HELEN_CATEGORY", "HELEN_PART_LIST", "HELEN_TRUTH", "CELEBA_ATTRIBUTES", "CELEBA_PART_LIST",
+    "CELEBA_TRUTH", "VOC2010_CROP_TRUTH", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
+    "ModelFile", "MODEL_FILES", "all_categories", "dataset_facts", "parts_for", "has_parts",
     "ILSVRC_TRUTH", "VOC_TRUTH", "CUB_TRUTH", "VOC_JPEG", "VOC_ANNO",
 ]
 
@@ -62,6 +63,17 @@ VOC_ANNO = "VOC_part/Annotations_Part"
 HELEN_TRUTH = "data_input/data_input_helen"     # written by data_prep.setup from Helen's landmarks
 HELEN_CATEGORY = "face"                         # Helen's one category (data_prep.helen)
 HELEN_PART_LIST = (1, 2, 3, 4)                  # data_prep.helen.HELEN_PARTS: the two eyes, the nose, the mouth
+#: CelebA's 40 attributes, in the column order of its list_attr_celeba.txt (data_prep.celeba): its "categories".
+CELEBA_ATTRIBUTES: tuple[str, ...] = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
+    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
+    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
+    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
+    "Wearing_Necklace", "Wearing_Necktie", "Young")
+CELEBA_PART_LIST = (1, 2, 3, 4, 5)              # the five landmarks: eyes, nose, mouth corners (data_prep.celeba)
+CELEBA_TRUTH = "data_input/data_input_celeba"   # nothing is written there: the landmarks are read from CelebA's list
+VOC2010_CROP_TRUTH = "data_input/data_input_voc2010_crop"   # none: voc2010_crop has no part annotations
 
 
 @dataclass(frozen=True)
@@ -86,10 +98,20 @@ DATASETS: dict[str, DatasetFacts] = {s.name: s for s in (
     DatasetFacts("toy", (), (1, 2), "toy/detanimalpart", "toy/data_input"),
     # not in the original: Helen faces with landmarks (data_prep.helen; a manual download)
     DatasetFacts("helen", (HELEN_CATEGORY,), HELEN_PART_LIST, "helen", HELEN_TRUTH),
+    # not in the original: CelebA's 40 attributes, one multi-label net (data_prep.celeba; a manual download)
+    DatasetFacts("celeba", CELEBA_ATTRIBUTES, CELEBA_PART_LIST, "celeba", CELEBA_TRUTH),
+    # not in the original: the other port's VOC2010 object crops (data_prep.voc2010_crop; placed by hand).
+    # No parts (part_list ()): location stability and part interpretability cannot be measured on it.
+    DatasetFacts("voc2010_crop", VOC_CATEGORIES, (), "voc2010_crop", VOC2010_CROP_TRUTH),
 )}
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 #: What the readers know (DataConf.dataset): every dataset of DATASETS.
 READER_DATASETS: tuple[str, ...] = DATASET_NAMES
+
+
+def has_parts(name: str) -> bool:
+    """Whether the dataset has part positions, so that location stability can be measured on it."""
+    return bool(dataset_facts(name).part_list)
 
 
 def dataset_facts(name: str) -> DatasetFacts:

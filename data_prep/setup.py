@@ -17,6 +17,8 @@ Data root (``root`` argument; default `default_data_root()`:
     <root>/data_input/data_input_DET-2015-subset-ILSVRC2013train/<wnid>/truth_partNN.mat
     <root>/data_input/data_input_VOC/truth_<animal>.mat, <animal>/truth_partNN.mat
     <root>/data_input/data_input_CUB-200-2011/sampling.mat, cub200/truth_partNN.mat
+    <root>/helen/, <root>/celeba/, <root>/voc2010_crop/               manual downloads (data_prep.helen,
+                                                                      data_prep.celeba, data_prep.voc2010_crop)
     <root>/toy/...                                                    the generated toy dataset
     <root>/downloads/                                                 archives while they download
 
@@ -54,6 +56,7 @@ from legacy_compat.mattypes import MatStruct
 
 from . import download as dl
 from . import toy
+from .celeba import celeba_missing_message, find_celeba_files
 from .facts import (
     CUB_TRUTH,
     HELEN_CATEGORY,
@@ -71,7 +74,8 @@ from .facts import (
     parts_for,
 )
 from .helen import HELEN_PARTS, helen_missing_message, write_helen_truth
-from .readers import DataConf, conf_from_paths
+from .readers import DataConf, DatasetError, conf_from_paths
+from .voc2010_crop_lists import missing_voc2010_crop, voc2010_crop_missing_message
 
 __all__ = [
     "DatasetPaths", "MissingDataError", "Source", "Requirement", "Missing",
@@ -256,8 +260,36 @@ def _helen_requirements(categories: Sequence[str]) -> list[Requirement]:
     return [_neg_requirement()]
 
 
+def _no_requirements(categories: Sequence[str]) -> list[Requirement]:
+    """CelebA and voc2010_crop: manual downloads only (checked by `_check_manual`), no shared negatives."""
+    return []
+
+
 _REQUIREMENTS = {"ilsvrcanimalpart": _ilsvrc_requirements, "vocpart": _voc_requirements,
-                 "cub200": _cub_requirements, "helen": _helen_requirements}
+                 "cub200": _cub_requirements, "helen": _helen_requirements,
+                 "celeba": _no_requirements, "voc2010_crop": _no_requirements}
+
+
+def _check_manual(name: str, root: Path, cats: Sequence[str]) -> None:
+    """The datasets nothing here downloads (Helen, CelebA, voc2010_crop): `MissingDataError` saying what
+    to download by hand and where to put it, when their files are not there."""
+    folder = root / dataset_facts(name).image_dir
+    message = None
+    if name == "helen" and not (folder / "annotation").is_dir():
+        message = helen_missing_message(folder)
+    elif name == "celeba":
+        try:
+            if find_celeba_files(folder).landmarks is None:
+                message = (celeba_missing_message(folder) + " (list_landmarks_align_celeba.txt is missing: it gives "
+                           "the part positions location stability is measured with)")
+        except DatasetError:
+            message = celeba_missing_message(folder)
+    elif name == "voc2010_crop":
+        absent = missing_voc2010_crop(folder, cats)
+        if absent:
+            message = voc2010_crop_missing_message(folder, cats, absent)
+    if message is not None:
+        raise MissingDataError(message, [], {})
 
 
 def _spec(name: str) -> DatasetFacts:
@@ -613,8 +645,7 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
     cats = _categories(name, categories)
     if name == "toy":
         return _ensure_toy(root, cats, toy_options or {}, offline)
-    if name == "helen" and not (root / "helen" / "annotation").is_dir():
-        raise MissingDataError(helen_missing_message(root / "helen"), [], {})
+    _check_manual(name, root, cats)
     missing = find_missing(name, root, cats)
     errors: dict[str, Exception] = {}
     if missing and not offline:

@@ -27,23 +27,28 @@ from typing import Any, Sequence
 import numpy as np
 
 from data_prep.annotations import read_annotation
+from data_prep.celeba import build_celeba_imdb, celeba_evaluation_set
 from data_prep.download import check_disk_space
+from data_prep.facts import has_parts
+from data_prep.get_i import get_i
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
 from data_prep.readers import count_objects
 from data_prep.setup import default_data_root, ensure_dataset, ensure_model
 from data_prep.toy import read_manifest
+from data_prep.voc2010_crop import build_voc2010_crop_imdb
 from legacy_compat.cli import UserError
 
 from . import checkpoints as ckpt
 from .distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
 from .draw_rf import draw_rf, drawing_objset, scaled_rf_settings
-from .evaluate import CategorySource, evaluate_net, format_result_line, read_mean_data
+from .evaluate import CategorySource, evaluate_net, final_val_error, format_result_line, read_mean_data
 from .models import MODELS, network_init
 from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
 
 __all__ = ["Experiment", "RunResult", "experiment_name", "prepare_dataset", "build_net", "build_imdb",
            "learn", "show_results", "run_experiment", "run_options", "check_resume_early",
-           "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root", "slice_mag_fill"]
+           "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root", "slice_mag_fill",
+           "dataset_option_error", "CELEBA_TRAIN_VAL_IMAGES"]
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Experiment:
     progress: bool = True
     image_size: int | None = None       # the network's input size; None: the model's (MODELS[model].image_size)
     resume_anyway: bool = False         # resume from checkpoints written with other options (said)
+    max_images: int | None = None       # CelebA: at most this many images of each partition (None: all)
 
     def __post_init__(self) -> None:
         self.categories = [self.categories] if isinstance(self.categories, str) else list(self.categories)
@@ -111,9 +117,26 @@ class RunResult:
     evaluation: Any = None
     drawing: Any = None
     seconds: dict = field(default_factory=dict)
+    note: str | None = None             # why the location stability was not measured (its value is then NaN)
 
     def line(self) -> str:
+        if self.note is not None:
+            return format_result_line(self.binary_error, 0.0).split("     ")[0] + \
+                f"     location stability not measured: {self.note}"
         return format_result_line(self.binary_error, self.stability)
+
+
+def dataset_option_error(dataset: str, multiclass: bool, loss: str = "ourloss_logistic") -> str | None:
+    """What makes no sense for the dataset (said before any work), or None: voc2010_crop's lists are per
+    category (one net per category, as the other port); CelebA's labels are 40 yes / no attributes of
+    each face (multi-label), which a softmax over the labels cannot learn."""
+    if dataset == "voc2010_crop" and multiclass:
+        return ("voc2010_crop trains one net per category (the other port's lists are per category, each with its "
+                "own negatives): drop --multiclass")
+    if dataset == "celeba" and loss in ("ourloss_softmaxlog", "softmaxlog"):
+        return ("celeba's labels are 40 yes/no attributes of each face (multi-label), not one class per image: "
+                "use the logistic loss")
+    return None
 
 
 def experiment_name(categories: Sequence[str]) -> str:
@@ -192,6 +215,11 @@ def build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
 
 
 def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
+    problem = dataset_option_error(exp.dataset, exp.multiclass, exp.loss)
+    if problem is not None:
+        raise UserError(problem)
+    if exp.dataset in ("celeba", "voc2010_crop"):
+        return _whole_image_imdb(exp, paths, image_size)
     conf = paths.data_conf()
 
     def category_imdb(category: str, cache: Path) -> Any:
@@ -208,6 +236,20 @@ def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any
                 "root": str(paths.root), "toy_options": exp.toy_options if exp.dataset == "toy" else None}
     return load_or_build_imdb(exp.imdb_dir, lambda tmp: produce_imdb(imdbs, list(exp.categories), npos, out=tmp),
                               settings)
+
+
+def _whole_image_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
+    """CelebA's imdb (one for all the chosen attributes: its label columns, data_prep.celeba) or
+    voc2010_crop's (one category, data_prep.voc2010_crop): whole images, no mirrors, their own split."""
+    settings = {"dataset": exp.dataset, "categories": list(exp.categories), "image_size": list(image_size),
+                "root": str(paths.root), "max_images": exp.max_images}
+    if exp.dataset == "celeba":
+        build = lambda tmp: build_celeba_imdb(paths.image_dir, image_size, limit=exp.max_images,  # noqa: E731
+                                              attributes=list(exp.categories), progress=exp.progress)
+    else:
+        build = lambda tmp: build_voc2010_crop_imdb(paths.image_dir, exp.categories[0], image_size,  # noqa: E731
+                                                    progress=exp.progress)
+    return load_or_build_imdb(exp.imdb_dir, build, settings)
 
 
 def input_size(exp: Experiment) -> int:
@@ -231,6 +273,7 @@ def run_options(exp: Experiment) -> dict:
             "dropout": float(exp.dropout), "loss": exp.loss, "interpretable": bool(exp.interpretable),
             "image_size": input_size(exp), "pretrained": str(exp.pretrained),
             "learning_rate_scale": float(exp.learning_rate_scale),
+            **({"max_images": exp.max_images} if exp.dataset == "celeba" else {}),
             "toy_options": {k: list(v) if isinstance(v, tuple) else v for k, v in toy.items()}}
 
 
@@ -242,6 +285,8 @@ def slice_mag_fill(exp: Experiment) -> str:
 PLOT_BYTES = 256 * 1024                 # net-train.png + .pdf, rewritten each epoch (about 60 KB measured)
 TOY_POSITIVES, TOY_NEGATIVES = 1500, 1000   # data_prep.toy.generate_toy_dataset's defaults
 REAL_NEGATIVES = 1000                   # getNegObjSet.m's MaxObjNum
+CELEBA_TRAIN_VAL_IMAGES = 162_770 + 19_867   # CelebA's official training and validation partitions
+VOC2010_CROP_IMAGES = 3000              # about the largest of the other port's lists (dog: 2810 lines)
 
 
 def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
@@ -253,6 +298,11 @@ def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
     by getImdb's tarN (3 x the negatives). A multi-class run builds each category's imdb, then
     produceIMDB's (about as large as their sum)."""
     row = 3 * int(image_size) ** 2 * 4
+    if exp.dataset in ("celeba", "voc2010_crop"):      # built in memory, then written: the images twice
+        n = CELEBA_TRAIN_VAL_IMAGES if exp.dataset == "celeba" else VOC2010_CROP_IMAGES
+        if exp.dataset == "celeba" and exp.max_images is not None:
+            n = min(n, 2 * int(exp.max_images))
+        return 0 if cache_complete(exp.imdb_dir) else 2 * n * row
     if exp.dataset == "toy":
         n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", TOY_NEGATIVES))
     else:
@@ -345,23 +395,60 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
     conv_mask layer (the conv layer at the same place for the ordinary CNN), and, for a
     single-class ICNN, step_drawRF.m's pictures (occluder and smoothing scaled to the input
     size when it is smaller than the original's 224: `draw_rf.scaled_rf_settings`). mean_data: the imdb
-    the net was trained on, or its dataMean in any form `evaluate.read_mean_data` takes."""
+    the net was trained on, or its dataMean in any form `evaluate.read_mean_data` takes.
+    A dataset without parts (voc2010_crop) gives the binary error only, and says why (`RunResult.note`);
+    CelebA is measured on its five landmarks (`_celeba_sources`)."""
     conf = paths.data_conf()
     error_name = "top1err" if exp.loss == "ourloss_softmaxlog" else "binerr"
-    sources = [CategorySource.from_conf(c, conf, sorted(set(paths.parts_for(c)) | {1})) for c in exp.categories]
     mean = read_mean_data(mean_data)
     net = net.eval()
+    if not has_parts(exp.dataset):
+        return RunResult(exp, final_val_error(stats, error_name), float("nan"), stats,
+                         note=f"{exp.dataset} has no part annotations (binary error only)")
+    if exp.dataset == "celeba":
+        sources, note = _celeba_sources(exp, paths, mean.shape[0])
+        if not sources:
+            return RunResult(exp, final_val_error(stats, error_name), float("nan"), stats, note=note)
+    else:
+        sources = [CategorySource.from_conf(c, conf, sorted(set(paths.parts_for(c)) | {1})) for c in exp.categories]
     evaluation = evaluate_net(net, stats, sources, mean, model=exp.model, part_list=paths.parts_for(exp.categories[0]),
                               multiclass=exp.multiclass, error_name=error_name, device=exp.device,
                               progress=exp.progress)
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
-    if exp.draw and exp.interpretable and not exp.multiclass and is_main():
+    if exp.draw and exp.interpretable and not exp.multiclass and exp.dataset != "celeba" and is_main():
         source = sources[0]
         objects = drawing_objset(source.name, conf)     # readAnnotation's objset (CUB: not the sampling one)
         result.drawing = draw_rf(net, source.name, objects, source.load_patch, mean, evaluation.layer_id,
                                  exp.draw_dir, device=exp.device, progress=exp.progress,
                                  **scaled_rf_settings(mean.shape[0]))
     return result
+
+
+def _celeba_sources(exp: Experiment, paths: Any, size: int) -> tuple[list[CategorySource], str | None]:
+    """One source per attribute: its validation images (the imdb's, `max_images`) with the attribute,
+    whole, the five landmarks as parts (data_prep.celeba.celeba_evaluation_set). An attribute no such
+    image has is left out (the original measures a category on its own objects); (sources, what was
+    left out or None)."""
+    root = Path(paths.image_dir)
+
+    def load(obj: Any, hw: tuple[int, int]) -> np.ndarray:
+        return get_i(obj, root, hw, False)[0]
+
+    sources, absent = [], []
+    for c in exp.categories:
+        objects, truth = celeba_evaluation_set(root, c, size, limit=exp.max_images)
+        if objects:
+            sources.append(CategorySource(c, objects, load, truth))
+        else:
+            absent.append(c)
+    if not absent:
+        return sources, None
+    note = (f"no validation image has the attribute{'s' if len(absent) > 1 else ''} {', '.join(absent)}"
+            + ("" if sources else ": nothing to measure on"))
+    if sources:
+        warnings.warn(f"celeba: location stability over {len(sources)} of {len(exp.categories)} attributes ({note})",
+                      RuntimeWarning, stacklevel=2)
+    return sources, note
 
 
 def run_experiment(exp: Experiment, paths: Any = None) -> RunResult:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data_prep.facts import CELEBA_ATTRIBUTES
 from data_prep.readers import DataConf
 from legacy_compat import MatStruct, StructArray
 from legacy_compat.matio import savemat
@@ -94,3 +95,60 @@ def write_cub(root: Path, with_images: bool = False) -> Path:
             Image.fromarray(rng.integers(0, 256, size=(340, 420, 3), dtype=np.uint8)).save(cub / "images" / n,
                                                                                           format="PNG")
     return cub
+
+
+# ------------------------------------------------------------------ the face datasets and voc2010_crop
+def write_jpg(path, w, h, value):
+    """A random w x h JPEG (seeded by value)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=95)
+
+
+def write_celeba(root, flat=False, n_train=3, n_val=2, n_test=1):
+    """A CelebA copy in its layout (official or flat): aligned 178 x 218 images, attribute k of image i
+    +1 when (i + k) % 3 == 0, the same five landmarks for every image; (names, attributes by name)."""
+    parts = [0] * n_train + [1] * n_val + [2] * n_test
+    names = [f"{i:06d}.jpg" for i in range(1, len(parts) + 1)]
+    img_dir = root / ("img_align_celeba" if flat else "Img/img_align_celeba")
+    for k, n in enumerate(names):
+        write_jpg(img_dir / n, 178, 218, k)
+    attrs = {n: [1 if (k + a) % 3 == 0 else -1 for a in range(40)] for k, n in enumerate(names)}
+    anno = root if flat else root / "Anno"
+    anno.mkdir(parents=True, exist_ok=True)
+    rows = [f"{n} " + " ".join(f"{v:2d}" for v in attrs[n]) for n in reversed(names)]   # not the partition order
+    (anno / "list_attr_celeba.txt").write_text(f"{len(names)}\n" + " ".join(CELEBA_ATTRIBUTES) + "\n" + "\n".join(rows) + "\n")
+    marks = [f"{n} 69 109 106 113 77 142 73 152 108 154" for n in names]
+    (anno / "list_landmarks_align_celeba.txt").write_text(
+        f"{len(names)}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
+        "rightmouth_x rightmouth_y\n" + "\n".join(marks) + "\n")
+    ev = root if flat else root / "Eval"
+    ev.mkdir(parents=True, exist_ok=True)
+    (ev / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, parts)))
+    return names, attrs
+
+
+def write_helen(root):
+    """Two Helen faces in its layout (helen_1/, helen_2/, annotation/1.txt, 2.txt, trainnames.txt)."""
+    faces = {"100032540_1": (160, 120), "1002681492_1": (140, 150)}
+    for k, (name, (w, h)) in enumerate(faces.items(), start=1):
+        write_jpg(root / f"helen_{k}" / f"{name}.jpg", w, h, k)
+        rng = np.random.default_rng(k)
+        pts = np.column_stack([rng.uniform(30, w - 30, 194), rng.uniform(40, h - 20, 194)])
+        pts[41:58] = (70.0 + k, 80.0)                            # the nose points of face k
+        (root / "annotation").mkdir(parents=True, exist_ok=True)
+        (root / "annotation" / f"{k}.txt").write_text(name + "\n" + "".join(f"{x:.3f} , {y:.3f}\n" for x, y in pts))
+    (root / "trainnames.txt").write_text("100032540_1\n")
+    return faces
+
+
+def write_voc2010_crop(root, category="bird"):
+    """<root>/<category>_info.txt and its crops in the other port's layout (all_crop/...): 4 training and
+    2 validation lines, positives and negatives; returns the lines (index, path, is_negative, is_train)."""
+    lines = [(0, f"all_crop/{category}1_2008_000095.jpg", 0, 1), (1, f"all_crop/{category}2_2008_000097.jpg", 0, 1),
+             (2, "all_crop/person5_2010_003875.jpg", 1, 1), (3, f"all_crop/{category}3_2008_000103.jpg", 0, 0),
+             (4, "all_crop/chair7_2009_004289.jpg", 1, 0), (5, f"all_crop/{category}4_2008_000131.jpg", 0, 1)]
+    for k, (_, path, _, _) in enumerate(lines):
+        write_jpg(root / path, 40 + 7 * k, 60 - 5 * k, k)
+    (root / f"{category}_info.txt").write_text("".join(f"{i},{p},{n},{t}\n" for i, p, n, t in lines))
+    return lines

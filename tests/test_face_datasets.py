@@ -3,50 +3,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from data_prep_fixtures import write_celeba, write_helen, write_jpg, write_voc2010_crop
 
 from data_prep.annotations import read_annotation
 from data_prep.celeba import build_celeba_imdb, celeba_part_truth, find_celeba_files, read_celeba
+from data_prep.facts import CELEBA_ATTRIBUTES
 from data_prep.helen import HELEN_PARTS, face_box, helen_objset, helen_part_truth, read_helen, write_helen_truth
 from data_prep.imdb import get_imdb
 from data_prep.readers import DataConf, DatasetError, conf_from_paths, read_part_truth_file
 from data_prep.setup import MissingDataError, ensure_dataset
 from data_prep.voc2010_crop import build_voc2010_crop_imdb, read_voc2010_crop
 
-ATTRS = [f"Attr_{i:02d}" for i in range(40)]
-
-
-def _jpg(path, w, h, value):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(value)
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=95)
+ATTRS = list(CELEBA_ATTRIBUTES)
 
 
 # ------------------------------------------------------------------ CelebA
-def _celeba(root, flat=False):
-    names = [f"{i:06d}.jpg" for i in range(1, 7)]
-    parts = [0, 0, 0, 1, 1, 2]
-    img_dir = root / ("img_align_celeba" if flat else "Img/img_align_celeba")
-    for k, n in enumerate(names):
-        _jpg(img_dir / n, 178, 218, k)
-    attrs = {n: [1 if (k + a) % 3 == 0 else -1 for a in range(40)] for k, n in enumerate(names)}
-    anno = root if flat else root / "Anno"
-    anno.mkdir(parents=True, exist_ok=True)
-    rows = [f"{n} " + " ".join(f"{v:2d}" for v in attrs[n]) for n in reversed(names)]   # not the partition order
-    (anno / "list_attr_celeba.txt").write_text(f"{len(names)}\n" + " ".join(ATTRS) + "\n" + "\n".join(rows) + "\n")
-    marks = [f"{n} 69 109 106 113 77 142 73 152 108 154" for n in names]
-    (anno / "list_landmarks_align_celeba.txt").write_text(
-        f"{len(names)}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
-        "rightmouth_x rightmouth_y\n" + "\n".join(marks) + "\n")
-    ev = root if flat else root / "Eval"
-    ev.mkdir(parents=True, exist_ok=True)
-    (ev / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, parts)))
-    return names, attrs
-
-
 @pytest.mark.parametrize("flat", [False, True])
 def test_celeba_reader_and_imdb(tmp_path, flat):
-    names, attrs = _celeba(tmp_path, flat)
+    names, attrs = write_celeba(tmp_path, flat)
     columns, images = read_celeba(tmp_path)
     assert columns == ATTRS and [im.filename for im in images] == names
     assert [im.partition for im in images] == [0, 0, 0, 1, 1, 2]
@@ -64,29 +38,16 @@ def test_celeba_reader_and_imdb(tmp_path, flat):
 
 
 def test_celeba_missing_files_are_named(tmp_path):
-    _celeba(tmp_path)
+    write_celeba(tmp_path)
     (tmp_path / "Eval" / "list_eval_partition.txt").unlink()
     with pytest.raises(DatasetError, match="partition.*Eval"):
         find_celeba_files(tmp_path)
 
 
 # ------------------------------------------------------------------ Helen
-def _helen(root):
-    faces = {"100032540_1": (160, 120), "1002681492_1": (140, 150)}
-    for k, (name, (w, h)) in enumerate(faces.items(), start=1):
-        _jpg(root / f"helen_{k}" / f"{name}.jpg", w, h, k)
-        rng = np.random.default_rng(k)
-        pts = np.column_stack([rng.uniform(30, w - 30, 194), rng.uniform(40, h - 20, 194)])
-        pts[41:58] = (70.0 + k, 80.0)                            # the nose points of face k
-        (root / "annotation").mkdir(parents=True, exist_ok=True)
-        (root / "annotation" / f"{k}.txt").write_text(name + "\n" + "".join(f"{x:.3f} , {y:.3f}\n" for x, y in pts))
-    (root / "trainnames.txt").write_text("100032540_1\n")
-    return faces
-
-
 def test_helen_reader_boxes_and_truth(tmp_path):
     root = tmp_path / "helen"
-    _helen(root)
+    write_helen(root)
     faces = read_helen(root)
     assert [f.name for f in faces] == ["100032540_1", "1002681492_1"] and [f.split for f in faces] == ["train", ""]
     assert faces[0].image == "helen_1/100032540_1.jpg" and faces[0].landmarks.shape == (194, 2)
@@ -107,10 +68,10 @@ def test_helen_reader_boxes_and_truth(tmp_path):
 
 def test_helen_imdb_through_the_readers(tmp_path):
     root = tmp_path / "helen"
-    _helen(root)
+    write_helen(root)
     neg = tmp_path / "neg"
     for i in range(1, 3):
-        _jpg(neg / f"{i:05d}.JPEG", 90, 70, 10 + i)
+        write_jpg(neg / f"{i:05d}.JPEG", 90, 70, 10 + i)
     conf = DataConf(dataset="helen", imgdir=root, neg_dir=neg, num_neg=2)
     imdb = get_imdb("face", conf, (32, 32), progress=False)
     assert imdb.classes == ["face"] and imdb.data.shape[1:] == (3, 32, 32)
@@ -121,7 +82,7 @@ def test_helen_imdb_through_the_readers(tmp_path):
 
 def test_helen_bad_annotation_is_named(tmp_path):
     root = tmp_path / "helen"
-    _helen(root)
+    write_helen(root)
     (root / "annotation" / "2.txt").write_text("1002681492_1\n1 , 2\n")
     with pytest.raises(DatasetError, match="2.txt"):
         read_helen(root)
@@ -130,12 +91,7 @@ def test_helen_bad_annotation_is_named(tmp_path):
 # ------------------------------------------------------------------ voc2010_crop
 def test_voc2010_crop_reader_and_imdb(tmp_path):
     root = tmp_path / "voc2010_crop"
-    lines = [(0, "all_crop/bird1_2008_000095.jpg", 0, 1), (1, "all_crop/bird2_2008_000097.jpg", 0, 1),
-             (2, "animal/cat5_2010_003875.jpg", 1, 1), (3, "all_crop/bird3_2008_000103.jpg", 0, 0),
-             (4, "animal/cow7_2009_004289.jpg", 1, 0), (5, "all_crop/bird4_2008_000131.jpg", 0, 1)]
-    for k, (_, path, _, _) in enumerate(lines):
-        _jpg(root / path, 40 + 7 * k, 60 - 5 * k, k)
-    (root / "bird_info.txt").write_text("".join(f"{i},{p},{n},{t}\n" for i, p, n, t in lines))
+    write_voc2010_crop(root, "bird")
     entries = read_voc2010_crop(root, "bird")
     assert [(e.positive, e.train) for e in entries][:3] == [(True, True), (True, True), (False, True)]
     imdb = build_voc2010_crop_imdb(root, "bird", (24, 24))
@@ -150,7 +106,7 @@ def test_voc2010_crop_reader_and_imdb(tmp_path):
 def test_helen_set_up_writes_the_truth_files(tmp_path):
     with pytest.raises(MissingDataError, match="annotation.zip.*helen_1.zip"):
         ensure_dataset("helen", tmp_path, offline=True)
-    _helen(tmp_path / "helen")
+    write_helen(tmp_path / "helen")
     for i in range(1, 1001):                                   # the shared negatives' names (empty files do)
         (tmp_path / "neg").mkdir(exist_ok=True)
         (tmp_path / "neg" / f"{i:05d}.JPEG").write_bytes(b"")
