@@ -25,7 +25,7 @@ coordinates: 1 left eye, 2 right eye, 3 nose, 4 left mouth corner, 5 right mouth
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -191,12 +191,15 @@ def celeba_evaluation_set(root: os.PathLike | str, attribute: str, input_size: i
     """The images location stability is measured on for one attribute (a package choice: the original
     measures a category on its own objects): the `partition` images the imdb holds (the first `limit`),
     those with the attribute (+1), whole, with their five landmarks as part truth at the network input
-    (`celeba_part_truth`; an image without landmarks has empty truth)."""
+    (`celeba_part_truth`; an image without landmarks has empty truth). The objects' folder is the images'
+    folder relative to `root`: read them from `root`."""
+    root = Path(root)
     names, images = read_celeba(root)
     files = find_celeba_files(root)
     column = _columns(names, [attribute], files.attributes)[0]
     chosen = [im for im in _select(images, [partition], limit) if im.attributes[column] == 1]
-    objs = [_whole_image(files.image_dir, im.filename, k + 1) for k, im in enumerate(chosen)]
+    folder = files.image_dir.relative_to(root).as_posix()
+    objs = [replace(_whole_image(files.image_dir, im.filename, k + 1), folder=folder) for k, im in enumerate(chosen)]
     return objs, celeba_part_truth(chosen, input_size)
 
 

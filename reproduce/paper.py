@@ -52,7 +52,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from data_prep.facts import DATASETS
+from data_prep.facts import DATASETS, has_parts
 from data_prep.facts import all_categories as facts_categories
 from data_prep.readers import default_readcode
 from data_prep.setup import dataset_paths, default_data_root
@@ -74,6 +74,7 @@ from .pipeline import (
     build_net,
     check_data_root,
     check_resume_early,
+    dataset_option_error,
     image_size_of,
     prepare_dataset,
     run_experiment,
@@ -188,6 +189,10 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
     kinds = [k for k in CNN_KINDS if k in args.cnn]
     loss = "ourloss_softmaxlog" if args.loss == "softmaxlog" else "ourloss_logistic"
     for dataset in args.dataset:
+        if (problem := dataset_option_error(dataset, args.multiclass, loss)) is not None:
+            raise RunnerError(f"--dataset {dataset}: {problem}")
+        if getattr(args, "max_images", None) is not None and dataset != "celeba":
+            raise RunnerError(f"--max-images is for the celeba dataset, not {dataset!r}")
         cats = _categories(dataset, args.categories, args.multiclass)
         if args.multiclass and len(cats) < 2:
             raise RunnerError(f"--multiclass needs at least two categories of {dataset!r}")
@@ -197,6 +202,8 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
             toy_options.setdefault("categories", tuple(cats))
             toy_options.setdefault("progress", not args.no_progress)
         data_tag = _toy_tag(toy_options)   # other toy data, other runs and imdb caches
+        if dataset == "celeba" and getattr(args, "max_images", None) is not None:
+            data_tag += f"_max{args.max_images}"                 # another CelebA subset: other runs and caches
         for model in args.models:
             size = MODELS[model].image_size
             slug = config_slug(model, args.dropout, args.epochs, args.seed, loss, args.multiclass, args.pretrained,
@@ -212,7 +219,7 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
                         seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
                         fix_slicemag_quirk=args.fix_slicemag_quirk, draw=args.draw and kind == "interpretable",
                         toy_options=toy_options, progress=not args.no_progress, runs_root=out / "runs",
-                        resume_anyway=args.resume_anyway,
+                        resume_anyway=args.resume_anyway, max_images=getattr(args, "max_images", None),
                         config=slug))
     return runs
 
@@ -389,6 +396,7 @@ def run_record(exp: GridExperiment, result: Any, command: str, seconds_total: fl
         "id": exp.run_id, "dataset": exp.dataset, "scope": exp.scope, "categories": list(exp.categories),
         "name": exp.name, "model": exp.model, "cnn": exp.cnn, "config": exp.config,
         "binary_error": err, "location_instability": float(result.stability),
+        "location_instability_note": result.note,
         "accuracy_percent": 100.0 * (1.0 - err) if math.isfinite(err) else float("nan"),
         "epochs": len(stats.get("val", [])), "layer_id": layer_id,
         "last_train": last_train, "last_val": last_val,
@@ -521,7 +529,8 @@ def format_runs(records: Sequence[dict]) -> str:
     if not records:
         return "No runs."
     head = ("run", "binary error", "location instability", "(before training)", "accuracy %", "epochs", "time", "")
-    lines = [head] + [(r["id"], f"{r['binary_error']:.4f}", f"{r['location_instability']:.4f}",
+    lines = [head] + [(r["id"], f"{r['binary_error']:.4f}",
+                       "not measured" if r.get("location_instability_note") else f"{r['location_instability']:.4f}",
                        _maybe(r.get("location_instability_at_start"), ".4f"),
                        f"{r['accuracy_percent']:.2f}", str(r.get("epochs")),
                        _duration(r.get("seconds", {}).get("total")), "; ".join(r.get("warnings", [])))
@@ -605,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-start-control", action="store_true",
                         help="skip the control figure: the location instability of each net before training "
                              "(the same initial weights, evaluated the same way; seconds for the small nets)")
+    parser.add_argument("--max-images", type=positive_int, default=None, metavar="N",
+                        help="celeba: at most N images of each partition (training, validation; default all)")
     parser.add_argument("--draw", action="store_true",
                         help="also draw the receptive fields of single-class ICNNs (step_drawRF.m; slow)")
     parser.add_argument("--save-mat", action="store_true", help="also write MATLAB net-epoch-N.mat checkpoints")
@@ -715,11 +726,11 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
     paths_cache: dict[tuple, Any] = {}
     records: dict[str, dict] = {}
     failed: list[str] = []
-    control = not args.no_start_control
     for i in (range(len(runs)) if order is None else order):
         exp = runs[i]
         i += 1
         tag = f"[{i}/{len(runs)}] {exp.run_id}"
+        control = not args.no_start_control and has_parts(exp.dataset)    # voc2010_crop: nothing to measure
         try:
             if exp.run_id in done and not args.force:
                 record = done[exp.run_id]
