@@ -6,10 +6,14 @@ original code would read it, and prints one row per category:
 
 - objects: the annotation's objects (ILSVRC: the images of `<wnid>_obj/img/img`
   that readAnnotation.m numbers; VOC: the entries of truth_<cat>.mat; CUB: the
-  images of the selection), and `kept`, those whose box passes minArea;
+  images of the selection; Helen: the annotated faces; voc2010_crop: the lines of <category>_info.txt,
+  positives and negatives; CelebA, one row for the whole set: the images of its partition file),
+  and `kept`, those whose box passes minArea;
 - images: the image files of the kept objects, opened with PIL for their
   header only (no pixel is decoded): missing or unreadable ones are counted;
-- per truth_partNN.mat found (and every part the evaluation reads): its
+- per truth_partNN.mat found (and every part the evaluation reads; Helen's are written by
+  data_prep.setup from the landmarks; CelebA's parts are its five landmarks, read from its list;
+  voc2010_crop has none): its
   entries, the entries with several objects (`pHW_center` 2 x K, `obj` 1 x K:
   getDistSqrtVar.m leaves them out, computeStability.m still counts the image),
   and the empty entries;
@@ -41,17 +45,21 @@ from tqdm import tqdm
 
 from legacy_compat.cli import add_data_root, add_debug, run_cli
 
+from .celeba import CELEBA_LANDMARKS, find_celeba_files, read_celeba
 from .cub200 import read_annotation_cub, read_annotation_sampling_cub, read_cub_tables, read_sampling
-from .facts import DATASETS, ILSVRC_IMAGE_COUNTS
+from .facts import CELEBA_ATTRIBUTES, DATASETS, ILSVRC_IMAGE_COUNTS
+from .helen import read_annotation_helen
 from .ilsvrc import read_annotation_ilsvrc
-from .readers import DatasetError, ObjRecord, PartTruth, default_readcode, read_part_truth_file
+from .readers import BndBox, DatasetError, ObjRecord, PartTruth, default_readcode, read_part_truth_file
 from .setup import dataset_paths, default_data_root
+from .voc2010_crop_lists import read_voc2010_crop
 from .vocpart import read_annotation_voc, read_truth_voc
 
 __all__ = ["PartReport", "CategoryReport", "check_category", "check_dataset", "find_categories",
            "format_table", "main"]
 
-REAL_DATASETS = ("ilsvrcanimalpart", "vocpart", "cub200")
+REAL_DATASETS = tuple(d for d in DATASETS if d != "toy")      # each checked by its own rule (_RULES)
+CELEBA_ROW = "(all)"          # CelebA's one row: its images and landmarks do not depend on the attribute
 _TRUTH_NAME = re.compile(r"^truth_part(\d+)\.mat$")
 
 
@@ -93,20 +101,13 @@ def _paths(dataset: str, root: Path, categories: Sequence[str] | None, truth_dir
 
 
 def find_categories(dataset: str, root: Path, truth_dir: Path | None = None) -> list[str]:
-    """The categories of `dataset` with anything on disk: a truth folder, an annotation, images."""
+    """The categories of `dataset` with anything on disk: a truth folder, an annotation, images
+    (CelebA: `CELEBA_ROW` when its folder is there: it is checked as a whole)."""
+    if dataset == "celeba":
+        return [CELEBA_ROW] if (root / DATASETS["celeba"].image_dir).is_dir() else []
     paths = _paths(dataset, root, None, truth_dir)
-    out = []
-    for c in paths.categories:
-        candidates = [paths.truth_dir / c]
-        if dataset in ("ilsvrcanimalpart", "toy"):
-            candidates.append(paths.image_dir / f"{c}_obj")
-        elif dataset == "vocpart":
-            candidates.append(paths.truth_dir / f"truth_{c}.mat")
-        else:
-            candidates.append(paths.cate_dir / "images.txt")
-        if any(p.exists() for p in candidates):
-            out.append(c)
-    return out
+    return [c for c in paths.categories
+            if any(p.exists() for p in [paths.truth_dir / c, *_RULES[dataset].on_disk(paths, c)])]
 
 
 def _truth_files(paths: Any, category: str) -> dict[int, Path]:
@@ -121,47 +122,127 @@ def _truth_files(paths: Any, category: str) -> dict[int, Path]:
     return dict(sorted(files.items()))
 
 
-# ================================================================ annotations
+# ================================================================ annotations, one rule per dataset
+def _ilsvrc_annotation(category: str, conf: Any, rep: CategoryReport) -> tuple[list | None, list | None]:
+    """ILSVRC (and the toy set, in its layout): <wnid>_obj/img/data.mat and its images."""
+    data_mat = conf.imgdir / f"{category}_obj" / "img" / "data.mat"
+    if not data_mat.is_file():
+        rep.missing.append(str(data_mat))
+        return None, None
+    folder = conf.imgdir / f"{category}_obj" / "img" / "img"
+    if not folder.is_dir():
+        rep.missing.append(f"{folder}/ (the images)")
+        return None, None
+    objset = read_annotation_ilsvrc(category, conf)
+    rep.objects = len(objset)
+    return objset, objset
+
+
+def _voc_annotation(category: str, conf: Any, rep: CategoryReport) -> tuple[list | None, list | None]:
+    """VOC Part: truth_<animal>.mat (readAnnotation.m reads it)."""
+    path = conf.readcode / f"truth_{category}.mat"
+    if not path.is_file():
+        rep.missing.append(str(path))
+        return None, None
+    rep.objects = len(read_truth_voc(path))
+    objset = read_annotation_voc(category, conf)
+    return objset, objset
+
+
+def _cub_annotation(category: str, conf: Any, rep: CategoryReport) -> tuple[list | None, list | None]:
+    """CUB-200-2011: its text tables; the evaluation indexes the truth files with sampling.mat's selection."""
+    needed = [conf.catedir / n for n in ("images.txt", "bounding_boxes.txt", "image_class_labels.txt",
+                                         "train_test_split.txt", "classes.txt")]
+    absent = [str(p) for p in needed if not p.is_file()]
+    sampling = conf.readcode / "sampling.mat"
+    if absent:
+        rep.missing.extend(absent)
+        _check_sampling(sampling, rep)
+        return None, None
+    tables = read_cub_tables(conf)
+    rep.objects = int(len(tables.image_ids))
+    objset = read_annotation_cub(category, conf, tables=tables)[0]
+    if not _check_sampling(sampling, rep):
+        return objset, None
+    return objset, read_annotation_sampling_cub(category, conf)
+
+
+def _helen_annotation(category: str, conf: Any, rep: CategoryReport) -> tuple[list | None, list | None]:
+    """Helen: annotation/*.txt (194 landmarks a face) and the images they name; the truth files are
+    written from those landmarks by data_prep.setup, one entry per face."""
+    folder = conf.imgdir / "annotation"
+    if not folder.is_dir():
+        rep.missing.append(f"{folder}/ (Helen's annotation.zip, a manual download)")
+        return None, None
+    objset = read_annotation_helen(category, conf)
+    rep.objects = len(objset)
+    return objset, objset
+
+
+def _voc2010_crop_annotation(category: str, conf: Any, rep: CategoryReport) -> tuple[list | None, list | None]:
+    """voc2010_crop: <category>_info.txt and the crops it names (positives and negatives); no parts."""
+    path = conf.imgdir / f"{category}_info.txt"
+    if not path.is_file():
+        rep.missing.append(f"{path} (the other port's list, placed by hand)")
+        return None, None
+    entries = read_voc2010_crop(conf.imgdir, category)
+    rep.objects = len(entries)
+    return [ObjRecord("", e.path, category, BndBox(1, 1, 1, 1), k) for k, e in enumerate(entries, 1)], None
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How one dataset is checked: where a category shows on disk, and its annotation reader."""
+
+    on_disk: Callable[[Any, str], list[Path]]
+    annotation: Callable[[str, Any, CategoryReport], tuple[list | None, list | None]]
+
+
+_RULES: dict[str, _Rule] = {
+    "ilsvrcanimalpart": _Rule(lambda p, c: [p.image_dir / f"{c}_obj"], _ilsvrc_annotation),
+    "toy": _Rule(lambda p, c: [p.image_dir / f"{c}_obj"], _ilsvrc_annotation),
+    "vocpart": _Rule(lambda p, c: [p.truth_dir / f"truth_{c}.mat"], _voc_annotation),
+    "cub200": _Rule(lambda p, c: [p.cate_dir / "images.txt"], _cub_annotation),
+    "helen": _Rule(lambda p, c: [p.image_dir / "annotation"], _helen_annotation),
+    "voc2010_crop": _Rule(lambda p, c: [p.image_dir / f"{c}_info.txt"], _voc2010_crop_annotation),
+}
+
+
 def _annotation(dataset: str, category: str, conf: Any, rep: CategoryReport) -> tuple[list | None, list | None]:
     """(readAnnotation's objset, the objset the evaluation indexes the truth files with), or None each."""
     try:
-        if dataset in ("ilsvrcanimalpart", "toy"):
-            data_mat = conf.imgdir / f"{category}_obj" / "img" / "data.mat"
-            if not data_mat.is_file():
-                rep.missing.append(str(data_mat))
-                return None, None
-            folder = conf.imgdir / f"{category}_obj" / "img" / "img"
-            if not folder.is_dir():
-                rep.missing.append(f"{folder}/ (the images)")
-                return None, None
-            objset = read_annotation_ilsvrc(category, conf)
-            rep.objects = len(objset)
-            return objset, objset
-        if dataset == "vocpart":
-            path = conf.readcode / f"truth_{category}.mat"
-            if not path.is_file():
-                rep.missing.append(str(path))
-                return None, None
-            rep.objects = len(read_truth_voc(path))
-            objset = read_annotation_voc(category, conf)
-            return objset, objset
-        needed = [conf.catedir / n for n in ("images.txt", "bounding_boxes.txt", "image_class_labels.txt",
-                                             "train_test_split.txt", "classes.txt")]
-        absent = [str(p) for p in needed if not p.is_file()]
-        sampling = conf.readcode / "sampling.mat"
-        if absent:
-            rep.missing.extend(absent)
-            _check_sampling(sampling, rep)
-            return None, None
-        tables = read_cub_tables(conf)
-        rep.objects = int(len(tables.image_ids))
-        objset = read_annotation_cub(category, conf, tables=tables)[0]
-        if not _check_sampling(sampling, rep):
-            return objset, None
-        return objset, read_annotation_sampling_cub(category, conf)
+        return _RULES[dataset].annotation(category, conf, rep)
     except (DatasetError, OSError, ValueError, KeyError) as exc:
         rep.unreadable.append((f"{dataset} {category} annotation", str(exc)))
         return None, None
+
+
+def _check_celeba(root: Path, rep: CategoryReport, tick: Callable[[], None]) -> CategoryReport:
+    """CelebA as a whole (`CELEBA_ROW`): its list files, the header's attributes, every listed image's
+    header, and the five landmarks as parts (entries: images; empty: images without landmarks)."""
+    folder = root / DATASETS["celeba"].image_dir
+    try:
+        files = find_celeba_files(folder)
+    except DatasetError as exc:                 # says which list files are not there
+        rep.missing.append(str(exc))
+        return rep
+    try:
+        names, images = read_celeba(folder)
+    except (DatasetError, OSError, ValueError) as exc:
+        rep.unreadable.append((f"celeba under {folder}", str(exc)))
+        return rep
+    rep.objects = rep.kept = len(images)
+    absent = [a for a in CELEBA_ATTRIBUTES if a not in names]
+    if absent:
+        rep.problems.append(f"{files.attributes}: no column {', '.join(absent)} (of CelebA's 40 attributes)")
+    objs = [ObjRecord("", im.filename, "celeba", BndBox(1, 1, 1, 1), k) for k, im in enumerate(images, 1)]
+    _check_images(objs, files.image_dir, rep, tick)
+    if files.landmarks is None:
+        rep.missing.append(f"{folder}/Anno/list_landmarks_align_celeba.txt (the part positions)")
+        return rep
+    empty = sum(im.landmarks is None for im in images)
+    rep.parts = [PartReport(k, len(images), 0, empty) for k in range(1, len(CELEBA_LANDMARKS) + 1)]
+    return rep
 
 
 def _check_sampling(path: Path, rep: CategoryReport) -> bool:
@@ -256,9 +337,11 @@ def _check_truth(path: Path, part: int, evaluated: list | None, expected: int | 
 def check_category(dataset: str, category: str, root: Path, truth_dir: Path | None = None,
                    tick: Callable[[], None] = lambda: None) -> CategoryReport:
     """Read one category's annotation, image headers and truth files; see the module docstring."""
+    rep = CategoryReport(dataset, category)
+    if dataset == "celeba":
+        return _check_celeba(root, rep, tick)
     paths = _paths(dataset, root, [category], truth_dir)
     conf = paths.data_conf()
-    rep = CategoryReport(dataset, category)
     objset, evaluated = _annotation(dataset, category, conf, rep)
     if objset is not None:
         rep.kept = sum(o is not None for o in objset)
@@ -368,8 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m data_prep.check --data-root ../shared/data\n"
                "  python -m data_prep.check --dataset ilsvrcanimalpart --category n02391049 n01443537")
     parser.add_argument("--dataset", nargs="+", choices=[*REAL_DATASETS, "toy"], default=None,
-                        help="datasets to check (default: every one of ilsvrcanimalpart, vocpart, cub200 with "
-                             "something under the data root, and toy when generated)")
+                        help="datasets to check (default: every dataset with something under the data root, "
+                             "and toy when generated); celeba is checked as a whole (one row)")
     parser.add_argument("--category", nargs="+", default=None, metavar="C",
                         help="categories to check (default: every category of the dataset found on disk)")
     add_data_root(parser, help="datasets folder (default $ICNN_DATA_ROOT or output/data); the truth files are "
@@ -405,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--truth-dir needs exactly one --dataset")
     if args.category and len(datasets) != 1:
         parser.error("--category needs exactly one --dataset")
+    if args.category and datasets == ["celeba"]:
+        parser.error("celeba is checked as a whole (its images and landmarks do not depend on the attribute): "
+                     "drop --category")
     return run_cli("data_prep.check", lambda: _run(args, parser, root, datasets, truth_dir), debug=args.debug)
 
 

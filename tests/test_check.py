@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_prep_fixtures import write_ilsvrc_category
+from data_prep_fixtures import write_celeba, write_helen, write_ilsvrc_category, write_voc2010_crop
 
 from data_prep import check
 from data_prep.readers import BndBox, ObjRecord, PartTruth, save_part_truth
+from data_prep.setup import ensure_dataset
 from data_prep.toy import generate_toy_dataset
 
 FOX = "n02118333"
@@ -118,3 +119,33 @@ def test_generated_toy_dataset_checks_clean(tmp_path, capsys):
     assert [r[1] for r in rows] == ["toy01", "toy02", "toy03"]
     for r in rows:
         assert r[2:7] == ["6", "6", "6", "1-3", "6"] and r[-3:] == ["0", "0", "0"]
+
+
+def test_each_dataset_is_checked_by_its_own_rule(tmp_path, capsys):
+    """Helen (not the CUB rule): its faces, images and the truth files set-up writes from the landmarks;
+    CelebA as one row with its five landmarks; voc2010_crop's list and crops, no parts."""
+    write_helen(tmp_path / "helen")
+    neg = tmp_path / "neg"
+    neg.mkdir()
+    for i in range(1, 1001):
+        (neg / f"{i:05d}.JPEG").write_bytes(b"")
+    ensure_dataset("helen", tmp_path, offline=True)                      # writes data_input/data_input_helen/face/
+    write_celeba(tmp_path / "celeba")
+    lines = write_voc2010_crop(tmp_path / "voc2010_crop", "bird")
+    (tmp_path / "voc2010_crop" / lines[2][1]).write_bytes(b"not an image")
+    rep = check.check_category("helen", "face", tmp_path)              # once read by CUB's rule (crashed)
+    assert (rep.objects, rep.kept, rep.images_checked, rep.missing, rep.unreadable) == (2, 2, 2, [], [])
+    assert check.find_categories("helen", tmp_path) == ["face"]
+    rc = check.main(["--data-root", str(tmp_path), "--dataset", "helen", "celeba", "voc2010_crop", "--no-progress"])
+    out = capsys.readouterr().out
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in out.splitlines()
+            if line.split()[:1] in (["helen"], ["celeba"], ["voc2010_crop"])}
+    #                                   objects kept images parts entries multi empty missing unreadable problems
+    assert rows[("helen", "face")] == ["2", "2", "2", "1-4", "2", "0", "(0/0/0/0)", "0/0/0/0", "0", "0", "0"]
+    assert rows[("celeba", "(all)")] == ["6", "6", "6", "1-5", "6", "0", "(0/0/0/0/0)", "0/0/0/0/0", "0", "0", "0"]
+    assert rows[("voc2010_crop", "bird")] == ["6", "6", "5", "-", "-", "-", "-", "0", "1", "0"]
+    assert f"UNREADABLE  {tmp_path}/voc2010_crop/{lines[2][1]}" in out and rc == 1
+    (tmp_path / "data_input" / "data_input_helen" / "face" / "truth_part02.mat").unlink()
+    rc = check.main(["--data-root", str(tmp_path), "--dataset", "helen", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"missing     helen face: {tmp_path}/data_input/data_input_helen/face/truth_part02.mat" in out
