@@ -58,6 +58,7 @@ from reproduce.pipeline import (
     ordinary_counterpart,
     prepare_dataset,
     run_experiment,
+    save_mat_error,
     show_results,
 )
 from reproduce.train import validation_error
@@ -238,6 +239,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     if args.max_images is not None and dataset != "celeba":
         raise DemoError(f"--max-images is for the celeba dataset, not {dataset!r}")
     if (problem := dataset_option_error(dataset, args.multiclass, args.loss)) is not None:
+        raise DemoError(problem)
+    if (problem := save_mat_error(model, args.save_mat)) is not None:
         raise DemoError(problem)
     if args.quick and MODELS[model].family == "torchvision":
         base.update(QUICK_TORCHVISION)

@@ -68,7 +68,7 @@ __all__ = [
     "ResumeMismatchError", "resume_differences", "check_resume", "recorded_options", "TrainingState",
     "checkpoint_path", "find_checkpoints", "last_checkpoint_epoch",
     "architecture_of", "check_architecture", "save_checkpoint", "load_checkpoint",
-    "load_any_checkpoint", "save_mat_checkpoint", "load_mat_checkpoint",
+    "load_any_checkpoint", "save_mat_checkpoint", "load_mat_checkpoint", "mat_checkpoint_problem",
     "to_plain", "from_plain", "remove_stale_temporaries",
 ]
 
@@ -453,8 +453,23 @@ def _plain_stats(stats: dict[str, list[dict[str, float]]]) -> dict[str, list[dic
 
 
 # ------------------------------------------------------------------ MATLAB checkpoints
+def mat_checkpoint_problem(layer_types: Iterable[str]) -> str | None:
+    """Why a net with these layer types has no ``net-epoch-N.mat`` form, or None. MatConvNet's SimpleNN
+    (``net.layers``, what the original code reads) is a chain of layers; a torchvision trunk's residual
+    and dense blocks (reproduce.tv_blocks, layer type 'torchvision') are not, and writing their
+    parameters as SimpleNN layers would give a file neither MATLAB nor `load_mat_checkpoint` can run."""
+    if "torchvision" in set(layer_types):
+        return ("its torchvision trunk (residual / dense blocks) has no form in MatConvNet's SimpleNN net.layers, "
+                "the layout of net-epoch-N.mat; the net-epoch-N.pt checkpoints hold the whole net")
+    return None
+
+
 def save_mat_checkpoint(path: os.PathLike | str, state: TrainingState, version: str = "7.3") -> Path:
-    """Write `state` as the original's ``net-epoch-N.mat`` (net, state.solverState, stats), atomically."""
+    """Write `state` as the original's ``net-epoch-N.mat`` (net, state.solverState, stats), atomically.
+    A net `mat_checkpoint_problem` refuses raises CheckpointError before anything is written."""
+    why = mat_checkpoint_problem(s.type for s in state.specs)
+    if why is not None:
+        raise CheckpointError(f"{path}: cannot be written: {why}")
     ckpt = legacy.IcnnCheckpoint(specs=state.specs, meta=state.meta, momentum=state.momentum,
                                  stats=_plain_stats(state.stats), epoch=int(state.epoch))
     return write_new_file(path, lambda tmp: legacy.write_icnn_checkpoint(tmp, ckpt, version=version))

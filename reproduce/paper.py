@@ -78,6 +78,7 @@ from .pipeline import (
     image_size_of,
     prepare_dataset,
     run_experiment,
+    save_mat_error,
     show_results,
 )
 from .pretrain import pretrain_and_finetune
@@ -188,6 +189,9 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
         raise RunnerError(f"unknown model(s) {', '.join(bad)}; valid: {', '.join(MODELS)}")
     kinds = [k for k in CNN_KINDS if k in args.cnn]
     loss = "ourloss_softmaxlog" if args.loss == "softmaxlog" else "ourloss_logistic"
+    for model in args.models:
+        if (problem := save_mat_error(model, args.save_mat)) is not None:
+            raise RunnerError(problem)
     for dataset in args.dataset:
         if (problem := dataset_option_error(dataset, args.multiclass, loss)) is not None:
             raise RunnerError(f"--dataset {dataset}: {problem}")

@@ -48,7 +48,7 @@ from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
 __all__ = ["Experiment", "RunResult", "experiment_name", "prepare_dataset", "build_net", "build_imdb",
            "learn", "show_results", "run_experiment", "run_options", "check_resume_early",
            "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root", "slice_mag_fill",
-           "dataset_option_error", "CELEBA_TRAIN_VAL_IMAGES"]
+           "dataset_option_error", "save_mat_error", "CELEBA_TRAIN_VAL_IMAGES"]
 
 
 @dataclass
@@ -124,6 +124,14 @@ class RunResult:
             return format_result_line(self.binary_error, 0.0).split("     ")[0] + \
                 f"     location stability not measured: {self.note}"
         return format_result_line(self.binary_error, self.stability)
+
+
+def save_mat_error(model: str, save_mat: bool) -> str | None:
+    """--save-mat with a net that has no net-epoch-N.mat form (the torchvision family), said before any work."""
+    if save_mat and MODELS[model].family == "torchvision":
+        return (f"--save-mat cannot write model {model!r} as MATLAB net-epoch-N.mat: "
+                f"{ckpt.mat_checkpoint_problem(['torchvision'])}; drop --save-mat")
+    return None
 
 
 def dataset_option_error(dataset: str, multiclass: bool, loss: str = "ourloss_logistic") -> str | None:
@@ -366,7 +374,10 @@ def check_data_root(exp: Experiment) -> None:
 
 def check_resume_early(exp: Experiment) -> None:
     """Before the data, the net and the imdb are built: a folder whose last checkpoint records other
-    options than `exp` stops the run here (train checks again, the network included)."""
+    options than `exp` stops the run here (train checks again, the network included); so do options
+    that cannot work with the model (`save_mat_error`)."""
+    if (problem := save_mat_error(exp.model, exp.save_mat)) is not None:
+        raise UserError(problem)
     start = ckpt.last_checkpoint_epoch(exp.exp_dir)
     if start == 0:
         return

@@ -878,6 +878,8 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
     runs in the main thread: it raises `reproduce.interrupt.Terminated`, a KeyboardInterrupt.
     """
     s = _settings_from(settings, overrides)
+    if s.save_mat and (why := ckpt.mat_checkpoint_problem(net.layer_types)) is not None:
+        raise ckpt.CheckpointError(f"save_mat (--save-mat) cannot write this net as net-epoch-N.mat: {why}")
     exp_dir = Path(exp_dir)
     run = _prepare(net, imdb, opts, exp_dir, s)
     if run.is_main:

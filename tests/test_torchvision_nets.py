@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce.checkpoints import from_plain, to_plain
+import demo
+from reproduce.checkpoints import CheckpointError, TrainingState, from_plain, save_mat_checkpoint, to_plain
 from reproduce.conv_mask import ConvMask, FilterLossContext
 from reproduce.evaluate import first_conv_mask_layer_id
 from reproduce.geometry import get_conv_net_para, layer_output_sizes
 from reproduce.models import network_init
 from reproduce.network import SimpleNN
 from reproduce.torchvision_nets import TORCHVISION_NETS, PretrainedFileError, read_torchvision_state_dict
+from reproduce.train import train
 from reproduce.tv_blocks import TorchvisionBlock, arch_parts, main_path_geometry
 
 # torchvision's published parameter counts (ImageNet, 1000 classes): the architectures are written anew
@@ -173,3 +175,24 @@ def test_specs_round_trip_and_plain_baseline():
     assert plain.layer_types == [("conv" if t == "conv_mask" else t) for t in net.layer_types]
     assert not any(isinstance(m, ConvMask) for m in plain.modules())
     assert np.isclose(float(plain.layers[7].weight.detach().std()), 0.01, rtol=0.2)
+
+
+def test_save_mat_refuses_a_torchvision_trunk_and_writes_nothing(tmp_path, capsys):
+    """--save-mat cannot represent resnet-18's residual blocks as SimpleNN net.layers: refused before any
+    work (demo.py, the library's train, save_mat_checkpoint), naming the option and the model; no file."""
+    rc = demo.main(["--quick", "--model", "resnet-18", "--save-mat", "--out", str(tmp_path / "out"),
+                    "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--save-mat cannot write model 'resnet-18'" in err and "SimpleNN" in err
+    assert not (tmp_path / "out" / "mat").exists() and not (tmp_path / "data").exists()
+    net, opts, _ = _build("resnet-18", 64)
+    imdb = {"data": np.zeros((4, 3, 64, 64), np.float32), "labels": np.array([[1.0], [-1.0], [1.0], [-1.0]]),
+            "set": np.array([1, 1, 2, 2])}
+    with pytest.raises(CheckpointError, match=r"--save-mat.*residual / dense blocks"):
+        train(net, imdb, opts, tmp_path / "run", save_mat=True, device="cpu", progress=False)
+    assert not (tmp_path / "run").exists()
+    state = TrainingState(epoch=1, specs=net.to_specs(), momentum=[], stats={"train": [], "val": []},
+                          state_dict=None, options={}, meta={})
+    with pytest.raises(CheckpointError, match="net-epoch-1.mat: cannot be written"):
+        save_mat_checkpoint(tmp_path / "net-epoch-1.mat", state)
+    assert list(tmp_path.glob("*.mat")) == [] and list(tmp_path.glob(".tmp*")) == []
