@@ -400,7 +400,7 @@ def run_record(exp: GridExperiment, result: Any, command: str, seconds_total: fl
         "id": exp.run_id, "dataset": exp.dataset, "scope": exp.scope, "categories": list(exp.categories),
         "name": exp.name, "model": exp.model, "cnn": exp.cnn, "config": exp.config,
         "binary_error": err, "location_instability": float(result.stability),
-        "location_instability_note": result.note,
+        "location_instability_note": getattr(result, "note", None),
         "accuracy_percent": 100.0 * (1.0 - err) if math.isfinite(err) else float("nan"),
         "epochs": len(stats.get("val", [])), "layer_id": layer_id,
         "last_train": last_train, "last_val": last_val,
@@ -850,6 +850,11 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             _say(f"{dataset} {model} {scope} ({first}): " + format_rows(rows_for(dataset, model, first, scope)))
         return 0
     if args.ablation or args.pretrain_finetune:
+        bad = sorted({e.dataset for e in runs if e.dataset in ("celeba", "voc2010_crop")})
+        if bad:
+            raise RunnerError(f"--ablation / --pretrain-finetune measure location instability on a category's "
+                              f"annotated objects, which {' and '.join(bad)} do{'es' if len(bad) == 1 else ''} "
+                              f"not have")
         return run_ablation_cells(args, runs)
     if args.part_interpretability and any(e.dataset not in ("toy", "vocpart") for e in runs):
         raise RunnerError("--part-interpretability needs part regions: the toy dataset or vocpart")

@@ -113,6 +113,8 @@ def test_dataset_options_that_make_no_sense_are_refused_first(tmp_path, capsys):
     assert settings["categories"] == list(CELEBA_ATTRIBUTES)
     with pytest.raises(paper.RunnerError, match="drop --multiclass"):
         paper.plan_grid(paper.build_parser().parse_args(["--dataset", "voc2010_crop", "--multiclass"]))
+    assert paper.main(["--dataset", "voc2010_crop", "--ablation", "--models", "tiny", "--out", str(tmp_path / "p")]) == 2
+    assert "which voc2010_crop does not have" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ reproduce.paper
