@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .get_i import gather_patches
-from .imdb import Imdb
+from .imdb import Imdb, image_rows, subtract_training_mean
 from .readers import BndBox, DatasetError, ObjRecord, PartTruth
 
 __all__ = ["CelebaFiles", "CelebaImage", "find_celeba_files", "read_celeba", "build_celeba_imdb",
@@ -154,10 +154,12 @@ def _columns(names: Sequence[str], attributes: Sequence[str] | None, where: Path
 
 def build_celeba_imdb(root: os.PathLike | str, image_size: Sequence[int] = (224, 224), *,
                       partitions: Sequence[str] = ("train", "val"), limit: int | None = None,
-                      attributes: Sequence[str] | None = None, workers: int | None = None, progress: bool = False):
+                      attributes: Sequence[str] | None = None, workers: int | None = None, progress: bool = False,
+                      out: os.PathLike | str | None = None):
     """The 40-attribute imdb (module docstring); `limit`: at most that many images per partition
     (the whole training partition is 162,770 images, 98 GB at 224 x 224 in float32); `attributes`:
-    the label columns (default all 40, in the file's order)."""
+    the label columns (default all 40, in the file's order); `out`: write the images to that .npy
+    file (memory-mapped; `data_prep.imdb.load_or_build_imdb`'s), not into memory."""
     names, images = read_celeba(root)
     columns = _columns(names, attributes, find_celeba_files(root).attributes)
     names = [names[c] for c in columns]
@@ -167,13 +169,12 @@ def build_celeba_imdb(root: os.PathLike | str, image_size: Sequence[int] = (224,
     files = find_celeba_files(root)
     size = (int(image_size[0]), int(image_size[1]))
     objs = [_whole_image(files.image_dir, im.filename, k + 1) for k, im in enumerate(chosen)]
-    data = np.empty((len(objs), 3) + size, dtype=np.float32)
+    data = image_rows(out, len(objs), size)
     for start, block in gather_patches(objs, files.image_dir, size, workers=workers,
                                        progress="celeba" if progress else None):
         data[start:start + block.shape[0]] = block
     sets = np.asarray([1 if im.partition == 0 else 2 if im.partition == 1 else 3 for im in chosen], dtype=np.uint8)
-    mean = data[sets == 1].mean(axis=0, dtype=np.float64).astype(np.float32)
-    data -= mean
+    mean = subtract_training_mean(data, sets == 1)
     labels = np.stack([im.attributes[columns] for im in chosen]).astype(np.float32)
     return Imdb(data=data, labels=labels, set=sets, data_mean=mean, classes=list(names))
 

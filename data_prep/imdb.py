@@ -65,7 +65,7 @@ __all__ = [
     "assemble_imdb", "assemble_imdb_cub200", "produce_imdb",
     "get_imdb", "get_imdb_cub200", "get_category_imdb",
     "load_or_build_imdb", "load_cached_imdb", "imdb_fingerprint", "save_imdb_mat",
-    "ImdbLayout",
+    "ImdbLayout", "image_rows", "subtract_training_mean",
 ]
 
 SETS = ("train", "val", "test")      # imdb.meta.sets
@@ -603,6 +603,29 @@ def _float64_mean(chunks: Iterable[np.ndarray], count: int) -> np.ndarray:
         part = rows.sum(axis=0, dtype=np.float64)
         acc = part if acc is None else acc + part
     return (acc / count).astype(np.float32)
+
+
+def image_rows(out: os.PathLike | str | None, n: int, size: tuple[int, int]) -> np.ndarray:
+    """An N x 3 x H x W float32 array for an imdb's images: in memory, or (`out`, the .npy path
+    `load_or_build_imdb` hands a builder) a memory-mapped .npy file, which the cache then takes over."""
+    shape = (int(n), 3, int(size[0]), int(size[1]))
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    return np.lib.format.open_memmap(Path(out), mode="w+", dtype=np.float32, shape=shape)
+
+
+def subtract_training_mean(data: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """imdb.images.data minus mean(data(:,:,:,set==1), 4), in place and chunk by chunk (`data` may be
+    a memory-mapped file larger than memory): the float64 sums, divided, rounded once to float32
+    (as `assemble_imdb`'s default). Returns the mean (3 x H x W)."""
+    idx = np.flatnonzero(np.asarray(train, dtype=bool))
+    if idx.size == 0:
+        raise DatasetError("the imdb has no training images: the training mean is undefined")
+    step = _rows_per_chunk(tuple(data.shape[1:]), data.shape[0])
+    mean = _float64_mean((np.asarray(data[idx[s:s + step]]) for s in range(0, idx.size, step)), int(idx.size))
+    for s in range(0, data.shape[0], step):
+        data[s:s + step] -= mean
+    return mean
 
 
 def produce_imdb(category_imdbs: Sequence[Imdb], names: Sequence[str], npos: Sequence[int], *,

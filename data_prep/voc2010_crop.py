@@ -37,7 +37,7 @@ import numpy as np
 
 from .facts import VOC_CATEGORIES
 from .get_i import gather_patches
-from .imdb import Imdb
+from .imdb import Imdb, image_rows, subtract_training_mean
 from .voc2010_crop_lists import (
     CropEntry,
     missing_voc2010_crop,
@@ -54,19 +54,19 @@ VOC2010_CROP_CATEGORIES = VOC_CATEGORIES   # the six VOC Part animals (data_prep
 
 
 def build_voc2010_crop_imdb(root: os.PathLike | str, category: str, image_size: Sequence[int] = (224, 224), *,
-                            workers: int | None = None, progress: bool = False):
+                            workers: int | None = None, progress: bool = False, out: os.PathLike | str | None = None):
     """The single-class imdb of `category` (module docstring): train positives, train negatives,
-    validation positives, validation negatives, in that order (the port's)."""
+    validation positives, validation negatives, in that order (the port's); `out`: write the images
+    to that .npy file (memory-mapped), not into memory."""
     root = Path(root)
     entries = read_voc2010_crop(root, category)
     ordered = [e for t in (True, False) for p in (True, False) for e in entries if e.train == t and e.positive == p]
     size = (int(image_size[0]), int(image_size[1]))
     objs = [whole_crop(root, e, k + 1) for k, e in enumerate(ordered)]
-    data = np.empty((len(objs), 3) + size, dtype=np.float32)
+    data = image_rows(out, len(objs), size)
     for start, block in gather_patches(objs, root, size, workers=workers, progress=category if progress else None):
         data[start:start + block.shape[0]] = block
     sets = np.asarray([1 if e.train else 2 for e in ordered], dtype=np.uint8)
-    mean = data[sets == 1].mean(axis=0, dtype=np.float64).astype(np.float32)
-    data -= mean
+    mean = subtract_training_mean(data, sets == 1)
     labels = np.asarray([[1.0 if e.positive else -1.0] for e in ordered], dtype=np.float32)
     return Imdb(data=data, labels=labels, set=sets, data_mean=mean, classes=[category])

@@ -253,10 +253,10 @@ def _whole_image_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) 
                 "root": str(paths.root), "max_images": exp.max_images}
     if exp.dataset == "celeba":
         build = lambda tmp: build_celeba_imdb(paths.image_dir, image_size, limit=exp.max_images,  # noqa: E731
-                                              attributes=list(exp.categories), progress=exp.progress)
+                                              attributes=list(exp.categories), progress=exp.progress, out=tmp)
     else:
         build = lambda tmp: build_voc2010_crop_imdb(paths.image_dir, exp.categories[0], image_size,  # noqa: E731
-                                                    progress=exp.progress)
+                                                    progress=exp.progress, out=tmp)
     return load_or_build_imdb(exp.imdb_dir, build, settings)
 
 
@@ -306,11 +306,11 @@ def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
     by getImdb's tarN (3 x the negatives). A multi-class run builds each category's imdb, then
     produceIMDB's (about as large as their sum)."""
     row = 3 * int(image_size) ** 2 * 4
-    if exp.dataset in ("celeba", "voc2010_crop"):      # built in memory, then written: the images twice
+    if exp.dataset in ("celeba", "voc2010_crop"):      # whole images, written once into the cache's file
         n = CELEBA_TRAIN_VAL_IMAGES if exp.dataset == "celeba" else VOC2010_CROP_IMAGES
         if exp.dataset == "celeba" and exp.max_images is not None:
             n = min(n, 2 * int(exp.max_images))
-        return 0 if cache_complete(exp.imdb_dir) else 2 * n * row
+        return 0 if cache_complete(exp.imdb_dir) else n * row
     if exp.dataset == "toy":
         n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", TOY_NEGATIVES))
     else:

@@ -32,6 +32,10 @@ def test_celeba_reader_and_imdb(tmp_path, flat):
     assert imdb.labels.shape == (5, 40) and imdb.labels[3].tolist() == attrs[names[3]]
     assert np.abs(imdb.data[:3].mean(axis=0)).max() < 1e-3                             # training mean subtracted
     assert 60 < float(imdb.data_mean.mean()) < 200
+    on_disk = build_celeba_imdb(tmp_path, (32, 32), out=tmp_path / "rows.npy", attributes=["Smiling", "Male"])
+    assert str(on_disk.data.filename) == str(tmp_path / "rows.npy") and on_disk.classes == ["Smiling", "Male"]
+    assert np.array_equal(on_disk.data, imdb.data) and np.array_equal(on_disk.data_mean, imdb.data_mean)
+    assert on_disk.labels.tolist() == imdb.labels[:, [ATTRS.index("Smiling"), ATTRS.index("Male")]].tolist()
     truth = celeba_part_truth(images, 32)
     assert len(truth) == 5 and truth[3][0].center.tolist() == pytest.approx(
         [(143 - 0.5) * 32 / 218 + 0.5, (78 - 0.5) * 32 / 178 + 0.5])                   # the nose
