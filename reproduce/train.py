@@ -327,47 +327,73 @@ def update_slice_mag(layer: Any, layer_input: torch.Tensor | None, positives: to
 
     `reduce` (several ranks with ``sync_slice_mag``, reproduce.distributed): the per-class sums
     of the maxima over the positives and the positive counts are summed over the ranks by
-    ``reduce(tensor)`` (in place) before the means are taken, so that every rank computes the
-    update of the whole batch; `layer_input` may then be None (a rank without images).
+    ``reduce(tensor)`` (in place, one call) before the means are taken, so that every rank computes
+    the update of the whole batch; `layer_input` may then be None (a rank without images).
     """
+    _check_fill(fill)
+    if reduce is None:
+        means, present = _local_class_means(layer_input, positives)
+    else:
+        (means, present), = _synced_class_means([layer], [layer_input], positives, reduce)
+    _set_slice_mag(layer, layer_input, means, present, fill)
+
+
+def update_slice_mags(net: Any, res: Sequence[torch.Tensor] | None, labels: torch.Tensor,
+                      fill: str = SLICE_MAG_FILL_COLUMN1,
+                      reduce: Callable[[torch.Tensor], Any] | None = None) -> None:
+    """`update_slice_mag` for every conv_mask layer of `net`, with the inputs `res` of the batch
+    (None: a rank without images, with `reduce`). With `reduce`, every layer's sums and the
+    counts go to the other ranks in ONE call (one flat tensor)."""
+    positives = labels == 1
+    indexed = list(net.conv_mask_layers())
+    layers = [layer for _, layer in indexed]
+    inputs = [None if res is None else res[index] for index, _ in indexed]
+    if reduce is None:
+        for layer, layer_input in zip(layers, inputs):
+            update_slice_mag(layer, layer_input, positives, fill)
+        return
+    _check_fill(fill)
+    if not layers:
+        return
+    for layer, layer_input, (means, present) in zip(layers, inputs,
+                                                    _synced_class_means(layers, inputs, positives, reduce)):
+        _set_slice_mag(layer, layer_input, means, present, fill)
+
+
+def _check_fill(fill: str) -> None:
     if fill not in (SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN):
         raise ValueError(f"slice_mag_fill must be {SLICE_MAG_FILL_COLUMN1!r} or {SLICE_MAG_FILL_OWN_COLUMN!r}, "
                          f"got {fill!r}")
-    depth = int(layer_input.shape[1]) if layer_input is not None else int(layer.in_channels)
+
+
+def _depth(layer: Any, layer_input: torch.Tensor | None) -> int:
+    return int(layer_input.shape[1]) if layer_input is not None else int(layer.in_channels)
+
+
+def _local_class_means(layer_input: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One process: (L x D, each class's mean over its positives of each map's maximum over H and W;
+    (L,) bool, the class has positives in the batch). A class without positives has NaN means."""
+    maxima = layer_input.detach().amax(dim=(2, 3))  # N x D: max over H and W of each map
+    means = torch.stack([maxima[positives[:, lab]].mean(dim=0) for lab in range(int(positives.shape[1]))])
+    return means, positives.any(dim=0)
+
+
+def _synced_class_means(layers: Sequence[Any], inputs: Sequence[torch.Tensor | None], positives: torch.Tensor,
+                        reduce: Callable[[torch.Tensor], Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Several ranks: per layer, `_local_class_means` of the whole batch. The positive counts and every
+    layer's per-class sums travel as one flat tensor, summed over the ranks by one `reduce`."""
+    depths = [_depth(layer, x) for layer, x in zip(layers, inputs)]
+    device = next((x.device for x in inputs if x is not None), positives.device)
+    sums = [_class_sums(x, positives, d, device) for x, d in zip(inputs, depths)]
     num_labels = int(positives.shape[1])
-    device = layer_input.device if layer_input is not None else positives.device
-    current = layer.slice_mag
-    if current is None or current.numel() == 0:
-        slice_mag = torch.zeros(depth, num_labels, dtype=torch.float32, device=device)
-    else:
-        slice_mag = current.detach().to(device=device, dtype=torch.float32).clone()
-    if reduce is None:
-        maxima = layer_input.detach().amax(dim=(2, 3))  # N x D: max over H and W of each map
-        pos_counts = positives.sum(dim=0).tolist()
-
-        def class_mean(lab: int) -> torch.Tensor:
-            return maxima[positives[:, lab]].mean(dim=0)
-    else:
-        sums, counts = _class_sums(layer_input, positives, depth, device)
-        reduce(sums)
-        reduce(counts)
-        pos_counts = counts.tolist()
-
-        def class_mean(lab: int) -> torch.Tensor:
-            return sums[lab] / counts[lab]
-    first_time = (slice_mag.to(torch.float64).sum(dim=0) == 0).tolist()
-    floor = torch.tensor(SLICE_MAG_FLOOR, dtype=torch.float32, device=slice_mag.device)
-    for lab in range(num_labels):
-        if pos_counts[lab] == 0:
-            continue
-        meantmp = class_mean(lab)
-        if first_time[lab]:
-            slice_mag[:, lab] = torch.fmax(meantmp, floor)  # fmax ignores NaN like MATLAB's max
-        else:
-            source = slice_mag[:, 0] if fill == SLICE_MAG_FILL_COLUMN1 else slice_mag[:, lab]
-            meantmp = torch.where(meantmp == 0, source, meantmp)
-            slice_mag[:, lab] = slice_mag[:, lab] * SLICE_MAG_MOMENTUM + meantmp * (1 - SLICE_MAG_MOMENTUM)
-    layer.slice_mag = slice_mag
+    flat = torch.cat([sums[0][1]] + [s.reshape(-1) for s, _ in sums])
+    reduce(flat)
+    counts, offset, out = flat[:num_labels], num_labels, []
+    for d in depths:
+        layer_sums = flat[offset:offset + num_labels * d].view(num_labels, d)
+        out.append((layer_sums / counts[:, None], counts > 0))
+        offset += num_labels * d
+    return out
 
 
 def _class_sums(layer_input: torch.Tensor | None, positives: torch.Tensor, depth: int,
@@ -382,14 +408,29 @@ def _class_sums(layer_input: torch.Tensor | None, positives: torch.Tensor, depth
     return pos.t() @ maxima, pos.sum(dim=0)
 
 
-def update_slice_mags(net: Any, res: Sequence[torch.Tensor] | None, labels: torch.Tensor,
-                      fill: str = SLICE_MAG_FILL_COLUMN1,
-                      reduce: Callable[[torch.Tensor], Any] | None = None) -> None:
-    """`update_slice_mag` for every conv_mask layer of `net`, with the inputs `res` of the batch
-    (None: a rank without images, with `reduce`)."""
-    positives = labels == 1
-    for index, layer in net.conv_mask_layers():
-        update_slice_mag(layer, None if res is None else res[index], positives, fill, reduce)
+def _set_slice_mag(layer: Any, layer_input: torch.Tensor | None, means: torch.Tensor, present: torch.Tensor,
+                   fill: str) -> None:
+    """The layer's new sliceMag (D x L float32) from the batch's class means (L x D) of the classes
+    `present` (L,), with the update rule of `update_slice_mag`, without waiting for the device:
+    every class's column is computed and kept where the class has positives."""
+    num_labels = int(means.shape[0])
+    device = means.device
+    current = layer.slice_mag
+    if current is None or current.numel() == 0:
+        slice_mag = torch.zeros(_depth(layer, layer_input), num_labels, dtype=torch.float32, device=device)
+    else:
+        slice_mag = current.detach().to(device=device, dtype=torch.float32).clone()
+    first_time = slice_mag.to(torch.float64).sum(dim=0) == 0
+    floor = torch.tensor(SLICE_MAG_FLOOR, dtype=torch.float32, device=device)
+    present = present.to(device)
+    for lab in range(num_labels):
+        meantmp = means[lab]
+        source = slice_mag[:, 0] if fill == SLICE_MAG_FILL_COLUMN1 else slice_mag[:, lab]
+        later = slice_mag[:, lab] * SLICE_MAG_MOMENTUM + torch.where(meantmp == 0, source, meantmp) * (
+            1 - SLICE_MAG_MOMENTUM)
+        first = torch.fmax(meantmp, floor)               # fmax ignores NaN like MATLAB's max
+        slice_mag[:, lab] = torch.where(present[lab], torch.where(first_time[lab], first, later), slice_mag[:, lab])
+    layer.slice_mag = slice_mag
 
 
 # ====================================================================== statistics

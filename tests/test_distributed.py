@@ -110,6 +110,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     dd.active().barrier("after the claims")
     out["claims"] = claims
     out["peaks"] = _peaks_over_ranks(_fake_peaks, [0, 2, 3, 5, 8])
+    out["slicemag_sync"] = _synced_slice_mags(dp, make_net)
     torch.save(out, tmp_path / f"rank{rank}.pt")
     if DEVICE != "cpu":   # NCCL's watchdog would abort rank 0's process: the dead-rank run is gloo's
         os._exit(7 if rank == 1 else 0)
@@ -127,6 +128,46 @@ def _worker(rank: int, world: int, tmp: str) -> None:
         message = f"{type(exc).__name__}: {exc}"
     (tmp_path / f"rank{rank}.txt").write_text(f"{time.monotonic() - start:.1f}\n{message}")
     os._exit(0)   # no orderly shutdown of a group that lost a member
+
+
+def _slice_mag_batch(make_net, rank: int, step: int):
+    """A net's conv_mask layer inputs for one batch of this rank (res[index]) and its labels: rank 1's
+    share is empty in step 2; class 2 has no positive in step 1 (3 classes in the multi-class net)."""
+    net = make_net()
+    gen = torch.Generator().manual_seed(10 * rank + step)
+    n = 0 if (rank, step) == (1, 2) else 3 - rank
+    res: list = [None] * (len(net.layers) + 1)
+    for index, layer in net.conv_mask_layers():
+        h, w = layer.feature_size
+        x = torch.randn((n, layer.in_channels, h, w), generator=gen)
+        res[index] = torch.where(x > 1.5, torch.zeros_like(x), x)     # some maxima 0: the column-1 fill
+    labels = -torch.ones((n, 3))
+    labels[:, 0] = 1
+    if step == 2:
+        labels[:, 2] = 1
+    return res, labels
+
+
+def _synced_slice_mags(dp, make_net):
+    """sliceMag after two synced updates: coalesced (update_slice_mags, all layers in one all-reduce)
+    and layer by layer (update_slice_mag per layer); the number of all-reduces of each."""
+    calls = {"n": 0}
+
+    def reduce(t):
+        calls["n"] += 1
+        return dp.all_reduce_(t)
+    out = {}
+    for how in ("coalesced", "per_layer"):
+        net, calls["n"] = make_net(), 0
+        for step in (1, 2):
+            res, labels = _slice_mag_batch(make_net, dp.rank, step)
+            if how == "coalesced":
+                tr.update_slice_mags(net, res, labels, reduce=reduce)
+            else:
+                for index, layer in net.conv_mask_layers():
+                    tr.update_slice_mag(layer, res[index], labels == 1, reduce=reduce)
+        out[how] = {"slice_mags": _slice_mags(net), "reduces": calls["n"]}
+    return out
 
 
 def _fake_peaks(chosen):
@@ -252,6 +293,27 @@ def test_two_ranks_with_both_corrections_equal_one_process_on_the_whole_batch(tw
                 assert a["num"] == b["num"]
     # without the corrections the runs differ: the test can tell
     assert _worst(ranks[0]["matconvnet"]["state"], _state(net)) > 1e-4
+
+
+def test_synced_slice_mag_one_all_reduce_equals_the_per_layer_update(two_ranks):
+    """--sync-slicemag: every layer's sums and the counts in one all-reduce per step give, on each rank,
+    exactly the sliceMag of the layer-by-layer update (one all-reduce per layer) and, to float rounding,
+    that of one process on the whole batch (both ranks' images)."""
+    _, ranks = two_ranks
+    make_net, _ = _tiny("multi")
+    layers = len(list(make_net().conv_mask_layers()))
+    one = make_net()
+    for step in (1, 2):
+        parts = [_slice_mag_batch(make_net, r, step) for r in range(2)]
+        res = [None if a is None else torch.cat([a, b]) for a, b in zip(parts[0][0], parts[1][0])]
+        tr.update_slice_mags(one, res, torch.cat([parts[0][1], parts[1][1]]))
+    for r in range(2):
+        got = ranks[r]["slicemag_sync"]
+        assert got["coalesced"]["reduces"] == 2 and got["per_layer"]["reduces"] == 2 * layers == 4
+        for a, b, c in zip(got["coalesced"]["slice_mags"], got["per_layer"]["slice_mags"], _slice_mags(one)):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, c, rtol=TOL, atol=1e-7)
+            assert (a[:, 2] > 0).all() and a.shape[1] == 3          # class 2: first update in step 2
 
 
 def test_a_two_rank_run_resumes_on_one_process(two_ranks):
