@@ -47,15 +47,11 @@ def _apply_tf32() -> None:
 
 def resolve_device(device: Any) -> torch.device:
     """torch.device(device), checked: a CUDA device without a usable GPU (or past the last one) is
-    a clear error. For a CUDA device, applies the package's TF32 choice (off by default: IEEE
+    a clear error (`legacy_compat.cli.choose_device`'s checks). For a CUDA device, applies the package's TF32 choice (off by default: IEEE
     float32, as MATLAB computes)."""
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} asked for, but PyTorch sees no CUDA GPU here "
-                           f"(torch {torch.__version__}); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise RuntimeError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
     if dev.type == "cuda":
+        _choose_device(str(dev))          # a GPU there, the index in range: else a UserError (a RuntimeError)
         _apply_tf32()
     return dev
 
