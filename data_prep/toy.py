@@ -71,11 +71,12 @@ from legacy_compat.mattypes import MatStruct, StructArray
 
 from .facts import NUM_NEGATIVES, TOY_CATEGORIES
 
-__all__ = ["generate_toy_dataset", "ToyPaths", "TOY_CATEGORIES", "TOY_PART_NAMES", "TOY_MASK_LABELS",
+__all__ = ["generate_toy_dataset", "ToyPaths", "TOY_CATEGORIES", "TOY_POSITIVES", "TOY_PART_NAMES", "TOY_MASK_LABELS",
            "MANIFEST_NAME", "read_manifest", "manifest_matches", "toy_min_area", "crop_coordinates",
            "render_positive", "render_negative"]
 
 GENERATOR_VERSION = 1
+TOY_POSITIVES = 1500            # generate_toy_dataset's positives per category by default (n_pos)
 MANIFEST_NAME = "toy.json"
 SUPERSAMPLE = 4                 # drawn at 4x, box-filtered down: smooth edges
 JPEG_QUALITY = 92
@@ -637,7 +638,7 @@ def _check_options(n_pos: int, n_neg: int, categories: Sequence[str], image_size
         raise ValueError(f"input_size must be >= 8, got {input_size}")
 
 
-def generate_toy_dataset(root: os.PathLike | str, seed: int = 0, n_pos: int = 1500, n_neg: int = NUM_NEGATIVES,
+def generate_toy_dataset(root: os.PathLike | str, seed: int = 0, n_pos: int = TOY_POSITIVES, n_neg: int = NUM_NEGATIVES,
                          categories: Iterable[str] = TOY_CATEGORIES, image_size: int = 64,
                          input_size: int | None = None, truth_version: str = "5", overwrite: bool = False,
                          progress: bool = True) -> ToyPaths:
@@ -719,7 +720,7 @@ def read_manifest(root: os.PathLike | str) -> dict | None:
     return data if data.get("generator") == "data_prep.toy" else None
 
 
-def manifest_matches(root: os.PathLike | str, seed: int = 0, n_pos: int = 1500, n_neg: int = NUM_NEGATIVES,
+def manifest_matches(root: os.PathLike | str, seed: int = 0, n_pos: int = TOY_POSITIVES, n_neg: int = NUM_NEGATIVES,
                      categories: Iterable[str] = TOY_CATEGORIES, image_size: int = 64,
                      input_size: int | None = None, truth_version: str = "5", **_ignored) -> bool:
     """True when ``root`` holds a finished toy dataset generated with these arguments.

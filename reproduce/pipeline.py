@@ -29,12 +29,12 @@ import numpy as np
 from data_prep.annotations import read_annotation
 from data_prep.celeba import build_celeba_imdb, celeba_evaluation_set
 from data_prep.download import check_disk_space
-from data_prep.facts import has_parts
+from data_prep.facts import NUM_NEGATIVES, has_parts
 from data_prep.get_i import get_i
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
 from data_prep.readers import count_objects
 from data_prep.setup import default_data_root, ensure_dataset, ensure_model
-from data_prep.toy import read_manifest
+from data_prep.toy import TOY_POSITIVES, read_manifest
 from data_prep.voc2010_crop import build_voc2010_crop_imdb
 from legacy_compat.cli import UserError
 
@@ -47,8 +47,8 @@ from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
 
 __all__ = ["Experiment", "RunResult", "experiment_name", "prepare_dataset", "build_net", "build_imdb",
            "learn", "show_results", "run_experiment", "run_options", "check_resume_early",
-           "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root", "slice_mag_fill",
-           "dataset_option_error", "save_mat_error", "CELEBA_TRAIN_VAL_IMAGES"]
+           "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root", "write_test",
+           "slice_mag_fill", "dataset_option_error", "save_mat_error", "CELEBA_TRAIN_VAL_IMAGES"]
 
 
 @dataclass
@@ -291,8 +291,6 @@ def slice_mag_fill(exp: Experiment) -> str:
 
 
 PLOT_BYTES = 256 * 1024                 # net-train.png + .pdf, rewritten each epoch (about 60 KB measured)
-TOY_POSITIVES, TOY_NEGATIVES = 1500, 1000   # data_prep.toy.generate_toy_dataset's defaults
-REAL_NEGATIVES = 1000                   # getNegObjSet.m's MaxObjNum
 CELEBA_TRAIN_VAL_IMAGES = 162_770 + 19_867   # CelebA's official training and validation partitions
 VOC2010_CROP_IMAGES = 3000              # about the largest of the other port's lists (dog: 2810 lines)
 
@@ -312,9 +310,9 @@ def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
             n = min(n, 2 * int(exp.max_images))
         return 0 if cache_complete(exp.imdb_dir) else n * row
     if exp.dataset == "toy":
-        n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", TOY_NEGATIVES))
+        n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", NUM_NEGATIVES))
     else:
-        n_neg = REAL_NEGATIVES
+        n_neg = NUM_NEGATIVES                  # getNegObjSet.m's MaxObjNum
         n_pos = 3 * n_neg
     one = (4 * n_neg + n_pos + n_neg) * row
     if not exp.multiclass:
@@ -350,6 +348,13 @@ def check_space(exp: Experiment, net: Any, opts: Any) -> None:
     check_disk_space(exp.out, need["imdb"] + need["checkpoints"])
 
 
+def write_test(folder: Path) -> None:
+    """Write and remove a small file in `folder`: an OSError says the folder does not take files."""
+    probe = Path(folder) / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"ok")
+    probe.unlink()
+
+
 def check_data_root(exp: Experiment) -> None:
     """Before any work: the data folder must take the files the run will write there (the toy
     dataset when not generated yet, downloads unless offline); a read-only folder that already
@@ -361,9 +366,7 @@ def check_data_root(exp: Experiment) -> None:
     try:
         if not existing.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(existing))
-        probe = existing / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        write_test(existing)
     except OSError as exc:
         generated = exp.dataset == "toy" and read_manifest(root / "toy") is not None
         if (exp.offline and exp.dataset != "toy") or generated:
