@@ -60,6 +60,7 @@ from reproduce.pipeline import (
     run_experiment,
     save_mat_error,
     show_results,
+    write_test,
 )
 from reproduce.train import validation_error
 
@@ -263,9 +264,7 @@ def check_output_folder(out: Path, needed_bytes: int) -> None:
     """Say before hours of training, not after, that the output folder is unusable or too small."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        write_test(out)
     except OSError as exc:
         raise DemoError(f"the output folder {out} is not writable: {exc}") from exc
     try:
