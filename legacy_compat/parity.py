@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib
 import math
 import os
 import sys
@@ -79,23 +78,6 @@ def register(case_fn: str, rtol: float = DEFAULT_RTOL,
         _REGISTRY[case_fn] = Adapter(fn, rtol, dict(overrides or {}))
         return fn
     return wrap
-
-
-def load_adapters(modules: Iterable[str]) -> list[str]:
-    """Import adapter modules by name (each registers its adapters when imported); returns the
-    problems met (a module that failed to import). The port's adapters need no call: importing
-    `reproduce.golden` registers them all."""
-    problems = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue  # that part of the port does not exist yet: its cases FAIL as unknown
-            problems.append(f"{name}: {type(exc).__name__}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - reported, never hidden
-            problems.append(f"{name}: {type(exc).__name__}: {exc}")
-    return problems
 
 
 # ---------------------------------------------------------------- comparison
