@@ -251,22 +251,8 @@ def network_init(label_num: int, model: str, dropout_rate: float,
     if int(label_num) < 1:
         raise ValueError(f"network_init: label_num must be >= 1, got {label_num}")
     label_num = int(label_num)
-    file_meta: dict = {}
     gen = _generator(seed)
-    if pretrained is None:
-        if md.cut:
-            warnings.warn(f"network_init({model!r}): no pretrained model given ({md.pretrained_file}); the trunk is "
-                          f"randomly initialised, so results will not match the paper's", stacklevel=2)
-        trunk = trunk_specs(model, generator=gen)
-    else:
-        if isinstance(pretrained, (str, Path)):
-            full, file_meta = load_pretrained(pretrained)
-        else:
-            full = [LayerSpec(s.type, s.name, [w.clone() for w in s.weights], dict(s.fields)) for s in pretrained]
-        if len(full) <= md.cut + 1:
-            raise ValueError(f"network_init({model!r}): the pretrained model has {len(full)} layers, too few to cut "
-                             f"{md.cut}")
-        trunk = full[:len(full) - md.cut]
+    trunk, file_meta = _network_trunk(model, pretrained, gen)
     size = int(image_size or _meta_image_size(file_meta) or md.image_size)
     specs = build_icnn_specs(trunk, model, label_num, dropout_rate, size, weight_init=weight_init, generator=gen)
     if not interpretable:
@@ -285,3 +271,25 @@ def network_init(label_num: int, model: str, dropout_rate: float,
         meta["normalization"] = file_meta["normalization"]
     net.meta.update(meta)
     return net, opts, meta
+
+
+def _network_trunk(model: str, pretrained: str | Path | Sequence[LayerSpec] | None,
+                   gen: torch.Generator) -> tuple[list[LayerSpec], dict]:
+    """tool/nets/<model>.m's trunk: the pretrained model's layers cut as the original cuts them (from
+    a model file, with its `net.meta`, or from LayerSpecs), or random layers (warned for the ImageNet
+    models). Returns (trunk specs, the file's meta or {})."""
+    md = model_def(model)
+    if pretrained is None:
+        if md.cut:
+            warnings.warn(f"network_init({model!r}): no pretrained model given ({md.pretrained_file}); the trunk is "
+                          f"randomly initialised, so results will not match the paper's", stacklevel=3)
+        return trunk_specs(model, generator=gen), {}
+    file_meta: dict = {}
+    if isinstance(pretrained, (str, Path)):
+        full, file_meta = load_pretrained(pretrained)
+    else:
+        full = [LayerSpec(s.type, s.name, [w.clone() for w in s.weights], dict(s.fields)) for s in pretrained]
+    if len(full) <= md.cut + 1:
+        raise ValueError(f"network_init({model!r}): the pretrained model has {len(full)} layers, too few to cut "
+                         f"{md.cut}")
+    return full[:len(full) - md.cut], file_meta
