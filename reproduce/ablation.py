@@ -61,8 +61,9 @@ from .cli import (
     toy_size_options,
 )
 from .conv_mask import ConvMask
+from .evaluate import BATCH_SIZE as STABILITY_BATCH_SIZE
 from .evaluate import CategorySource, compute_stability, layer_id_for_model, load_net_for_evaluation, read_mean_data
-from .interpretability import compute_part_interpretability, part_regions_for
+from .interpretability import compute_part_interpretability, part_regions_for, source_layer_maps
 from .pipeline import (
     Experiment,
     build_imdb,
@@ -204,11 +205,20 @@ def measure_net(net: Any, m: _Measuring) -> dict[str, float]:
 
 
 def _measure(net: Any, m: _Measuring) -> dict[str, float]:
+    """One forward pass over the evaluation images feeds both location stability and part
+    interpretability (in location stability's batches of 32: its images are the same, or a subset)."""
     net = net.to(m.exp.device).eval()
     mean = read_mean_data(m.imdb)
-    stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device)
+    maps = source_layer_maps(net, m.source, m.layer_id, mean, m.indices, device=m.exp.device,
+                             batch_size=STABILITY_BATCH_SIZE)
+    row = {i: r for r, i in enumerate(m.indices)}
+
+    def layer_maps(chunk: list[int]) -> torch.Tensor:
+        return torch.from_numpy(maps[[row[i] for i in chunk]])
+    stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device,
+                                  batch_size=STABILITY_BATCH_SIZE, layer_maps=layer_maps)
     interp = compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id, indices=m.indices,
-                                           device=m.exp.device)
+                                           maps=maps)
     return {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
             "location_instability": float(stability.stability),
             "part_interpretability": float(interp.value)}
@@ -253,9 +263,9 @@ def run_ablation(exp: Experiment, seeds: Sequence[int], paths: Any = None,
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
-    _, _, meta = _build(AblationExperiment(**_fields(exp), variant="icnn", base_seed=exp.seed))
-    paths = paths if paths is not None else prepare_dataset(exp, image_size_of(meta)[0])
-    imdb = build_imdb(exp, paths, image_size_of(meta))
+    size = input_size(exp)                  # the size network_init gives the nets
+    paths = paths if paths is not None else prepare_dataset(exp, size)
+    imdb = build_imdb(exp, paths, (size, size))
     m = _prepare(exp, paths, imdb)
     records = []
     for seed in seeds:

@@ -80,7 +80,7 @@ __all__ = [
     "target_layer_index", "first_conv_mask_layer_id",
     "peak_positions", "peaks_to_image", "part_centres", "read_part_centres",
     "get_dist_sqrt_var", "stability_from_distances", "multiclass_stability",
-    "extract_layer_peaks", "iterate_patch_batches",
+    "extract_layer_peaks", "peaks_of_maps", "iterate_patch_batches",
     "compute_stability", "compute_stability_multiclass",
     "load_net_for_evaluation", "evaluate_net", "evaluate_checkpoint",
 ]
@@ -95,6 +95,7 @@ DEFAULT_LAYER_ID = {"alexnet": 6, "vgg-m": 6, "vgg-s": 6, "vgg-vd-16": 14, "tiny
 PART_LISTS = {name: spec.part_list for name, spec in DATASETS.items()}
 PATCH_NUM_PER_PATTERN = 100        # step_computeStability*.m
 SELECTED_PATTERN_RATIO = 1.0       # step_computeStability*.m
+BATCH_SIZE = 32                    # images per forward pass (the original: one at a time)
 
 
 class EvaluationError(UserError, ValueError):
@@ -444,15 +445,19 @@ def extract_layer_peaks(net: SimpleNN, batches: Iterable[tuple[list[int], torch.
     the peaks back. `device` None: where the net is; another device: the net is moved there
     first. A CUDA device computes in IEEE float32 (reproduce.device.resolve_device).
     """
-
-
     device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
+    maps = ((chunk, layer_output(net, x.to(device), target_layer)) for chunk, x in batches)
+    return peaks_of_maps(maps, num_images, num_filters, fix_nonsquare_index, progress, total)
+
+
+def peaks_of_maps(maps: Iterable[tuple[list[int], torch.Tensor]], num_images: int, num_filters: int | None = None,
+                  fix_nonsquare_index: bool = False, progress: bool = False,
+                  total: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """`extract_layer_peaks` on layer outputs already computed: `maps` yields (image indices, N x P x H x W)."""
     idx_h = idx_w = score = None
     map_size = (0, 0)
-    it = tqdm(batches, total=total, desc="stability", unit="batch", disable=not progress)
-    for chunk, x in it:
-        y = layer_output(net, x.to(device), target_layer)
+    for chunk, y in tqdm(maps, total=total, desc="stability", unit="batch", disable=not progress):
         if num_filters is not None:
             y = y[:, :num_filters]
         h, w, s = peak_positions(y, fix_nonsquare_index=fix_nonsquare_index)
@@ -567,7 +572,8 @@ def net_input_size(net: SimpleNN) -> tuple[int, int]:
 
 def _category_peaks(net: SimpleNN, source: CategorySource, part_list: Sequence[int], layer_id: int, convnet: ConvNet,
                     mean_data: np.ndarray, image_size: tuple[int, int], num_filters: int | None,
-                    device: Any, batch_size: int, progress: bool, fix_nonsquare_index: bool):
+                    device: Any, batch_size: int, progress: bool, fix_nonsquare_index: bool,
+                    layer_maps: Callable[[list[int]], torch.Tensor] | None = None):
     truth = source.centres(part_list)
     num_img = len(source.objects)
     if truth.num_images < num_img:
@@ -593,9 +599,14 @@ def _category_peaks(net: SimpleNN, source: CategorySource, part_list: Sequence[i
         return source.load_patch(source.objects[i], image_size)
 
     def peaks(chosen: list[int]):
+        total = math.ceil(len(chosen) / batch_size)
+        if layer_maps is not None:
+            chunks = (chosen[s:s + batch_size] for s in range(0, len(chosen), batch_size))
+            return peaks_of_maps(((c, layer_maps(c)) for c in chunks), num_img, num_filters, fix_nonsquare_index,
+                                 progress, total)
         batches = iterate_patch_batches(load, chosen, mean, batch_size)
         return extract_layer_peaks(net, batches, target, num_img, num_filters, device, fix_nonsquare_index,
-                                   progress, total=math.ceil(len(chosen) / batch_size))
+                                   progress, total=total)
 
     idx_h, idx_w, score, map_size = _peaks_over_ranks(peaks, indices)
     pos = peaks_to_image(idx_h, idx_w, layer_id, convnet)
@@ -632,8 +643,9 @@ def compute_stability(net: SimpleNN, source: CategorySource, layer_id: int, mean
                       selected_pattern_ratio: float = SELECTED_PATTERN_RATIO,
                       patch_num_per_pattern: int = PATCH_NUM_PER_PATTERN,
                       convnet: ConvNet = None, image_size: Sequence[int] | None = None, device: Any = None,
-                      batch_size: int = 32, progress: bool = False,
-                      fix_nonsquare_index: bool = False) -> StabilityResult:
+                      batch_size: int = BATCH_SIZE, progress: bool = False,
+                      fix_nonsquare_index: bool = False,
+                      layer_maps: Callable[[list[int]], torch.Tensor] | None = None) -> StabilityResult:
     """computeStability.m (with getCNNFeature.m batched): the location stability of one category.
 
     `net` is a SimpleNN (reproduce.network) in evaluation mode; `layer_id`
@@ -648,6 +660,10 @@ def compute_stability(net: SimpleNN, source: CategorySource, layer_id: int, mean
     a part no image has (fewer than 2) gives NaN for every filter and so a
     NaN stability, as in the original. `image_size` (ih, iw) is the net's
     input size, read from net.meta.normalization.imageSize when not given.
+
+    `layer_maps(indices)`, when given, is the measured layer's output (N x P x h x w) for those
+    images (0-based indices into source.objects), computed beforehand (reproduce.ablation shares
+    one forward pass with part interpretability): the net is then not run.
     """
     convnet = get_conv_net_para(net) if convnet is None else convnet
     part_list = tuple(int(p) for p in np.asarray(part_list).reshape(-1))
@@ -657,7 +673,7 @@ def compute_stability(net: SimpleNN, source: CategorySource, layer_id: int, mean
     selected = int(mround(np.float64(pat_num * selected_pattern_ratio)))
     truth, valid, pos, score, map_size, target = _category_peaks(
         net, source, part_list, layer_id, convnet, mean_data, image_size, pat_num, device, batch_size,
-        progress, fix_nonsquare_index)
+        progress, fix_nonsquare_index, layer_maps)
     dist = get_dist_sqrt_var(pos, score, truth, patch_num_per_pattern)
     if np.isnan(dist).all():
         warnings.warn(f"category {source.name!r}: every filter's distance spread is NaN (a part in {list(part_list)} "
@@ -671,7 +687,7 @@ def compute_stability_multiclass(net: SimpleNN, sources: Sequence[CategorySource
                                  selected_pattern_ratio: float = SELECTED_PATTERN_RATIO,
                                  patch_num_per_pattern: int = PATCH_NUM_PER_PATTERN,
                                  convnet: ConvNet = None, image_size: Sequence[int] | None = None,
-                                 device: Any = None, batch_size: int = 32, progress: bool = False,
+                                 device: Any = None, batch_size: int = BATCH_SIZE, progress: bool = False,
                                  fix_nonsquare_index: bool = False,
                                  goldfish_rule_sticks: bool = True) -> tuple[float, dict[str, Any]]:
     """step_computeStability_multiClass.m: the location stability of a multi-class net.
@@ -756,7 +772,7 @@ def load_net_for_evaluation(path: os.PathLike | str, device: Any = "cpu") -> tup
 def evaluate_net(net: SimpleNN, stats: Any, sources: Sequence[CategorySource], mean_data: np.ndarray, *,
                  layer_id: int | None = None, model: str | None = None, part_list: Sequence[int] = (1, 2),
                  multiclass: bool | None = None, error_name: str = "binerr", device: Any = None,
-                 batch_size: int = 32, progress: bool = False,
+                 batch_size: int = BATCH_SIZE, progress: bool = False,
                  image_size: Sequence[int] | None = None) -> EvaluationResult:
     """showResults.m's getResult / getResult_multiClass on a loaded net.
 
@@ -798,7 +814,7 @@ def evaluate_net(net: SimpleNN, stats: Any, sources: Sequence[CategorySource], m
 def evaluate_checkpoint(path: os.PathLike | str, categories: Sequence[str] | str, conf: Any,
                         mean_data: np.ndarray | os.PathLike | str, *, dataset: str | None = None,
                         layer_id: int | None = None, model: str | None = None, multiclass: bool | None = None,
-                        error_name: str = "binerr", device: Any = "cpu", batch_size: int = 32,
+                        error_name: str = "binerr", device: Any = "cpu", batch_size: int = BATCH_SIZE,
                         image_size: Sequence[int] | None = None, progress: bool = True) -> EvaluationResult:
     """Binary error and location stability of a trained net, as showResults.m reports them.
 

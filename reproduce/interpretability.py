@@ -78,6 +78,7 @@ __all__ = [
     "part_interpretability",
     "part_regions_for",
     "region_part_ious",
+    "source_layer_maps",
     "toy_part_regions",
     "upsample_matrix",
     "voc_part_regions",
@@ -304,32 +305,42 @@ def layer_maps(net: Any, load_patch: Callable[[int], np.ndarray], indices: Seque
     return np.concatenate(out)
 
 
+def source_layer_maps(net: Any, source: Any, layer_id: int, mean_data: Any, indices: Sequence[int], *,
+                      device: Any = None, batch_size: int = 64, convnet: Any = None) -> np.ndarray:
+    """(len(indices), P, h, w) float32: the output of the layer `layer_id` measures (getConvNetPara's conv
+    index, `reproduce.evaluate.target_layer_index`) for source.objects[indices], the net in evaluation mode."""
+    target = target_layer_index(get_conv_net_para(net) if convnet is None else convnet, layer_id)
+    size = net_input_size(net)
+
+    def load(i: int) -> np.ndarray:
+        return source.load_patch(source.objects[i], size)
+    return layer_maps(net.eval(), load, indices, read_mean_data(mean_data), target, device=device,
+                      batch_size=batch_size)
+
+
 def compute_part_interpretability(net: Any, source: Any, regions: PartRegions, mean_data: Any, *,
                                   layer_id: int, indices: Sequence[int] | None = None, device: Any = None,
                                   top: float = TOP_QUANTILE, iou_threshold: float = IOU_THRESHOLD,
-                                  batch_size: int = 64) -> PartInterpretability:
+                                  batch_size: int = 64, maps: np.ndarray | None = None) -> PartInterpretability:
     """Part interpretability of the filters of layer `layer_id` (getConvNetPara's conv index, as
     `reproduce.evaluate.compute_stability`) over `source`'s objects (an evaluate.CategorySource).
 
     regions: the part label maps of the objects `indices` (default: all of source.objects), in
-    the same order. The net runs in evaluation mode up to the measured layer."""
+    the same order. The net runs in evaluation mode up to the measured layer, unless `maps`, that
+    layer's output for those images (`source_layer_maps`), was computed beforehand."""
     convnet = get_conv_net_para(net)
-    target = target_layer_index(convnet, layer_id)
+    target_layer_index(convnet, layer_id)                      # a layer_id out of range is said first
     size = net_input_size(net)
     if tuple(regions.labels.shape[1:]) != tuple(size):
         raise InterpretabilityError(f"part label maps are {regions.labels.shape[1:]}, the net's input {size}")
     indices = list(range(len(source.objects))) if indices is None else [int(i) for i in indices]
     if len(indices) != regions.num_images:
         raise InterpretabilityError(f"{len(indices)} images for {regions.num_images} part label maps")
-    mean = read_mean_data(mean_data)
-
-    def load(i: int) -> np.ndarray:
-        return source.load_patch(source.objects[i], size)
-
-    maps = layer_maps(net.eval(), load, indices, mean, target, device=device, batch_size=batch_size)
+    if maps is None:
+        maps = source_layer_maps(net, source, layer_id, mean_data, indices, device=device, batch_size=batch_size,
+                                 convnet=convnet)
     stride = float(np.asarray(convnet.target_stride).reshape(-1)[layer_id - 1])
     centre = float(np.asarray(convnet.target_center).reshape(-1)[layer_id - 1])
     up_h = upsample_matrix(size[0], maps.shape[2], centre, stride)
     up_w = upsample_matrix(size[1], maps.shape[3], centre, stride)
     return part_interpretability(maps, regions, up_h, up_w, top=top, iou_threshold=iou_threshold)
-
