@@ -61,45 +61,17 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
     dev = resolve_device(device)
     net = _vgg16_icnn(dev)
     layer_id = ev.layer_id_for_model("vgg-vd-16")
-    conf = ilsvrc_conf(data_root)
-    source = ev.CategorySource.from_conf(CATEGORY, conf, (1, 2))
+    source = ev.CategorySource.from_conf(CATEGORY, ilsvrc_conf(data_root), (1, 2))
     if max_images is not None:
         source.objects = list(source.objects)[:int(max_images)]
     mean = np.full((224, 224, 3), 115.0, dtype=np.float32)
-
-    # ---- end to end
-    _sync(dev)
-    t0 = time.perf_counter()
-    res = ev.compute_stability(net, source, layer_id, mean, part_list=(1, 2), image_size=(224, 224),
-                               device=dev, batch_size=batch_size)
-    _sync(dev)
-    total = time.perf_counter() - t0
+    res, total = _time_stability(net, source, layer_id, mean, dev, batch_size)
     n_img = int(res.valid_images.sum())
-
-    # ---- forward + peaks alone, patches preloaded
     idx = [int(i) for i in np.flatnonzero(res.valid_images)]
     patches = {i: source.load_patch(source.objects[i], (224, 224)) for i in idx}
-    target = ev.target_layer_index(get_conv_net_para(net), layer_id)
-    batches = list(ev.iterate_patch_batches(lambda i: patches[i], idx, mean, batch_size))
-    _sync(dev)
-    t0 = time.perf_counter()
-    ev.extract_layer_peaks(net, batches, target, len(source.objects), None, dev)
-    _sync(dev)
-    forward = time.perf_counter() - t0
-
-    # ---- one occlusion pass
-    st = rf.drawing_setup(net, layer_id, (224, 224))
-    corners = rf.occlusion_list(224, 224)
-    n_all = len(corners)
-    if occlusions is not None:
-        corners = corners[:int(occlusions)]
+    forward = _time_forward_and_peaks(net, patches, idx, len(source.objects), layer_id, mean, dev, batch_size)
     image = torch.from_numpy(np.ascontiguousarray((patches[idx[0]] - mean).transpose(2, 0, 1))).to(dev)
-    _sync(dev)
-    t0 = time.perf_counter()
-    rf.occlusion_values(net, st, image, corners, rf.OCCLUDE_SIZE, 1, occlusion_batch_size, dev)
-    _sync(dev)
-    occ = time.perf_counter() - t0
-    per_copy = occ / len(corners)
+    per_copy, n_timed, n_all = _time_occlusion(net, image, layer_id, dev, occlusions, occlusion_batch_size)
     return {
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
@@ -108,11 +80,50 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
         "stability_s_per_image": total / n_img,
         "stability_forward_s_per_image": forward / n_img,
         "stability": res.stability,
-        "occlusions_timed": len(corners), "occlusions_per_image": n_all,
+        "occlusions_timed": n_timed, "occlusions_per_image": n_all,
         "occlusion_batch_size": occlusion_batch_size,
         "occlusion_s_per_copy": per_copy,
         "occlusion_s_per_image": per_copy * n_all,
     }
+
+
+def _time_stability(net, source, layer_id: int, mean: np.ndarray, dev: torch.device,
+                    batch_size: int) -> tuple[Any, float]:
+    """Location stability end to end: (its StabilityResult, seconds)."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    res = ev.compute_stability(net, source, layer_id, mean, part_list=(1, 2), image_size=(224, 224),
+                               device=dev, batch_size=batch_size)
+    _sync(dev)
+    return res, time.perf_counter() - t0
+
+
+def _time_forward_and_peaks(net, patches: dict, idx: list[int], num_images: int, layer_id: int, mean: np.ndarray,
+                            dev: torch.device, batch_size: int) -> float:
+    """Seconds of the forward passes and the peak search alone, the patches loaded beforehand."""
+    target = ev.target_layer_index(get_conv_net_para(net), layer_id)
+    batches = list(ev.iterate_patch_batches(lambda i: patches[i], idx, mean, batch_size))
+    _sync(dev)
+    t0 = time.perf_counter()
+    ev.extract_layer_peaks(net, batches, target, num_images, None, dev)
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
+def _time_occlusion(net, image: torch.Tensor, layer_id: int, dev: torch.device, occlusions: int | None,
+                    occlusion_batch_size: int) -> tuple[float, int, int]:
+    """One image's occlusion pass (all 484 copies, or the first `occlusions`): (seconds per copy,
+    copies timed, copies per image)."""
+    st = rf.drawing_setup(net, layer_id, (224, 224))
+    corners = rf.occlusion_list(224, 224)
+    n_all = len(corners)
+    if occlusions is not None:
+        corners = corners[:int(occlusions)]
+    _sync(dev)
+    t0 = time.perf_counter()
+    rf.occlusion_values(net, st, image, corners, rf.OCCLUDE_SIZE, 1, occlusion_batch_size, dev)
+    _sync(dev)
+    return (time.perf_counter() - t0) / len(corners), len(corners), n_all
 
 
 def build_parser() -> argparse.ArgumentParser:
