@@ -18,7 +18,8 @@ ParameterServer) onto torch.distributed, one process per GPU, started by ``torch
 Two named corrections (`DataParallel` fields, the command lines' options):
 
 - ``sync_slice_mag`` (``--sync-slicemag``): the sliceMag update reads the per-class sums
-  and counts of all ranks (an all-reduce), so every rank keeps the sliceMag one process
+  and counts of all ranks (one all-reduce per step: every conv_mask layer's values in one
+  flat tensor, `train.update_slice_mags`), so every rank keeps the sliceMag one process
   would compute from the whole batch;
 - ``whole_batch_filter_loss`` (``--whole-batch-filter-loss``): each conv_mask layer's
   filter loss is computed over the whole batch: the layer input x, its mask and the

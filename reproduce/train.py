@@ -421,7 +421,7 @@ def _set_slice_mag(layer: Any, layer_input: torch.Tensor | None, means: torch.Te
     else:
         slice_mag = current.detach().to(device=device, dtype=torch.float32).clone()
     first_time = slice_mag.to(torch.float64).sum(dim=0) == 0
-    floor = torch.tensor(SLICE_MAG_FLOOR, dtype=torch.float32, device=device)
+    floor = torch.full((), SLICE_MAG_FLOOR, dtype=torch.float32, device=device)   # filled there: no copy
     present = present.to(device)
     for lab in range(num_labels):
         meantmp = means[lab]
