@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "options (dataset, category, model, dropout, seed ...; each difference is said); "
                              "without it such a folder stops the run before any work")
     parser.add_argument("--no-draw", action="store_true", help="skip the receptive-field drawings")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (as reproduce.paper and reproduce.ablation; for logs and CI)")
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
     add_debug(parser)
@@ -394,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     settings["device"] = _join_ranks(args, settings["device"])
     exp = experiment(settings, args)
-    exp.progress = is_main()
+    exp.progress = is_main() and not args.no_progress
     check_output_folder(exp.out, estimate_bytes(exp) if args.net is None else 10**6)
     check_data_root(exp)
     with folder_lock(exp.out):

@@ -177,6 +177,8 @@ def prepare_dataset(exp: Experiment, input_size: int | None = None) -> Any:
     toy_options = dict(exp.toy_options)
     if exp.dataset == "toy" and input_size is not None:
         toy_options.setdefault("input_size", int(input_size))
+    if exp.dataset == "toy":
+        toy_options.setdefault("progress", exp.progress)      # the generator's bar follows the run's
     return _one_builder(exp, f"setting up the {exp.dataset} dataset", lambda: ensure_dataset(
         exp.dataset, root=exp.data_root, offline=exp.offline, categories=exp.categories, progress=exp.progress,
         toy_options=toy_options or None))

@@ -201,3 +201,13 @@ def test_quick_end_to_end_on_a_small_toy_set_with_the_baseline(capsys, tmp_path)
     assert "is the one net-epoch-1.pt recorded for its last epoch" in shown
     measured = re.search(r"binary error measured now on the imdb's (\d+) validation images: (\S+)", shown)
     assert measured and float(measured.group(2)) == pytest.approx(binerr, abs=1e-6)   # the recorded one, measured
+
+
+def test_no_progress_silences_the_bars_and_keeps_the_result_line(capsys, tmp_path):
+    """--no-progress (as reproduce.paper and reproduce.ablation take it): no progress bar on stderr, for
+    logs and CI; the run and its last lines are the same."""
+    argv = ["--quick", "--toy-images", 10, "--epochs", 1, "--no-draw", "--out", tmp_path / "out",
+            "--data-root", tmp_path / "data", "--no-progress"]
+    rc, out, err = _main(argv, capsys)
+    assert rc == 0 and RESULT_LINE.match(out.strip().splitlines()[-2])
+    assert "batch/s" not in err and "it/s" not in err and "\r" not in err, err[-500:]
