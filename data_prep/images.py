@@ -67,7 +67,8 @@ from .readers import BndBox, DatasetError, ObjRecord, PartTruth, is_area_valid, 
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "ImageFolderError", "ScannedFolder", "list_images", "scan_image_folder",
            "prepare_image_folder", "read_annotation_images", "image_part_truth", "read_part_mask",
-           "crop_landmark", "MASK_IGNORE", "no_landmarks_note", "mask_path"]
+           "crop_landmark", "MASK_IGNORE", "no_landmarks_note", "mask_path",
+           "own_negatives_count"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 MASK_IGNORE = 255                 # a label map's 'void' value (Pascal VOC's), not a part
@@ -97,6 +98,10 @@ class ImageFolder:
         cache's fingerprint."""
         return {name: None if getattr(self, name) is None else str(getattr(self, name))
                 for name in ("images", "boxes", "landmarks", "part_masks", "negatives")}
+
+    def tag(self) -> str:
+        """'_' + 8 hex digits of `options()`: reproduce.paper's run ids and imdb folders of this folder."""
+        return "_" + hashlib.sha256(repr(sorted(self.options().items())).encode()).hexdigest()[:8]
 
 
 class ImageFolderError(DatasetError):
@@ -507,6 +512,13 @@ def read_annotation_images(name: str, conf: Any) -> list[ObjRecord | None]:
     if folder is None:
         raise DatasetError("the images dataset needs its folder (--images DIR): conf.image_folder is not set")
     return scan_image_folder(folder, decode=False, annotations=False).objset(conf.min_area)
+
+
+def own_negatives_count(folder: ImageFolder | None) -> int | None:
+    """How many own negatives --negatives DIR holds (None without it): the disk estimate's count."""
+    if folder is None or folder.negatives is None or not folder.negatives.is_dir():
+        return None
+    return len(list_images(folder.negatives))
 
 
 def no_landmarks_note() -> str:

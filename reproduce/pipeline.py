@@ -31,7 +31,7 @@ from data_prep.celeba import build_celeba_imdb, celeba_evaluation_set
 from data_prep.download import check_disk_space
 from data_prep.facts import IMAGES_TRUTH, NUM_NEGATIVES
 from data_prep.get_i import get_i
-from data_prep.images import no_landmarks_note
+from data_prep.images import no_landmarks_note, own_negatives_count
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
 from data_prep.readers import count_objects
 from data_prep.setup import default_data_root, ensure_dataset, ensure_model
@@ -325,7 +325,7 @@ def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
     if exp.dataset == "toy":
         n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", NUM_NEGATIVES))
     else:
-        n_neg = NUM_NEGATIVES                  # getNegObjSet.m's MaxObjNum
+        n_neg = own_negatives_count(exp.image_folder) or NUM_NEGATIVES    # getNegObjSet.m's MaxObjNum
         n_pos = 3 * n_neg
     one = (4 * n_neg + n_pos + n_neg) * row
     if not exp.multiclass:

@@ -214,3 +214,22 @@ def test_demo_refuses_bad_input_and_misplaced_options(fox, tmp_path, capsys):
     assert rc == 2 and "--boxes goes with --images DIR" in err
     rc, _, err = _demo(_common(fox, tmp_path, "o") + ["--dataset", "vocpart"], capsys)
     assert rc == 2 and "drop --dataset vocpart" in err
+
+
+def test_paper_plans_the_folder_as_the_dataset_images(fox, tmp_path, capsys):
+    """reproduce.paper --images: the grid's runs are on dataset 'images', with the folder's options in their
+    ids (another folder, other runs and imdb caches); --dry-run trains nothing."""
+    from reproduce import paper
+
+    base = ["--models", "tiny", "--epochs", "1", "--offline", "--device", "cpu", "--out", str(tmp_path / "p"),
+            "--dry-run", "--images", str(fox.images)]
+    assert paper.main(base) == 0
+    first = capsys.readouterr().out
+    assert paper.main(base + ["--boxes", str(fox.boxes)]) == 0
+    second = capsys.readouterr().out
+    ids = [re.findall(r"to run  (images/images/tiny_\S+)", text) for text in (first, second)]
+    assert len(ids[0]) == 2 and len(ids[1]) == 2 and not set(ids[0]) & set(ids[1])
+    tag = ImageFolder(fox.images).tag()
+    assert all(i.split("/")[2].endswith(tag) for i in ids[0])
+    assert paper.main(["--dataset", "images", "--device", "cpu", "--out", str(tmp_path / "q"), "--dry-run"]) == 2
+    assert "give it with --images DIR" in capsys.readouterr().err
