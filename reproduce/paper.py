@@ -872,8 +872,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                               f"annotated objects, which {' and '.join(bad)} do{'es' if len(bad) == 1 else ''} "
                               f"not have")
         return run_ablation_cells(args, runs)
-    if args.part_interpretability and any(e.dataset not in ("toy", "vocpart") for e in runs):
-        raise RunnerError("--part-interpretability needs part regions: the toy dataset or vocpart")
+    if args.part_interpretability and any(e.dataset not in ("toy", "vocpart") and not
+                                          (e.image_folder is not None and e.image_folder.part_masks) for e in runs):
+        raise RunnerError("--part-interpretability needs part regions: the toy dataset, vocpart, or --images with "
+                          "--part-masks")
     _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}"
          + (f" (rank {rank} of {world}: one run at a time, taking the next free one)" if world > 1 else ""))
 

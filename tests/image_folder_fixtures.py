@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from data_prep.ilsvrc import ilsvrc_conf, read_annotation_ilsvrc
 from data_prep.readers import PartTruth, read_part_truth_file
@@ -93,3 +94,23 @@ def centres_equal(a: PartTruth, b: PartTruth) -> bool:
     if a.is_empty() or b.is_empty():
         return a.is_empty() and b.is_empty()
     return a.centres.shape == b.centres.shape and bool(np.allclose(a.centres, b.centres, rtol=0, atol=1e-9))
+
+
+def disc_part_masks(folder: FoxFolder, dest: Path, radius: float = 25.0) -> Path:
+    """Label maps for --part-masks: part k a disc of `radius` pixels around each landmark of part k
+    (landmarks.csv), 0 elsewhere; dest/<image path>.png, the image's size."""
+    points: dict[str, list[tuple[int, float, float]]] = {}
+    with open(folder.landmarks, newline="") as fh:
+        for row in csv.DictReader(fh):
+            points.setdefault(row["image"], []).append((int(row["part"]), float(row["row"]), float(row["col"])))
+    for name in folder.names:
+        with Image.open(folder.images / name) as im:
+            w, h = im.size
+        rows, cols = np.mgrid[1:h + 1, 1:w + 1]
+        labels = np.zeros((h, w), np.uint8)
+        for part, r, c in points.get(name, []):
+            labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius ** 2] = part
+        path = dest / Path(name).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(labels).save(path)
+    return dest

@@ -7,13 +7,14 @@ truth files, the bad-input checks, own negatives, part label maps, and demo.py e
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from image_folder_fixtures import centres_equal, copy_negatives, fox_folder
+from image_folder_fixtures import centres_equal, copy_negatives, disc_part_masks, fox_folder
 from PIL import Image
 
 import demo
@@ -30,6 +31,7 @@ from data_prep.imdb import get_imdb
 from data_prep.negatives import get_neg_objset
 from data_prep.readers import BndBox, read_part_truth_file
 from data_prep.setup import ensure_dataset
+from reproduce import paper
 from reproduce.interpretability import part_regions_for
 
 
@@ -219,8 +221,6 @@ def test_demo_refuses_bad_input_and_misplaced_options(fox, tmp_path, capsys):
 def test_paper_plans_the_folder_as_the_dataset_images(fox, tmp_path, capsys):
     """reproduce.paper --images: the grid's runs are on dataset 'images', with the folder's options in their
     ids (another folder, other runs and imdb caches); --dry-run trains nothing."""
-    from reproduce import paper
-
     base = ["--models", "tiny", "--epochs", "1", "--offline", "--device", "cpu", "--out", str(tmp_path / "p"),
             "--dry-run", "--images", str(fox.images)]
     assert paper.main(base) == 0
@@ -233,3 +233,17 @@ def test_paper_plans_the_folder_as_the_dataset_images(fox, tmp_path, capsys):
     assert all(i.split("/")[2].endswith(tag) for i in ids[0])
     assert paper.main(["--dataset", "images", "--device", "cpu", "--out", str(tmp_path / "q"), "--dry-run"]) == 2
     assert "give it with --images DIR" in capsys.readouterr().err
+
+
+def test_paper_measures_part_interpretability_on_label_maps(fox, tmp_path, capsys):
+    """--images with --part-masks (discs around the fox's landmarks) gives reproduce.paper's part
+    interpretability; with landmarks too, location instability and its before-training control."""
+    masks = disc_part_masks(fox, tmp_path / "masks")
+    argv = ["--images", fox.images, "--boxes", fox.boxes, "--landmarks", fox.landmarks, "--part-masks", masks,
+            "--negatives", fox.negatives, "--models", "tiny", "--epochs", "1", "--cnn", "interpretable",
+            "--part-interpretability", "--offline", "--device", "cpu", "--no-progress",
+            "--data-root", tmp_path / "root", "--out", tmp_path / "p"]
+    assert paper.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    (record,) = json.loads((tmp_path / "p" / "results.json").read_text())["runs"]
+    assert record["dataset"] == "images" and 0 <= record["part_interpretability"] <= 1
+    assert 0 < record["location_instability"] < 1 and 0 < record["location_instability_at_start"] < 1
