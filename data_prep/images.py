@@ -264,6 +264,9 @@ def _boxes_from_voc(folder: Path, sizes: dict, known: set[str], problems: list[s
     files = sorted(p for p in folder.rglob("*.xml") if not p.name.startswith("."))
     if not files:
         problems.append(f"{folder}: no Pascal VOC .xml file in the --boxes folder")
+    by_stem: dict[str, list[str]] = {}
+    for n in sorted(known):
+        by_stem.setdefault(n.rsplit(".", 1)[0], []).append(n)
     for xml in files:
         try:
             root = ET.parse(xml).getroot()
@@ -273,7 +276,7 @@ def _boxes_from_voc(folder: Path, sizes: dict, known: set[str], problems: list[s
         stem = xml.relative_to(folder).with_suffix("").as_posix()
         given = (root.findtext("filename") or "").strip()
         candidates = [given] if given else []
-        candidates += [n for n in known if n.rsplit(".", 1)[0] == stem]
+        candidates += by_stem.get(stem, [])
         name = next((c for c in candidates if c in known), None)
         if name is None:
             problems.append(f"{xml}: names no image under the --images folder (<filename> {given!r})")

@@ -87,8 +87,8 @@ def add_image_folder(parser: argparse.ArgumentParser) -> None:
     """--images DIR and its --boxes, --landmarks, --part-masks, --negatives (data_prep.images)."""
     group = parser.add_argument_group(
         "your own images (data_prep.images; not in the original)",
-        "an interpretable CNN for any folder of pictures of one category: the dataset 'images', category "
-        "'images', the 1000 shared negatives of the data root (fetched as for every category). Location "
+        "an interpretable CNN for any folder of pictures of one category: the dataset 'images', category\n"
+        "'images', the 1000 shared negatives of the data root (fetched as for every category). Location\n"
         "stability needs --landmarks; without it the run says 'not measured: no landmarks'.")
     group.add_argument("--images", default=None, metavar="DIR",
                        help="positives: every JPEG/PNG under DIR (nested folders too), the whole image as the "
