@@ -29,7 +29,7 @@ import numpy as np
 from data_prep.annotations import read_annotation
 from data_prep.celeba import build_celeba_imdb, celeba_evaluation_set
 from data_prep.download import check_disk_space
-from data_prep.facts import IMAGES_TRUTH, NUM_NEGATIVES
+from data_prep.facts import IMAGES_TRUTH, NUM_NEGATIVES, has_parts
 from data_prep.get_i import get_i
 from data_prep.images import no_landmarks_note, own_negatives_count
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
@@ -244,7 +244,7 @@ def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any
     def category_imdb(category: str, cache: Path) -> Any:
         settings = {"dataset": exp.dataset, "category": category, "image_size": list(image_size),
                     "root": str(paths.root), "toy_options": exp.toy_options if exp.dataset == "toy" else None,
-                    **paths.extra.get("cache_settings", {})}
+                    **(getattr(paths, "extra", None) or {}).get("cache_settings", {})}
         return load_or_build_imdb(cache, lambda tmp: get_category_imdb(category, conf, image_size, out=tmp,
                                                                        progress=exp.progress), settings)
 
@@ -430,7 +430,7 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
     error_name = "top1err" if exp.loss == "ourloss_softmaxlog" else "binerr"
     mean = read_mean_data(mean_data)
     net = net.eval()
-    if not paths.part_list:
+    if not (bool(paths.part_list) if exp.dataset == "images" else has_parts(exp.dataset)):   # images: --landmarks
         note = no_landmarks_note() if exp.dataset == "images" else \
             f"{exp.dataset} has no part annotations (binary error only)"
         result = RunResult(exp, final_val_error(stats, error_name), float("nan"), stats, note=note)
