@@ -40,7 +40,7 @@ from legacy_compat.cli import (
 from legacy_compat.runlock import folder_lock
 from reproduce import distributed as dd
 from reproduce.ablation import format_table, run_ablation, summarise
-from reproduce.cli import toy_size_options
+from reproduce.cli import add_image_folder, image_folder_option, toy_size_options
 from reproduce.device import choose_device, set_tf32
 from reproduce.distributed import add_arguments, is_main, shutdown
 from reproduce.evaluate import load_net_for_evaluation, net_input_size
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no progress bars (as reproduce.paper and reproduce.ablation; for logs and CI)")
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
+    add_image_folder(parser)
     add_debug(parser)
     add_arguments(parser)
     # hidden, for tests and smoke runs: a smaller toy dataset (N positives per category and N negatives)
@@ -211,6 +212,7 @@ class DemoError(UserError):
 def resolve_settings(args: argparse.Namespace) -> dict:
     """demo.m's settings from the options: --quick's, then demo.m's defaults, then what was given."""
     categories, models = _lists()
+    image_folder = image_folder_option(args)          # --images DIR: dataset and category 'images'
     base = dict(QUICK if args.quick else DEMO_DEFAULTS)
     dataset = args.dataset or base["dataset"]
     if args.category:
@@ -253,7 +255,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             "epochs": args.epochs if args.epochs is not None else base["epochs"],
             "device": resolve_device(base["device"] if args.device == "auto" and base["device"] else args.device),
             "out": Path(args.out or base["out"]), "toy_images": toy_images if dataset == "toy" else None,
-            "image_size": base.get("image_size"), "learning_rate_scale": base.get("learning_rate_scale", 1.0)}
+            "image_size": base.get("image_size"), "learning_rate_scale": base.get("learning_rate_scale", 1.0),
+            "image_folder": image_folder}
 
 
 def resolve_device(device: str | None) -> str:
@@ -293,7 +296,7 @@ def experiment(settings: dict, args: argparse.Namespace):
                       draw=not args.no_draw, toy_options=toy_size_options(settings.get("toy_images")),
                       image_size=settings.get("image_size"), resume_anyway=args.resume_anyway,
                       learning_rate_scale=settings.get("learning_rate_scale", 1.0),
-                      max_images=getattr(args, "max_images", None))
+                      max_images=getattr(args, "max_images", None), image_folder=settings.get("image_folder"))
 
 
 def data_root(args: argparse.Namespace, out: Path) -> Path:

@@ -15,6 +15,7 @@ data_prep.download / data_prep.toy, getting the data and the toy dataset).
 | produceIMDB (learn_icnn_multiclass.m)      | `produce_imdb`                        |
 | reuse of imdb.mat                          | `load_or_build_imdb`, `save_imdb_mat` |
 | (not in the original) checking a dataset    | `python -m data_prep.check` (`data_prep.check`) |
+| (not in the original) your own images       | `data_prep.images` (`--images DIR`: the dataset 'images') |
 """
 from importlib import import_module
 from typing import Any

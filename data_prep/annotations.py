@@ -10,6 +10,7 @@ from __future__ import annotations
 from .cub200 import read_annotation_cub
 from .helen import read_annotation_helen
 from .ilsvrc import read_annotation_ilsvrc
+from .images import read_annotation_images
 from .readers import DataConf, DatasetError, ObjRecord
 from .voc2010_crop_lists import read_annotation_voc2010_crop
 from .vocpart import read_annotation_voc
@@ -28,6 +29,8 @@ def read_annotation(name: str, conf: DataConf) -> list[ObjRecord | None]:
         return read_annotation_voc(name, conf)
     if conf.dataset == "helen":
         return list(read_annotation_helen(name, conf))
+    if conf.dataset == "images":
+        return read_annotation_images(name, conf)
     if conf.dataset == "voc2010_crop":
         return list(read_annotation_voc2010_crop(name, conf))
     if conf.dataset == "celeba":

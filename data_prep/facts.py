@@ -19,7 +19,7 @@ from dataclasses import dataclass
 __all__ = [
     "ILSVRC_CATEGORIES", "ILSVRC_IMAGE_COUNTS", "GOLDFISH", "VOC_CATEGORIES", "CUB_CATEGORIES",
     "TOY_CATEGORIES", "HELEN_CATEGORY", "HELEN_PART_LIST", "HELEN_TRUTH", "CELEBA_ATTRIBUTES", "CELEBA_PART_LIST",
-    "CELEBA_TRUTH", "VOC2010_CROP_TRUTH", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
+    "CELEBA_TRUTH", "VOC2010_CROP_TRUTH", "IMAGES_CATEGORY", "IMAGES_TRUTH", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
     "ModelFile", "MODEL_FILES", "all_categories", "dataset_facts", "parts_for", "has_parts",
     "ILSVRC_TRUTH", "VOC_TRUTH", "CUB_TRUTH", "VOC_JPEG", "VOC_ANNO",
 ]
@@ -74,6 +74,8 @@ CELEBA_ATTRIBUTES: tuple[str, ...] = (
 CELEBA_PART_LIST = (1, 2, 3, 4, 5)              # the five landmarks: eyes, nose, mouth corners (data_prep.celeba)
 CELEBA_TRUTH = "data_input/data_input_celeba"   # nothing is written there: the landmarks are read from CelebA's list
 VOC2010_CROP_TRUTH = "data_input/data_input_voc2010_crop"   # none: voc2010_crop has no part annotations
+IMAGES_CATEGORY = "images"                      # the one category of a folder of your own images (data_prep.images)
+IMAGES_TRUTH = "data_input"                     # its truth files: <output folder>/data_input/images/truth_partNN.mat
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ DATASETS: dict[str, DatasetFacts] = {s.name: s for s in (
     # not in the original: the other port's VOC2010 object crops (data_prep.voc2010_crop; placed by hand).
     # No parts (part_list ()): location stability and part interpretability cannot be measured on it.
     DatasetFacts("voc2010_crop", VOC_CATEGORIES, (), "voc2010_crop", VOC2010_CROP_TRUTH),
+    # not in the original: a folder of your own images (--images DIR; data_prep.images), the shared negatives.
+    # Its parts are those its --landmarks file names (none: binary error only); image_dir is --images DIR.
+    DatasetFacts("images", (IMAGES_CATEGORY,), (), "", IMAGES_TRUTH),
 )}
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 #: What the readers know (DataConf.dataset): every dataset of DATASETS.

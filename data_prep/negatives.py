@@ -43,14 +43,17 @@ def get_neg_objset(conf: DataConf | os.PathLike | str, name: str,
     getI's str2double gives NaN and MATLAB's NaN-ignoring max/min clip the
     crop to the whole image: the same crop). The record's folder is the
     negatives folder (absolute), where the original has '../neg' relative to
-    imgdir. `count` defaults to conf.num_neg (1000, MaxObjNum).
+    imgdir. `count` defaults to conf.num_neg (1000, MaxObjNum). A DataConf with
+    `neg_files` (own negatives, not in the original) reads those files instead
+    of 00001.JPEG ..., in their order.
     """
     if count is None:
         count = conf.num_neg if isinstance(conf, DataConf) else NUM_NEGATIVES
     neg_dir = Path(conf.neg_dir if isinstance(conf, DataConf) else conf).resolve()
+    names = getattr(conf, "neg_files", None)           # own negatives (--negatives DIR; not in the original)
     out = []
     for i in range(1, int(count) + 1):
-        filename = neg_filename(i)
+        filename = names[i - 1] if names is not None else neg_filename(i)
         w, h = _image_size(neg_dir / filename)
         out.append(ObjRecord(folder=str(neg_dir), filename=filename, name=f"{name}_neg",
                              bndbox=BndBox(1, 1, w, h), ID=1000000000 + i))

@@ -226,6 +226,11 @@ class DataConf:
       negatives when set (the original never sets it)
     - num_neg: how many negatives getNegObjSet reads (its MaxObjNum, 1000;
       the toy dataset has its own count)
+    - neg_files: the negatives' file names relative to neg_dir, when they are
+      not getNegObjSet's 00001.JPEG ... (own negatives, `--negatives DIR`;
+      not in the original); num_neg is then their number
+    - image_folder: the 'images' dataset's `data_prep.images.ImageFolder`
+      (`--images DIR` and its boxes), which its reader reads; None elsewhere
     """
 
     dataset: str
@@ -236,6 +241,8 @@ class DataConf:
     min_area: float = MIN_AREA
     imgdir_neg: Path | None = None
     num_neg: int = NUM_NEGATIVES
+    neg_files: tuple[str, ...] | None = None
+    image_folder: Any = None
 
     def __post_init__(self) -> None:
         if self.dataset not in READER_DATASETS:
@@ -245,6 +252,9 @@ class DataConf:
         self.catedir = None if self.catedir is None else Path(self.catedir)
         self.readcode = None if self.readcode is None else Path(self.readcode)
         self.imgdir_neg = None if self.imgdir_neg is None else Path(self.imgdir_neg)
+        if self.neg_files is not None:
+            self.neg_files = tuple(self.neg_files)
+            self.num_neg = len(self.neg_files)
 
     def with_(self, **changes: Any) -> "DataConf":
         return replace(self, **changes)
@@ -261,16 +271,20 @@ def conf_from_paths(paths: Any) -> DataConf:
     truth_dir, neg_dir, cate_dir, min_area).
 
     For the toy dataset the number of negatives is the run of consecutive
-    files 00001.JPEG, 00002.JPEG ... in its neg folder.
+    files 00001.JPEG, 00002.JPEG ... in its neg folder. The 'images' dataset
+    passes its folder and its own negatives' names in `paths.extra`
+    ('image_folder', 'neg_files').
     """
     num_neg = NUM_NEGATIVES
     if paths.name == "toy":
         num_neg = 0
         while (Path(paths.neg_dir) / f"{num_neg + 1:05d}.JPEG").exists():
             num_neg += 1
+    extra = getattr(paths, "extra", None) or {}
     return DataConf(dataset=paths.name, imgdir=paths.image_dir, neg_dir=paths.neg_dir,
                     catedir=getattr(paths, "cate_dir", None), readcode=paths.truth_dir,
-                    min_area=getattr(paths, "min_area", MIN_AREA), num_neg=num_neg)
+                    min_area=getattr(paths, "min_area", MIN_AREA), num_neg=num_neg,
+                    neg_files=extra.get("neg_files"), image_folder=extra.get("image_folder"))
 
 
 def default_readcode(data_root: os.PathLike | str, folder: str) -> Path:

@@ -47,7 +47,7 @@ import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -62,6 +62,7 @@ from .facts import (
     HELEN_CATEGORY,
     ILSVRC_IMAGE_COUNTS,
     ILSVRC_TRUTH,
+    IMAGES_TRUTH,
     MIN_AREA,
     MODEL_FILES,
     NUM_NEGATIVES,
@@ -74,6 +75,7 @@ from .facts import (
     parts_for,
 )
 from .helen import HELEN_PARTS, helen_missing_message, write_helen_truth
+from .images import ImageFolder, prepare_image_folder
 from .readers import DataConf, DatasetError, conf_from_paths
 from .voc2010_crop_lists import missing_voc2010_crop, voc2010_crop_missing_message
 
@@ -267,7 +269,8 @@ def _no_requirements(categories: Sequence[str]) -> list[Requirement]:
 
 _REQUIREMENTS = {"ilsvrcanimalpart": _ilsvrc_requirements, "vocpart": _voc_requirements,
                  "cub200": _cub_requirements, "helen": _helen_requirements,
-                 "celeba": _no_requirements, "voc2010_crop": _no_requirements}
+                 "celeba": _no_requirements, "voc2010_crop": _no_requirements,
+                 "images": _helen_requirements}      # a folder of your own images: the shared negatives
 
 
 def _check_manual(name: str, root: Path, cats: Sequence[str]) -> None:
@@ -623,7 +626,8 @@ def _install_source(src: Source, root: Path, mirror: str | None, progress: bool,
 def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bool = False,
                    categories: str | Iterable[str] | None = None, *, mirror: str | None = None,
                    progress: bool = True, keep_archives: bool = False, include_optional: bool = True,
-                   toy_options: dict | None = None) -> DatasetPaths:
+                   toy_options: dict | None = None, image_folder: ImageFolder | None = None,
+                   truth_dir: os.PathLike | str | None = None, input_size: int | None = None) -> DatasetPaths:
     """Make sure dataset ``name`` is under ``root`` (downloading what is missing); return its paths.
 
     Ports setup_ilsvrcanimalpart.m / setup_vocpart.m / setup_cub200.m (the
@@ -639,12 +643,24 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
     ends in `MissingDataError`, naming the failure. ``mirror`` is a URL prefix
     (``file:///...`` or ``http://...``) tried first for every archive, by its
     file name (`Source.filename`). Missing optional items (Pascal-Part) only warn.
+
+    'images' (a folder of your own images, not in the original) needs ``image_folder``
+    (`data_prep.images.ImageFolder`): it is checked whole, its landmarks written as truth files
+    under ``truth_dir`` (default ``<root>/data_input``) in the ``input_size`` crop (default 224),
+    and the shared negatives fetched unless it names its own (`_images_paths`).
     """
     _spec(name)
     root = Path(root) if root is not None else default_data_root()
     cats = _categories(name, categories)
     if name == "toy":
         return _ensure_toy(root, cats, toy_options or {}, offline)
+    if name == "images":
+        if image_folder is None:
+            raise DatasetError("dataset 'images' is a folder of your own pictures: give it with --images DIR")
+        images = _images_paths(image_folder, root / IMAGES_TRUTH if truth_dir is None else Path(truth_dir),
+                               input_size or 224, progress)
+        if image_folder.negatives is not None:       # own negatives: nothing to fetch
+            return replace(dataset_paths(name, root, cats), **images)
     _check_manual(name, root, cats)
     missing = find_missing(name, root, cats)
     errors: dict[str, Exception] = {}
@@ -665,7 +681,22 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
     paths = dataset_paths(name, root, cats)
     if name == "helen" and not all(paths.truth_file(HELEN_CATEGORY, k).is_file() for k in HELEN_PARTS):
         write_helen_truth(paths.image_dir, paths.truth_dir)          # the landmarks' part truth, once
-    return paths
+    return replace(paths, **images) if name == "images" else paths
+
+
+def _images_paths(folder: ImageFolder, truth_dir: Path, input_size: int, progress: bool) -> dict:
+    """The 'images' dataset's set-up (data_prep.images.prepare_image_folder: every problem listed before
+    anything is written; the landmarks' truth files), as `DatasetPaths` fields: the folder as image_dir,
+    the truth files' folder, the landmarks' parts as part_list, the label maps' folder as anno_dir, own
+    negatives, and in `extra` what the readers and the imdb cache need."""
+    scanned = prepare_image_folder(folder, truth_dir, input_size, progress=progress)
+    extra = {"image_folder": folder, "neg_files": tuple(scanned.negatives) if folder.negatives else None,
+             "cache_settings": {"images": folder.options(), "images_fingerprint": scanned.fingerprint()}}
+    fields = {"image_dir": folder.images, "truth_dir": truth_dir, "part_list": scanned.parts,
+              "anno_dir": folder.part_masks, "input_size": int(input_size), "extra": extra}
+    if folder.negatives is not None:
+        fields["neg_dir"] = folder.negatives
+    return fields
 
 
 def _ensure_toy(root: Path, cats: tuple[str, ...], options: dict, offline: bool) -> DatasetPaths:

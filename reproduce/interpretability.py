@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data_prep.images import MASK_IGNORE, mask_path, read_part_mask
 from data_prep.toy import TOY_MASK_LABELS
 from data_prep.vocpart import VOC_PART_MERGE, voc_part_masks_and_positions
 from legacy_compat.cli import UserError
@@ -284,8 +285,29 @@ def part_regions_for(dataset: str, category: str, objects: Sequence[Any], conf: 
         if annodir is None:
             raise InterpretabilityError("vocpart: give annodir, the Pascal-Part Annotations_Part folder")
         return voc_part_regions(objects, annodir, conf, size)
+    if dataset == "images":
+        if annodir is None:
+            raise InterpretabilityError("not measured: no part masks (give --part-masks DIR)")
+        return image_part_regions(objects, annodir, size)
     raise InterpretabilityError(f"dataset {dataset!r} has no part regions (only landmarks): part "
-                                f"interpretability needs the toy dataset's masks or Pascal-Part's")
+                                f"interpretability needs the toy dataset's masks, Pascal-Part's or --part-masks")
+
+
+def image_part_regions(objects: Sequence[Any], masks: Path | str, size: tuple[int, int]) -> PartRegions:
+    """A folder of your own images' label maps (--part-masks DIR, data_prep.images), cropped to each
+    object's box and sampled to the input size as getPart.m does (`_sample_crop`); an image without a
+    map has no part; 255 (VOC's 'void') is no part. The parts: every label > 0 the maps hold."""
+    labels = np.zeros((len(objects), int(size[0]), int(size[1])), dtype=np.uint8)
+    for n, obj in enumerate(objects):
+        path = mask_path(Path(masks), obj.filename)
+        if path.is_file():
+            labels[n] = _sample_crop(read_part_mask(path), obj.bndbox, size)
+    labels[labels == MASK_IGNORE] = 0
+    parts = tuple(int(v) for v in np.unique(labels) if v > 0)
+    if not parts:
+        raise InterpretabilityError(f"the label maps in {masks} hold no part (every value 0 or {MASK_IGNORE}) "
+                                    f"inside the objects' boxes")
+    return PartRegions(labels, parts, {p: f"part {p}" for p in parts})
 
 
 # ================================================================== on a net

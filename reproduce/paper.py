@@ -62,7 +62,18 @@ from legacy_compat.runlock import folder_lock
 
 from . import distributed as dd
 from .ablation import format_table, part_interpretability_of_run, run_ablation, summarise, write_results
-from .cli import add_common, add_data_root, add_out, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
+from .cli import (
+    add_common,
+    add_data_root,
+    add_image_folder,
+    add_out,
+    dropout_rate,
+    image_folder_option,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+    start_device,
+)
 from .device import tf32_allowed
 from .distributed import shutdown
 from .losses import single_class_loss_error
@@ -184,6 +195,7 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
 
     out = Path(args.out)
     runs: list[GridExperiment] = []
+    image_folder = image_folder_option(args)          # --images DIR: dataset and category 'images'
     bad = [m for m in args.models if m not in MODELS]
     if bad:
         raise RunnerError(f"unknown model(s) {', '.join(bad)}; valid: {', '.join(MODELS)}")
@@ -208,6 +220,8 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
         data_tag = _toy_tag(toy_options)   # other toy data, other runs and imdb caches
         if dataset == "celeba" and getattr(args, "max_images", None) is not None:
             data_tag += f"_max{args.max_images}"                 # another CelebA subset: other runs and caches
+        if dataset == "images":
+            data_tag += image_folder.tag()                      # another folder: other runs and caches
         for model in args.models:
             size = MODELS[model].image_size
             slug = config_slug(model, args.dropout, args.epochs, args.seed, loss, args.multiclass, args.pretrained,
@@ -224,7 +238,7 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
                         fix_slicemag_quirk=args.fix_slicemag_quirk, draw=args.draw and kind == "interpretable",
                         toy_options=toy_options, progress=not args.no_progress, runs_root=out / "runs",
                         resume_anyway=args.resume_anyway, max_images=getattr(args, "max_images", None),
-                        config=slug))
+                        config=slug, image_folder=image_folder))
     return runs
 
 
@@ -257,7 +271,7 @@ def resolve_paths(exp: Experiment, truth_dir: str | None = None, neg_dir: str | 
     them under original/data_input_...), `data_prep.setup.dataset_paths` with those folders, after
     checking that the files the run reads are there."""
 
-    if exp.dataset == "toy":
+    if exp.dataset in ("toy", "images"):             # generated / checked and its landmarks in the input's crop
         return prepare_dataset(exp, MODELS[exp.model].image_size)
     root = Path(exp.data_root) if exp.data_root is not None else default_data_root()
     standard = root / DATASETS[exp.dataset].truth_dir
@@ -642,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --pretrain-finetune: the pretraining categories")
     parser.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2],
                         help="with --ablation / --pretrain-finetune: the seeds (default 0 1 2)")
+    add_image_folder(parser)
     parser.add_argument("--dry-run", action="store_true", help="list the runs and the published rows; run nothing")
     parser.add_argument("--table", action="store_true",
                         help="print the table of every run in the results file; run nothing")
@@ -713,7 +728,7 @@ def instability_at_start(exp: GridExperiment, paths: Any) -> float:
 
 
 def _paths_for(exp: GridExperiment, args: argparse.Namespace, cache: dict) -> Any:
-    key = (exp.dataset, tuple(exp.categories), exp.model if exp.dataset == "toy" else "")
+    key = (exp.dataset, tuple(exp.categories), exp.model if exp.dataset in ("toy", "images") else "")
     if key not in cache:
         cache[key] = resolve_paths(exp, args.truth_dir, args.neg_dir, args.image_dir)
     return cache[key]
@@ -734,7 +749,8 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
         exp = runs[i]
         i += 1
         tag = f"[{i}/{len(runs)}] {exp.run_id}"
-        control = not args.no_start_control and has_parts(exp.dataset)    # voc2010_crop: nothing to measure
+        control = not args.no_start_control and (has_parts(exp.dataset) or exp.image_folder is not None
+                                                  and exp.image_folder.landmarks is not None)  # voc2010_crop: none
         try:
             if exp.run_id in done and not args.force:
                 record = done[exp.run_id]
@@ -856,8 +872,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                               f"annotated objects, which {' and '.join(bad)} do{'es' if len(bad) == 1 else ''} "
                               f"not have")
         return run_ablation_cells(args, runs)
-    if args.part_interpretability and any(e.dataset not in ("toy", "vocpart") for e in runs):
-        raise RunnerError("--part-interpretability needs part regions: the toy dataset or vocpart")
+    if args.part_interpretability and any(e.dataset not in ("toy", "vocpart") and not
+                                          (e.image_folder is not None and e.image_folder.part_masks) for e in runs):
+        raise RunnerError("--part-interpretability needs part regions: the toy dataset, vocpart, or --images with "
+                          "--part-masks")
     _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}"
          + (f" (rank {rank} of {world}: one run at a time, taking the next free one)" if world > 1 else ""))
 

@@ -29,8 +29,9 @@ import numpy as np
 from data_prep.annotations import read_annotation
 from data_prep.celeba import build_celeba_imdb, celeba_evaluation_set
 from data_prep.download import check_disk_space
-from data_prep.facts import NUM_NEGATIVES, has_parts
+from data_prep.facts import IMAGES_TRUTH, NUM_NEGATIVES, has_parts
 from data_prep.get_i import get_i
+from data_prep.images import no_landmarks_note, own_negatives_count
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
 from data_prep.readers import count_objects
 from data_prep.setup import default_data_root, ensure_dataset, ensure_model
@@ -41,7 +42,14 @@ from legacy_compat.cli import UserError
 from . import checkpoints as ckpt
 from .distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
 from .draw_rf import draw_rf, drawing_objset, scaled_rf_settings
-from .evaluate import CategorySource, evaluate_net, final_val_error, format_result_line, read_mean_data
+from .evaluate import (
+    CategorySource,
+    evaluate_net,
+    final_val_error,
+    format_result_line,
+    layer_id_for_model,
+    read_mean_data,
+)
 from .models import MODELS, network_init
 from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
 
@@ -79,6 +87,7 @@ class Experiment:
     image_size: int | None = None       # the network's input size; None: the model's (MODELS[model].image_size)
     resume_anyway: bool = False         # resume from checkpoints written with other options (said)
     max_images: int | None = None       # CelebA: at most this many images of each partition (None: all)
+    image_folder: Any = None            # dataset 'images': the data_prep.images.ImageFolder (--images DIR ...)
 
     def __post_init__(self) -> None:
         self.categories = [self.categories] if isinstance(self.categories, str) else list(self.categories)
@@ -179,9 +188,11 @@ def prepare_dataset(exp: Experiment, input_size: int | None = None) -> Any:
         toy_options.setdefault("input_size", int(input_size))
     if exp.dataset == "toy":
         toy_options.setdefault("progress", exp.progress)      # the generator's bar follows the run's
+    images = {"image_folder": exp.image_folder, "truth_dir": exp.out / IMAGES_TRUTH,
+              "input_size": input_size} if exp.dataset == "images" else {}
     return _one_builder(exp, f"setting up the {exp.dataset} dataset", lambda: ensure_dataset(
         exp.dataset, root=exp.data_root, offline=exp.offline, categories=exp.categories, progress=exp.progress,
-        toy_options=toy_options or None))
+        toy_options=toy_options or None, **images))
 
 
 def _pretrained(exp: Experiment) -> Any:
@@ -234,7 +245,8 @@ def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any
 
     def category_imdb(category: str, cache: Path) -> Any:
         settings = {"dataset": exp.dataset, "category": category, "image_size": list(image_size),
-                    "root": str(paths.root), "toy_options": exp.toy_options if exp.dataset == "toy" else None}
+                    "root": str(paths.root), "toy_options": exp.toy_options if exp.dataset == "toy" else None,
+                    **(getattr(paths, "extra", None) or {}).get("cache_settings", {})}
         return load_or_build_imdb(cache, lambda tmp: get_category_imdb(category, conf, image_size, out=tmp,
                                                                        progress=exp.progress), settings)
 
@@ -284,6 +296,7 @@ def run_options(exp: Experiment) -> dict:
             "image_size": input_size(exp), "pretrained": str(exp.pretrained),
             "learning_rate_scale": float(exp.learning_rate_scale),
             **({"max_images": exp.max_images} if exp.dataset == "celeba" else {}),
+            **({"images": exp.image_folder.options()} if exp.image_folder is not None else {}),
             "toy_options": {k: list(v) if isinstance(v, tuple) else v for k, v in toy.items()}}
 
 
@@ -314,7 +327,7 @@ def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
     if exp.dataset == "toy":
         n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", NUM_NEGATIVES))
     else:
-        n_neg = NUM_NEGATIVES                  # getNegObjSet.m's MaxObjNum
+        n_neg = own_negatives_count(exp.image_folder) or NUM_NEGATIVES    # getNegObjSet.m's MaxObjNum
         n_pos = 3 * n_neg
     one = (4 * n_neg + n_pos + n_neg) * row
     if not exp.multiclass:
@@ -412,15 +425,21 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
     single-class ICNN, step_drawRF.m's pictures (occluder and smoothing scaled to the input
     size when it is smaller than the original's 224: `draw_rf.scaled_rf_settings`). mean_data: the imdb
     the net was trained on, or its dataMean in any form `evaluate.read_mean_data` takes.
-    A dataset without parts (voc2010_crop) gives the binary error only, and says why (`RunResult.note`);
+    A dataset without parts (voc2010_crop; a folder of your own images without --landmarks) gives the
+    binary error only, and says why (`RunResult.note`; your own images are still drawn);
     CelebA is measured on its five landmarks (`_celeba_sources`)."""
     conf = paths.data_conf()
     error_name = "top1err" if exp.loss == "ourloss_softmaxlog" else "binerr"
     mean = read_mean_data(mean_data)
     net = net.eval()
-    if not has_parts(exp.dataset):
-        return RunResult(exp, final_val_error(stats, error_name), float("nan"), stats,
-                         note=f"{exp.dataset} has no part annotations (binary error only)")
+    if not (bool(paths.part_list) if exp.dataset == "images" else has_parts(exp.dataset)):   # images: --landmarks
+        note = no_landmarks_note() if exp.dataset == "images" else \
+            f"{exp.dataset} has no part annotations (binary error only)"
+        result = RunResult(exp, final_val_error(stats, error_name), float("nan"), stats, note=note)
+        if exp.dataset == "images":
+            source = CategorySource.from_conf(exp.categories[0], conf, [])
+            result.drawing = _draw(exp, net, conf, source, mean, layer_id_for_model(exp.model))
+        return result
     if exp.dataset == "celeba":
         sources, note = _celeba_sources(exp, paths, mean.shape[0])
         if not sources:
@@ -431,13 +450,18 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
                               multiclass=exp.multiclass, error_name=error_name, device=exp.device,
                               progress=exp.progress)
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
-    if exp.draw and exp.interpretable and not exp.multiclass and exp.dataset != "celeba" and is_main():
-        source = sources[0]
-        objects = drawing_objset(source.name, conf)     # readAnnotation's objset (CUB: not the sampling one)
-        result.drawing = draw_rf(net, source.name, objects, source.load_patch, mean, evaluation.layer_id,
-                                 exp.draw_dir, device=exp.device, progress=exp.progress,
-                                 **scaled_rf_settings(mean.shape[0]))
+    if exp.dataset != "celeba":
+        result.drawing = _draw(exp, net, conf, sources[0], mean, evaluation.layer_id)
     return result
+
+
+def _draw(exp: Experiment, net: Any, conf: Any, source: CategorySource, mean: np.ndarray, layer_id: int) -> Any:
+    """step_drawRF.m's pictures of a single-class ICNN (None otherwise, and on ranks other than 0)."""
+    if not (exp.draw and exp.interpretable and not exp.multiclass and is_main()):
+        return None
+    objects = drawing_objset(source.name, conf)     # readAnnotation's objset (CUB: not the sampling one)
+    return draw_rf(net, source.name, objects, source.load_patch, mean, layer_id, exp.draw_dir, device=exp.device,
+                   progress=exp.progress, **scaled_rf_settings(mean.shape[0]))
 
 
 def _celeba_sources(exp: Experiment, paths: Any, size: int) -> tuple[list[CategorySource], str | None]:
