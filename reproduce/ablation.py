@@ -20,7 +20,8 @@ measured before training (the weights network_init gives for the seed) and after
 figures: binary error (the validation images of the imdb, our_cnn_train.m's error_binary;
 after training with the masks on it equals showResults.m's last-epoch figure), location
 instability (showResults.m, reproduce.evaluate) and part interpretability
-(reproduce.interpretability; the toy's part masks, Pascal-Part's for VOC). Over several seeds
+(reproduce.interpretability, CVPR 2018 Sec. 5.2.1: round receptive fields on the post-ReLU/mask
+tensor of the held-out objects; the toy's part masks, Pascal-Part's for VOC). Over several seeds
 the table gives mean and spread (sample standard deviation).
 
 The runs' checkpoints follow the pipeline's folders (``<out>/mat/<category>``,
@@ -217,8 +218,10 @@ def measure_net(net: Any, m: _Measuring) -> dict[str, float]:
 
 
 def _measure(net: Any, m: _Measuring) -> dict[str, float]:
-    """One forward pass over the evaluation images feeds both location stability and part
-    interpretability (in location stability's batches of 32: its images are the same, or a subset)."""
+    """One forward pass over the evaluation images (location stability's batches of 32) feeds both
+    location stability (all the category's objects, the raw output) and part interpretability (the
+    held-out objects, the post-ReLU/mask tensor made from the same output): at the default radius,
+    and in `part_interpretability_by_region` at each of `interpretability.report_radii` and upsampled."""
     net = net.to(m.exp.device).eval()
     mean = read_mean_data(m.imdb)
     maps = source_layer_maps(net, m.source, m.layer_id, mean, m.indices, device=m.exp.device,
@@ -231,12 +234,14 @@ def _measure(net: Any, m: _Measuring) -> dict[str, float]:
                                   batch_size=STABILITY_BATCH_SIZE, layer_maps=layer_maps)
     held = maps[[row[i] for i in m.held_out]]
     radii = report_radii(layer_geometry(net, m.layer_id).stride)
-    interp = {r: compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id,
-                                               indices=m.held_out, maps=held, radius=r).value for r in radii}
+    interp = {f"{r:.4g}": compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id,
+                                                        indices=m.held_out, maps=held, radius=r).value for r in radii}
+    interp["upsample"] = compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id,
+                                                       indices=m.held_out, maps=held, method="upsample").value
     return {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
             "location_instability": float(stability.stability),
-            "part_interpretability": float(interp[radii[0]]),
-            "part_interpretability_by_radius": {f"{r:.4g}": float(v) for r, v in interp.items()}}
+            "part_interpretability": float(interp[f"{radii[0]:.4g}"]),
+            "part_interpretability_by_region": {k: float(v) for k, v in interp.items()}}
 
 
 # ================================================================== one variant, one seed

@@ -319,3 +319,22 @@ def test_command_refuses_bad_input_in_one_line(tmp_path, capsys):
         filter_thresholds(np.full((2, 1, 2, 2), np.nan))
     with pytest.raises(InterpretabilityError, match="I x H x W"):
         PartRegions(np.zeros((4, 4)), (1,), {})
+
+
+def test_multiclass_runs_assign_filters_per_category(tmp_path, capsys):
+    """reproduce.paper --multiclass --part-interpretability: every filter measured on the held-out images
+    of one of the net's categories (no longer the first category's alone), its category recorded."""
+    from reproduce import paper  # noqa: PLC0415 - the runner sits above this module's tests' subject
+
+    argv = ["--dataset", "toy", "--categories", "toy01", "toy02", "--multiclass", "--models", "tiny", "--cnn",
+            "interpretable", "--epochs", "1", "--device", "cpu", "--toy-option", "n_pos=10", "--toy-option",
+            "n_neg=10", "--no-progress", "--seed", "3", "--part-interpretability", "--out", str(tmp_path / "p"),
+            "--data-root", str(tmp_path / "data")]
+    assert paper.main(argv) == 0
+    (run,) = json.loads((tmp_path / "p" / "results.json").read_text())["runs"]
+    filters = run["part_interpretability_filters"]
+    assert len(filters["category"]) == len(filters["P_f"]) == 64
+    assert set(filters["category"]) <= {"toy01", "toy02"}
+    assert filters["images"] == {"toy01": 1, "toy02": 1}                  # 10 objects: 9 train, 1 held out
+    values = [v for v in filters["P_f"] if v is not None]
+    assert run["part_interpretability"] == pytest.approx(float(np.mean(values)))
