@@ -540,11 +540,13 @@ def source_layer_maps(net: Any, source: Any, layer_id: int, mean_data: Any, indi
 def measured_maps(net: Any, layer_id: int, raw: np.ndarray) -> np.ndarray:
     """Part interpretability's tensor from the measured layer's output `raw` (N, F, h, w): step_drawRF.m's
     maskX, i.e. max(raw, 0) times the mask of the conv_mask layer above (getMu_max's peak, clipped at 0),
-    or max(raw, 0) alone when the layer above is a plain conv (the ordinary CNN). float32."""
-    setup = drawing_setup(net, layer_id, net_input_size(net))
-    beta = None if setup.beta is None else setup.beta.detach().cpu()
-    masked, _, _, _ = mask_x(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)), beta,
-                             None if setup.filter_type is None else setup.filter_type.cpu())
+    or max(raw, 0) alone when the layer above is a plain conv (the ordinary CNN) or there is none. float32."""
+    beta = filter_type = None
+    if int(layer_id) < np.asarray(get_conv_net_para(net).target_layers).size:    # a conv layer above it
+        setup = drawing_setup(net, layer_id, net_input_size(net))
+        if setup.beta is not None:
+            beta, filter_type = setup.beta.detach().cpu(), setup.filter_type.detach().cpu()
+    masked, _, _, _ = mask_x(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)), beta, filter_type)
     return masked.numpy()
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from reproduce import paper
 from reproduce.interpretability import (
     InterpretabilityError,
     MapGeometry,
@@ -324,8 +325,6 @@ def test_command_refuses_bad_input_in_one_line(tmp_path, capsys):
 def test_multiclass_runs_assign_filters_per_category(tmp_path, capsys):
     """reproduce.paper --multiclass --part-interpretability: every filter measured on the held-out images
     of one of the net's categories (no longer the first category's alone), its category recorded."""
-    from reproduce import paper  # noqa: PLC0415 - the runner sits above this module's tests' subject
-
     argv = ["--dataset", "toy", "--categories", "toy01", "toy02", "--multiclass", "--models", "tiny", "--cnn",
             "interpretable", "--epochs", "1", "--device", "cpu", "--toy-option", "n_pos=10", "--toy-option",
             "n_neg=10", "--no-progress", "--seed", "3", "--part-interpretability", "--out", str(tmp_path / "p"),
