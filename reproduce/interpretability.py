@@ -422,7 +422,7 @@ def multiclass_part_interpretability(maps: Sequence[np.ndarray], parts: Sequence
     category (its parts, padded with NaN to the largest part count)."""
     if len(maps) != len(parts) or not maps:
         raise InterpretabilityError(f"{len(maps)} categories of maps for {len(parts)} of parts")
-    score = np.stack([np.asarray(m, dtype=np.float64).sum(axis=(2, 3)).mean(axis=0) for m in maps], axis=1)
+    score = np.stack([np.asarray(m).sum(axis=(2, 3), dtype=np.float64).mean(axis=0) for m in maps], axis=1)
     assigned = np.argmax(score, axis=1)                                        # F
     num_f = score.shape[0]
     results = {}
