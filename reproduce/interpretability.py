@@ -6,8 +6,8 @@
 No counterpart in the original code: neither the MATLAB release (zqs1022/interpretableCNN,
 whose showResults.m reports the binary error and location stability only) nor the
 ada-shen/ICNN port computes it. This module implements the definition of CVPR 2018
-Sec. 5.2.1 ("part interpretability", after Bau et al. 2017, "Network Dissection"; TPAMI 2020
-repeats it), step by step, and says where each step comes from and which choices are ours.
+Sec. 5.2.1 ("part interpretability", after Bau et al. 2017, "Network Dissection") and its
+footnote, step by step, and says where each step comes from and which choices are ours.
 
 The definition, as the command computes it on given maps (the contract other tools rely on):
 
@@ -48,10 +48,11 @@ Several categories (Table 2's multi-class nets; `multiclass_part_interpretabilit
 filter is assigned to the category c^ whose images activate it most, c^ = argmax_c mean over
 c's images of sum_ij x_ij (the papers' rule), and measured (T_f, regions, parts) on c^'s images.
 
-Images: the pipeline (`compute_part_interpretability`, the ablation, `reproduce.paper
---part-interpretability`, the demo's ablation table) measures the held-out images, the
-imdb's validation objects of the measured category (`held_out_indices`: getImdb.m's
-round(linspace) training picks left out), as the papers report the measure on test images.
+Images: the pipeline (reproduce.ablation, which the demo's ablation table, `reproduce.pretrain`
+and `reproduce.paper --part-interpretability / --ablation` run) gives `compute_part_interpretability`
+the held-out images: the imdb's validation objects of the measured category (`held_out_indices`:
+getImdb.m's round(linspace) training picks left out), as the paper reports the measure on testing
+images. (The toy has no test split.)
 
 Memory: the maps are read once; the regions are built per block of filters from the valid
 cells only (at most about 0.5 % of the cells, as sparse disc sums), never as an
