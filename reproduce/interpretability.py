@@ -52,7 +52,9 @@ Images: the pipeline (reproduce.ablation, which the demo's ablation table, `repr
 and `reproduce.paper --part-interpretability / --ablation` run) gives `compute_part_interpretability`
 the held-out images: the imdb's validation objects of the measured category (`held_out_indices`:
 getImdb.m's round(linspace) training picks left out), as the paper reports the measure on testing
-images. (The toy has no test split.)
+images. (The toy has no test split.) A multi-class net's imdb (produceIMDB) repeats every
+object and splits the repeated samples, so it holds no object out: there the same per-category
+objects are measured, but the net has trained on copies of them (said in docs/RESULTS.md).
 
 Memory: the maps are read once; the regions are built per block of filters from the valid
 cells only (at most about 0.5 % of the cells, as sparse disc sums), never as an
