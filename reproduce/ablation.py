@@ -20,7 +20,8 @@ measured before training (the weights network_init gives for the seed) and after
 figures: binary error (the validation images of the imdb, our_cnn_train.m's error_binary;
 after training with the masks on it equals showResults.m's last-epoch figure), location
 instability (showResults.m, reproduce.evaluate) and part interpretability
-(reproduce.interpretability; the toy's part masks, Pascal-Part's for VOC). Over several seeds
+(reproduce.interpretability, CVPR 2018 Sec. 5.2.1: round receptive fields on the post-ReLU/mask
+tensor of the held-out objects; the toy's part masks, Pascal-Part's for VOC). Over several seeds
 the table gives mean and spread (sample standard deviation).
 
 The runs' checkpoints follow the pipeline's folders (``<out>/mat/<category>``,
@@ -63,7 +64,15 @@ from .cli import (
 from .conv_mask import ConvMask
 from .evaluate import BATCH_SIZE as STABILITY_BATCH_SIZE
 from .evaluate import CategorySource, compute_stability, layer_id_for_model, load_net_for_evaluation, read_mean_data
-from .interpretability import compute_part_interpretability, part_regions_for, source_layer_maps
+from .interpretability import (
+    compute_part_interpretability,
+    compute_part_interpretability_multiclass,
+    held_out_indices,
+    layer_geometry,
+    part_regions_for,
+    report_radii,
+    source_layer_maps,
+)
 from .pipeline import (
     Experiment,
     build_imdb,
@@ -154,19 +163,23 @@ class _Measuring:
     indices: list[int]
     layer_id: int
     part_list: tuple[int, ...]
+    held_out: list[int] = field(default_factory=list)     # part interpretability's images (regions' order)
     measured: dict[str, dict[str, float]] = field(default_factory=dict)   # by `net_fingerprint`
 
 
-def _prepare(exp: Experiment, paths: Any, imdb: Any) -> _Measuring:
+def _prepare(exp: Experiment, paths: Any, imdb: Any, category: str | None = None) -> _Measuring:
+    """Location stability on every object of the category (showResults.m); part interpretability on
+    the held-out ones (the imdb's validation objects, `interpretability.held_out_indices`)."""
     conf = paths.data_conf()
-    category = exp.categories[0]
+    category = exp.categories[0] if category is None else category
     part_list = tuple(paths.parts_for(category))
     source = _cached(CategorySource.from_conf(category, conf, sorted(set(part_list) | {1})))
     indices = [i for i, o in enumerate(source.objects) if o is not None]
+    held_out = held_out_indices(source.objects)
     size = (input_size(exp), input_size(exp))
     annodir = getattr(paths, "anno_dir", None)
-    regions = part_regions_for(exp.dataset, category, [source.objects[i] for i in indices], conf, size, annodir)
-    return _Measuring(exp, paths, imdb, source, regions, indices, layer_id_for_model(exp.model), part_list)
+    regions = part_regions_for(exp.dataset, category, [source.objects[i] for i in held_out], conf, size, annodir)
+    return _Measuring(exp, paths, imdb, source, regions, indices, layer_id_for_model(exp.model), part_list, held_out)
 
 
 def _cached(source: Any) -> Any:
@@ -205,8 +218,10 @@ def measure_net(net: Any, m: _Measuring) -> dict[str, float]:
 
 
 def _measure(net: Any, m: _Measuring) -> dict[str, float]:
-    """One forward pass over the evaluation images feeds both location stability and part
-    interpretability (in location stability's batches of 32: its images are the same, or a subset)."""
+    """One forward pass over the evaluation images (location stability's batches of 32) feeds both
+    location stability (all the category's objects, the raw output) and part interpretability (the
+    held-out objects, the post-ReLU/mask tensor made from the same output): at the default radius,
+    and in `part_interpretability_by_region` at each of `interpretability.report_radii` and upsampled."""
     net = net.to(m.exp.device).eval()
     mean = read_mean_data(m.imdb)
     maps = source_layer_maps(net, m.source, m.layer_id, mean, m.indices, device=m.exp.device,
@@ -217,11 +232,16 @@ def _measure(net: Any, m: _Measuring) -> dict[str, float]:
         return torch.from_numpy(maps[[row[i] for i in chunk]])
     stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device,
                                   batch_size=STABILITY_BATCH_SIZE, layer_maps=layer_maps)
-    interp = compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id, indices=m.indices,
-                                           maps=maps)
+    held = maps[[row[i] for i in m.held_out]]
+    radii = report_radii(layer_geometry(net, m.layer_id).stride)
+    interp = {f"{r:.4g}": compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id,
+                                                        indices=m.held_out, maps=held, radius=r).value for r in radii}
+    interp["upsample"] = compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id,
+                                                       indices=m.held_out, maps=held, method="upsample").value
     return {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
             "location_instability": float(stability.stability),
-            "part_interpretability": float(interp.value)}
+            "part_interpretability": float(interp[f"{radii[0]:.4g}"]),
+            "part_interpretability_by_region": {k: float(v) for k, v in interp.items()}}
 
 
 # ================================================================== one variant, one seed
@@ -393,20 +413,34 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, float]:
+def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, Any]:
     """For the paper runner (`--part-interpretability`): the part interpretability of a finished run's
-    net (its last epoch checkpoint in exp.exp_dir) and of the net training started from."""
+    net (its last epoch checkpoint in exp.exp_dir) and of the net training started from, on each
+    category's held-out images; a multi-class net's filters each measured on the category that
+    activates them most (`part_interpretability_filters` says, per filter, its P_f, part and category)."""
 
     start, _, meta = build_net(exp)
     imdb = build_imdb(exp, paths, image_size_of(meta))
-    m = _prepare(exp, paths, imdb)
+    ms = [_prepare(exp, paths, imdb, category) for category in exp.categories]
     last = last_checkpoint_epoch(exp.exp_dir)
     if last == 0:
         raise FileNotFoundError(f"no net-epoch-N.pt checkpoint in {exp.exp_dir}")
     trained, _, _ = load_net_for_evaluation(checkpoint_path(exp.exp_dir, last), exp.device)
     mean = read_mean_data(imdb)
 
-    def value(net: Any) -> float:
-        return float(compute_part_interpretability(net.to(exp.device).eval(), m.source, m.regions, mean,
-                                                   layer_id=m.layer_id, indices=m.indices, device=exp.device).value)
-    return {"part_interpretability": value(trained), "part_interpretability_at_start": value(start)}
+    def measure(net: Any) -> Any:
+        net = net.to(exp.device).eval()
+        if len(ms) == 1:
+            return compute_part_interpretability(net, ms[0].source, ms[0].regions, mean, layer_id=ms[0].layer_id,
+                                                 indices=ms[0].held_out, device=exp.device)
+        return compute_part_interpretability_multiclass(
+            net, [m.source for m in ms], [m.regions for m in ms], mean, layer_id=ms[0].layer_id,
+            indices=[m.held_out for m in ms], device=exp.device)
+    res, res0 = measure(trained), measure(start)
+    per_filter = {"P_f": [None if np.isnan(v) else float(v) for v in res.per_filter],
+                  "part": [int(k) for k in res.part_of_filter], "radius": res.radius,
+                  "images": {c: len(m.held_out) for c, m in zip(exp.categories, ms)}}
+    if res.category_of_filter is not None:
+        per_filter["category"] = [exp.categories[int(c)] for c in res.category_of_filter]
+    return {"part_interpretability": float(res.value), "part_interpretability_at_start": float(res0.value),
+            "part_interpretability_filters": per_filter}
