@@ -84,7 +84,7 @@ __all__ = [
     "get_mu_max", "mask_x", "image_to_uint8_blocks", "imagewrite", "gaussian_kernel",
     "smooth_template", "get_rf_mask", "scaled_rf_settings", "drawing_objset", "get_region", "canny_edges", "draw_edge",
     "occlusion_list", "occluded_batch", "select_top_images", "accumulate_template",
-    "contact_sheet", "draw_rf", "RFSettings", "tau_from_batches", "occlusion_values", "occlusion_values_all",
+    "contact_sheet", "draw_rf", "RFSettings", "tau_from_batches", "tau_from_masked", "occlusion_values", "occlusion_values_all",
     "add_image_template", "drawing_setup", "DrawingSetup",
 ]
 
@@ -499,11 +499,19 @@ class DrawRFResult:
 
 
 def tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images: int, device: torch.device,
-                      gen: torch.Generator, integrate_energy: float, sampling_times: int,
-                      progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                     gen: torch.Generator, integrate_energy: float, sampling_times: int,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """generateAMTOriginalImages' statistics (`tau_from_masked`) of `batches` of (image indices, images)."""
+    masked = ((idx, _masked_maps(net, st, x, device)[1]) for idx, x in batches)
+    return tau_from_masked(masked, st.depth, num_images, gen, integrate_energy, sampling_times, progress)
+
+
+def tau_from_masked(batches: Any, depth: int, num_images: int, gen: torch.Generator, integrate_energy: float,
+                    sampling_times: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """generateAMTOriginalImages' statistics: tau per filter and each image's peak (dep_max).
 
-    The original fills depStat (D x samplingTimes*imgNum) with each batch's
+    batches: (image indices, masked maps N x D x H x W, as maskX gives them). The original fills
+    depStat (D x samplingTimes*imgNum) with each batch's
     activations of the masked map, randomly permuted and repeated to
     samplingTimes per image, sorts it and reads entry round(integrateEnergy *
     width). Only that many top values matter, so a running top-k is kept
@@ -513,11 +521,10 @@ def tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images: 
     if tar_p < 1:
         raise DrawRFError(f"integrateEnergy {integrate_energy} x {sampling_times} x {num_images} images rounds to 0")
     top = None
-    dep_max = np.zeros((st.depth, num_images), dtype=np.float32)
-    for idx, x in tqdm(batches, desc="top images", unit="batch", disable=not progress):
-        _, masked, _ = _masked_maps(net, st, x, device)
+    dep_max = np.zeros((depth, num_images), dtype=np.float32)
+    for idx, masked in tqdm(batches, desc="top images", unit="batch", disable=not progress):
         b = masked.shape[0]
-        vals = masked.transpose(0, 1).reshape(st.depth, -1)                     # (D, L)
+        vals = masked.transpose(0, 1).reshape(depth, -1)                        # (D, L)
         length = vals.shape[1]
         need = b * sampling_times
         keys = torch.rand(vals.shape, generator=gen).to(vals.device)
@@ -531,7 +538,7 @@ def tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images: 
     if top is None:
         raise DrawRFError("no image to draw")
     if top.shape[1] < tar_p:   # depStat is zero-filled beyond the samples
-        top = torch.cat([top, torch.zeros(st.depth, tar_p - top.shape[1], device=top.device)], dim=1)
+        top = torch.cat([top, torch.zeros(depth, tar_p - top.shape[1], device=top.device)], dim=1)
     return top[:, tar_p - 1].cpu().numpy().astype(np.float32), dep_max
 
 

@@ -55,8 +55,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from data_prep.facts import has_parts
-from data_prep.setup import default_data_root
+from data_prep.facts import DATASETS, has_parts
+from data_prep.readers import default_readcode
+from data_prep.setup import dataset_paths, default_data_root
 from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, sort_descend_stable
 from legacy_compat.runlock import LOCK_NAME, lock_holder
@@ -79,15 +80,24 @@ from .draw_rf import (
     occlusion_list,
     occlusion_values_all,
     scaled_rf_settings,
-    tau_from_batches,
+    tau_from_masked,
 )
 from .evaluate import (
+    BATCH_SIZE,
+    DEFAULT_LAYER_ID,
+    GOLDFISH,
     CategorySource,
+    compute_stability,
     evaluate_net,
+    final_val_error,
+    first_conv_mask_layer_id,
+    iterate_patch_batches,
     layer_output,
     load_net_for_evaluation,
     read_mean_data,
+    target_layer_index,
 )
+from .geometry import get_conv_net_para
 from .interpretability import InterpretabilityError, compute_part_interpretability, part_regions_for
 from .pipeline import Experiment, prepare_dataset
 
@@ -163,9 +173,10 @@ def locate_runs(run_dir: os.PathLike | str, compare: os.PathLike | str | None = 
         raise ReportError(f"{run_dir}: no net-epoch-N.pt here nor in {run_dir / 'mat'}/*/"
                           + (f" named {name!r}" if name else "") + " (train first, or give a checkpoint folder)")
     names = {p.name for p in found if not p.name.endswith("-ordinary")}
-    if len(names) > 1:
+    base = [n for n in names if all(o == n or o.startswith(n + "-") for o in names)]   # toy01 beside toy01-seed1
+    if len(names) > 1 and not base:
         raise ReportError(f"{run_dir}: several runs ({', '.join(sorted(names))}); choose one with --name")
-    main_dir = found[0]
+    main_dir = next(p for p in found if p.name == base[0]) if base else found[0]
     other = Path(compare) if compare is not None else _partner(main_dir)
     if other is not None:
         other = _candidates(other)[0] if other.is_dir() and _candidates(other) else None
@@ -250,6 +261,12 @@ class _Measured:
     sources: list[CategorySource]
     mean: np.ndarray
     size: tuple[int, int]
+    indices: list[list[int]] = field(default_factory=list)    # per source: its objects measured (not None)
+    maps: list[np.ndarray] = field(default_factory=list)      # per source: the measured layer's output
+
+    @property
+    def error_name(self) -> str:
+        return "top1err" if self.exp.loss == "ourloss_softmaxlog" else "binerr"
 
 
 def _load(folder: RunFolder, data_root: Path | None, device: str, progress: bool) -> _Measured:
@@ -264,14 +281,27 @@ def _load(folder: RunFolder, data_root: Path | None, device: str, progress: bool
                           f"where demo.py or reproduce.paper put it; give it with --imdb")
     net, stats, _ = load_net_for_evaluation(path, device)
     size = (int(exp.image_size), int(exp.image_size))
-    paths = prepare_dataset(replace(exp, progress=progress), size[0])
+    paths = _dataset(replace(exp, progress=progress), size[0])
     conf = paths.data_conf()
     part_list = sorted(set(paths.parts_for(exp.categories[0])) | {1})
     sources = [CategorySource.from_conf(c, conf, part_list) for c in exp.categories]
     count = sum(len(s.objects) for s in sources)
     if count * 3 * size[0] * size[1] * 4 <= PATCH_CACHE_BYTES:
         sources = [_cached(s) for s in sources]
-    return _Measured(net.eval(), stats, exp, paths, sources, read_mean_data(imdb), size)
+    indices = [[i for i, o in enumerate(s.objects) if o is not None] for s in sources]
+    return _Measured(net.eval(), stats, exp, paths, sources, read_mean_data(imdb), size, indices)
+
+
+def _dataset(exp: Experiment, size: int) -> Any:
+    """The dataset's paths, offline: `pipeline.prepare_dataset`, or, when the part truth files sit
+    where ../shared/data keeps them (original/data_input_...: `data_prep.readers.default_readcode`),
+    `data_prep.setup.dataset_paths` with that folder, as reproduce.paper's resolve_paths."""
+    if exp.dataset != "toy" and exp.data_root is not None:
+        standard = Path(exp.data_root) / DATASETS[exp.dataset].truth_dir
+        found = default_readcode(Path(exp.data_root), standard.name)
+        if found != standard:
+            return dataset_paths(exp.dataset, Path(exp.data_root), exp.categories, truth_dir=found)
+    return prepare_dataset(exp, size)
 
 
 def _cached(source: CategorySource) -> CategorySource:
@@ -288,23 +318,63 @@ def _cached(source: CategorySource) -> CategorySource:
     return replace(source, load_patch=load_patch)
 
 
-def _stability(m: _Measured, net: Any, layer_id: int | None, progress: bool) -> tuple[Any, np.ndarray, list]:
-    """evaluate_net on `net`: (the evaluation, per-filter instability (P,), per-filter category or Nones).
+def _layer_id(m: _Measured, layer_id: int | None) -> int:
+    """showResults.m's layerID for the model (evaluate.DEFAULT_LAYER_ID), else the first conv_mask layer."""
+    found = layer_id or DEFAULT_LAYER_ID.get(m.exp.model) or first_conv_mask_layer_id(m.net.layer_types)
+    if found is None:
+        raise ReportError(f"model {m.exp.model!r} without conv_mask layers: give a run whose ICNN says which layer")
+    return int(found)
 
-    Single class: getDistSqrtVar.m's spread of each filter / norm([ih iw]) (computeStability.m's
-    values before their mean). Several: each filter's instability for the category it is assigned
-    to (the highest mean peak score, step_computeStability_multiClass.m)."""
-    error = "top1err" if m.exp.loss == "ourloss_softmaxlog" else "binerr"
-    ev = evaluate_net(net, m.stats, m.sources, m.mean, layer_id=layer_id, model=m.exp.model,
-                      part_list=m.paths.parts_for(m.exp.categories[0]), multiclass=m.exp.multiclass,
-                      error_name=error, device=m.exp.device, progress=progress)
+
+@torch.no_grad()
+def _forward(m: _Measured, layer_id: int, off: Any, progress: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The measured layer's output (pre-ReLU) for every image of every source (m.indices order): one
+    forward pass that location instability, part interpretability and the top images share; and,
+    when `off` (the measured layer with beta = 0, `masks_off`) is given, its output on the same
+    input (the measured layer is the first conv_mask layer: nothing below it has a mask)."""
+    target = target_layer_index(get_conv_net_para(m.net), layer_id)
+    device = resolve_device(m.exp.device)
+    m.net.to(device)
+    if off is not None:
+        off.to(device)
+    on, without = [], []
+    for source, indices in zip(m.sources, m.indices):
+        def load(i: int, source: CategorySource = source) -> np.ndarray:
+            return source.load_patch(source.objects[i], m.size)
+        pairs = []
+        for _, x in tqdm(iterate_patch_batches(load, indices, m.mean, BATCH_SIZE), desc=f"forward ({source.name})",
+                         total=math.ceil(len(indices) / BATCH_SIZE), unit="batch", disable=not progress):
+            below = layer_output(m.net, x.to(device), target - 1) if target > 1 else x.to(device)
+            y = m.net.layers[target - 1](below)
+            pairs.append((y.float().cpu().numpy(), None if off is None else off(below).float().cpu().numpy()))
+        on.append(np.concatenate([p[0] for p in pairs]))
+        without.append(np.concatenate([p[1] for p in pairs]) if off is not None else None)
+    return on, without
+
+
+def _stability(m: _Measured, net: Any, layer_id: int, maps: list[np.ndarray] | None,
+               progress: bool) -> tuple[float, np.ndarray, list]:
+    """Location instability of `net`: (the measure, per filter (P,), per-filter category or Nones).
+
+    Single class: computeStability.m, on `maps` when given (the shared forward pass); per filter
+    getDistSqrtVar.m's spread / norm([ih iw]) (the values computeStability.m averages). Several:
+    step_computeStability_multiClass.m (evaluate_net); per filter its instability for the category
+    it is assigned to (the highest mean peak score)."""
     if not m.exp.multiclass:
-        per = np.asarray(ev.details.dist_sqrt_var, np.float64) / np.linalg.norm(np.asarray(m.size, np.float64))
-        return ev, per, [None] * per.size
+        source = m.sources[0]
+        row = {i: r for r, i in enumerate(m.indices[0])}
+        given = None if maps is None else (lambda chunk: torch.from_numpy(maps[0][[row[i] for i in chunk]]))
+        parts = (1,) if source.name == GOLDFISH else m.paths.parts_for(source.name)
+        res = compute_stability(net, source, layer_id, m.mean, part_list=parts, device=m.exp.device,
+                                progress=progress, layer_maps=given)
+        per = np.asarray(res.dist_sqrt_var, np.float64) / np.linalg.norm(np.asarray(m.size, np.float64))
+        return float(res.stability), per, [None] * per.size
+    ev = evaluate_net(net, m.stats, m.sources, m.mean, layer_id=layer_id, part_list=m.paths.parts_for(m.exp.categories[0]),
+                      multiclass=True, error_name=m.error_name, device=m.exp.device, progress=progress)
     _, best = mmax_reduce(np.asarray(ev.details["score"], np.float64), axis=1)
     best = np.asarray(best).reshape(-1)
     per = np.asarray(ev.details["stability"], np.float64)[np.arange(best.size), best]
-    return ev, per, [m.exp.categories[int(b)] for b in best]
+    return float(ev.stability), per, [m.exp.categories[int(b)] for b in best]
 
 
 @dataclass
@@ -317,10 +387,12 @@ class PartFacts:
 
 
 def filter_part_interpretability(net: Any, source: CategorySource, regions: Any, mean: np.ndarray, layer_id: int,
-                                 indices: Sequence[int]) -> PartFacts:
+                                 indices: Sequence[int], maps: np.ndarray | None = None) -> PartFacts:
     """The report's one call into `reproduce.interpretability`: each filter's part interpretability
-    (P_f) and its assigned part (the part k of the highest P_{f,k}; none when P_f is 0 or undefined)."""
-    r = compute_part_interpretability(net, source, regions, mean, layer_id=layer_id, indices=list(indices))
+    (P_f) and its assigned part (the part k of the highest P_{f,k}; none when P_f is 0 or undefined).
+    maps: the measured layer's output for source.objects[indices], when already computed."""
+    r = compute_part_interpretability(net, source, regions, mean, layer_id=layer_id, indices=list(indices),
+                                      maps=maps)
     per_part = np.asarray(r.per_filter_part, np.float64)
     parts: list[str | None] = []
     for f in range(per_part.shape[0]):
@@ -330,18 +402,17 @@ def filter_part_interpretability(net: Any, source: CategorySource, regions: Any,
     return PartFacts(float(r.value), np.asarray(r.per_filter, np.float64), parts)
 
 
-def _parts(m: _Measured, net: Any, layer_id: int, categories: list) -> PartFacts | None:
+def _parts(m: _Measured, net: Any, layer_id: int, categories: list, maps: list[np.ndarray]) -> PartFacts | None:
     """Part interpretability where the dataset has part regions (toy, vocpart), else None. A
     multi-class net: each filter's figures on the images of the category it is assigned to."""
     per_source = []
-    for source in m.sources:
-        indices = [i for i, o in enumerate(source.objects) if o is not None]
+    for source, indices, source_maps in zip(m.sources, m.indices, maps):
         try:
             regions = part_regions_for(m.exp.dataset, source.name, [source.objects[i] for i in indices],
                                        m.paths.data_conf(), m.size, getattr(m.paths, "anno_dir", None))
         except InterpretabilityError:
             return None
-        per_source.append(filter_part_interpretability(net, source, regions, m.mean, layer_id, indices))
+        per_source.append(filter_part_interpretability(net, source, regions, m.mean, layer_id, indices, source_maps))
     if len(per_source) == 1:
         return per_source[0]
     names = [s.name for s in m.sources]
@@ -357,10 +428,15 @@ def measure_run(folder: RunFolder, data_root: Path | None, device: str, *, layer
     """Every figure of the report for one net: binary error, location instability with masks on and
     off (per filter too), part interpretability (per filter, with the assigned part), categories."""
     m = _load(folder, data_root, device, progress)
-    ev, per, categories = _stability(m, m.net, layer_id, progress)
+    layer_id = _layer_id(m, layer_id)
     has_masks = any(t == "conv_mask" for t in m.net.layer_types)
-    ev_off, per_off = (_stability(m, masks_off(m.net), ev.layer_id, progress)[:2] if has_masks else (None, None))
-    parts = _parts(m, m.net, ev.layer_id, categories)
+    net_off = masks_off(m.net) if has_masks else None
+    target = target_layer_index(get_conv_net_para(m.net), layer_id)
+    m.maps, maps_off = _forward(m, layer_id, net_off.layers[target - 1] if has_masks else None, progress)
+    value, per, categories = _stability(m, m.net, layer_id, m.maps, progress)
+    value_off, per_off, _ = (_stability(m, net_off, layer_id, maps_off, progress) if has_masks
+                             else (float("nan"), None, None))
+    parts = _parts(m, m.net, layer_id, categories, m.maps)
     filters = [FilterFacts(index=f + 1, instability=float(per[f]),
                            instability_off=float(per_off[f]) if per_off is not None else float("nan"),
                            part_value=float(parts.per_filter[f]) if parts else float("nan"),
@@ -368,9 +444,8 @@ def measure_run(folder: RunFolder, data_root: Path | None, device: str, *, layer
                for f in range(per.size)]
     curves = folder.exp_dir / "net-train.png"
     label = folder.label or ("interpretable CNN" if m.exp.interpretable else "ordinary CNN")
-    facts = RunFacts(label, m.exp, folder.exp_dir, ckpt.last_checkpoint_epoch(folder.exp_dir), ev.layer_id,
-                     float(ev.binary_error), float(ev.stability),
-                     float(ev_off.stability) if ev_off is not None else float("nan"),
+    facts = RunFacts(label, m.exp, folder.exp_dir, ckpt.last_checkpoint_epoch(folder.exp_dir), layer_id,
+                     final_val_error(m.stats, m.error_name), value, value_off,
                      parts.value if parts else float("nan"), filters, curves if curves.is_file() else None,
                      run_command(folder.exp_dir), sorted({p for p in (parts.part if parts else []) if p}))
     return facts, m
@@ -379,40 +454,36 @@ def measure_run(folder: RunFolder, data_root: Path | None, device: str, *, layer
 # ================================================================== the top images and their receptive fields
 @dataclass
 class _Pictures:
-    """The images a net is shown, as step_drawRF.m's: getI's patch rounded to uint8, minus the mean."""
+    """The images drawn: getI's patches (the net's input minus the mean), shown rounded to uint8."""
 
     items: list[tuple[CategorySource, Any]]
     size: tuple[int, int]
     mean_t: torch.Tensor
 
-    def picture(self, i: int) -> np.ndarray:
+    def patch(self, i: int) -> np.ndarray:
         source, obj = self.items[i]
-        return np.clip(mround(np.asarray(source.load_patch(obj, self.size), np.float32)), 0, 255).astype(np.uint8)
+        return np.asarray(source.load_patch(obj, self.size), np.float32)
 
-    def net_input(self, pics: Sequence[np.ndarray]) -> torch.Tensor:
-        x = np.stack(pics).astype(np.float32).transpose(0, 3, 1, 2)
-        return torch.from_numpy(np.ascontiguousarray(x)) - self.mean_t
+    def picture(self, i: int) -> np.ndarray:
+        return np.clip(mround(self.patch(i)), 0, 255).astype(np.uint8)
 
-
-def _masked(net: Any, st: DrawingSetup, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """getValue's masked map of every filter (maskX of the measured layer's output), (N, D, xh, xw)."""
-    beta = None if st.beta is None else st.beta.to(device)
-    return mask_x(layer_output(net, x.to(device), st.target), beta, st.filter_type)[0]
+    def net_input(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.patch(i).transpose(2, 0, 1))) - self.mean_t
 
 
-def _peaks(net: Any, st: DrawingSetup, pics: _Pictures, device: torch.device,
-           progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """generateAMTOriginalImages' pass: (tau (D,), dep_max (D, I): each image's peak of each
-    filter's masked map)."""
-    n = len(pics.items)
+def _masked(st: DrawingSetup, raw: torch.Tensor) -> torch.Tensor:
+    """maskX of the measured layer's output: every filter's masked map, (N, D, xh, xw)."""
+    beta = None if st.beta is None else st.beta.to(raw.device)
+    return mask_x(raw, beta, st.filter_type)[0]
 
-    def batches():
-        for start in range(0, n, 32):
-            chunk = list(range(start, min(n, start + 32)))
-            yield chunk, pics.net_input([pics.picture(i) for i in chunk])
-    with torch.no_grad():
-        return tau_from_batches(net, st, batches(), n, device, torch.Generator().manual_seed(1),
-                                INTEGRATE_ENERGY, SAMPLING_TIMES, progress)
+
+def _peaks(st: DrawingSetup, raw: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """generateAMTOriginalImages' pass on the measured layer's output `raw` (I, D, xh, xw):
+    (tau (D,), dep_max (D, I): each image's peak of each filter's masked map)."""
+    batches = ((list(range(s, min(len(raw), s + 32))), _masked(st, torch.from_numpy(raw[s:s + 32])))
+               for s in range(0, len(raw), 32))
+    return tau_from_masked(batches, st.depth, len(raw), torch.Generator().manual_seed(1), INTEGRATE_ENERGY,
+                           SAMPLING_TIMES, progress)
 
 
 def choose_images(dep_max: np.ndarray, tau: np.ndarray, show: int) -> np.ndarray:
@@ -447,8 +518,8 @@ def choose_images(dep_max: np.ndarray, tau: np.ndarray, show: int) -> np.ndarray
 
 
 @torch.no_grad()
-def _templates(net: Any, st: DrawingSetup, pics: _Pictures, order: np.ndarray, filters: Sequence[int],
-               s: RFSettings, device: torch.device, bar: Any) -> dict[int, np.ndarray]:
+def _templates(net: Any, st: DrawingSetup, pics: _Pictures, raw: np.ndarray, order: np.ndarray,
+               filters: Sequence[int], s: RFSettings, device: torch.device, bar: Any) -> dict[int, np.ndarray]:
     """computeRF for `filters` (0-based) on their images `order[d]`: each filter's occlusion
     template summed over its images (getRFMask sums them). One occlusion pass per image serves
     every filter that has the image."""
@@ -459,29 +530,14 @@ def _templates(net: Any, st: DrawingSetup, pics: _Pictures, order: np.ndarray, f
             users.setdefault(int(i), []).append(d)
     templates = {d: np.zeros((2 * st.ih, 2 * st.iw)) for d in filters}
     for i, deps in users.items():
-        x = pics.net_input([pics.picture(i)])[0]
-        fmap = _masked(net, st, x[None], device)[0].to(torch.float64).cpu().numpy()     # (D, xh, xw)
-        values, peaks = occlusion_values_all(net, st, x.to(device), corners, s.occlude_size, s.occlusion_batch_size,
-                                             device, filters=[d + 1 for d in deps])
+        map_sum = _masked(st, torch.from_numpy(raw[i:i + 1]))[0].sum(dim=(1, 2)).to(torch.float64).numpy()   # (D,)
+        values, peaks = occlusion_values_all(net, st, pics.net_input(i).to(device), corners, s.occlude_size,
+                                             s.occlusion_batch_size, device, filters=[d + 1 for d in deps])
         for j, d in enumerate(deps):
-            add_image_template(templates[d], corners, values[:, j], peaks[:, j], float(fmap[d].sum()),
+            add_image_template(templates[d], corners, values[:, j], peaks[:, j], float(map_sum[d]),
                                s.top_occ_num, st.ih, st.iw, s.occlude_size)
         bar.update(1)
     return templates
-
-
-@torch.no_grad()
-def _shown_maps(net: Any, st: DrawingSetup, pics: _Pictures, images: Sequence[int],
-                device: torch.device) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The pictures (uint8) and masked maps (D, xh, xw) of the images shown, by image index."""
-    out = {}
-    images = list(images)
-    for start in range(0, len(images), 64):
-        chunk = images[start:start + 64]
-        pics_ = [pics.picture(i) for i in chunk]
-        maps = _masked(net, st, pics.net_input(pics_), device).to(torch.float64).cpu().numpy()
-        out.update({i: (p, m) for i, p, m in zip(chunk, pics_, maps)})
-    return out
 
 
 def _thumbnail(img: np.ndarray, path: Path) -> None:
@@ -499,38 +555,38 @@ def _groups(depth: int, ih: int, iw: int) -> list[list[int]]:
     return [list(range(s, min(depth, s + per))) for s in range(0, depth, per)]
 
 
-def filter_drawings(net: Any, layer_id: int, items: list[tuple[CategorySource, Any]], mean: np.ndarray,
-                    size: tuple[int, int], out: Path, prefix: str, *, top: int = TOP_IMAGES, device: Any = "cpu",
-                    progress: bool = True) -> tuple[list[list[str]], list[list[float]]]:
+def filter_drawings(net: Any, layer_id: int, items: list[tuple[CategorySource, Any]], raw: np.ndarray,
+                    mean: np.ndarray, size: tuple[int, int], out: Path, prefix: str, *, top: int = TOP_IMAGES,
+                    device: Any = "cpu", progress: bool = True) -> tuple[list[list[str]], list[list[float]]]:
     """Every filter's `top` images (the highest peaks of its masked map) with its receptive field
     drawn as step_drawRF.m draws it (computeRF's template from showNum qualifying images,
     `choose_images`; getRFMask, getRegion with tau, drawEdge), written once as thumbnails
-    `<out>/<prefix>/fNNNN-KK.jpg`. Returns, per filter, their paths relative to `out` and the peaks."""
+    `<out>/<prefix>/fNNNN-KK.jpg`. raw: the measured layer's output for `items` (I, D, xh, xw).
+    Returns, per filter, the thumbnails' paths relative to `out` and the images' peaks."""
     device = resolve_device(device)
     net.to(device)
     st = drawing_setup(net, layer_id, size)
     s = RFSettings(**scaled_rf_settings(size[0]))
     pics = _Pictures(items, size, torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1))))
-    tau, dep_max = _peaks(net, st, pics, device, progress)
+    tau, dep_max = _peaks(st, raw, progress)
     k = min(int(top), len(items))
     shown = np.stack([sort_descend_stable(dep_max[d])[1][:k] for d in range(st.depth)])
     used = choose_images(dep_max, tau, min(s.show_num, len(items)))
     names: list[list[str]] = [[] for _ in range(st.depth)]
     groups = _groups(st.depth, st.ih, st.iw)
     passes = sum(len({int(i) for d in g for i in used[d]}) for g in groups)
+    xh, xw = raw.shape[2:]
     with tqdm(total=passes, desc=f"receptive fields ({prefix})", unit="img", disable=not progress) as bar:
         for group in groups:
-            templates = _templates(net, st, pics, used, group, s, device, bar)
-            maps = _shown_maps(net, st, pics, sorted({int(i) for d in group for i in shown[d]}), device)
+            templates = _templates(net, st, pics, raw, used, group, s, device, bar)
             for d in group:
-                xh, xw = maps[int(shown[d][0])][1].shape[1:]
                 rf = get_rf_mask(templates[d][:, :, None], st.ih, st.iw, xh, xw, layer_id, st.convnet,
                                  s.gauss_size, s.gauss_sigma)
+                fmaps = _masked(st, torch.from_numpy(raw[shown[d]]))[:, d].to(torch.float64).numpy()
                 for j, i in enumerate(shown[d]):
-                    pic, fmap = maps[int(i)]
-                    region = get_region(st.ih, st.iw, xh, xw, fmap[d], float(tau[d]), s.draw_threshold, rf)
+                    region = get_region(st.ih, st.iw, xh, xw, fmaps[j], float(tau[d]), s.draw_threshold, rf)
                     names[d].append(f"{prefix}/f{d + 1:04d}-{j + 1:02d}.jpg")
-                    _thumbnail(draw_edge(region, pic), out / names[d][-1])
+                    _thumbnail(draw_edge(region, pics.picture(int(i))), out / names[d][-1])
     return names, [[float(v) for v in dep_max[d, shown[d]]] for d in range(st.depth)]
 
 
@@ -714,9 +770,9 @@ def build_report(first: RunFolder, second: RunFolder | None, out: Path, *, data_
                 continue
             layer_id = runs[0].layer_id if runs else None
             facts, m = measure_run(folder, data_root, device, layer_id=layer_id, progress=progress)
-            items = [(s, o) for s in m.sources for o in s.objects if o is not None]
-            thumbs, peaks = filter_drawings(m.net, facts.layer_id, items, m.mean, m.size, tmp, f"img-{tag}",
-                                            top=top, device=device, progress=progress)
+            items = [(s, s.objects[i]) for s, idx in zip(m.sources, m.indices) for i in idx]
+            thumbs, peaks = filter_drawings(m.net, facts.layer_id, items, np.concatenate(m.maps), m.mean, m.size,
+                                            tmp, f"img-{tag}", top=top, device=device, progress=progress)
             for f, t, p in zip(facts.filters, thumbs, peaks):
                 f.thumbnails, f.peaks = t, p
             if facts.curves is not None:
