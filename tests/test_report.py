@@ -133,6 +133,9 @@ def test_demo_report_shows_every_filter_and_the_figures_the_run_measured(toy_run
     text = index.read_text()
     summary = re.search(r"location instability, masks on.*?<td class='num'>([0-9.]+)</td>", text).group(1)
     assert math.isclose(np.nanmean(per), float(summary), abs_tol=6e-5)
+    parts = np.array([float(s["data-part-value"]) for s in sections])         # P_f, the toy has part regions
+    summary = re.search(r"part interpretability \(mean over filters\)</th><td class='num'>([0-9.]+)</td>", text).group(1)
+    assert np.isfinite(parts).all() and math.isclose(parts.mean(), float(summary), abs_tol=6e-5)
     assert "curves-a.png" in text and (index.parent / "curves-a.png").is_file()
     command = lock_holder(toy_run)["command"]                     # the command that produced the run
     assert command and html.escape(command) in text
