@@ -828,7 +828,7 @@ def report_experiments(experiments: Sequence[Experiment], *, progress: bool = Tr
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reproduce.report", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[2])
+        description="\n\n".join(__doc__.split("\n\n")[:3]).rstrip(":") + ".")
     parser.add_argument("run_dir", metavar="RUN_DIR",
                         help="demo.py's --out folder (its mat/<name>/ checkpoints), or a folder of net-epoch-N.pt "
                              "(reproduce.paper's runs/<dataset>/<name>/<model>_<config>)")
@@ -852,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        device = start_device(args, "cpu")
+        device = start_device(args)
         path = report_run_dir(args.run_dir, compare=args.compare, name=args.name, imdb=args.imdb,
                               data_root=args.data_root, device=device, top=args.top, progress=not args.no_progress)
         size = sum(p.stat().st_size for p in path.parent.rglob("*") if p.is_file())
