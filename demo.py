@@ -62,6 +62,7 @@ from reproduce.pipeline import (
     show_results,
     write_test,
 )
+from reproduce.report import report_run_dir
 from reproduce.train import validation_error
 
 # Before torch loads its OpenMP runtime (libgomp in the Linux wheels): idle OpenMP threads spin for
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-draw", action="store_true", help="skip the receptive-field drawings")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (as reproduce.paper and reproduce.ablation; for logs and CI)")
+    parser.add_argument("--report", action="store_true",
+                        help="at the end, write OUT/report/index.html (reproduce.report): every filter of the measured "
+                             "layer with its top images, receptive fields, location instability and part "
+                             "interpretability, side by side with the ordinary CNN under --baseline; it opens from "
+                             "the file system (no server, no network)")
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
     add_image_folder(parser)
@@ -189,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: options that mean nothing with --net (it trains nothing) or without it
 _NET_ONLY = ("imdb", "measure_error")
-_TRAINING_ONLY = ("baseline", "epochs", "save_mat", "fix_slicemag_quirk", "resume_anyway")
+_TRAINING_ONLY = ("baseline", "epochs", "save_mat", "fix_slicemag_quirk", "resume_anyway", "report")
 
 
 def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -404,6 +410,8 @@ def run(args: argparse.Namespace) -> int:
     check_data_root(exp)
     with folder_lock(exp.out):
         result, ordinary, ablation = _learn_and_show(args, exp)
+        if args.report and is_main():
+            print(f"report: {report_run_dir(exp.out, name=exp.name, data_root=exp.data_root, device=exp.device)}")
     if ordinary is not None:
         print_comparison(ordinary, result)
     if ablation is not None:

@@ -84,7 +84,8 @@ __all__ = [
     "get_mu_max", "mask_x", "image_to_uint8_blocks", "imagewrite", "gaussian_kernel",
     "smooth_template", "get_rf_mask", "scaled_rf_settings", "drawing_objset", "get_region", "canny_edges", "draw_edge",
     "occlusion_list", "occluded_batch", "select_top_images", "accumulate_template",
-    "contact_sheet", "draw_rf", "RFSettings",
+    "contact_sheet", "draw_rf", "RFSettings", "tau_from_batches", "tau_from_masked", "occlusion_values", "occlusion_values_all",
+    "add_image_template", "drawing_setup", "DrawingSetup",
 ]
 
 SHOW_NUM = 10                 # step_drawRF.m showNum
@@ -497,12 +498,20 @@ class DrawRFResult:
     sheet_boxes: list[list[tuple[int, int, int, int]]] = field(default_factory=list)
 
 
-def _tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images: int, device: torch.device,
-                      gen: torch.Generator, integrate_energy: float, sampling_times: int,
-                      progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images: int, device: torch.device,
+                     gen: torch.Generator, integrate_energy: float, sampling_times: int,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """generateAMTOriginalImages' statistics (`tau_from_masked`) of `batches` of (image indices, images)."""
+    masked = ((idx, _masked_maps(net, st, x, device)[1]) for idx, x in batches)
+    return tau_from_masked(masked, st.depth, num_images, gen, integrate_energy, sampling_times, progress)
+
+
+def tau_from_masked(batches: Any, depth: int, num_images: int, gen: torch.Generator, integrate_energy: float,
+                    sampling_times: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """generateAMTOriginalImages' statistics: tau per filter and each image's peak (dep_max).
 
-    The original fills depStat (D x samplingTimes*imgNum) with each batch's
+    batches: (image indices, masked maps N x D x H x W, as maskX gives them). The original fills
+    depStat (D x samplingTimes*imgNum) with each batch's
     activations of the masked map, randomly permuted and repeated to
     samplingTimes per image, sorts it and reads entry round(integrateEnergy *
     width). Only that many top values matter, so a running top-k is kept
@@ -512,11 +521,10 @@ def _tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images:
     if tar_p < 1:
         raise DrawRFError(f"integrateEnergy {integrate_energy} x {sampling_times} x {num_images} images rounds to 0")
     top = None
-    dep_max = np.zeros((st.depth, num_images), dtype=np.float32)
-    for idx, x in tqdm(batches, desc="top images", unit="batch", disable=not progress):
-        _, masked, _ = _masked_maps(net, st, x, device)
+    dep_max = np.zeros((depth, num_images), dtype=np.float32)
+    for idx, masked in tqdm(batches, desc="top images", unit="batch", disable=not progress):
         b = masked.shape[0]
-        vals = masked.transpose(0, 1).reshape(st.depth, -1)                     # (D, L)
+        vals = masked.transpose(0, 1).reshape(depth, -1)                        # (D, L)
         length = vals.shape[1]
         need = b * sampling_times
         keys = torch.rand(vals.shape, generator=gen).to(vals.device)
@@ -530,7 +538,7 @@ def _tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images:
     if top is None:
         raise DrawRFError("no image to draw")
     if top.shape[1] < tar_p:   # depStat is zero-filled beyond the samples
-        top = torch.cat([top, torch.zeros(st.depth, tar_p - top.shape[1], device=top.device)], dim=1)
+        top = torch.cat([top, torch.zeros(depth, tar_p - top.shape[1], device=top.device)], dim=1)
     return top[:, tar_p - 1].cpu().numpy().astype(np.float32), dep_max
 
 
@@ -682,7 +690,7 @@ def _original_images(d: _Drawing) -> None:
             x = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))) - d.mean_t
             yield list(range(start, start + len(chunk))), x
 
-    tau, dep_max = _tau_from_batches(d.net, st, batches(), len(d.kept), d.device, gen, s.integrate_energy,
+    tau, dep_max = tau_from_batches(d.net, st, batches(), len(d.kept), d.device, gen, s.integrate_energy,
                                      s.sampling_times, s.progress)
     valid, tau = select_top_images(dep_max, tau, s.show_num, rng)
     for dep in d.result.filters:
@@ -728,10 +736,8 @@ def _templates(d: _Drawing) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         for k in range(x.shape[0]):
             values, peaks = occlusion_values(d.net, d.st, x[k].to(d.device), corners, s.occlude_size, dep,
                                              s.occlusion_batch_size, d.device)
-            v, order = sort_ascend_stable(values)
-            drop = np.maximum(float(fmaps[k].sum()) - v[:s.top_occ_num], 0)
-            chosen = order[:s.top_occ_num]
-            accumulate_template(template[:, :, k], corners[chosen], peaks[chosen], drop, ih, iw, s.occlude_size)
+            add_image_template(template[:, :, k], corners, values, peaks, float(fmaps[k].sum()), s.top_occ_num,
+                               ih, iw, s.occlude_size)
         maps = fmaps.permute(1, 2, 0).to(torch.float64).cpu().numpy()
         _save_mat(tfile, {"template": template, "map": maps})
         templates[dep] = (template, maps)
@@ -762,18 +768,40 @@ def _receptive_fields(d: _Drawing, templates: dict[int, tuple[np.ndarray, np.nda
     result.contact_sheet, result.sheet_size, result.sheet_boxes = sheet_path, sheet.shape[:2], boxes
 
 
-@torch.no_grad()
+def add_image_template(template: np.ndarray, corners: np.ndarray, values: np.ndarray, peaks: np.ndarray,
+                       map_sum: float, top_occ_num: int, ih: int, iw: int, size: int = OCCLUDE_SIZE) -> None:
+    """computeRF's step for one image (template 2ih x 2iw, updated in place): the `top_occ_num`
+    occlusions that lower the filter's summed masked map most (stable ascending sort of `values`),
+    each adding its drop max(map_sum - value, 0) at its square, shifted to the peak (`accumulate_template`).
+    values: (n,) the filter's summed masked map per occluded copy; peaks: (n, 2) its peak positions."""
+    v, order = sort_ascend_stable(np.asarray(values))
+    drop = np.maximum(float(map_sum) - v[:top_occ_num], 0)
+    chosen = order[:top_occ_num]
+    accumulate_template(template, corners[chosen], np.asarray(peaks)[chosen], drop, ih, iw, size)
+
+
 def occlusion_values(net: SimpleNN, st: DrawingSetup, image: torch.Tensor, corners: np.ndarray, size: int, dep: int,
-                      batch: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+                     batch: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """getValue over every occluded copy: the filter's summed masked map and its peak's image position."""
+    values, peaks = occlusion_values_all(net, st, image, corners, size, batch, device, filters=[dep])
+    return values[:, 0], peaks[:, 0]
+
+
+@torch.no_grad()
+def occlusion_values_all(net: SimpleNN, st: DrawingSetup, image: torch.Tensor, corners: np.ndarray, size: int,
+                         batch: int, device: torch.device, filters: Sequence[int] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """getValue over every occluded copy, for several filters from the same forward passes:
+    (n, F) summed masked maps and (n, F, 2) peak image positions [h, w] of `filters` (1-based; None: all)."""
+    cols = list(range(st.depth)) if filters is None else [int(f) - 1 for f in filters]
     values, peaks = [], []
     for s in range(0, len(corners), batch):
         imgs = occluded_batch(image, corners[s:s + batch], size)
         _, masked, _ = _masked_maps(net, st, imgs, device)
-        fmap = masked[:, dep - 1]                                           # (n, xh, xw)
-        n, xh, xw = fmap.shape
-        _, p = mmax_reduce(fmap.transpose(1, 2).reshape(n, xh * xw), axis=1)  # column-major argmax
+        fmap = masked[:, cols]                                              # (n, F, xh, xw)
+        n, f, xh, xw = fmap.shape
+        _, p = mmax_reduce(fmap.transpose(2, 3).reshape(n, f, xh * xw), axis=2)  # column-major argmax
         ph, pw = (p % xh + 1).cpu().numpy(), (p // xh + 1).cpu().numpy()
-        peaks.append(x2p(np.stack([ph, pw], axis=1), st.layer_id, st.convnet))
-        values.append(fmap.sum(dim=(1, 2)).to(torch.float64).cpu().numpy())
+        peaks.append(x2p(np.stack([ph.reshape(-1), pw.reshape(-1)], axis=1), st.layer_id, st.convnet).reshape(n, f, 2))
+        values.append(fmap.sum(dim=(2, 3)).to(torch.float64).cpu().numpy())
     return np.concatenate(values), np.concatenate(peaks)

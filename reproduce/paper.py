@@ -93,6 +93,7 @@ from .pipeline import (
     show_results,
 )
 from .pretrain import pretrain_and_finetune
+from .report import report_experiments
 
 __all__ = ["GridExperiment", "ResultsStore", "RunnerError", "CNN_KINDS", "plan_grid", "config_slug",
            "run_record", "resolve_paths", "comparison_rows", "format_comparison", "format_runs",
@@ -661,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--table", action="store_true",
                         help="print the table of every run in the results file; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--report", action="store_true",
+                        help="after the grid, write an HTML report of each interpretable run beside its checkpoints "
+                             "(<run>/report/index.html, reproduce.report), with the ordinary CNN of its cell side by side")
     return parser
 
 
@@ -887,6 +891,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         records, failed = _after_all_ranks(runs, store, failed, rank)
         if rank > 0:
             return 1 if failed else 0
+    if args.report:
+        report_experiments(runs, progress=not args.no_progress, say=_say)
     _say("\n" + format_runs(records) + "\n\n" + format_comparison(comparison_rows(records)))
     if failed:
         _say(f"\n{len(failed)} run(s) failed: {', '.join(failed)}")
