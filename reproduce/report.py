@@ -98,7 +98,13 @@ from .evaluate import (
     target_layer_index,
 )
 from .geometry import get_conv_net_para
-from .interpretability import InterpretabilityError, compute_part_interpretability, part_regions_for
+from .interpretability import (
+    InterpretabilityError,
+    compute_part_interpretability,
+    compute_part_interpretability_multiclass,
+    held_out_indices,
+    part_regions_for,
+)
 from .pipeline import Experiment, prepare_dataset
 
 __all__ = ["TOP_IMAGES", "THUMBNAIL_SIZE", "ReportError", "RunFolder", "FilterFacts", "RunFacts",
@@ -388,11 +394,17 @@ class PartFacts:
 
 def filter_part_interpretability(net: Any, source: CategorySource, regions: Any, mean: np.ndarray, layer_id: int,
                                  indices: Sequence[int], maps: np.ndarray | None = None) -> PartFacts:
-    """The report's one call into `reproduce.interpretability`: each filter's part interpretability
-    (P_f) and its assigned part (the part k of the highest P_{f,k}; none when P_f is 0 or undefined).
-    maps: the measured layer's output for source.objects[indices], when already computed."""
+    """The report's call into `reproduce.interpretability` for a single-class net: each filter's part
+    interpretability (P_f) and its assigned part, on source.objects[indices] (the pipeline's held-out
+    objects). maps: the measured layer's output for those objects, when already computed."""
     r = compute_part_interpretability(net, source, regions, mean, layer_id=layer_id, indices=list(indices),
                                       maps=maps)
+    return _part_facts(r, regions)
+
+
+def _part_facts(r: Any, regions: Any) -> PartFacts:
+    """A PartInterpretability as the report shows it: the part k of the highest P_{f,k} (none when P_f
+    is 0 or undefined)."""
     per_part = np.asarray(r.per_filter_part, np.float64)
     parts: list[str | None] = []
     for f in range(per_part.shape[0]):
@@ -403,24 +415,28 @@ def filter_part_interpretability(net: Any, source: CategorySource, regions: Any,
 
 
 def _parts(m: _Measured, net: Any, layer_id: int, categories: list, maps: list[np.ndarray]) -> PartFacts | None:
-    """Part interpretability where the dataset has part regions (toy, vocpart), else None. A
-    multi-class net: each filter's figures on the images of the category it is assigned to."""
-    per_source = []
-    for source, indices, source_maps in zip(m.sources, m.indices, maps):
+    """Part interpretability where the dataset has part regions (toy, vocpart), else None, measured as
+    the pipeline measures it (issue 25): on each category's held-out objects (`held_out_indices`); a
+    multi-class net through `compute_part_interpretability_multiclass`, each filter on the images of
+    the category that activates it most (the papers' assignment; `categories`, the per-filter
+    categories shown, are step_computeStability_multiClass.m's)."""
+    held, regions = [], []
+    for source, indices in zip(m.sources, m.indices):
+        keep = set(indices)
+        chosen = [i for i in held_out_indices(source.objects) if i in keep]
         try:
-            regions = part_regions_for(m.exp.dataset, source.name, [source.objects[i] for i in indices],
-                                       m.paths.data_conf(), m.size, getattr(m.paths, "anno_dir", None))
+            regions.append(part_regions_for(m.exp.dataset, source.name, [source.objects[i] for i in chosen],
+                                            m.paths.data_conf(), m.size, getattr(m.paths, "anno_dir", None)))
         except InterpretabilityError:
             return None
-        per_source.append(filter_part_interpretability(net, source, regions, m.mean, layer_id, indices, source_maps))
-    if len(per_source) == 1:
-        return per_source[0]
-    names = [s.name for s in m.sources]
-    pick = [per_source[names.index(c)] for c in categories]
-    values = np.array([p.per_filter[f] for f, p in enumerate(pick)])
-    finite = values[np.isfinite(values)]
-    return PartFacts(float(finite.mean()) if finite.size else float("nan"), values,
-                     [p.part[f] for f, p in enumerate(pick)])
+        held.append(chosen)
+    if len(m.sources) == 1:
+        row = {i: r for r, i in enumerate(m.indices[0])}
+        given = None if maps is None else maps[0][[row[i] for i in held[0]]]
+        return filter_part_interpretability(net, m.sources[0], regions[0], m.mean, layer_id, held[0], given)
+    r = compute_part_interpretability_multiclass(net, m.sources, regions, m.mean, layer_id=layer_id,
+                                                 indices=held, device=m.exp.device)
+    return _part_facts(r, regions[0])
 
 
 def measure_run(folder: RunFolder, data_root: Path | None, device: str, *, layer_id: int | None = None,
