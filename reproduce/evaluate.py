@@ -570,6 +570,25 @@ def net_input_size(net: SimpleNN) -> tuple[int, int]:
         raise EvaluationError(f"the net's meta image size {size!r} is not two numbers ({exc})") from None
 
 
+def _without_unread_objects(truth: PartCentres, source: CategorySource, num_img: int) -> PartCentres:
+    """The truth without the images whose object readAnnotation.m skipped (a box under minArea: an
+    empty objset element) but whose truth entry holds landmarks (ILSVRC n02503517's truth(35)).
+
+    The original crashes on them (computeStability.m's getI reads the empty element); this port
+    leaves them out of location stability, as images without a part, and says so: a documented fix
+    that changes nothing where the original runs."""
+    unread = [i for i in np.flatnonzero(truth.valid_images[:num_img]) if source.objects[int(i)] is None]
+    if not unread:
+        return truth
+    warnings.warn(f"category {source.name!r}: image(s) {', '.join(str(int(i) + 1) for i in unread)} have part "
+                  f"landmarks but no object (the box is under minArea): left out of location stability (the "
+                  f"original's getI fails on them)", RuntimeWarning, stacklevel=3)
+    centres, present = truth.centres.copy(), truth.present.copy()
+    centres[:, unread] = np.nan
+    present[:, unread] = False
+    return PartCentres(centres, present)
+
+
 def _category_peaks(net: SimpleNN, source: CategorySource, part_list: Sequence[int], layer_id: int, convnet: ConvNet,
                     mean_data: np.ndarray, image_size: tuple[int, int], num_filters: int | None,
                     device: Any, batch_size: int, progress: bool, fix_nonsquare_index: bool,
@@ -579,16 +598,13 @@ def _category_peaks(net: SimpleNN, source: CategorySource, part_list: Sequence[i
     if truth.num_images < num_img:
         raise EvaluationError(f"category {source.name!r}: the truth files describe {truth.num_images} images, "
                               f"the annotation {num_img}")
+    truth = _without_unread_objects(truth, source, num_img)
     valid = truth.valid_images[:num_img]
     if not valid.any():
         # the original crashes here (I is never assigned): say what is wrong instead
         raise EvaluationError(f"category {source.name!r}: no image has any of the parts {list(part_list)} "
                               f"in {[str(source.truth_files[int(p)]) for p in part_list]}")
     indices = [int(i) for i in np.flatnonzero(valid)]
-    for i in indices:
-        if source.objects[i] is None:
-            raise EvaluationError(f"category {source.name!r}: image {i + 1} has part landmarks but no object "
-                                  f"record (its box is under minArea); the original's getI fails on it too")
     target = target_layer_index(convnet, layer_id)
     mean = read_mean_data(mean_data)
     if mean.shape[:2] != tuple(image_size):

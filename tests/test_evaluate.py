@@ -239,6 +239,24 @@ def test_compute_stability_part_rate_and_selected_ratio():
     assert half.stability == pytest.approx(expected)
 
 
+def test_an_image_with_landmarks_but_no_object_is_left_out_with_a_warning():
+    """ILSVRC n02503517's truth(35): landmarks on an object readAnnotation.m skipped for minArea (an empty
+    objset element). The original's getI fails on it; the port leaves the image out, as one without a
+    part: the same figures as the category without that image's landmarks."""
+    net = _tiny_net()
+    imgs, centres = _blob_images(8)
+    truths = {1: centres, 2: [c + 3 for c in centres]}
+    source = _source(imgs, truths)
+    source.objects[2] = None                               # the box under minArea
+    with pytest.warns(RuntimeWarning, match=r"image\(s\) 3 have part landmarks but no object"):
+        got = ev.compute_stability(net, source, 4, MEAN64, part_list=(1, 2))
+    blanked = _source(imgs, {k: [None if i == 2 else c for i, c in enumerate(v)] for k, v in truths.items()})
+    want = ev.compute_stability(net, blanked, 4, MEAN64, part_list=(1, 2))
+    assert not got.valid_images[2] and got.valid_images.sum() == 7 and not got.score[2].any()
+    np.testing.assert_array_equal(got.dist_sqrt_var, want.dist_sqrt_var)
+    assert got.stability == want.stability and np.isfinite(got.stability)
+
+
 def test_no_image_with_any_part_is_a_clear_error():
     net = _tiny_net()
     imgs, _ = _blob_images(3)
