@@ -48,7 +48,7 @@ from legacy_compat.atomic import atomic_write, atomic_write_bytes
 from .ablation import ROWS, VARIANTS, format_table, run_ablation, summarise
 from .cli import add_common, add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
 from .pipeline import Experiment, prepare_dataset
-from .pretrain import pretrain_trunk, save_pretrained_model
+from .pretrain import PRETRAIN_LR_SCALE, pretrain_trunk, save_pretrained_model
 
 __all__ = ["HELD_OUT", "PRETRAIN_CATEGORIES", "MemoryPeak", "dir_bytes", "main", "run_file", "summary_rows"]
 
@@ -62,7 +62,7 @@ DATASET = "ilsvrcanimalpart"
 DEFAULT_RESULTS = Path("docs/results/realimages")
 #: The protocol (docs/RESULTS.md, "Real images: pretrain, then fine-tune"), fixed before any held-out result.
 DEFAULTS = {"model": "alexnet-narrow", "seeds": [0, 1], "epochs": 2, "pretrain_max_epochs": 8, "patience": 2,
-            "pretrain_lr_scale": 1.0, "dropout": 0.5, "pretrain_seed": 0}
+            "pretrain_lr_scale": PRETRAIN_LR_SCALE, "dropout": 0.5, "pretrain_seed": 0}
 
 
 # ================================================================== memory

@@ -16,6 +16,7 @@ import pytest
 from conftest import SHARED_DATA
 from data_prep_fixtures import small_ilsvrc, write_cub, write_ilsvrc_category
 
+from data_prep.annotations import read_annotation
 from data_prep.cub200 import cub200_conf
 from data_prep.get_i import get_i
 from data_prep.ilsvrc import ilsvrc_conf, read_annotation_ilsvrc
@@ -33,10 +34,11 @@ from data_prep.imdb import (
     load_or_build_imdb,
     order_from_perm,
     produce_imdb,
+    produce_imdb_from_objects,
     save_imdb_mat,
 )
 from data_prep.negatives import get_neg_objset
-from data_prep.readers import DatasetError
+from data_prep.readers import DatasetError, count_objects
 from legacy_compat import loadmat
 from reproduce.golden.data import octave_single_mean
 
@@ -373,10 +375,6 @@ def test_fox_build_peak_memory(fox64):
 def test_produce_imdb_from_objects_equals_produce_imdb_of_the_getimdb_imdbs(tmp_path):
     """The pretraining imdb built from the objects directly (no per-category getImdb imdbs, each of
     which holds the 1,000 negatives) has produceIMDB's rows: the same data, labels, split and mean."""
-    from data_prep.annotations import read_annotation
-    from data_prep.imdb import produce_imdb_from_objects
-    from data_prep.readers import count_objects
-
     conf, _ = small_ilsvrc(tmp_path / "data")
     rng = np.random.default_rng(5)
     sizes = [(int(rng.integers(30, 60)), int(rng.integers(30, 60))) for _ in range(4)]

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from data_prep_fixtures import ilsvrc_category_from
 
 from reproduce import realimages as ri
 from reproduce.ablation import PART_NOT_AVAILABLE, ROWS, VARIANTS, format_table, has_part_regions, summarise
@@ -70,14 +71,17 @@ def test_held_out_categories_must_not_be_pretrained_on(tmp_path, capsys):
 
 
 def _data_root(shared: Path, tmp: Path) -> Path:
-    """../shared/data's fox and lizard, and the lizard's images again as a second pretraining category
-    (goldfish, whose truth files are there): pretraining needs two categories, the fox is held out."""
-    root = tmp / "data"
+    """../shared/data's fox and lizard, and a goldfish made of the lizard's images and boxes in turn (its
+    844 images; its truth file is there): pretraining needs two categories, the fox is held out."""
+    shared, root = shared.resolve(), tmp / "data"
     (root / "detanimalpart").mkdir(parents=True)
-    for name in ("neg", "original"):
-        (root / name).symlink_to(shared / name)
-    for cat, src in ((FOX, FOX), (LIZARD, LIZARD), (GOLDFISH, LIZARD)):
-        (root / "detanimalpart" / f"{cat}_obj").symlink_to(shared / "detanimalpart" / f"{src}_obj")
+    (root / "data_input").mkdir()
+    (root / "neg").symlink_to(shared / "neg")
+    truth = "data_input_DET-2015-subset-ILSVRC2013train"               # data_prep.setup's layout
+    (root / "data_input" / truth).symlink_to(shared / "original" / truth)
+    for cat in (FOX, LIZARD):
+        (root / "detanimalpart" / f"{cat}_obj").symlink_to(shared / "detanimalpart" / f"{cat}_obj")
+    ilsvrc_category_from(shared / "detanimalpart" / f"{LIZARD}_obj", root / "detanimalpart" / f"{GOLDFISH}_obj", 844)
     return root
 
 
@@ -94,7 +98,7 @@ def test_end_to_end_on_shared_data_then_resumes_from_the_records(shared_data, tm
     assert PART_NOT_AVAILABLE in text
     pre = json.loads((results / "pretrain.json").read_text())
     assert pre["epochs_trained"] == 1 and pre["best_epoch"] == 1 and pre["stopped_by"] == "epoch cap"
-    assert pre["images"] == {"train": 2700, "val": 300}                # produceIMDB: 1500 per category, 90 % train
+    assert pre["images"] == {"train": 2869, "val": 319}          # produceIMDB: lizard 1500, goldfish 2 x 844; 90 %
     assert 0 < pre["rss_anon_peak_bytes"] < 3 * 2**30 and (results / "trunk-tiny-seed0.mat").is_file()
     for v in VARIANTS:
         rec = json.loads(ri.run_file(results, FOX, v, 0).read_text())
