@@ -85,6 +85,7 @@ def _data_root(shared: Path, tmp: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_end_to_end_on_shared_data_then_resumes_from_the_records(shared_data, tmp_path, capsys):
     """The whole command at tiny cost (the tiny net at 64 x 64, 1 epoch): the trunk and pretrain.json,
     one record per run, the summary files; run again, nothing is trained (the records are found)."""
