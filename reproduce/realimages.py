@@ -247,6 +247,21 @@ def plot_instability(rows: Sequence[dict], path: Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
 
 
+def format_markdown(rows: Sequence[dict]) -> str:
+    """The summary as one Markdown table: per category and row of the ablation, binary error and
+    location instability before -> after fine-tuning (mean ± sample std over the seeds)."""
+    def cell(row: dict, metric: str) -> str:
+        def one(when: str) -> str:
+            mean, std = row[f"{when}_{metric}_mean"], row[f"{when}_{metric}_std"]
+            return f"{mean:.3f}" if std != std else f"{mean:.3f}±{std:.3f}"
+        return f"{one('before')} -> {one('after')}"
+    lines = ["| category | net | seeds | binary error | location instability |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['category']} | {row['row'].strip()} | {' '.join(str(s) for s in row['seeds'])} | "
+                     f"{cell(row, 'binary_error')} | {cell(row, 'location_instability')} |")
+    return "\n".join(lines)
+
+
 def format_results(by_category: dict[str, list[dict]]) -> str:
     """reproduce.ablation's table, one per category."""
     return "\n\n".join(f"{c}:\n{format_table(summarise(recs))}" for c, recs in by_category.items())
@@ -282,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_root(p, help="datasets folder with detanimalpart/ (default $ICNN_DATA_ROOT, else output/data)")
     p.add_argument("--offline", action="store_true", help="accepted for symmetry: this command never downloads")
     p.add_argument("--table", action="store_true", help="print the tables of the records in --results and stop")
+    p.add_argument("--markdown", action="store_true", help="with --table: one Markdown table")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for PyTorch (default its own choice; on a CPU shared with other jobs 1 "
                         "was 5x faster than 2 here)")
@@ -308,7 +324,9 @@ def _check(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     args.results = Path(args.results)
     if args.table:
-        print(format_results(load_records(args.results, args.categories, args.seeds)) or "no finished runs")
+        by_category = load_records(args.results, args.categories, args.seeds)
+        print((format_markdown(summary_rows(by_category)) if args.markdown else format_results(by_category))
+              if by_category else "no finished runs")
         return 0
     _check(args)
     args.device = start_device(args, auto="cpu")

@@ -44,7 +44,7 @@ def test_landmarks_only_ablation_table_says_part_interpretability_is_not_availab
     assert "0.205±0.007 -> 0.103±0.004" in table                           # location instability, mean±std
 
 
-def test_summary_files_are_written_from_the_records_found(tmp_path):
+def test_summary_files_are_written_from_the_records_found(tmp_path, capsys):
     results = tmp_path / "results"
     for s in (0, 1):
         for v in VARIANTS:
@@ -61,6 +61,10 @@ def test_summary_files_are_written_from_the_records_found(tmp_path):
     assert float(icnn["before_location_instability_mean"]) == pytest.approx(0.3)
     assert float(icnn["after_location_instability_mean"]) == pytest.approx(0.15)
     assert (results / "realimages.png").read_bytes()[:4] == b"\x89PNG"
+    assert ri.main(["--table", "--markdown", "--results", str(results), "--categories", FOX, LIZARD]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| category | net | seeds | binary error | location instability |" and len(table) == 7
+    assert table[5] == f"| {FOX} | ICNN as published | 0 1 | 0.100±0.000 -> 0.100±0.000 | 0.300±0.000 -> 0.150±0.000 |"
 
 
 def test_held_out_categories_must_not_be_pretrained_on(tmp_path, capsys):
