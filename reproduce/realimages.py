@@ -217,7 +217,7 @@ def plot_instability(rows: Sequence[dict], path: Path) -> Path:
 
     cats = list(dict.fromkeys(r["category"] for r in rows))
     colors = {"ordinary": "tab:gray", "icnn-no-filter-loss": "tab:blue", "icnn": "tab:red"}
-    fig = Figure(figsize=(max(6.0, 2.2 * len(cats)) * 2, 4.2), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 2.2 * len(cats)) * 2 + 2.0, 4.2), layout="constrained")
     width = 0.8 / len(ROWS)
     for k, when in enumerate(("before", "after")):
         ax = fig.add_subplot(1, 2, k + 1)
@@ -243,7 +243,7 @@ def plot_instability(rows: Sequence[dict], path: Path) -> Path:
         ax.set_title(f"{when} fine-tuning")
         ax.grid(True, axis="y", alpha=0.3)
         if k == 1:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
 
 
