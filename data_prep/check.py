@@ -10,7 +10,8 @@ original code would read it, and prints one row per category:
   positives and negatives; CelebA, one row for the whole set: the images of its partition file),
   and `kept`, those whose box passes minArea;
 - images: the image files of the kept objects, opened with PIL for their
-  header only (no pixel is decoded): missing or unreadable ones are counted;
+  header only (no pixel is decoded; with --decode every image is decoded whole, as the
+  imdb build reads it): missing or unreadable ones are counted and each bad one listed;
 - per truth_partNN.mat found (and every part the evaluation reads; Helen's are written by
   data_prep.setup from the landmarks; CelebA's parts are its five landmarks, read from its list;
   voc2010_crop has none): its
@@ -48,6 +49,7 @@ from legacy_compat.cli import add_data_root, add_debug, run_cli
 from .celeba import CELEBA_LANDMARKS, find_celeba_files, read_celeba
 from .cub200 import read_annotation_cub, read_annotation_sampling_cub, read_cub_tables, read_sampling
 from .facts import CELEBA_ATTRIBUTES, DATASETS, ILSVRC_IMAGE_COUNTS
+from .get_i import ImageReadError, read_image
 from .helen import read_annotation_helen
 from .ilsvrc import read_annotation_ilsvrc
 from .readers import BndBox, DatasetError, ObjRecord, PartTruth, default_readcode, read_part_truth_file
@@ -270,8 +272,18 @@ def _image_header_ok(path: Path) -> str | None:
     return None
 
 
+def _image_decodes(path: Path) -> str | None:
+    """None when the whole image decodes as the imdb build reads it (data_prep.get_i.read_image: a cut or
+    corrupt JPEG fails here, though its header reads), else why not."""
+    try:
+        read_image(path)
+    except ImageReadError as exc:
+        return exc.reason
+    return None
+
+
 def _check_images(objset: Sequence[ObjRecord | None], imgdir: Path, rep: CategoryReport,
-                  tick: Callable[[], None]) -> None:
+                  tick: Callable[[], None], decode: bool = False) -> None:
     seen: set[Path] = set()
     missing = 0
     for obj in objset:
@@ -285,7 +297,7 @@ def _check_images(objset: Sequence[ObjRecord | None], imgdir: Path, rep: Categor
         if not path.is_file():
             missing += 1
             continue
-        why = _image_header_ok(path)
+        why = _image_decodes(path) if decode else _image_header_ok(path)
         if why is not None:
             rep.unreadable.append((str(path), why))
     rep.images_checked = len(seen) - missing - sum(1 for p, _ in rep.unreadable if Path(p) in seen)
@@ -335,8 +347,9 @@ def _check_truth(path: Path, part: int, evaluated: list | None, expected: int | 
 
 # ================================================================ one category, one dataset
 def check_category(dataset: str, category: str, root: Path, truth_dir: Path | None = None,
-                   tick: Callable[[], None] = lambda: None) -> CategoryReport:
-    """Read one category's annotation, image headers and truth files; see the module docstring."""
+                   tick: Callable[[], None] = lambda: None, decode: bool = False) -> CategoryReport:
+    """Read one category's annotation, image headers (`decode`: every image whole) and truth files; see
+    the module docstring."""
     rep = CategoryReport(dataset, category)
     if dataset == "celeba":
         return _check_celeba(root, rep, tick)
@@ -345,7 +358,7 @@ def check_category(dataset: str, category: str, root: Path, truth_dir: Path | No
     objset, evaluated = _annotation(dataset, category, conf, rep)
     if objset is not None:
         rep.kept = sum(o is not None for o in objset)
-        _check_images(objset, conf.imgdir, rep, tick)
+        _check_images(objset, conf.imgdir, rep, tick, decode)
     expected = ILSVRC_IMAGE_COUNTS.get(category) if dataset == "ilsvrcanimalpart" else None
     for part, path in _truth_files(paths, category).items():
         tick()
@@ -354,15 +367,15 @@ def check_category(dataset: str, category: str, root: Path, truth_dir: Path | No
 
 
 def check_dataset(dataset: str, root: Path, categories: Sequence[str] | None = None,
-                  truth_dir: Path | None = None, progress: bool = True) -> list[CategoryReport]:
+                  truth_dir: Path | None = None, progress: bool = True, decode: bool = False) -> list[CategoryReport]:
     """check_category for each category (given, or `find_categories`), with a progress bar."""
     cats = list(categories) if categories else find_categories(dataset, root, truth_dir)
     reports = []
-    with tqdm(total=None, desc=f"check {dataset}", unit="file", disable=None if progress else True,
-              leave=False) as bar:
+    with tqdm(total=None, desc=f"{'decode' if decode else 'check'} {dataset}", unit="file",
+              disable=None if progress else True, leave=False) as bar:
         for c in cats:
             bar.set_postfix_str(c)
-            reports.append(check_category(dataset, c, root, truth_dir, tick=lambda: bar.update(1)))
+            reports.append(check_category(dataset, c, root, truth_dir, tick=lambda: bar.update(1), decode=decode))
     return reports
 
 
@@ -449,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                "read or a problem is found (each named); 2 for bad arguments.\n"
                "examples:\n"
                "  python -m data_prep.check --data-root ../shared/data\n"
-               "  python -m data_prep.check --dataset ilsvrcanimalpart --category n02391049 n01443537")
+               "  python -m data_prep.check --dataset ilsvrcanimalpart --category n02391049 n01443537\n"
+               "  python -m data_prep.check --dataset ilsvrcanimalpart --decode    # every image decoded")
     parser.add_argument("--dataset", nargs="+", choices=[*REAL_DATASETS, "toy"], default=None,
                         help="datasets to check (default: every dataset with something under the data root, "
                              "and toy when generated); celeba is checked as a whole (one row)")
@@ -459,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "looked for in <root>/data_input/ then <root>/original/ (../shared/data's layout)")
     parser.add_argument("--truth-dir", default=None,
                         help="folder of <category>/truth_partNN.mat (override; one dataset only)")
+    parser.add_argument("--decode", action="store_true",
+                        help="decode every image of the chosen categories whole, as the imdb build reads them "
+                             "(slower: a JPEG cut short passes the header check but fails here); every bad "
+                             "image is listed, in one pass")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_debug(parser)
@@ -499,7 +517,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, root: Path, 
     reports = []
     for d in datasets:
         try:
-            reports += check_dataset(d, root, args.category, truth_dir, progress=not args.no_progress)
+            reports += check_dataset(d, root, args.category, truth_dir, progress=not args.no_progress,
+                                     decode=args.decode)
         except ValueError as exc:          # an unknown category: setup's message lists the valid ones
             parser.error(str(exc))
     print(format_table(reports, markdown=args.markdown))

@@ -47,13 +47,16 @@ _RGB_CONVERTIBLE = {"CMYK", "P", "PA", "RGBA", "RGBX", "LA", "YCbCr", "La", "RGB
 class ImageReadError(UserError, OSError):
     """An image could not be read; the message names the file and the reason."""
 
+    #: Where to find every other bad image in one pass (said after the file and the reason).
+    HINT = "`python -m data_prep.check --decode` lists every unreadable image of the chosen categories in one pass"
+
     def __init__(self, path: os.PathLike | str, reason: str):
         self.path = os.fspath(path)
         self.reason = reason
-        super().__init__(f"cannot read the image {self.path}: {reason}")
+        super().__init__(str(self))
 
     def __str__(self) -> str:
-        return f"cannot read the image {self.path}: {self.reason}"
+        return f"cannot read the image {self.path}: {self.reason} ({self.HINT})"
 
 
 class BoxError(DatasetError):

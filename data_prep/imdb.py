@@ -62,7 +62,7 @@ from .readers import DataConf, DatasetError, ObjRecord
 __all__ = [
     "Imdb", "SETS", "TRAIN_RATE", "POS_RATE", "CUB_NEG_REPEAT", "FORMAT_VERSION",
     "legacy_randperm", "order_from_perm", "get_imdb_layout", "get_imdb_cub200_layout",
-    "assemble_imdb", "assemble_imdb_cub200", "produce_imdb",
+    "assemble_imdb", "assemble_imdb_cub200", "produce_imdb", "produce_imdb_from_objects",
     "get_imdb", "get_imdb_cub200", "get_category_imdb",
     "load_or_build_imdb", "load_cached_imdb", "imdb_fingerprint", "save_imdb_mat",
     "ImdbLayout", "image_rows", "subtract_training_mean",
@@ -682,6 +682,67 @@ def produce_imdb(category_imdbs: Sequence[Imdb], names: Sequence[str], npos: Seq
     except BaseException:
         store.abort()
         raise
+    return Imdb(data=data, labels=labels, set=set_, data_mean=data_mean, classes=list(names),
+                order=np.arange(1, total + 1, dtype=np.int64))
+
+
+def _produce_sample_counts(num_pos: int, num_classes: int) -> np.ndarray:
+    """produceIMDB's picks of one category as indices into getImdb's unshuffled positives
+    (object j // 2, mirrored when j is odd): its first 2 * num_pos, repeated to minSampleNum and cut
+    at maxSampleNum (`_produce_picks`'s counts)."""
+    max_n, min_n = (400, 100) if num_classes > 10 else (1000000, 1500)
+    lst = np.arange(2 * int(num_pos))
+    if lst.size < min_n:
+        lst = np.tile(lst, int(math.ceil(min_n / lst.size)))[:min_n]
+    return lst[:min(lst.size, max_n)]
+
+
+def produce_imdb_from_objects(objsets: Sequence[Sequence[ObjRecord | None]], names: Sequence[str], imgdir: Path,
+                              image_size: Sequence[int], *, out: os.PathLike | str | None = None,
+                              workers: int | None = None, progress: bool = True) -> Imdb:
+    """produceIMDB's multi-class imdb (learn_icnn_multiclass.m) built from each category's objects
+    directly, without the per-category getImdb imdbs (not in the original: those hold 3,000
+    positives and the 1,000 negatives each, 2.4 GB at 224 x 224, of which produceIMDB keeps at most
+    400 positives when there are more than 10 classes).
+
+    The rows are the same as `produce_imdb` of the getImdb imdbs: getImdb's unshuffled positives
+    are object 1, its mirror, object 2, its mirror, ... repeated, and produceIMDB takes the first
+    2 * npos of them (with their dataMean added back: the raw getI patches), repeated to
+    minSampleNum and cut at maxSampleNum; label +1 for its class and -1 for the others; the
+    linspace train/val split, the training mean (float64 sums) subtracted, order 1..N. Only the
+    objects that are picked are decoded (at most 200 a category with more than 10 classes).
+    Memory: one category's patches at a time; `out` a .npy path: the data is a memory-mapped file."""
+    size = (int(image_size[0]), int(image_size[1]))
+    objs = [[o for o in objset if o is not None] for objset in objsets]
+    empty = [n for n, o in zip(names, objs) if not o]
+    if empty or len(objs) != len(names):
+        raise DatasetError(f"produceIMDB: {len(objs)} object sets for {len(names)} names; no objects in "
+                           f"{', '.join(map(str, empty)) or '-'}")
+    picks = [_produce_sample_counts(len(o), len(names)) for o in objs]
+    total = int(sum(p.size for p in picks))
+    data = image_rows(out, total, size)
+    labels = -np.ones((total, len(names)), dtype=np.float32)
+    start = 0
+    for i, (name, obj, pick) in enumerate(zip(names, objs, picks)):
+        source = (pick % (2 * len(obj))) // 2
+        used = obj[:int(source.max()) + 1]
+        patches = np.empty((len(used), 3) + size, dtype=np.float32)
+        for s, block in gather_patches(used, imgdir, size, workers=workers,
+                                       progress=f"{name} ({i + 1}/{len(names)})" if progress else None):
+            patches[s:s + block.shape[0]] = block
+        step = _rows_per_chunk((3,) + size)
+        for s in range(0, pick.size, step):         # a chunk at a time: the repeated rows never sit in memory
+            rows = patches[source[s:s + step]]
+            flip = pick[s:s + step] % 2 == 1
+            rows[flip] = rows[flip][..., ::-1]
+            data[start + s:start + s + rows.shape[0]] = rows
+        labels[start:start + pick.size, i] = 1
+        start += pick.size
+    set_ = np.full(total, 2, dtype=np.uint8)
+    set_[linspace_split(total) - 1] = 1
+    data_mean = subtract_training_mean(data, set_ == 1)
+    if isinstance(data, np.memmap):
+        data.flush()
     return Imdb(data=data, labels=labels, set=set_, data_mean=data_mean, classes=list(names),
                 order=np.arange(1, total + 1, dtype=np.int64))
 

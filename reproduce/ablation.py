@@ -87,11 +87,13 @@ from .train import train, validation_error
 
 __all__ = [
     "METRICS",
+    "PART_NOT_AVAILABLE",
     "ROWS",
     "VARIANTS",
     "AblationExperiment",
     "disable_filter_loss",
     "format_table",
+    "has_part_regions",
     "main",
     "masks_off",
     "measure_net",
@@ -109,6 +111,8 @@ ROWS = (("ordinary CNN", "ordinary", False),
         ("ICNN as published", "icnn", False),
         ("  the same, masks off at eval (beta=0)", "icnn", True))
 METRICS = ("binary_error", "location_instability", "part_interpretability")
+#: What the ablation says (and its table shows) where the dataset has part landmarks only.
+PART_NOT_AVAILABLE = "part interpretability: not available (landmarks only)"
 _DIR_SUFFIX = {"ordinary": "-ordinary", "icnn-no-filter-loss": "-no-filter-loss", "icnn": ""}
 
 
@@ -178,8 +182,16 @@ def _prepare(exp: Experiment, paths: Any, imdb: Any, category: str | None = None
     held_out = held_out_indices(source.objects)
     size = (input_size(exp), input_size(exp))
     annodir = getattr(paths, "anno_dir", None)
-    regions = part_regions_for(exp.dataset, category, [source.objects[i] for i in held_out], conf, size, annodir)
+    regions = (part_regions_for(exp.dataset, category, [source.objects[i] for i in held_out], conf, size, annodir)
+               if has_part_regions(exp.dataset) else None)
     return _Measuring(exp, paths, imdb, source, regions, indices, layer_id_for_model(exp.model), part_list, held_out)
+
+
+def has_part_regions(dataset: str) -> bool:
+    """Whether part interpretability can be measured on `dataset` (interpretability.part_regions_for:
+    the toy's masks, Pascal-Part's); the others (ilsvrcanimalpart, cub200, ...) have part landmarks only,
+    so the ablation measures binary error and location instability there."""
+    return dataset in ("toy", "vocpart")
 
 
 def _cached(source: Any) -> Any:
@@ -224,6 +236,11 @@ def _measure(net: Any, m: _Measuring) -> dict[str, float]:
     and in `part_interpretability_by_region` at each of `interpretability.report_radii` and upsampled."""
     net = net.to(m.exp.device).eval()
     mean = read_mean_data(m.imdb)
+    if m.regions is None:                   # landmarks only: no part interpretability
+        stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device,
+                                      batch_size=STABILITY_BATCH_SIZE)
+        return {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
+                "location_instability": float(stability.stability), "part_interpretability": float("nan")}
     maps = source_layer_maps(net, m.source, m.layer_id, mean, m.indices, device=m.exp.device,
                              batch_size=STABILITY_BATCH_SIZE)
     row = {i: r for r, i in enumerate(m.indices)}
@@ -275,9 +292,11 @@ def run_variant(exp: AblationExperiment, m: _Measuring) -> dict:
 
 
 def run_ablation(exp: Experiment, seeds: Sequence[int], paths: Any = None,
-                 variants: Sequence[str] = VARIANTS, say=print) -> list[dict]:
+                 variants: Sequence[str] = VARIANTS, say=print, on_record: Any = None,
+                 skip: Any = None) -> list[dict]:
     """Every variant for every seed; `exp` gives the dataset, category, model and schedule (its
-    seed is the base seed whose folders are the pipeline's own)."""
+    seed is the base seed whose folders are the pipeline's own). `on_record(record)` is called as each
+    run finishes; `skip(seed, variant)` True leaves that run out (reproduce.realimages: already done)."""
     if exp.multiclass:
         raise ValueError("the ablation runs single-category nets (give one category)")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -288,12 +307,18 @@ def run_ablation(exp: Experiment, seeds: Sequence[int], paths: Any = None,
     imdb = build_imdb(exp, paths, (size, size))
     m = _prepare(exp, paths, imdb)
     records = []
+    if not has_part_regions(exp.dataset):
+        say(PART_NOT_AVAILABLE)
     for seed in seeds:
         for variant in variants:
+            if skip is not None and skip(int(seed), variant):
+                continue
             e = AblationExperiment(**{**_fields(exp), "seed": int(seed), "draw": False}, variant=variant,
                                    base_seed=exp.seed)
             say(f"ablation: {variant}, seed {seed} (checkpoints in {e.exp_dir})")
             records.append(run_variant(e, m))
+            if on_record is not None:
+                on_record(records[-1])
     return records
 
 
@@ -333,9 +358,14 @@ def format_table(summary: Sequence[dict]) -> str:
     lines = [f"{'':40s} " + "   ".join(f"{h + ' (before -> after)':^33s}" for h in head),
              f"{'':40s} " + "   ".join(f"{d:^33s}" for d in ("lower is better", "lower is better",
                                                                "higher is better"))]
+    missing = False
     for row in summary:
         cells = [f"{_cell(row, 'before', k):>15s} -> {_cell(row, 'after', k):<14s}" for k in METRICS]
+        if all(math.isnan(v) for when in ("before", "after") for v in row[f"{when}_part_interpretability_values"]):
+            cells[-1], missing = f"{'n/a':^33s}", True
         lines.append(f"  {row['row']:<38s} " + "   ".join(cells))
+    if missing:
+        lines.append(f"  {PART_NOT_AVAILABLE}")
     n = {len(r["seeds"]) for r in summary}
     lines.append(f"  seeds: {', '.join(str(s) for s in summary[0]['seeds'])}" if summary else "")
     if n and max(n) > 1:

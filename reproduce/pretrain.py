@@ -38,13 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from data_prep.annotations import read_annotation
+from data_prep.imdb import load_or_build_imdb, produce_imdb_from_objects
 from legacy_compat.atomic import atomic_write, atomic_write_bytes
 from legacy_compat.matio import savemat
 from legacy_compat.mattypes import MatStruct, cell
 from legacy_compat.simplenn import net_to_matlab
 
 from .ablation import format_table, run_ablation, summarise, write_results
+from .checkpoints import checkpoint_path, last_checkpoint_epoch
 from .cli import (
     add_common,
     add_toy_run_options,
@@ -55,24 +59,116 @@ from .cli import (
     start_device,
     toy_size_options,
 )
+from .evaluate import load_net_for_evaluation
 from .models import MODELS
-from .pipeline import Experiment, learn, prepare_dataset
+from .pipeline import (
+    Experiment,
+    build_net,
+    check_resume_early,
+    image_size_of,
+    prepare_dataset,
+    run_options,
+    slice_mag_fill,
+)
+from .train import train
 
 #: The pretraining's learning rates: network_init's tiny schedule x this. At x1 the multi-class ordinary tiny
 #: CNN (2 logistic outputs, the tiny lrMag chosen at the edge of what the single-class ordinary net survives)
 #: went to NaN within 1-2 epochs in our runs (dropout 0.8 and 0.5).
 PRETRAIN_LR_SCALE = 0.2
 
-__all__ = ["main", "pretrain_and_finetune", "pretrain_trunk", "save_pretrained_model"]
+__all__ = ["main", "pretrain_and_finetune", "pretrain_trunk", "pretraining_imdb", "save_pretrained_model",
+           "stopping_epoch", "top1_error"]
 
 
-def pretrain_trunk(exp: Experiment, paths: Any = None) -> tuple[Any, dict, Any]:
-    """Step 1: train the ordinary CNN on exp.categories (several: multi-class, logistic loss).
-    Returns (trained net, stats, imdb)."""
+class _StopPretraining(Exception):
+    """Raised by the epoch callback when the stopping rule is met (the epoch's checkpoint is written)."""
+
+
+def pretraining_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any:
+    """The multi-class pretraining imdb (produceIMDB's rows, data_prep.imdb.produce_imdb_from_objects:
+    built from the categories' objects, without their 2.4 GB single-category imdbs), cached in
+    exp.imdb_dir and memory-mapped."""
+    conf = paths.data_conf()
+    objsets = [read_annotation(c, conf) for c in exp.categories]
+    settings = {"dataset": exp.dataset, "categories": list(exp.categories), "image_size": list(image_size),
+                "root": str(paths.root), "builder": "produce_imdb_from_objects",
+                "toy_options": exp.toy_options if exp.dataset == "toy" else None}
+    return load_or_build_imdb(exp.imdb_dir, lambda tmp: produce_imdb_from_objects(
+        objsets, list(exp.categories), conf.imgdir, image_size, out=tmp, progress=exp.progress), settings)
+
+
+@torch.no_grad()
+def top1_error(net: Any, imdb: Any, device: Any = "cpu", batch_size: int = 100) -> float:
+    """The multi-way top-1 error on the imdb's validation images: the class of the largest output
+    against the class labelled +1 (not in the original, whose multi-class runs report error_binary)."""
+    net = net.to(device).eval()
+    val = imdb.val_indices()
+    wrong = 0
+    for s in range(0, val.size, batch_size):
+        idx = val[s:s + batch_size]
+        pred = net(torch.from_numpy(np.asarray(imdb.data[idx], dtype=np.float32)).to(device))
+        wrong += int((pred.reshape(len(idx), -1).argmax(1).cpu().numpy() != imdb.labels[idx].argmax(1)).sum())
+    return wrong / max(1, int(val.size))
+
+
+def stopping_epoch(errors: Sequence[float], patience: int) -> int | None:
+    """The patience rule: training stops after the epoch that is `patience` epochs past the best
+    (lowest) validation top-1 error without a lower one; returns that best epoch (1-based), or
+    None while the rule is not met."""
+    if not errors:
+        return None
+    best = int(np.argmin(np.asarray(errors))) + 1
+    return best if len(errors) - best >= patience else None
+
+
+def pretrain_trunk(exp: Experiment, paths: Any, patience: int = 3, say=print) -> tuple[Any, dict, Any]:
+    """Step 1: train the ordinary CNN on exp.categories as a multi-way classifier (logistic loss, one
+    output per category) for at most exp.epochs epochs, stopping when the validation top-1 error has
+    not improved for `patience` epochs (`stopping_epoch`). Resumable: the per-epoch errors are kept
+    in <exp_dir>/val_top1.json beside the checkpoints. Returns (the net of the best epoch, record, imdb)."""
     if not exp.multiclass:
         raise ValueError("pretraining needs at least two categories (a multi-way classifier)")
-    net, stats, imdb, _ = learn(replace(exp, interpretable=False, draw=False), paths)
-    return net, stats, imdb
+    exp = replace(exp, interpretable=False, draw=False)
+    check_resume_early(exp)
+    net, opts, meta = build_net(exp)
+    imdb = pretraining_imdb(exp, paths, image_size_of(meta))
+    history = exp.exp_dir / "val_top1.json"
+    errors = _known_errors(history, exp, imdb)
+
+    def on_epoch(epoch: int, stats: dict) -> None:
+        errors[epoch - 1:] = [top1_error(net, imdb, exp.device)]
+        atomic_write_bytes(history, json.dumps(errors).encode())
+        say(f"pretrain: epoch {epoch}: validation top-1 error {errors[-1]:.4f}")
+        if stopping_epoch(errors, patience) is not None:
+            raise _StopPretraining
+    if stopping_epoch(errors, patience) is None and len(errors) < int(opts.num_epochs):
+        try:
+            train(net, imdb, opts, exp.exp_dir, device=exp.device, seed=exp.seed, progress=exp.progress, meta=meta,
+                  slice_mag_fill=slice_mag_fill(exp), run_options=run_options(exp), on_epoch=on_epoch)
+        except _StopPretraining:
+            pass
+    best = int(np.argmin(np.asarray(errors))) + 1
+    best_net, stats, _ = load_net_for_evaluation(checkpoint_path(exp.exp_dir, best), exp.device)
+    record = {"epochs_trained": len(errors), "best_epoch": best, "val_top1_error": list(errors),
+              "stopped_by": "patience" if stopping_epoch(errors, patience) else "epoch cap",
+              "patience": patience, "max_epochs": int(opts.num_epochs),
+              "val_binerr": [float(v.get("binerr", float("nan"))) for v in stats.get("val", [])],
+              "images": {"train": int(imdb.train_indices().size), "val": int(imdb.val_indices().size)}}
+    return best_net, record, imdb
+
+
+def _known_errors(history: Path, exp: Experiment, imdb: Any) -> list[float]:
+    """The per-epoch top-1 errors of the checkpoints already in exp.exp_dir (from val_top1.json; an
+    epoch whose checkpoint is newer than the file is measured from its checkpoint)."""
+    done = last_checkpoint_epoch(exp.exp_dir)
+    errors = [float(v) for v in json.loads(history.read_text())][:done] if history.is_file() else []
+    for epoch in range(len(errors) + 1, done + 1):
+        net, _, _ = load_net_for_evaluation(checkpoint_path(exp.exp_dir, epoch), exp.device)
+        errors.append(top1_error(net, imdb, exp.device))
+    if errors:
+        atomic_write_bytes(history, json.dumps(errors).encode())
+    return errors
 
 
 def save_pretrained_model(net: Any, model: str, path: Path, classes: Sequence[str]) -> Path:
@@ -100,7 +196,7 @@ def save_pretrained_model(net: Any, model: str, path: Path, classes: Sequence[st
 def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], finetune_category: str, *,
                           model: str = "tiny", seeds: Sequence[int] = (0, 1, 2), out: Path = Path("output/pretrain"),
                           pretrain_epochs: int = 8, finetune_epochs: int = 8, dropout: float = 0.5,
-                          pretrain_lr_scale: float = PRETRAIN_LR_SCALE,
+                          pretrain_lr_scale: float = PRETRAIN_LR_SCALE, patience: int = 3,
                           device: str = "cpu", data_root: Path | None = None, toy_options: dict | None = None,
                           progress: bool = True, say=print) -> dict:
     """Steps 1-3. Returns {'pretrain': ..., 'model_file': ..., 'records': [...], 'summary': [...]}."""
@@ -114,16 +210,16 @@ def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], fine
     paths = prepare_dataset(Experiment(categories=every, **common), MODELS[model].image_size)
     pre = Experiment(categories=list(pretrain_categories), pretrained="none", seed=int(seeds[0]),
                      epochs=pretrain_epochs, interpretable=False, learning_rate_scale=pretrain_lr_scale, **common)
-    say(f"pretrain: the ordinary {model} CNN on {', '.join(pretrain_categories)} ({pretrain_epochs} epochs, "
-        f"checkpoints in {pre.exp_dir})")
+    say(f"pretrain: the ordinary {model} CNN on {', '.join(pretrain_categories)} (at most {pretrain_epochs} "
+        f"epochs, patience {patience}; checkpoints in {pre.exp_dir})")
     t0 = time.perf_counter()
-    net, stats, _ = pretrain_trunk(pre, paths)
+    net, pre_record, _ = pretrain_trunk(pre, paths, patience=patience, say=say)
     file = out / "nets" / f"{model}-pretrained{pre.name}.mat"
     save_pretrained_model(net, model, file, pretrain_categories)
-    pre_record = {"categories": list(pretrain_categories), "epochs": len(stats["val"]), "seed": pre.seed,
-                  "last_val": dict(stats["val"][-1]), "last_train": dict(stats["train"][-1]),
-                  "seconds": time.perf_counter() - t0, "model_file": str(file)}
-    say(f"pretrain: validation error {pre_record['last_val'].get('binerr', float('nan')):.4f}; trunk saved to {file}")
+    pre_record.update(categories=list(pretrain_categories), seed=pre.seed, seconds=time.perf_counter() - t0,
+                      model_file=str(file))
+    say(f"pretrain: best epoch {pre_record['best_epoch']}, validation top-1 error "
+        f"{pre_record['val_top1_error'][pre_record['best_epoch'] - 1]:.4f}; trunk saved to {file}")
     fine = Experiment(categories=[finetune_category], pretrained=str(file), seed=int(seeds[0]),
                       epochs=finetune_epochs, **common)
     records = run_ablation(fine, seeds, paths, say=say)

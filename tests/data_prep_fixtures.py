@@ -152,3 +152,20 @@ def write_voc2010_crop(root, category="bird"):
         write_jpg(root / path, 40 + 7 * k, 60 - 5 * k, k)
     (root / f"{category}_info.txt").write_text("".join(f"{i},{p},{n},{t}\n" for i, p, n, t in lines))
     return lines
+
+
+def ilsvrc_category_from(src: Path, dst: Path, n_images: int) -> None:
+    """An ILSVRC category folder `dst` (<wnid>_obj) with n_images images: `src`'s images and boxes in
+    turn (the images symlinked), for categories whose images the test data do not hold."""
+    from legacy_compat import loadmat  # noqa: PLC0415 - only this helper reads MAT files
+
+    boxes = [m.obj.bndbox for m in np.asarray(loadmat(src / "img" / "data.mat")["samples"], dtype=object).reshape(-1)]
+    n_src = len(boxes)
+    folder = dst / "img" / "img"
+    folder.mkdir(parents=True)
+    for i in range(n_images):
+        (folder / f"{i + 1:05d}.jpg").symlink_to((src / "img" / "img" / f"{i % n_src + 1:05d}.jpg").resolve())
+    samples = StructArray.from_structs([MatStruct(obj=MatStruct(bndbox=MatStruct(
+        **{k: np.array([[float(np.asarray(getattr(boxes[i % n_src], k)).reshape(-1)[0])]])
+           for k in ("xmin", "ymin", "xmax", "ymax")}))) for i in range(n_images)])
+    savemat(dst / "img" / "data.mat", {"samples": samples}, version="7.3")

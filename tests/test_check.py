@@ -149,3 +149,40 @@ def test_each_dataset_is_checked_by_its_own_rule(tmp_path, capsys):
     rc = check.main(["--data-root", str(tmp_path), "--dataset", "helen", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and f"missing     helen face: {tmp_path}/data_input/data_input_helen/face/truth_part02.mat" in out
+
+
+def test_decode_lists_a_truncated_and_an_empty_jpeg_together(shared_data, tmp_path, capsys):
+    """--decode reads every image whole: a real fox JPEG cut to its first 3,000 bytes passes the header
+    check but not the decode; an empty file fails both. Both are listed in one pass, exit 1."""
+    src = shared_data / "detanimalpart" / f"{FOX}_obj"
+    root = tmp_path / "data"
+    shutil.copytree(src, root / "detanimalpart" / f"{FOX}_obj")
+    shutil.copytree(shared_data / "original" / "data_input_DET-2015-subset-ILSVRC2013train" / FOX, root / TRUTH / FOX)
+    img = root / "detanimalpart" / f"{FOX}_obj" / "img" / "img"
+    truncated, empty = img / "00002.jpg", img / "00005.jpg"
+    truncated.write_bytes((src / "img" / "img" / "00002.jpg").read_bytes()[:3000])
+    empty.write_bytes(b"")
+    args = ["--data-root", str(root), "--dataset", "ilsvrcanimalpart", "--no-progress"]
+
+    assert check.main(args) == 1                      # headers only: the empty file alone
+    out = capsys.readouterr().out
+    assert f"UNREADABLE  {empty}" in out and str(truncated) not in out
+
+    assert check.main(args + ["--decode"]) == 1
+    out = capsys.readouterr().out
+    bad = [line for line in out.splitlines() if line.startswith("UNREADABLE")]
+    assert [line.split()[1].rstrip(":") for line in bad] == [str(truncated), str(empty)]
+    assert "truncated" in bad[0]
+    assert _rows(out)[FOX][2:5] == ["286", "286", "284"]     # objects, kept, images decoded
+    assert "1 categories, 2 truth files read, 2 unreadable" in out
+
+
+def test_the_imdb_build_error_points_to_check_decode(tmp_path):
+    """The imdb build stops at the first unreadable image with its name and the way to find the others."""
+    from data_prep.get_i import ImageReadError, read_image  # noqa: PLC0415 - only this test needs it
+
+    bad = tmp_path / "00001.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(ImageReadError) as info:
+        read_image(bad)
+    assert str(bad) in str(info.value) and "python -m data_prep.check --decode" in str(info.value)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from data_prep_fixtures import small_ilsvrc, write_cub
+from data_prep_fixtures import small_ilsvrc, write_cub, write_ilsvrc_category
 
+from data_prep.annotations import read_annotation
 from data_prep.cub200 import cub200_conf
 from data_prep.get_i import get_i
 from data_prep.ilsvrc import ilsvrc_conf, read_annotation_ilsvrc
@@ -33,10 +34,11 @@ from data_prep.imdb import (
     load_or_build_imdb,
     order_from_perm,
     produce_imdb,
+    produce_imdb_from_objects,
     save_imdb_mat,
 )
 from data_prep.negatives import get_neg_objset
-from data_prep.readers import DatasetError
+from data_prep.readers import DatasetError, count_objects
 from legacy_compat import loadmat
 from reproduce.golden.data import octave_single_mean
 
@@ -368,3 +370,24 @@ def test_fox_build_peak_memory(fox64):
     _, stats, _ = fox64
     assert stats["nbytes"] == 4000 * 3 * 64 * 64 * 4
     assert stats["peak_rss_growth"] < 1.5 * stats["nbytes"], stats
+
+
+def test_produce_imdb_from_objects_equals_produce_imdb_of_the_getimdb_imdbs(tmp_path):
+    """The pretraining imdb built from the objects directly (no per-category getImdb imdbs, each of
+    which holds the 1,000 negatives) has produceIMDB's rows: the same data, labels, split and mean."""
+    conf, _ = small_ilsvrc(tmp_path / "data")
+    rng = np.random.default_rng(5)
+    sizes = [(int(rng.integers(30, 60)), int(rng.integers(30, 60))) for _ in range(4)]
+    write_ilsvrc_category(conf.imgdir, "nTWO", [(2, 2, w - 3, h - 2) for h, w in sizes], sizes, seed=7)
+    names = ["nTEST", "nTWO"]
+    singles = [get_imdb(n, conf, (16, 16), progress=False) for n in names]
+    objsets = [read_annotation(n, conf) for n in names]
+    want = produce_imdb(singles, names, [count_objects(o) for o in objsets])
+    got = produce_imdb_from_objects(objsets, names, conf.imgdir, (16, 16), out=tmp_path / "d.npy", progress=False)
+    assert got.num_images == want.num_images == 3000            # each category padded to minSampleNum 1500
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.set, want.set)
+    np.testing.assert_array_equal(got.order, want.order)
+    np.testing.assert_allclose(got.data_mean, want.data_mean, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got.data), np.asarray(want.data), rtol=0, atol=1e-3)
+    assert isinstance(got.data, np.memmap)
