@@ -183,15 +183,16 @@ def _prepare(exp: Experiment, paths: Any, imdb: Any, category: str | None = None
     size = (input_size(exp), input_size(exp))
     annodir = getattr(paths, "anno_dir", None)
     regions = (part_regions_for(exp.dataset, category, [source.objects[i] for i in held_out], conf, size, annodir)
-               if has_part_regions(exp.dataset) else None)
+               if has_part_regions(exp.dataset, annodir) else None)
     return _Measuring(exp, paths, imdb, source, regions, indices, layer_id_for_model(exp.model), part_list, held_out)
 
 
-def has_part_regions(dataset: str) -> bool:
+def has_part_regions(dataset: str, part_masks: Any = None) -> bool:
     """Whether part interpretability can be measured on `dataset` (interpretability.part_regions_for:
-    the toy's masks, Pascal-Part's); the others (ilsvrcanimalpart, cub200, ...) have part landmarks only,
-    so the ablation measures binary error and location instability there."""
-    return dataset in ("toy", "vocpart")
+    the toy's masks, Pascal-Part's, your own images' --part-masks label maps when given); the others
+    (ilsvrcanimalpart, cub200, ...) have part landmarks only, so the ablation measures binary error
+    and location instability there."""
+    return dataset in ("toy", "vocpart") or (dataset == "images" and part_masks is not None)
 
 
 def _cached(source: Any) -> Any:
@@ -307,7 +308,7 @@ def run_ablation(exp: Experiment, seeds: Sequence[int], paths: Any = None,
     imdb = build_imdb(exp, paths, (size, size))
     m = _prepare(exp, paths, imdb)
     records = []
-    if not has_part_regions(exp.dataset):
+    if m.regions is None:
         say(PART_NOT_AVAILABLE)
     for seed in seeds:
         for variant in variants:
