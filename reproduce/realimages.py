@@ -47,6 +47,7 @@ from legacy_compat.atomic import atomic_write, atomic_write_bytes
 
 from .ablation import ROWS, VARIANTS, format_table, run_ablation, summarise
 from .cli import add_common, add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
+from .evaluate import EvaluationError
 from .pipeline import Experiment, prepare_dataset
 from .pretrain import PRETRAIN_LR_SCALE, pretrain_trunk, save_pretrained_model
 
@@ -156,6 +157,10 @@ def finetune_all(args: argparse.Namespace, trunk: Path, paths: Any, settings: di
         if all(done(category)(s, v) for s in args.seeds for v in VARIANTS):
             say(f"realimages: {category}: every run is done (records in {results / 'runs'})")
             continue
+        if (why := not_measured(results).get(category)) is not None:
+            say(f"realimages: {category}: not measured: {why} (delete {not_measured_file(results, category)} "
+                f"to try again)")
+            continue
         fine = Experiment(categories=[category], pretrained=str(trunk), seed=int(args.seeds[0]), epochs=args.epochs,
                           out=Path(args.out) / "finetune", **_common(args))
         with MemoryPeak() as mem:
@@ -168,7 +173,23 @@ def finetune_all(args: argparse.Namespace, trunk: Path, paths: Any, settings: di
                 say(f"realimages: {category} {record['variant']} seed {record['seed']}: after fine-tuning binary "
                     f"error {record['after']['binary_error']:.4f}, location instability "
                     f"{record['after']['location_instability']:.4f} ({file})")
-            run_ablation(fine, args.seeds, paths, say=say, on_record=write, skip=done(category))
+            try:
+                run_ablation(fine, args.seeds, paths, say=say, on_record=write, skip=done(category))
+            except EvaluationError as exc:     # the category's truth cannot be measured as the original measures it
+                atomic_write_bytes(not_measured_file(results, category), json.dumps({"reason": str(exc)}).encode())
+                write_summary(results, args.categories, args.seeds, settings)
+                say(f"realimages: {category}: not measured: {exc}")
+
+
+def not_measured_file(results: Path, category: str) -> Path:
+    """Where a category that cannot be measured says why (`python -m data_prep.check` names the problem)."""
+    return Path(results) / "runs" / f"{category}-not-measured.json"
+
+
+def not_measured(results: Path) -> dict[str, str]:
+    """category -> why it was not measured, for the categories with a not-measured file."""
+    return {f.name[:-len("-not-measured.json")]: json.loads(f.read_text())["reason"]
+            for f in sorted((Path(results) / "runs").glob("*-not-measured.json"))}
 
 
 # ================================================================== results
@@ -195,6 +216,7 @@ def write_summary(results: Path, categories: Sequence[str], seeds: Sequence[int]
     done = sum(len(r) for r in by_category.values())
     js = atomic_write_bytes(results / "realimages.json", json.dumps(
         {"settings": settings, "finished_runs": done, "planned_runs": len(categories) * len(seeds) * len(VARIANTS),
+         "not_measured": {c: r for c, r in not_measured(results).items() if c in categories},
          "runs": by_category, "summary": rows}, indent=1, default=str).encode())
     buf = io.StringIO()
     cols = ["category", "row", "variant", "masks_off_at_eval", "seeds"] + [
@@ -344,6 +366,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     write_summary(args.results, args.categories, args.seeds, settings)
     by_category = load_records(args.results, args.categories, args.seeds)
     print("\n" + format_results(by_category))
+    for category, why in not_measured(args.results).items():
+        if category in args.categories:
+            print(f"\n{category}: not measured: {why}")
     print(f"\nrealimages: done in {time.perf_counter() - t0:.0f} s (this sitting); RssAnon peak "
           f"{mem.peak / 2**30:.2f} GiB; results in {args.results}; caches {dir_bytes(Path(args.out)) / 2**30:.1f} GiB "
           f"in {args.out}")

@@ -119,3 +119,17 @@ def test_end_to_end_on_shared_data_then_resumes_from_the_records(shared_data, tm
     text = capsys.readouterr().out
     assert "trunk" in text and "exists: reused" in text and "every run is done" in text
     assert {p: p.stat().st_mtime_ns for p in (results / "runs").iterdir()} == stamp
+
+
+def test_a_category_that_cannot_be_measured_is_recorded_and_reported(tmp_path):
+    """The elephant's truth has landmarks on an object readAnnotation skips for minArea, where the
+    original's evaluation fails: the command records why, goes on, and the summary says so."""
+    results = tmp_path / "results"
+    file = ri.not_measured_file(results, "n02503517")
+    file.parent.mkdir(parents=True)
+    file.write_text(json.dumps({"reason": "image 35 has part landmarks but no object record"}))
+    assert ri.not_measured(results) == {"n02503517": "image 35 has part landmarks but no object record"}
+    ri.write_summary(results, ["n02503517", FOX], [0], {})
+    data = json.loads((results / "realimages.json").read_text())
+    assert data["not_measured"] == {"n02503517": "image 35 has part landmarks but no object record"}
+    assert data["finished_runs"] == 0 and data["runs"] == {}
