@@ -387,11 +387,17 @@ def test_claimed_runs_keep_every_fake_gpu_busy_with_one_run_at_a_time():
     busy: set[str] = set()
     done: list[tuple[int, str]] = []
     overlap = []
+    # Every worker makes its first claim before any goes on (as GPUs all start at once): without it, on a
+    # loaded machine one thread could take every run before another is scheduled (a flaky test).
+    all_started = threading.Barrier(3, timeout=60)
 
     def claim() -> int:
         with lock:
             counter["next"] += 1
-            return counter["next"] - 1
+            i = counter["next"] - 1
+        if i < 3:
+            all_started.wait()
+        return i
 
     def device_worker(device: str) -> None:
         for i in dd.claimed_runs(10, claim):
