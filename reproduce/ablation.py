@@ -69,6 +69,8 @@ from .interpretability import (
     compute_part_interpretability_multiclass,
     held_out_indices,
     layer_geometry,
+    measured_maps,
+    part_interpretability,
     part_regions_for,
     report_radii,
     source_layer_maps,
@@ -91,6 +93,7 @@ __all__ = [
     "ROWS",
     "VARIANTS",
     "AblationExperiment",
+    "cached_source",
     "disable_filter_loss",
     "format_table",
     "has_part_regions",
@@ -100,6 +103,8 @@ __all__ = [
     "run_ablation",
     "run_variant",
     "summarise",
+    "summary_cell",
+    "summary_csv",
     "write_results",
 ]
 
@@ -177,7 +182,7 @@ def _prepare(exp: Experiment, paths: Any, imdb: Any, category: str | None = None
     conf = paths.data_conf()
     category = exp.categories[0] if category is None else category
     part_list = tuple(paths.parts_for(category))
-    source = _cached(CategorySource.from_conf(category, conf, sorted(set(part_list) | {1})))
+    source = cached_source(CategorySource.from_conf(category, conf, sorted(set(part_list) | {1})))
     indices = [i for i, o in enumerate(source.objects) if o is not None]
     held_out = held_out_indices(source.objects)
     size = (input_size(exp), input_size(exp))
@@ -195,9 +200,9 @@ def has_part_regions(dataset: str, part_masks: Any = None) -> bool:
     return dataset in ("toy", "vocpart") or (dataset == "images" and part_masks is not None)
 
 
-def _cached(source: Any) -> Any:
+def cached_source(source: Any) -> Any:
     """The same CategorySource with getI's patches kept after the first read (every net is
-    measured on the same patches, several times)."""
+    measured on the same patches, several times; reproduce.report reads each image several times too)."""
     cache: dict[tuple, np.ndarray] = {}
     load = source.load_patch
 
@@ -233,15 +238,11 @@ def measure_net(net: Any, m: _Measuring) -> dict[str, float]:
 def _measure(net: Any, m: _Measuring) -> dict[str, float]:
     """One forward pass over the evaluation images (location stability's batches of 32) feeds both
     location stability (all the category's objects, the raw output) and part interpretability (the
-    held-out objects, the post-ReLU/mask tensor made from the same output): at the default radius,
-    and in `part_interpretability_by_region` at each of `interpretability.report_radii` and upsampled."""
+    held-out objects, the post-ReLU/mask tensor made once from the same output): at the default radius,
+    and in `part_interpretability_by_region` at each of `interpretability.report_radii` and upsampled.
+    Where the dataset has landmarks only (m.regions None), part interpretability is NaN."""
     net = net.to(m.exp.device).eval()
     mean = read_mean_data(m.imdb)
-    if m.regions is None:                   # landmarks only: no part interpretability
-        stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device,
-                                      batch_size=STABILITY_BATCH_SIZE)
-        return {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
-                "location_instability": float(stability.stability), "part_interpretability": float("nan")}
     maps = source_layer_maps(net, m.source, m.layer_id, mean, m.indices, device=m.exp.device,
                              batch_size=STABILITY_BATCH_SIZE)
     row = {i: r for r, i in enumerate(m.indices)}
@@ -250,16 +251,16 @@ def _measure(net: Any, m: _Measuring) -> dict[str, float]:
         return torch.from_numpy(maps[[row[i] for i in chunk]])
     stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device,
                                   batch_size=STABILITY_BATCH_SIZE, layer_maps=layer_maps)
-    held = maps[[row[i] for i in m.held_out]]
-    radii = report_radii(layer_geometry(net, m.layer_id).stride)
-    interp = {f"{r:.4g}": compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id,
-                                                        indices=m.held_out, maps=held, radius=r).value for r in radii}
-    interp["upsample"] = compute_part_interpretability(net, m.source, m.regions, mean, layer_id=m.layer_id,
-                                                       indices=m.held_out, maps=held, method="upsample").value
-    return {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
-            "location_instability": float(stability.stability),
-            "part_interpretability": float(interp[f"{radii[0]:.4g}"]),
-            "part_interpretability_by_region": {k: float(v) for k, v in interp.items()}}
+    record = {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
+              "location_instability": float(stability.stability), "part_interpretability": float("nan")}
+    if m.regions is None:
+        return record
+    masked = measured_maps(net, m.layer_id, maps[[row[i] for i in m.held_out]])
+    geometry = layer_geometry(net, m.layer_id)
+    settings = {f"{r:.4g}": {"radius": r} for r in report_radii(geometry.stride)} | {"upsample": {"method": "upsample"}}
+    by_region = {k: float(part_interpretability(masked, m.regions, geometry, **kw).value) for k, kw in settings.items()}
+    return {**record, "part_interpretability": next(iter(by_region.values())),
+            "part_interpretability_by_region": by_region}
 
 
 # ================================================================== one variant, one seed
@@ -348,7 +349,8 @@ def summarise(records: Sequence[dict]) -> list[dict]:
     return out
 
 
-def _cell(row: dict, when: str, metric: str) -> str:
+def summary_cell(row: dict, when: str, metric: str) -> str:
+    """A summary row's `metric` before or after training (`when`): 'mean' for one seed, else 'mean±std'."""
     mean, std = row[f"{when}_{metric}_mean"], row[f"{when}_{metric}_std"]
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f}±{std:.3f}"
 
@@ -361,7 +363,7 @@ def format_table(summary: Sequence[dict]) -> str:
                                                                "higher is better"))]
     missing = False
     for row in summary:
-        cells = [f"{_cell(row, 'before', k):>15s} -> {_cell(row, 'after', k):<14s}" for k in METRICS]
+        cells = [f"{summary_cell(row, 'before', k):>15s} -> {summary_cell(row, 'after', k):<14s}" for k in METRICS]
         if all(math.isnan(v) for when in ("before", "after") for v in row[f"{when}_part_interpretability_values"]):
             cells[-1], missing = f"{'n/a':^33s}", True
         lines.append(f"  {row['row']:<38s} " + "   ".join(cells))
@@ -380,16 +382,22 @@ def write_results(out: Path, records: Sequence[dict], summary: Sequence[dict], s
     js = out / "ablation.json"
     atomic_write_bytes(js, json.dumps({"settings": settings, "runs": list(records), "summary": list(summary)},
                                       indent=1, default=str).encode())
+    cs = out / "ablation.csv"
+    atomic_write_bytes(cs, summary_csv(summary))
+    return js, cs
+
+
+def summary_csv(summary: Sequence[dict], metrics: Sequence[str] = METRICS, leading: Sequence[str] = ()) -> bytes:
+    """The summary rows as CSV: `leading` columns (e.g. 'category'), the row, its variant, masks off,
+    the seeds, then each metric's mean and std before and after training."""
     buf = io.StringIO()
-    cols = ["row", "variant", "masks_off_at_eval", "seeds"] + [f"{w}_{m}_{s}" for w in ("before", "after")
-                                                             for m in METRICS for s in ("mean", "std")]
+    cols = [*leading, "row", "variant", "masks_off_at_eval", "seeds"] + [
+        f"{w}_{m}_{s}" for w in ("before", "after") for m in metrics for s in ("mean", "std")]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in summary:
         writer.writerow({**row, "seeds": " ".join(str(s) for s in row["seeds"])})
-    cs = out / "ablation.csv"
-    atomic_write_bytes(cs, buf.getvalue().encode())
-    return js, cs
+    return buf.getvalue().encode()
 
 
 # ================================================================== command line
@@ -440,10 +448,6 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, Any]:
     """For the paper runner (`--part-interpretability`): the part interpretability of a finished run's
     net (its last epoch checkpoint in exp.exp_dir) and of the net training started from, on each
@@ -475,3 +479,7 @@ def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, Any]:
         per_filter["category"] = [exp.categories[int(c)] for c in res.category_of_filter]
     return {"part_interpretability": float(res.value), "part_interpretability_at_start": float(res0.value),
             "part_interpretability_filters": per_filter}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -61,7 +61,14 @@ from legacy_compat.cli import UserError
 from legacy_compat.runlock import folder_lock
 
 from . import distributed as dd
-from .ablation import format_table, part_interpretability_of_run, run_ablation, summarise, write_results
+from .ablation import (
+    format_table,
+    has_part_regions,
+    part_interpretability_of_run,
+    run_ablation,
+    summarise,
+    write_results,
+)
 from .cli import (
     add_common,
     add_data_root,
@@ -876,8 +883,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                               f"annotated objects, which {' and '.join(bad)} do{'es' if len(bad) == 1 else ''} "
                               f"not have")
         return run_ablation_cells(args, runs)
-    if args.part_interpretability and any(e.dataset not in ("toy", "vocpart") and not
-                                          (e.image_folder is not None and e.image_folder.part_masks) for e in runs):
+    if args.part_interpretability and not all(has_part_regions(e.dataset, e.image_folder and e.image_folder.part_masks)
+                                              for e in runs):
         raise RunnerError("--part-interpretability needs part regions: the toy dataset, vocpart, or --images with "
                           "--part-masks")
     _say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}"

@@ -77,7 +77,7 @@ from .train import train
 #: went to NaN within 1-2 epochs in our runs (dropout 0.8 and 0.5).
 PRETRAIN_LR_SCALE = 0.2
 
-__all__ = ["main", "pretrain_and_finetune", "pretrain_trunk", "pretraining_imdb", "save_pretrained_model",
+__all__ = ["main", "pretrain_and_finetune", "pretrain_and_save", "pretrain_trunk", "pretraining_imdb", "save_pretrained_model",
            "stopping_epoch", "top1_error"]
 
 
@@ -193,6 +193,21 @@ def save_pretrained_model(net: Any, model: str, path: Path, classes: Sequence[st
     return path
 
 
+def pretrain_and_save(pre: Experiment, paths: Any, file: Path, patience: int, say=print) -> dict:
+    """Step 1 with its trunk file: `pretrain_trunk` (the ordinary CNN of `pre`), the best epoch's trunk
+    saved as a MatConvNet model file `file`; returns pretrain_trunk's record with the categories, seed
+    and seconds (reproduce.pretrain and reproduce.realimages)."""
+    say(f"pretrain: the ordinary {pre.model} CNN on {', '.join(pre.categories)} (at most {pre.epochs} "
+        f"epochs, patience {patience}; checkpoints in {pre.exp_dir})")
+    t0 = time.perf_counter()
+    net, record, _ = pretrain_trunk(pre, paths, patience=patience, say=say)
+    save_pretrained_model(net, pre.model, file, pre.categories)
+    record.update(categories=list(pre.categories), seed=pre.seed, seconds=time.perf_counter() - t0)
+    say(f"pretrain: best epoch {record['best_epoch']}, validation top-1 error "
+        f"{record['val_top1_error'][record['best_epoch'] - 1]:.4f}; trunk saved to {file}")
+    return record
+
+
 def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], finetune_category: str, *,
                           model: str = "tiny", seeds: Sequence[int] = (0, 1, 2), out: Path = Path("output/pretrain"),
                           pretrain_epochs: int = 8, finetune_epochs: int = 8, dropout: float = 0.5,
@@ -210,16 +225,9 @@ def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], fine
     paths = prepare_dataset(Experiment(categories=every, **common), MODELS[model].image_size)
     pre = Experiment(categories=list(pretrain_categories), pretrained="none", seed=int(seeds[0]),
                      epochs=pretrain_epochs, interpretable=False, learning_rate_scale=pretrain_lr_scale, **common)
-    say(f"pretrain: the ordinary {model} CNN on {', '.join(pretrain_categories)} (at most {pretrain_epochs} "
-        f"epochs, patience {patience}; checkpoints in {pre.exp_dir})")
-    t0 = time.perf_counter()
-    net, pre_record, _ = pretrain_trunk(pre, paths, patience=patience, say=say)
     file = out / "nets" / f"{model}-pretrained{pre.name}.mat"
-    save_pretrained_model(net, model, file, pretrain_categories)
-    pre_record.update(categories=list(pretrain_categories), seed=pre.seed, seconds=time.perf_counter() - t0,
-                      model_file=str(file))
-    say(f"pretrain: best epoch {pre_record['best_epoch']}, validation top-1 error "
-        f"{pre_record['val_top1_error'][pre_record['best_epoch'] - 1]:.4f}; trunk saved to {file}")
+    pre_record = pretrain_and_save(pre, paths, file, patience, say=say)
+    pre_record.update(model_file=str(file))
     fine = Experiment(categories=[finetune_category], pretrained=str(file), seed=int(seeds[0]),
                       epochs=finetune_epochs, **common)
     records = run_ablation(fine, seeds, paths, say=say)

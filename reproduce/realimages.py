@@ -31,8 +31,6 @@ memory (RssAnon) is sampled throughout and recorded.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import threading
@@ -45,11 +43,11 @@ import torch
 
 from legacy_compat.atomic import atomic_write, atomic_write_bytes
 
-from .ablation import ROWS, VARIANTS, format_table, run_ablation, summarise
+from .ablation import ROWS, VARIANTS, format_table, run_ablation, summarise, summary_cell, summary_csv
 from .cli import add_common, add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
 from .evaluate import EvaluationError
 from .pipeline import Experiment, prepare_dataset
-from .pretrain import PRETRAIN_LR_SCALE, pretrain_trunk, save_pretrained_model
+from .pretrain import PRETRAIN_LR_SCALE, pretrain_and_save
 
 __all__ = ["HELD_OUT", "PRETRAIN_CATEGORIES", "MemoryPeak", "dir_bytes", "main", "run_file", "summary_rows"]
 
@@ -129,19 +127,12 @@ def ensure_trunk(args: argparse.Namespace, paths: Any, say=print) -> Path:
     pre = Experiment(categories=list(args.pretrain_categories), pretrained="none", seed=args.pretrain_seed,
                      epochs=args.pretrain_max_epochs, interpretable=False,
                      learning_rate_scale=args.pretrain_lr_scale, out=Path(args.out) / "pretrain", **_common(args))
-    say(f"realimages: pretraining the ordinary {args.model} on {len(pre.categories)} categories (at most "
-        f"{args.pretrain_max_epochs} epochs, patience {args.patience}; checkpoints in {pre.exp_dir})")
-    t0 = time.perf_counter()
     with MemoryPeak() as mem:
-        net, record, _ = pretrain_trunk(pre, paths, patience=args.patience, say=say)
-    save_pretrained_model(net, args.model, trunk, pre.categories)
-    record.update(categories=list(pre.categories), seed=pre.seed, model=args.model, lr_scale=args.pretrain_lr_scale,
-                  seconds=time.perf_counter() - t0, rss_anon_peak_bytes=mem.peak,
+        record = pretrain_and_save(pre, paths, trunk, args.patience, say=say)
+    record.update(model=args.model, lr_scale=args.pretrain_lr_scale, rss_anon_peak_bytes=mem.peak,
                   imdb_bytes=dir_bytes(pre.imdb_dir), trunk=trunk.name, trunk_bytes=trunk.stat().st_size)
     atomic_write_bytes(record_file, json.dumps(record, indent=1).encode())
-    say(f"realimages: trunk of epoch {record['best_epoch']} (validation top-1 error "
-        f"{record['val_top1_error'][record['best_epoch'] - 1]:.4f}) saved to {trunk}; RssAnon peak "
-        f"{mem.peak / 2**30:.2f} GiB")
+    say(f"realimages: RssAnon peak {mem.peak / 2**30:.2f} GiB while pretraining")
     return trunk
 
 
@@ -218,15 +209,8 @@ def write_summary(results: Path, categories: Sequence[str], seeds: Sequence[int]
         {"settings": settings, "finished_runs": done, "planned_runs": len(categories) * len(seeds) * len(VARIANTS),
          "not_measured": {c: r for c, r in not_measured(results).items() if c in categories},
          "runs": by_category, "summary": rows}, indent=1, default=str).encode())
-    buf = io.StringIO()
-    cols = ["category", "row", "variant", "masks_off_at_eval", "seeds"] + [
-        f"{w}_{m}_{s}" for w in ("before", "after") for m in ("binary_error", "location_instability")
-        for s in ("mean", "std")]
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "seeds": " ".join(str(s) for s in row["seeds"])})
-    cs = atomic_write_bytes(results / "realimages.csv", buf.getvalue().encode())
+    cs = atomic_write_bytes(results / "realimages.csv", summary_csv(rows, ("binary_error", "location_instability"),
+                                                                    leading=("category",)))
     png = plot_instability(rows, results / "realimages.png") if rows else None
     return [p for p in (js, cs, png) if p is not None]
 
@@ -273,10 +257,7 @@ def format_markdown(rows: Sequence[dict]) -> str:
     """The summary as one Markdown table: per category and row of the ablation, binary error and
     location instability before -> after fine-tuning (mean ± sample std over the seeds)."""
     def cell(row: dict, metric: str) -> str:
-        def one(when: str) -> str:
-            mean, std = row[f"{when}_{metric}_mean"], row[f"{when}_{metric}_std"]
-            return f"{mean:.3f}" if std != std else f"{mean:.3f}±{std:.3f}"
-        return f"{one('before')} -> {one('after')}"
+        return f"{summary_cell(row, 'before', metric)} -> {summary_cell(row, 'after', metric)}"
     lines = ["| category | net | seeds | binary error | location instability |", "|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['category']} | {row['row'].strip()} | {' '.join(str(s) for s in row['seeds'])} | "

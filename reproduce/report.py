@@ -58,12 +58,13 @@ from tqdm import tqdm
 from data_prep.facts import DATASETS, has_parts
 from data_prep.readers import default_readcode
 from data_prep.setup import dataset_paths, default_data_root
+from legacy_compat.atomic import TMP_PREFIX, writer_tag
 from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, sort_descend_stable
 from legacy_compat.runlock import LOCK_NAME, lock_holder
 
 from . import checkpoints as ckpt
-from .ablation import masks_off
+from .ablation import cached_source, masks_off
 from .cli import add_common, add_data_root, positive_int, run_cli, start_device
 from .device import resolve_device
 from .draw_rf import (
@@ -108,7 +109,7 @@ from .interpretability import (
 from .pipeline import Experiment, prepare_dataset
 
 __all__ = ["TOP_IMAGES", "THUMBNAIL_SIZE", "ReportError", "RunFolder", "FilterFacts", "RunFacts",
-           "locate_runs", "experiment_of", "measure_run", "filter_part_interpretability", "filter_drawings",
+           "locate_runs", "experiment_of", "measure_run", "filter_drawings",
            "render_html", "build_report", "report_run_dir", "report_experiments", "main"]
 
 TOP_IMAGES = 10            # step_drawRF.m's showNum: images per filter
@@ -124,11 +125,10 @@ class ReportError(UserError):
 # ================================================================== the runs
 @dataclass
 class RunFolder:
-    """One trained net to report on: its checkpoint folder, its imdb cache (for the data mean) and a label."""
+    """One trained net to report on: its checkpoint folder and its imdb cache (for the data mean)."""
 
     exp_dir: Path
     imdb: Path | None = None
-    label: str = ""
 
 
 def _has_checkpoint(folder: Path) -> bool:
@@ -293,7 +293,7 @@ def _load(folder: RunFolder, data_root: Path | None, device: str, progress: bool
     sources = [CategorySource.from_conf(c, conf, part_list) for c in exp.categories]
     count = sum(len(s.objects) for s in sources)
     if count * 3 * size[0] * size[1] * 4 <= PATCH_CACHE_BYTES:
-        sources = [_cached(s) for s in sources]
+        sources = [cached_source(s) for s in sources]
     indices = [[i for i, o in enumerate(s.objects) if o is not None] for s in sources]
     return _Measured(net.eval(), stats, exp, paths, sources, read_mean_data(imdb), size, indices)
 
@@ -308,20 +308,6 @@ def _dataset(exp: Experiment, size: int) -> Any:
         if found != standard:
             return dataset_paths(exp.dataset, Path(exp.data_root), exp.categories, truth_dir=found)
     return prepare_dataset(exp, size)
-
-
-def _cached(source: CategorySource) -> CategorySource:
-    """The same source with getI's patches kept after their first read: the report reads every image
-    four times (location instability with masks on and off, part interpretability, the top images)."""
-    cache: dict[tuple, np.ndarray] = {}
-    load = source.load_patch
-
-    def load_patch(obj: Any, size: tuple[int, int]) -> np.ndarray:
-        key = (id(obj), tuple(size))
-        if key not in cache:
-            cache[key] = load(obj, size)
-        return cache[key]
-    return replace(source, load_patch=load_patch)
 
 
 def _layer_id(m: _Measured, layer_id: int | None) -> int:
@@ -392,16 +378,6 @@ class PartFacts:
     part: list[str | None]
 
 
-def filter_part_interpretability(net: Any, source: CategorySource, regions: Any, mean: np.ndarray, layer_id: int,
-                                 indices: Sequence[int], maps: np.ndarray | None = None) -> PartFacts:
-    """The report's call into `reproduce.interpretability` for a single-class net: each filter's part
-    interpretability (P_f) and its assigned part, on source.objects[indices] (the pipeline's held-out
-    objects). maps: the measured layer's output for those objects, when already computed."""
-    r = compute_part_interpretability(net, source, regions, mean, layer_id=layer_id, indices=list(indices),
-                                      maps=maps)
-    return _part_facts(r, regions)
-
-
 def _part_facts(r: Any, regions: Any) -> PartFacts:
     """A PartInterpretability as the report shows it: the part k of the highest P_{f,k} (none when P_f
     is 0 or undefined)."""
@@ -414,12 +390,12 @@ def _part_facts(r: Any, regions: Any) -> PartFacts:
     return PartFacts(float(r.value), np.asarray(r.per_filter, np.float64), parts)
 
 
-def _parts(m: _Measured, net: Any, layer_id: int, categories: list, maps: list[np.ndarray]) -> PartFacts | None:
+def _parts(m: _Measured, net: Any, layer_id: int, maps: list[np.ndarray]) -> PartFacts | None:
     """Part interpretability where the dataset has part regions (toy, vocpart), else None, measured as
     the pipeline measures it (issue 25): on each category's held-out objects (`held_out_indices`); a
     multi-class net through `compute_part_interpretability_multiclass`, each filter on the images of
-    the category that activates it most (the papers' assignment; `categories`, the per-filter
-    categories shown, are step_computeStability_multiClass.m's)."""
+    the category that activates it most (the papers' assignment; the per-filter categories the report
+    shows are step_computeStability_multiClass.m's)."""
     held, regions = [], []
     for source, indices in zip(m.sources, m.indices):
         keep = set(indices)
@@ -433,7 +409,8 @@ def _parts(m: _Measured, net: Any, layer_id: int, categories: list, maps: list[n
     if len(m.sources) == 1:
         row = {i: r for r, i in enumerate(m.indices[0])}
         given = None if maps is None else maps[0][[row[i] for i in held[0]]]
-        return filter_part_interpretability(net, m.sources[0], regions[0], m.mean, layer_id, held[0], given)
+        return _part_facts(compute_part_interpretability(net, m.sources[0], regions[0], m.mean, layer_id=layer_id,
+                                                         indices=held[0], maps=given), regions[0])
     r = compute_part_interpretability_multiclass(net, m.sources, regions, m.mean, layer_id=layer_id,
                                                  indices=held, device=m.exp.device)
     return _part_facts(r, regions[0])
@@ -452,14 +429,14 @@ def measure_run(folder: RunFolder, data_root: Path | None, device: str, *, layer
     value, per, categories = _stability(m, m.net, layer_id, m.maps, progress)
     value_off, per_off, _ = (_stability(m, net_off, layer_id, maps_off, progress) if has_masks
                              else (float("nan"), None, None))
-    parts = _parts(m, m.net, layer_id, categories, m.maps)
+    parts = _parts(m, m.net, layer_id, m.maps)
     filters = [FilterFacts(index=f + 1, instability=float(per[f]),
                            instability_off=float(per_off[f]) if per_off is not None else float("nan"),
                            part_value=float(parts.per_filter[f]) if parts else float("nan"),
                            part=parts.part[f] if parts else None, category=categories[f] if m.exp.multiclass else None)
                for f in range(per.size)]
     curves = folder.exp_dir / "net-train.png"
-    label = folder.label or ("interpretable CNN" if m.exp.interpretable else "ordinary CNN")
+    label = "interpretable CNN" if m.exp.interpretable else "ordinary CNN"
     facts = RunFacts(label, m.exp, folder.exp_dir, ckpt.last_checkpoint_epoch(folder.exp_dir), layer_id,
                      final_val_error(m.stats, m.error_name), value, value_off,
                      parts.value if parts else float("nan"), filters, curves if curves.is_file() else None,
@@ -761,7 +738,7 @@ def render_html(runs: Sequence[RunFacts], out: Path, seconds: float | None = Non
 # ================================================================== the report
 def _publish(tmp: Path, final: Path) -> None:
     """Put the finished folder in place of the old report (renames: never a half-written report)."""
-    old = final.with_name(f".tmp-report-old.pid{os.getpid()}")
+    old = final.with_name(f"{TMP_PREFIX}{final.name}{writer_tag()}old")
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -776,7 +753,7 @@ def build_report(first: RunFolder, second: RunFolder | None, out: Path, *, data_
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}.pid{os.getpid()}")
+    tmp = out.with_name(f"{TMP_PREFIX}{out.name}{writer_tag()}build")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
