@@ -38,16 +38,10 @@ from legacy_compat.cli import (
     run_cli,
 )
 from legacy_compat.runlock import folder_lock
-from reproduce import distributed as dd
-from reproduce.ablation import format_table, run_ablation, summarise
-from reproduce.cli import add_image_folder, image_folder_option, toy_size_options
-from reproduce.device import choose_device, set_tf32
-from reproduce.distributed import add_arguments, is_main, shutdown
-from reproduce.evaluate import load_net_for_evaluation, net_input_size
-from reproduce.losses import single_class_loss_error
-from reproduce.models import MODELS
-from reproduce.paper_numbers import format_rows, rows_for
-from reproduce.pipeline import (
+from reproduce.evaluation.evaluate import load_net_for_evaluation, net_input_size
+from reproduce.experiments.ablation import format_table, run_ablation, summarise
+from reproduce.experiments.options import add_image_folder, image_folder_option, toy_size_options
+from reproduce.experiments.pipeline import (
     Experiment,
     build_imdb,
     check_data_root,
@@ -62,8 +56,14 @@ from reproduce.pipeline import (
     show_results,
     write_test,
 )
-from reproduce.report import report_run_dir
-from reproduce.train import validation_error
+from reproduce.experiments.published_numbers import format_rows, rows_for
+from reproduce.experiments.report import report_run_dir
+from reproduce.layers.losses import single_class_loss_error
+from reproduce.models.builder import MODELS
+from reproduce.runtime import distributed as dd
+from reproduce.runtime.device import choose_device, set_tf32
+from reproduce.runtime.distributed import add_arguments, is_main, shutdown
+from reproduce.training.cnn_train import validation_error
 
 # Before torch loads its OpenMP runtime (libgomp in the Linux wheels): idle OpenMP threads spin for
 # 30000 rounds, not libgomp's default 300000, before they sleep. On a small machine shared with other

@@ -317,8 +317,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m legacy_compat.parity` is another name of `python -m reproduce.golden`: the adapters sit
-    # above legacy_compat and register themselves (into the imported legacy_compat.parity's registry,
-    # not this __main__ module's) when reproduce.golden is imported. The library never imports them.
-    from reproduce.golden import main as golden_main  # noqa: PLC0415 - the command line only
-    sys.exit(golden_main())
+    # The runner's command is `python -m reproduce.golden`: the adapters sit above legacy_compat and
+    # register themselves there; this library module imports nothing above it (no import circle).
+    sys.exit("legacy_compat.parity is the runner's library; run the golden cases with: python -m reproduce.golden PATH...")

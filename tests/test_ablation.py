@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-import reproduce.ablation as ablation
-from reproduce.ablation import (
+import reproduce.experiments.ablation as ablation
+from reproduce.experiments.ablation import (
     ROWS,
     disable_filter_loss,
     format_table,
@@ -16,9 +16,9 @@ from reproduce.ablation import (
     net_fingerprint,
     summarise,
 )
-from reproduce.conv_mask import ConvMask, FilterLossContext
-from reproduce.models import network_init
-from reproduce.pretrain import save_pretrained_model
+from reproduce.experiments.pretrain import save_pretrained_model
+from reproduce.layers.conv_mask import ConvMask, FilterLossContext
+from reproduce.models.builder import network_init
 
 
 def _layer():

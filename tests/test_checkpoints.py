@@ -15,7 +15,7 @@ from legacy_compat import loadmat
 from legacy_compat.matio import savemat
 from legacy_compat.mattypes import cell_items
 from legacy_compat.simplenn import layers_from_matlab
-from reproduce import checkpoints as ck
+from reproduce.training import checkpoints as ck
 
 
 def _specs(golden_dir):

@@ -14,13 +14,14 @@ from data_prep.readers import DatasetError
 from data_prep.setup import MissingDataError
 from legacy_compat import cli, parity
 from legacy_compat.matio import MatFileError
-from reproduce import paper, train_cli
 from reproduce.bench import conv_mask as bench_conv_mask
 from reproduce.bench import evaluation as bench_eval
 from reproduce.bench import imdb as bench_imdb
 from reproduce.bench import suite as bench
-from reproduce.checkpoints import CheckpointError
-from reproduce.evaluate import EvaluationError
+from reproduce.evaluation.evaluate import EvaluationError
+from reproduce.experiments import paper
+from reproduce.experiments import train_command as train_cli
+from reproduce.training.checkpoints import CheckpointError
 
 # every command line's main, and the arguments it needs besides the one under test
 COMMANDS = {

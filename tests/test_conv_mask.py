@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reproduce import conv_mask as cm
 from reproduce.bench.conv_mask import count_ops
-from reproduce.conv_mask import (
+from reproduce.layers import conv_mask as cm
+from reproduce.layers.conv_mask import (
     ConvMask,
     FilterLossContext,
     FilterLossError,
@@ -30,7 +30,7 @@ from reproduce.conv_mask import (
     raise_deferred_errors,
     set_compile,
 )
-from reproduce.device import resolve_device
+from reproduce.runtime.device import resolve_device
 
 
 def _loss(x, mask, strength, sqrtvar, beta, filt, slice_mag, labels, epoch, density, layer_mag, all_inf_fallback=None):

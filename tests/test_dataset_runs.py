@@ -14,9 +14,9 @@ import demo
 from data_prep.celeba import celeba_evaluation_set
 from data_prep.facts import CELEBA_ATTRIBUTES
 from data_prep.setup import MissingDataError, ensure_dataset
-from reproduce import paper
-from reproduce.checkpoints import load_checkpoint
-from reproduce.evaluate import final_val_error
+from reproduce.evaluation.evaluate import final_val_error
+from reproduce.experiments import paper
+from reproduce.training.checkpoints import load_checkpoint
 
 RESULT = re.compile(r"^binary error (\d+\.\d{6})     location stability (\d+\.\d{6})$")
 NOT_MEASURED = ("location stability not measured: voc2010_crop has no part annotations (binary error only)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reproduce import device as dv
+from reproduce.runtime import device as dv
 
 
 @pytest.fixture

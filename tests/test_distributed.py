@@ -24,13 +24,13 @@ import torch
 
 from legacy_compat import loadmat
 from legacy_compat.simplenn import layers_from_matlab
-from reproduce import distributed as dd
-from reproduce import train as tr
-from reproduce.checkpoints import find_checkpoints, load_checkpoint
-from reproduce.conv_mask import FilterLossContext
-from reproduce.evaluate import _peaks_over_ranks
-from reproduce.golden.train import golden_imdb
-from reproduce.network import SimpleNN
+from reproduce.evaluation.evaluate import _peaks_over_ranks
+from reproduce.golden.training_cases import golden_imdb
+from reproduce.layers.conv_mask import FilterLossContext
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.runtime import distributed as dd
+from reproduce.training import cnn_train as tr
+from reproduce.training.checkpoints import find_checkpoints, load_checkpoint
 
 GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden"
 BATCH = 3

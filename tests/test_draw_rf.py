@@ -11,9 +11,9 @@ from PIL import Image
 
 from data_prep.cub200 import cub200_conf, read_annotation_cub, read_annotation_sampling_cub
 from legacy_compat.matio import savemat
-from reproduce import draw_rf as rf
-from reproduce import pipeline
-from reproduce.models import network_init
+from reproduce.evaluation import receptive_fields as rf
+from reproduce.experiments import pipeline
+from reproduce.models.builder import network_init
 
 
 def _imfilter_replicate_same(t: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -11,11 +11,11 @@ import torch
 from data_prep.ilsvrc import ilsvrc_conf
 from data_prep.readers import PartTruth
 from legacy_compat import loadmat
-from reproduce import evaluate as ev
-from reproduce.checkpoints import load_mat_checkpoint, save_checkpoint
-from reproduce.geometry import get_conv_net_para
-from reproduce.models import network_init
-from reproduce.network import SimpleNN
+from reproduce.evaluation import evaluate as ev
+from reproduce.layers.geometry import get_conv_net_para
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.models.builder import network_init
+from reproduce.training.checkpoints import load_mat_checkpoint, save_checkpoint
 
 
 # ------------------------------------------------------------------ helpers

@@ -35,7 +35,7 @@ def test_golden_imdb_is_exact(golden_dir):
 
 
 def test_runner_cli(golden_dir):
-    for command in ("reproduce.golden", "legacy_compat.parity"):         # the runner and its other name
+    for command in ("reproduce.golden",):
         cmd = [sys.executable, "-m", command, *(str(golden_dir / c) for c in CASES)]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
         assert res.returncode == 0, res.stdout + res.stderr

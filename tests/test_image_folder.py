@@ -31,8 +31,8 @@ from data_prep.imdb import get_imdb
 from data_prep.negatives import get_neg_objset
 from data_prep.readers import BndBox, read_part_truth_file
 from data_prep.setup import ensure_dataset
-from reproduce import paper
-from reproduce.interpretability import part_regions_for
+from reproduce.evaluation.part_interpretability import part_regions_for
+from reproduce.experiments import paper
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from data_prep.imdb import (
 from data_prep.negatives import get_neg_objset
 from data_prep.readers import DatasetError, count_objects
 from legacy_compat import loadmat
-from reproduce.golden.data import octave_single_mean
+from reproduce.golden.data_cases import octave_single_mean
 
 PROJECT = Path(__file__).resolve().parent.parent
 

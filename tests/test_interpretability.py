@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce import paper
-from reproduce.interpretability import (
+from reproduce.evaluation.part_interpretability import (
     InterpretabilityError,
     MapGeometry,
     PartRegions,
@@ -28,7 +27,8 @@ from reproduce.interpretability import (
     region_part_ious,
     upsample_matrix,
 )
-from reproduce.models import network_init
+from reproduce.experiments import paper
+from reproduce.models.builder import network_init
 
 PIXEL = MapGeometry(1.0, 1.0, (8, 8))          # maps at image resolution: cell (i, j) at pixel (i+1, j+1)
 

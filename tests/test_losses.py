@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import demo
-from reproduce import losses, paper, train_cli
-from reproduce.losses import single_class_loss_error
+from reproduce.experiments import paper
+from reproduce.experiments import train_command as train_cli
+from reproduce.layers import losses
+from reproduce.layers.losses import single_class_loss_error
 
 
 def test_logistic_value_and_gradient():

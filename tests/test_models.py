@@ -9,9 +9,10 @@ import torch
 from legacy_compat import savemat
 from legacy_compat.mattypes import MatStruct
 from legacy_compat.simplenn import net_to_matlab
-from reproduce.conv_mask import FilterLossContext, get_mask, get_mu
-from reproduce.geometry import get_conv_net_para, layer_output_sizes, x2p
-from reproduce.models import (
+from reproduce.layers.conv_mask import FilterLossContext, get_mask, get_mu
+from reproduce.layers.geometry import get_conv_net_para, layer_output_sizes, x2p
+from reproduce.layers.simplenn import LossLayer, MatConv
+from reproduce.models.builder import (
     MODELS,
     TrainOpts,
     apply_multiclass_adjustments,
@@ -20,7 +21,6 @@ from reproduce.models import (
     train_opts_multiclass,
     trunk_specs,
 )
-from reproduce.network import LossLayer, MatConv
 
 HEAD = ["conv6", "relu6", "pool5", "fc7", "relu7", "dropoutfc--7", "fcfc--8", "relufc--8", "dropoutfc--8", "fc9",
         "loss"]

@@ -18,7 +18,7 @@ from data_prep.toy import generate_toy_dataset
 from legacy_compat import atomic
 from legacy_compat.cli import run_cli
 from legacy_compat.runlock import FolderBusyError, folder_lock, lock_holder
-from reproduce import checkpoints as ckpt
+from reproduce.training import checkpoints as ckpt
 
 SMALL = ["--quick", "--toy-images", "10", "--epochs", "1", "--no-draw"]
 

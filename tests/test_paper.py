@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reproduce import paper as pp
-from reproduce.ablation import summarise
-from reproduce.evaluate import DEFAULT_LAYER_ID, target_layer_index
-from reproduce.geometry import get_conv_net_para
-from reproduce.models import MODELS, network_init
-from reproduce.paper_numbers import paper_rows
+from reproduce.evaluation.evaluate import DEFAULT_LAYER_ID, target_layer_index
+from reproduce.experiments import paper as pp
+from reproduce.experiments.ablation import summarise
+from reproduce.experiments.published_numbers import paper_rows
+from reproduce.layers.geometry import get_conv_net_para
+from reproduce.models.builder import MODELS, network_init
 
 TOY = ["--dataset", "toy", "--categories", "toy01", "--models", "tiny", "--epochs", "1", "--device", "cpu",
        "--toy-option", "n_pos=16", "--toy-option", "n_neg=16", "--no-progress", "--seed", "3"]

@@ -1,4 +1,4 @@
-from reproduce.paper_numbers import format_rows, paper_rows, rows_for
+from reproduce.experiments.published_numbers import format_rows, paper_rows, rows_for
 
 
 def test_table_has_every_published_cell():

@@ -66,20 +66,28 @@ def test_unknown_case_fn_is_a_failure(tmp_path):
 def test_cli_reports_each_case_and_a_summary(tmp_path):
     path = tmp_path / "unknown.mat"
     scipy.io.savemat(path, {"case_fn": "noSuchFunction", "inputs": {"x": 1.0}, "outputs": {"y": 2.0}})
-    out = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(path)],
+    out = subprocess.run([sys.executable, "-m", "reproduce.golden", str(path)],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     lines = out.stdout.strip().splitlines()
     assert out.returncode == 1
     assert lines[0].startswith("FAIL") and lines[-1] == "0 passed, 1 failed"
-    bad = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(tmp_path / "nope.mat")],
+    bad = subprocess.run([sys.executable, "-m", "reproduce.golden", str(tmp_path / "nope.mat")],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such golden case" in bad.stderr
+
+
+def test_the_library_module_points_at_the_command():
+    """legacy_compat.parity imports nothing above legacy_compat (no import circle), so it is not a
+    command any more: run as one, it names `python -m reproduce.golden`."""
+    out = subprocess.run([sys.executable, "-m", "legacy_compat.parity"], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and "python -m reproduce.golden" in out.stderr
 
 
 @pytest.mark.slow
 def test_every_golden_case_passes(golden_dir):
     """The project's headline figure: the whole golden folder through the CLI."""
-    out = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(golden_dir)],
+    out = subprocess.run([sys.executable, "-m", "reproduce.golden", str(golden_dir)],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     print(out.stdout)
     last = out.stdout.strip().splitlines()[-1]
@@ -131,7 +139,7 @@ def test_a_bad_file_fails_alone_and_the_other_cases_still_run(tmp_path, echo_ada
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
 def test_every_golden_case_passes_on_cuda(golden_dir):
     """The same golden numbers and tolerances with the port on the GPU."""
-    out = subprocess.run([sys.executable, "-m", "legacy_compat.parity", str(golden_dir), "--device", "cuda"],
+    out = subprocess.run([sys.executable, "-m", "reproduce.golden", str(golden_dir), "--device", "cuda"],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
     print(out.stdout)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from data_prep_fixtures import ilsvrc_category_from
 
-from reproduce import realimages as ri
-from reproduce.ablation import PART_NOT_AVAILABLE, ROWS, VARIANTS, format_table, has_part_regions, summarise
-from reproduce.pretrain import stopping_epoch
+from reproduce.experiments import realimages as ri
+from reproduce.experiments.ablation import PART_NOT_AVAILABLE, ROWS, VARIANTS, format_table, has_part_regions, summarise
+from reproduce.experiments.pretrain import stopping_epoch
 
 FOX, LIZARD, GOLDFISH = "n02118333", "n01674464", "n01443537"
 

@@ -15,8 +15,8 @@ import pytest
 
 import demo
 from legacy_compat.runlock import lock_holder
-from reproduce import report
-from reproduce.pipeline import Experiment
+from reproduce.experiments import report
+from reproduce.experiments.pipeline import Experiment
 
 
 # ------------------------------------------------------------------ choose_images (no net)

@@ -9,12 +9,13 @@ import pytest
 
 from legacy_compat import loadmat
 from legacy_compat.simplenn import layers_from_matlab
-from reproduce import checkpoints as ckpt
-from reproduce import pipeline, train_cli
-from reproduce import train as tr
-from reproduce.golden.train import golden_imdb
-from reproduce.network import SimpleNN
-from reproduce.pipeline import PLOT_BYTES, Experiment, checkpoint_bytes, space_needed
+from reproduce.experiments import pipeline
+from reproduce.experiments import train_command as train_cli
+from reproduce.experiments.pipeline import PLOT_BYTES, Experiment, checkpoint_bytes, space_needed
+from reproduce.golden.training_cases import golden_imdb
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.training import checkpoints as ckpt
+from reproduce.training import cnn_train as tr
 
 RUN = {"dataset": "toy", "categories": ["toy01"], "model": "tiny", "dropout": 0.5, "loss": "ourloss_logistic",
        "interpretable": True, "image_size": 64, "pretrained": "auto", "learning_rate_scale": 1.0, "toy_options": {}}

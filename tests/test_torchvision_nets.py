@@ -8,15 +8,15 @@ import pytest
 import torch
 
 import demo
-from reproduce.checkpoints import CheckpointError, TrainingState, from_plain, save_mat_checkpoint, to_plain
-from reproduce.conv_mask import ConvMask, FilterLossContext
-from reproduce.evaluate import first_conv_mask_layer_id
-from reproduce.geometry import get_conv_net_para, layer_output_sizes
-from reproduce.models import network_init
-from reproduce.network import SimpleNN
-from reproduce.torchvision_nets import TORCHVISION_NETS, PretrainedFileError, read_torchvision_state_dict
-from reproduce.train import train
-from reproduce.tv_blocks import TorchvisionBlock, arch_parts, main_path_geometry
+from reproduce.evaluation.evaluate import first_conv_mask_layer_id
+from reproduce.layers.conv_mask import ConvMask, FilterLossContext
+from reproduce.layers.geometry import get_conv_net_para, layer_output_sizes
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.layers.torchvision_blocks import TorchvisionBlock, arch_parts, main_path_geometry
+from reproduce.models.builder import network_init
+from reproduce.models.torchvision_nets import TORCHVISION_NETS, PretrainedFileError, read_torchvision_state_dict
+from reproduce.training.checkpoints import CheckpointError, TrainingState, from_plain, save_mat_checkpoint, to_plain
+from reproduce.training.cnn_train import train
 
 # torchvision's published parameter counts (ImageNet, 1000 classes): the architectures are written anew
 # here, so these pin them to torchvision's

@@ -22,16 +22,17 @@ import torch
 from legacy_compat import loadmat
 from legacy_compat.mattypes import cell_items
 from legacy_compat.simplenn import layers_from_matlab
-from reproduce import pipeline, train_cli
-from reproduce import train as tr
-from reproduce.checkpoints import (
+from reproduce.experiments import pipeline
+from reproduce.experiments import train_command as train_cli
+from reproduce.golden.training_cases import golden_imdb
+from reproduce.training import cnn_train as tr
+from reproduce.training.checkpoints import (
     CheckpointError,
     CheckpointMismatchError,
     checkpoint_path,
     find_checkpoints,
     load_checkpoint,
 )
-from reproduce.golden.train import golden_imdb
 
 ParamInfo = namedtuple("ParamInfo", "layer_index j name param learning_rate weight_decay")
 

@@ -13,12 +13,13 @@ from data_prep.readers import DataConf, DatasetError
 from legacy_compat import MatStruct, StructArray, loadmat
 from legacy_compat.matio import MatFileError, savemat
 from legacy_compat.simplenn import layers_from_matlab
-from reproduce import checkpoints as ckpt
-from reproduce import paper, train_cli
-from reproduce import train as tr
-from reproduce.evaluate import load_net_for_evaluation, net_input_size
-from reproduce.golden.train import golden_imdb
-from reproduce.network import SimpleNN
+from reproduce.evaluation.evaluate import load_net_for_evaluation, net_input_size
+from reproduce.experiments import paper
+from reproduce.experiments import train_command as train_cli
+from reproduce.golden.training_cases import golden_imdb
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.training import checkpoints as ckpt
+from reproduce.training import cnn_train as tr
 
 
 def test_a_nan_box_names_its_file(tmp_path):

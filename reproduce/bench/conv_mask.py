@@ -38,11 +38,11 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
-from reproduce import train as tr
-from reproduce.cli import add_common, positive_int, run_cli, start_device
-from reproduce.conv_mask import ConvMask, FilterLossContext, raise_deferred_errors
-from reproduce.device import resolve_device
-from reproduce.models import MODELS, network_init, train_opts
+from reproduce.experiments.options import add_common, positive_int, run_cli, start_device
+from reproduce.layers.conv_mask import ConvMask, FilterLossContext, raise_deferred_errors
+from reproduce.models.builder import MODELS, network_init, train_opts
+from reproduce.runtime.device import resolve_device
+from reproduce.training import cnn_train as tr
 
 __all__ = ["run", "main"]
 

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from data_prep.ilsvrc import ilsvrc_conf
-from reproduce import draw_rf as rf
-from reproduce import evaluate as ev
-from reproduce.cli import add_common, add_data_root, positive_int, run_cli, start_device
-from reproduce.device import resolve_device
-from reproduce.geometry import get_conv_net_para
-from reproduce.models import network_init
+from reproduce.evaluation import evaluate as ev
+from reproduce.evaluation import receptive_fields as rf
+from reproduce.experiments.options import add_common, add_data_root, positive_int, run_cli, start_device
+from reproduce.layers.geometry import get_conv_net_para
+from reproduce.models.builder import network_init
+from reproduce.runtime.device import resolve_device
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"   # <project>/../shared/data
 CATEGORY = "n02118333"

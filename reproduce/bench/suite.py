@@ -48,14 +48,21 @@ import numpy as np
 import torch
 
 from legacy_compat.atomic import atomic_write_text
-from reproduce import train as tr
-from reproduce.cli import add_common, add_data_root, add_out, nonnegative_int, positive_int, run_cli, start_device
-from reproduce.models import MODELS, network_init, train_opts
-from reproduce.paper import machine_info
-
-from . import conv_mask as bench_conv_mask
-from . import evaluation as bench_evaluation
-from . import imdb as bench_imdb
+from reproduce.bench import conv_mask as bench_conv_mask
+from reproduce.bench import evaluation as bench_evaluation
+from reproduce.bench import imdb as bench_imdb
+from reproduce.experiments.options import (
+    add_common,
+    add_data_root,
+    add_out,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+    start_device,
+)
+from reproduce.experiments.paper import machine_info
+from reproduce.models.builder import MODELS, network_init, train_opts
+from reproduce.training import cnn_train as tr
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_ROOT = PROJECT_ROOT.parent / "shared" / "data"

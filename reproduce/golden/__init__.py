@@ -18,8 +18,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from legacy_compat import parity
-
-from . import core, data, evaluate, train
+from reproduce.golden import data_cases as data
+from reproduce.golden import evaluation_cases as evaluate
+from reproduce.golden import layer_cases as core
+from reproduce.golden import training_cases as train
 
 __all__ = ["main", "core", "data", "evaluate", "train"]
 

@@ -63,12 +63,11 @@ from data_prep.readers import read_part_truth_file
 from legacy_compat import MatStruct, loadmat
 from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, mvar, sort_ascend_stable, sort_descend_stable
-from reproduce.checkpoints import load_checkpoint, load_mat_checkpoint
-from reproduce.network import SimpleNN
-
-from .device import module_device, resolve_device
-from .distributed import active, gather_over_ranks
-from .geometry import CONV_TYPES, ConvNetPara, get_conv_net_para
+from reproduce.layers.geometry import CONV_TYPES, ConvNetPara, get_conv_net_para
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.runtime.device import module_device, resolve_device
+from reproduce.runtime.distributed import active, gather_over_ranks
+from reproduce.training.checkpoints import load_checkpoint, load_mat_checkpoint
 
 #: getConvNetPara's convnet: the port's ConvNetPara, or the MATLAB struct a golden case holds.
 ConvNet = Union[ConvNetPara, MatStruct]

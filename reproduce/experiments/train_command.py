@@ -15,12 +15,19 @@ from typing import Sequence
 from data_prep.facts import DATASETS
 from data_prep.setup import default_data_root
 from legacy_compat.runlock import folder_lock
-
-from . import distributed as dd
-from .cli import add_common, add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli, start_device
-from .losses import single_class_loss_error
-from .models import MODELS
-from .pipeline import Experiment, check_data_root, learn
+from reproduce.experiments.options import (
+    add_common,
+    add_data_root,
+    dropout_rate,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+    start_device,
+)
+from reproduce.experiments.pipeline import Experiment, check_data_root, learn
+from reproduce.layers.losses import single_class_loss_error
+from reproduce.models.builder import MODELS
+from reproduce.runtime import distributed as dd
 
 __all__ = ["build_parser", "main"]
 

@@ -55,10 +55,11 @@ from torch import nn
 
 from legacy_compat.cli import UserError
 from legacy_compat.simplenn import LayerSpec
-
-from .conv_mask import pos_templates
-from .geometry import layer_output_sizes
-from .model_registry import (
+from reproduce.layers.conv_mask import pos_templates
+from reproduce.layers.geometry import layer_output_sizes
+from reproduce.layers.simplenn import LossLayer, SimpleNN
+from reproduce.layers.torchvision_blocks import IMAGENET_STD, TorchvisionBlock, arch_parts, rename_legacy_densenet_keys
+from reproduce.models.registry import (
     ALPHA_INIT,
     LOSS_WEIGHT,
     MAG,
@@ -68,8 +69,6 @@ from .model_registry import (
     plain_cnn_specs,
     train_opts,
 )
-from .network import LossLayer, SimpleNN
-from .tv_blocks import IMAGENET_STD, TorchvisionBlock, arch_parts, rename_legacy_densenet_keys
 
 __all__ = ["TorchvisionNet", "TORCHVISION_NETS", "network_init_torchvision", "read_torchvision_state_dict",
            "load_into_parts", "icnn_specs", "PretrainedFileError"]

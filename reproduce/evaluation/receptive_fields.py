@@ -72,11 +72,17 @@ from legacy_compat import loadmat
 from legacy_compat.atomic import atomic_write
 from legacy_compat.matio import savemat
 from legacy_compat.numerics import mlinspace, mmax_reduce, mround, sort_ascend_stable, sort_descend_stable
-from reproduce.conv_mask import ConvMask
-from reproduce.device import module_device, resolve_device
-from reproduce.evaluate import layer_output, net_input_size, num_output_filters, read_mean_data, target_layer_index
-from reproduce.geometry import ConvNetPara, get_conv_net_para, x2p
-from reproduce.network import SimpleNN
+from reproduce.evaluation.evaluate import (
+    layer_output,
+    net_input_size,
+    num_output_filters,
+    read_mean_data,
+    target_layer_index,
+)
+from reproduce.layers.conv_mask import ConvMask
+from reproduce.layers.geometry import ConvNetPara, get_conv_net_para, x2p
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.runtime.device import module_device, resolve_device
 
 __all__ = [
     "SHOW_NUM", "INTEGRATE_ENERGY", "VISUALIZATION_STEP", "DRAW_THRESHOLD", "SCALE_W",

@@ -30,13 +30,12 @@ from legacy_compat.simplenn import (
     maps_to_torch,
     vector_to_torch,
 )
-
-from .. import losses
-from ..conv_mask import FilterLossContext, get_mask, get_mu
-from ..device import resolve_device
-from ..geometry import get_conv_net_para
-from ..models import network_init
-from ..network import SimpleNN, simplenn_res
+from reproduce.layers import losses
+from reproduce.layers.conv_mask import FilterLossContext, get_mask, get_mu
+from reproduce.layers.geometry import get_conv_net_para
+from reproduce.layers.simplenn import SimpleNN, simplenn_res
+from reproduce.models.builder import network_init
+from reproduce.runtime.device import resolve_device
 
 
 # ------------------------------------------------------------------ helpers

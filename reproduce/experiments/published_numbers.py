@@ -1,4 +1,4 @@
-"""The paper's published figures, shipped as data (reproduce/data/paper_cvpr2018.json).
+"""The paper's published figures, shipped as data (reproduce/experiments/data/paper_cvpr2018.json).
 
 Location instability (lower is better) and classification accuracy of the
 ordinary CNN and the interpretable CNN, with the table each value comes from,

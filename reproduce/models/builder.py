@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from legacy_compat.simplenn import LayerSpec, load_matconvnet_model, quad
-
-from .conv_mask import pos_templates
-from .geometry import layer_output_sizes
-from .model_registry import (
+from reproduce.layers.conv_mask import pos_templates
+from reproduce.layers.geometry import layer_output_sizes
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.models.registry import (
     ALPHA_INIT,
     INIT_STD,
     LOSS_WEIGHT,
@@ -56,8 +56,7 @@ from .model_registry import (
     train_opts,
     train_opts_multiclass,
 )
-from .network import SimpleNN
-from .torchvision_nets import network_init_torchvision
+from reproduce.models.torchvision_nets import network_init_torchvision
 
 __all__ = ["MODELS", "ModelDef", "TrainOpts", "network_init", "plain_cnn_specs", "init_weight", "build_icnn_specs", "train_opts", "train_opts_multiclass",
            "apply_multiclass_adjustments", "trunk_specs", "load_pretrained", "LOSS_WEIGHT", "MAG",

@@ -38,11 +38,7 @@ from data_prep.setup import default_data_root, ensure_dataset, ensure_model
 from data_prep.toy import TOY_POSITIVES, read_manifest
 from data_prep.voc2010_crop import build_voc2010_crop_imdb
 from legacy_compat.cli import UserError
-
-from . import checkpoints as ckpt
-from .distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
-from .draw_rf import draw_rf, drawing_objset, scaled_rf_settings
-from .evaluate import (
+from reproduce.evaluation.evaluate import (
     CategorySource,
     evaluate_net,
     final_val_error,
@@ -50,8 +46,11 @@ from .evaluate import (
     layer_id_for_model,
     read_mean_data,
 )
-from .models import MODELS, network_init
-from .train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
+from reproduce.evaluation.receptive_fields import draw_rf, drawing_objset, scaled_rf_settings
+from reproduce.models.builder import MODELS, network_init
+from reproduce.runtime.distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
+from reproduce.training import checkpoints as ckpt
+from reproduce.training.cnn_train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train
 
 __all__ = ["Experiment", "RunResult", "experiment_name", "prepare_dataset", "build_net", "build_imdb",
            "learn", "show_results", "run_experiment", "run_options", "check_resume_early",

@@ -63,8 +63,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .device import resolve_device
-from .interrupt import sigterm_as_interrupt
+from reproduce.runtime.device import resolve_device
+from reproduce.runtime.interrupt import sigterm_as_interrupt
 
 __all__ = ["DataParallel", "DistributedError", "WholeBatch", "init_data_parallel",
            "launched_by_torchrun", "active", "is_main", "shutdown", "rank_zero_first", "share_indices",

@@ -17,10 +17,10 @@ from data_prep.ilsvrc import ilsvrc_conf
 from legacy_compat.mattypes import MatStruct, cell_items, scalar
 from legacy_compat.parity import CaseContext, register
 from legacy_compat.simplenn import layers_from_matlab, maps_to_matlab, maps_to_torch
-from reproduce import draw_rf as rf
-from reproduce import evaluate as ev
-from reproduce.geometry import get_conv_net_para
-from reproduce.network import SimpleNN
+from reproduce.evaluation import evaluate as ev
+from reproduce.evaluation import receptive_fields as rf
+from reproduce.layers.geometry import get_conv_net_para
+from reproduce.layers.simplenn import SimpleNN
 
 
 def _ints(v: Any) -> tuple[int, ...]:

@@ -32,10 +32,9 @@ import torch
 from legacy_compat.mattypes import MatStruct, cell, cell_items, scalar
 from legacy_compat.parity import TRAINING_RTOL, register
 from legacy_compat.simplenn import filters_to_matlab, layers_from_matlab, maps_to_torch, vector_to_matlab
-
-from .. import checkpoints as ckpt
-from ..network import SimpleNN
-from ..train import BatchInfo, label_density, train
+from reproduce.layers.simplenn import SimpleNN
+from reproduce.training import checkpoints as ckpt
+from reproduce.training.cnn_train import BatchInfo, label_density, train
 
 _FILTER_LAYERS = ("conv", "conv_mask", "convt")
 

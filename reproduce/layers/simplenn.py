@@ -39,12 +39,11 @@ from legacy_compat.simplenn import (
     quad,
     vector_to_matlab,
 )
-
-from . import losses
-from .conv_mask import ConvMask, FilterLossContext
-from .geometry import LayerGeometry
-from .ops import conv2d_padded
-from .tv_blocks import TorchvisionBlock
+from reproduce.layers import losses
+from reproduce.layers.conv_mask import ConvMask, FilterLossContext
+from reproduce.layers.geometry import LayerGeometry
+from reproduce.layers.padding import conv2d_padded
+from reproduce.layers.torchvision_blocks import TorchvisionBlock
 
 __all__ = ["SimpleNN", "ParamInfo", "MatConv", "ReLU", "Pool", "LRN", "Dropout", "Softmax", "LossLayer",
            "InputGuardError", "LAYER_BUILDERS", "build_layer", "simplenn_res", "SimpleNNRes"]

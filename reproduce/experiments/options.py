@@ -37,8 +37,7 @@ from legacy_compat.cli import (
     positive_int,
     run_cli,
 )
-
-from .device import choose_device, set_tf32
+from reproduce.runtime.device import choose_device, set_tf32
 
 __all__ = ["ALLOW_TF32_HELP", "DEBUG_HELP", "DEVICE_HELP", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_MISSING_DATA",
            "EXIT_USAGE", "UserError", "add_allow_tf32", "add_data_root", "add_debug", "add_device", "add_out",

@@ -16,8 +16,7 @@ import torch
 
 from data_prep.facts import MODEL_FILES
 from legacy_compat.simplenn import LayerSpec
-
-from .network import LossLayer, SimpleNN
+from reproduce.layers.simplenn import LossLayer, SimpleNN
 
 __all__ = ["MODELS", "ModelDef", "TrainOpts", "model_def", "train_opts", "train_opts_multiclass",
            "apply_multiclass_adjustments", "set_loss_type", "init_weight", "plain_cnn_specs",

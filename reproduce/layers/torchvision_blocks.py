@@ -34,8 +34,7 @@ import torch
 from torch import nn
 
 from legacy_compat.simplenn import LayerSpec, pair
-
-from .geometry import LayerGeometry
+from reproduce.layers.geometry import LayerGeometry
 
 __all__ = ["ARCHS", "TorchvisionBlock", "arch_parts", "IMAGENET_STD", "main_path_geometry",
            "rename_legacy_densenet_keys"]

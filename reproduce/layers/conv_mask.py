@@ -85,9 +85,8 @@ from torch import nn
 
 from legacy_compat.numerics import mlinspace
 from legacy_compat.simplenn import LayerSpec, pair, quad
-
-from .geometry import LayerGeometry
-from .ops import conv2d_padded, is_symmetric
+from reproduce.layers.geometry import LayerGeometry
+from reproduce.layers.padding import conv2d_padded, is_symmetric
 
 __all__ = ["FilterLossContext", "FilterLossError", "ConvMask", "get_mu", "get_mask", "get_mask_separable",
            "pos_templates", "centroids", "mu_grid", "distance_table", "FilterLossSetup", "filter_loss_setup",

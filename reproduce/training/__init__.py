@@ -1,0 +1,1 @@
+"""Stage 4, training: SGD as our_cnn_train.m, its checkpoints and its plots."""
