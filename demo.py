@@ -59,7 +59,7 @@ from reproduce.experiments.pipeline import (
 from reproduce.experiments.published_numbers import format_rows, rows_for
 from reproduce.experiments.report import report_run_dir
 from reproduce.layers.losses import single_class_loss_error
-from reproduce.models.builder import MODELS
+from reproduce.models.registry import MODELS
 from reproduce.runtime import distributed as dd
 from reproduce.runtime.device import choose_device, set_tf32
 from reproduce.runtime.distributed import add_arguments, is_main, shutdown

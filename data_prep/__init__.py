@@ -4,7 +4,7 @@ data_prep.download / data_prep.toy, getting the data and the toy dataset).
 | original                                   | here                                  |
 |--------------------------------------------|---------------------------------------|
 | setup_*.m (conf.data)                      | `ilsvrc_conf`, `vocpart_conf`, `cub200_conf`, `DataConf`, `conf_from_paths` |
-| setup_*.m Name_batch, partList, minArea     | `data_prep.facts` (every dataset and model fact, stated once) |
+| setup_*.m Name_batch, partList, minArea     | `data_prep.facts` (every dataset fact, stated once) |
 | data_input/*/readAnnotation.m              | `read_annotation` (`data_prep.annotations`: `.ilsvrc`, `.vocpart`, `.cub200`) |
 | data_input/*/readPartTruth.m, truth files  | `read_part_truth_file`, `read_part_truth_voc`, `read_part_truth_cub` |
 | data_input/CUB/readAnnotation_sampling.m   | `data_prep.cub200.read_annotation_sampling_cub` |
@@ -26,7 +26,7 @@ _EXPORTS = {
     "readers": ["BndBox", "DataConf", "DatasetError", "ObjRecord", "PartTruth", "conf_from_paths", "count_objects",
                 "read_part_truth_file"],
     "facts": ["DATASETS", "ILSVRC_CATEGORIES", "VOC_CATEGORIES", "CUB_CATEGORIES", "TOY_CATEGORIES", "GOLDFISH",
-              "MIN_AREA", "NUM_NEGATIVES", "MODEL_FILES", "parts_for", "all_categories"],
+              "MIN_AREA", "NUM_NEGATIVES", "parts_for", "all_categories"],
     "annotations": ["read_annotation"],
     "ilsvrc": ["ilsvrc_conf", "read_annotation_ilsvrc", "read_part_truth_ilsvrc"],
     "vocpart": ["vocpart_conf", "read_annotation_voc", "read_part_truth_voc"],

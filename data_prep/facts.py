@@ -1,12 +1,13 @@
-"""The datasets' and models' facts, stated once.
+"""The datasets' facts, stated once.
 
-Everything the original code hard-codes about its data and its pretrained
-models, and which set-up, the readers, evaluation and the command lines all
-need: the categories (setup_*.m's ``Name_batch``), the parts each dataset is
+Everything the original code hard-codes about its data, and which
+set-up, the readers, evaluation and the command lines all need: the
+categories (setup_*.m's ``Name_batch``), the parts each dataset is
 evaluated on (showResults.m's ``partList``) and the goldfish rule
 (step_computeStability*.m), ``conf.data.minArea``, the number of shared
-negatives (getNegObjSet.m's ``MaxObjNum``), where each dataset sits under the
-data root, and the MatConvNet model files network_init.m loads.
+negatives (getNegObjSet.m's ``MaxObjNum``) and where each dataset sits under the
+data root. (The MatConvNet model files network_init.m loads are a network's
+facts: reproduce.models.registry.MODELS.)
 
 This module imports nothing but the standard library, so any layer may
 import it (data_prep.setup for downloads, data_prep.readers, reproduce's
@@ -20,7 +21,7 @@ __all__ = [
     "ILSVRC_CATEGORIES", "ILSVRC_IMAGE_COUNTS", "GOLDFISH", "VOC_CATEGORIES", "CUB_CATEGORIES",
     "TOY_CATEGORIES", "HELEN_CATEGORY", "HELEN_PART_LIST", "HELEN_TRUTH", "CELEBA_ATTRIBUTES", "CELEBA_PART_LIST",
     "CELEBA_TRUTH", "VOC2010_CROP_TRUTH", "IMAGES_CATEGORY", "IMAGES_TRUTH", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
-    "ModelFile", "MODEL_FILES", "all_categories", "dataset_facts", "parts_for", "has_parts",
+    "all_categories", "dataset_facts", "parts_for", "has_parts",
     "ILSVRC_TRUTH", "VOC_TRUTH", "CUB_TRUTH", "VOC_JPEG", "VOC_ANNO",
 ]
 
@@ -136,21 +137,3 @@ def parts_for(name: str, category: str | None = None, part_list: tuple[int, ...]
     dataset's), with step_computeStability.m's goldfish rule (GOLDFISH: part 1 only)."""
     parts = dataset_facts(name).part_list if part_list is None else tuple(part_list)
     return (1,) if category == GOLDFISH else parts
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """A MatConvNet ImageNet model file that tool/nets/*.m loads (setup_matconvnet.m downloads it)."""
-    model: str                          # demo.m's model name
-    filename: str
-    md5: str                            # MatConvNet's published MD5
-    approx_bytes: int
-
-
-#: The four pretrained models network_init.m uses, keyed by demo.m's model names.
-MODEL_FILES: dict[str, ModelFile] = {m.model: m for m in (
-    ModelFile("vgg-vd-16", "imagenet-vgg-verydeep-16.mat", "f72d927587ca4c97fbd165ec9cb9997f", 560_000_000),
-    ModelFile("alexnet", "imagenet-caffe-alex.mat", "b5152a54bf61100a8ed61827c76e7d08", 240_000_000),
-    ModelFile("vgg-m", "imagenet-vgg-m.mat", "29294d5f62578c96a3533859514235f2", 400_000_000),
-    ModelFile("vgg-s", "imagenet-vgg-s.mat", "dbe23da22e82078debda75842b16d5fa", 400_000_000),
-)}

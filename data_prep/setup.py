@@ -1,9 +1,11 @@
 """Per-dataset set-up: what each dataset needs, where it goes, what is missing.
 
-Ports ``setup_ilsvrcanimalpart.m``, ``setup_vocpart.m``, ``setup_cub200.m``
-and the model downloads of ``setup_matconvnet.m``. The original kept its data
-in ``../data`` beside the code and its models in ``../nets``; here both live
-under folders you choose:
+Ports ``setup_ilsvrcanimalpart.m``, ``setup_vocpart.m`` and ``setup_cub200.m``.
+The original kept its data in ``../data`` beside the code; here it lives
+under a folder you choose. (The model downloads of ``setup_matconvnet.m``, the
+original's ``../nets``, are a network's facts: `reproduce.models.pretrained_files`
+(`ensure_model`, `default_models_root`, ``$ICNN_MODELS_ROOT``), which uses this
+module's `MissingDataError` and `data_prep.download`.)
 
 Data root (``root`` argument; default `default_data_root()`:
 ``$ICNN_DATA_ROOT`` if set, else ``./output/data``), laid out as the original's
@@ -22,19 +24,14 @@ Data root (``root`` argument; default `default_data_root()`:
     <root>/toy/...                                                    the generated toy dataset
     <root>/downloads/                                                 archives while they download
 
-Models root (``root`` of `ensure_model`; default `default_models_root()`:
-``$ICNN_MODELS_ROOT`` if set, else ``./output/nets``): the four MatConvNet
-ImageNet models, ``imagenet-vgg-verydeep-16.mat`` etc.
-
-`ensure_dataset` / `ensure_model` download what is missing (progress bars,
+`ensure_dataset` downloads what is missing (progress bars,
 resume, checksums, safe unpacking: `data_prep.download`) and return where
 things are; offline, or when a download fails, they raise `MissingDataError`
 whose message lists exactly which files are missing, the URL that has them
 and where to put them (`describe_missing` gives the same text without
 raising).
 
-Checksums: the four models have MatConvNet's published MD5s, VOC2010 and
-CUB-200-2011 the MD5s their distributors publish (as used by torchvision and
+Checksums: VOC2010 and CUB-200-2011 have the MD5s their distributors publish (as used by torchvision and
 many dataset loaders). The GitHub archives (zqs1022/interpretableCNN,
 zqs1022/detanimalpart) and the Pascal-Part tarball have no published checksum:
 they are verified by their layout after unpacking (every file the pipeline
@@ -64,7 +61,6 @@ from .facts import (
     ILSVRC_TRUTH,
     IMAGES_TRUTH,
     MIN_AREA,
-    MODEL_FILES,
     NUM_NEGATIVES,
     VOC_ANNO,
     VOC_JPEG,
@@ -81,9 +77,8 @@ from .voc2010_crop_lists import missing_voc2010_crop, voc2010_crop_missing_messa
 
 __all__ = [
     "DatasetPaths", "MissingDataError", "Source", "Requirement", "Missing",
-    "ensure_dataset", "ensure_model", "describe_missing", "find_missing", "dataset_paths",
-    "check_disk_space", "default_data_root", "default_models_root",
-    "MODEL_SOURCES", "SOURCES",
+    "ensure_dataset", "describe_missing", "find_missing", "dataset_paths",
+    "check_disk_space", "default_data_root", "SOURCES",
 ]
 
 check_disk_space = dl.check_disk_space
@@ -95,7 +90,6 @@ VOC2010_TRAINVAL_IMAGES = 10103
 CUB_IMAGES = 11788
 
 ENV_DATA_ROOT = "ICNN_DATA_ROOT"
-ENV_MODELS_ROOT = "ICNN_MODELS_ROOT"
 
 
 def default_data_root(output_dir: os.PathLike | str = "output") -> Path:
@@ -104,10 +98,16 @@ def default_data_root(output_dir: os.PathLike | str = "output") -> Path:
     return Path(env) if env else Path(output_dir) / "data"
 
 
-def default_models_root(output_dir: os.PathLike | str = "output") -> Path:
-    """``$ICNN_MODELS_ROOT`` when set, else ``<output_dir>/nets`` (the original's ``../nets``)."""
-    env = os.environ.get(ENV_MODELS_ROOT)
-    return Path(env) if env else Path(output_dir) / "nets"
+# The model files moved to reproduce.models.pretrained_files (data_prep imports nothing of reproduce):
+# the old names say where they are now.
+_MOVED_TO_MODELS = ("ensure_model", "default_models_root", "MODEL_SOURCES", "ENV_MODELS_ROOT")
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_MODELS:
+        raise AttributeError(f"data_prep.setup.{name} moved to reproduce.models.pretrained_files (the MatConvNet "
+                             f"model files are a network's facts: reproduce.models.registry.MODELS)")
+    raise AttributeError(f"module 'data_prep.setup' has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,12 +115,11 @@ def default_models_root(output_dir: os.PathLike | str = "output") -> Path:
 
 @dataclass(frozen=True)
 class Source:
-    """One file to download: a dataset archive or a model.
+    """One dataset archive to download.
 
     ``installs`` maps a path inside the unpacked archive ('' = all of it;
     ``**/NAME``: the folder NAME at the top or one level down) to a path
     under the data root; files already there are never overwritten.
-    An empty ``installs`` means the file itself is the result (a model).
     """
     key: str
     urls: tuple[str, ...]              # tried in order; the first is the one the messages name
@@ -143,7 +142,6 @@ class Source:
 
 
 _GITHUB = "https://github.com/zqs1022/{repo}/archive/refs/heads/master.zip"
-_MATCONVNET = "https://www.vlfeat.org/matconvnet/models/{name}"
 
 SOURCES: dict[str, Source] = {s.key: s for s in (
     Source("interpretableCNN", (_GITHUB.format(repo="interpretableCNN"),), "interpretableCNN-master.zip",
@@ -170,11 +168,6 @@ SOURCES: dict[str, Source] = {s.key: s for s in (
            installs=(("CUB_200_2011", "CUB_200_2011"),)),
 )}
 
-#: The four MatConvNet models network_init.m loads (tool/nets/*.m), keyed by demo.m's model names.
-MODEL_SOURCES: dict[str, Source] = {
-    m.model: Source(m.model, (_MATCONVNET.format(name=m.filename),), m.filename,
-                    f"MatConvNet ImageNet model {m.filename}", md5=m.md5, approx_bytes=m.approx_bytes)
-    for m in MODEL_FILES.values()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -523,16 +516,9 @@ def describe_missing(name: str, root: os.PathLike | str | None = None,
     return "\n".join(lines)
 
 
-def _describe_missing_model(name: str, dest: Path) -> str:
-    src = MODEL_SOURCES[name]
-    return (f"model {name!r} is missing: {dest}\n"
-            f"  from {src.url}\n    ({src.what}, about {dl.human_size(src.approx_bytes)}; {src.verification})\n"
-            f"    put: save it as {dest}\n"
-            f"Run the set-up online (not offline) to download it automatically, or place the file by hand.")
-
-
 class MissingDataError(UserError, FileNotFoundError):
-    """Data or a model is missing; the message says which files, from which URL and where to put them.
+    """Data or a model file is missing (reproduce.models.pretrained_files raises it too); the message says
+    which files, from which URL and where to put them.
 
     ``missing`` lists the `Missing` items (empty for a model); ``errors``
     maps a source key to the download/unpack error that stopped it. A command line exits with
@@ -706,45 +692,3 @@ def _ensure_toy(root: Path, cats: tuple[str, ...], options: dict, offline: bool)
     if not toy.manifest_matches(base, **wanted):
         toy.generate_toy_dataset(base, overwrite=True, **wanted)
     return dataset_paths("toy", root, cats)
-
-
-def ensure_model(name: str, root: os.PathLike | str | None = None, offline: bool = False, *,
-                 mirror: str | None = None, progress: bool = True) -> Path:
-    """Make sure MatConvNet model ``name`` is in ``root``; return the .mat file's path.
-
-    Ports the model downloads of setup_matconvnet.m (``../nets/<file>``).
-    ``name``: 'vgg-vd-16', 'alexnet', 'vgg-m', 'vgg-s' (demo.m's names) or the
-    file name ('imagenet-vgg-verydeep-16.mat' ...). The MD5 is MatConvNet's
-    published one; a file already there is kept without re-hashing (delete it
-    to force a fresh download). Offline or on failure: `MissingDataError`.
-    """
-    key = _model_key(name)
-    src = MODEL_SOURCES[key]
-    root = Path(root) if root is not None else default_models_root()
-    dest = root / src.filename
-    if dest.is_file():
-        return dest
-    if offline:
-        raise MissingDataError(_describe_missing_model(key, dest))
-    urls = ([mirror.rstrip("/") + "/" + src.filename] if mirror else []) + list(src.urls)
-    errors: dict[str, Exception] = {}
-    try:
-        dl.check_disk_space(root, src.approx_bytes or 0)
-    except dl.InsufficientDiskSpaceError as exc:
-        raise MissingDataError(_describe_missing_model(key, dest), errors={key: exc}) from exc
-    for url in urls:
-        try:
-            return dl.download(url, dest, md5=src.md5, progress=progress)
-        except dl.DownloadError as exc:
-            errors[url] = exc
-    raise MissingDataError(_describe_missing_model(key, dest), errors=errors)
-
-
-def _model_key(name: str) -> str:
-    if name in MODEL_SOURCES:
-        return name
-    for key, src in MODEL_SOURCES.items():
-        if name in (src.filename, src.filename[:-4]):
-            return key
-    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_SOURCES)} "
-                     f"(files {', '.join(s.filename for s in MODEL_SOURCES.values())})")

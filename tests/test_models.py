@@ -2,6 +2,8 @@
 few SGD steps with the filter loss active, and getConvNetPara / x2p (reproduce.geometry)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,17 +11,20 @@ import torch
 from legacy_compat import savemat
 from legacy_compat.mattypes import MatStruct
 from legacy_compat.simplenn import net_to_matlab
+from reproduce.evaluation.evaluate import EvaluationError, first_conv_mask_layer_id, layer_id_for_model
 from reproduce.layers.conv_mask import FilterLossContext, get_mask, get_mu
 from reproduce.layers.geometry import get_conv_net_para, layer_output_sizes, x2p
 from reproduce.layers.simplenn import LossLayer, MatConv
-from reproduce.models.builder import (
+from reproduce.models.builder import FAMILY_BUILDERS, NetworkRequest, create_network, network_init
+from reproduce.models.head_blocks import BlockShape, conv_mask_spec, conv_spec
+from reproduce.models.matconvnet_nets import trunk_specs
+from reproduce.models.registry import (
     MODELS,
     TrainOpts,
     apply_multiclass_adjustments,
-    network_init,
+    default_layer_id,
     train_opts,
     train_opts_multiclass,
-    trunk_specs,
 )
 
 HEAD = ["conv6", "relu6", "pool5", "fc7", "relu7", "dropoutfc--7", "fcfc--8", "relufc--8", "dropoutfc--8", "fc9",
@@ -177,3 +182,54 @@ def test_models_registry_matches_tool_nets():
         rows = md.trunk[:len(md.trunk) - md.cut]
         assert rows[-1][0] == "relu" and rows[-2][0] == "conv" and rows[-2][5] == in_ch, name
         assert len(md.trunk) == {"vgg-vd-16": 37, "alexnet": 21, "vgg-m": 21, "vgg-s": 20}[name]
+
+
+def test_every_row_measures_its_first_conv_mask_layer():
+    """The rows' layer_id (showResults.m's layerID: 14 / 6 / 6 / 6 for the paper's four) is the first
+    conv_mask layer of the net network_init builds, for every registered network; evaluation reads it."""
+    assert {m: MODELS[m].layer_id for m in ("vgg-vd-16", "alexnet", "vgg-m", "vgg-s")} == \
+        {"vgg-vd-16": 14, "alexnet": 6, "vgg-m": 6, "vgg-s": 6}
+    for model, row in MODELS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            small = 32 if row.family == "torchvision" else None
+            net, _, _ = network_init(1, model, 0.5, seed=0, image_size=small)
+        assert first_conv_mask_layer_id(net.layer_types) == row.layer_id == layer_id_for_model(model), model
+    assert default_layer_id("resnet") is None and default_layer_id(None) is None
+    with pytest.raises(EvaluationError, match="resnet-18"):
+        layer_id_for_model("resnet")
+
+
+def test_one_builder_for_both_families():
+    """network_init = create_network(NetworkRequest(...)); the row's family picks the layer-list builder;
+    the steps after it (loss type, multi-class adjustments, ordinary CNN, meta) are the same for both."""
+    assert set(FAMILY_BUILDERS) == {row.family for row in MODELS.values()} == {"matconvnet", "torchvision"}
+    a, _, meta_a = network_init(2, "tiny", 0.5, seed=3, loss_type="ourloss_softmaxlog")
+    b, _, meta_b = create_network(NetworkRequest(label_num=2, model="tiny", dropout_rate=0.5, seed=3,
+                                                 loss_type="ourloss_softmaxlog"))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert meta_a == meta_b and list(meta_a)[:8] == ["model", "netname", "label_num", "image_size", "interpretable",
+                                                      "pretrained_count", "data_sizes", "classes"]
+    with pytest.raises(TypeError, match="seeds"):
+        network_init(2, "tiny", 0.5, seeds=3)
+    for model in ("tiny", "resnet-18"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net, opts, _ = network_init(3, model, 0.5, seed=0, image_size=32 if model != "tiny" else None,
+                                        loss_type="ourloss_softmaxlog", multiclass_adjust=True)
+        loss = net.layers[-1]
+        assert isinstance(loss, LossLayer) and (loss.layer_type, loss.name, loss.extra_fields) == \
+            ("ourloss_softmaxlog", "loss", {})
+        assert all(float(layer.mag) == pytest.approx(0.02) for _, layer in net.conv_mask_layers())
+        assert opts.learning_rate[0] == pytest.approx(train_opts(3, model).learning_rate[0] / 5)
+
+
+def test_head_blocks_are_add_block_masks_layers():
+    shape = BlockShape(3, 3, 4, 6, 1, 1)
+    filters = shape.draw_filters("gaussian", torch.Generator().manual_seed(0))
+    spec = conv_mask_spec("conv6", shape, (5, 7), filters)
+    assert spec.type == "conv_mask" and [tuple(w.shape) for w in spec.weights] == [(6, 4, 3, 3), (6,), (4,)]
+    assert torch.all(spec.weights[2] == 2.0) and spec.fields["pad"] == (1, 1, 1, 1)
+    assert spec.fields["learningRate"] == (1.0, 2.0, 0.05) and spec.fields["posTemp"][0].shape == (4, 5, 7)
+    plain = conv_spec("fc8", BlockShape(1, 1, 6, 2), torch.zeros(2, 6, 1, 1))
+    assert plain.fields["weightDecay"] == (1.0, 0.0) and plain.fields["stride"] == (1, 1)

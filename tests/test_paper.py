@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reproduce.evaluation.evaluate import DEFAULT_LAYER_ID, target_layer_index
+from reproduce.evaluation.evaluate import target_layer_index
 from reproduce.experiments import paper as pp
 from reproduce.experiments.ablation import summarise
 from reproduce.experiments.published_numbers import paper_rows
 from reproduce.layers.geometry import get_conv_net_para
-from reproduce.models.builder import MODELS, network_init
+from reproduce.models.builder import network_init
+from reproduce.models.registry import MODELS
 
 TOY = ["--dataset", "toy", "--categories", "toy01", "--models", "tiny", "--epochs", "1", "--device", "cpu",
        "--toy-option", "n_pos=16", "--toy-option", "n_neg=16", "--no-progress", "--seed", "3"]
@@ -206,7 +207,7 @@ def test_alexnet_narrow_measures_its_conv_mask_layer_in_224_pixel_units():
     net, opts, meta = network_init(1, "alexnet-narrow", 0.5, seed=0)
     assert MODELS["alexnet-narrow"].image_size == 224 and meta["image_size"] == (224, 224, 3)
     convnet = get_conv_net_para(net)
-    target = target_layer_index(convnet, DEFAULT_LAYER_ID["alexnet-narrow"])
+    target = target_layer_index(convnet, MODELS["alexnet-narrow"].layer_id)
     layer = net.layers[target - 1]
     assert layer.layer_type == "conv_mask" and layer.name == "conv6"
     assert meta["data_sizes"][target] == (13, 13)                   # the map the stability is measured on

@@ -1,7 +1,6 @@
 """data_prep.setup: what each dataset needs, the offline message, and set-up from a local mirror."""
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -18,7 +17,6 @@ from data_prep.setup import (
     dataset_paths,
     describe_missing,
     ensure_dataset,
-    ensure_model,
     find_missing,
 )
 
@@ -161,25 +159,9 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
         ensure_dataset("imagenet", tmp_path, offline=True)
     with pytest.raises(ValueError, match="bird, cat, cow, dog, horse, sheep"):
         ensure_dataset("vocpart", tmp_path, offline=True, categories=[FOX])
-    with pytest.raises(ValueError, match="vgg-vd-16, alexnet, vgg-m, vgg-s"):
-        ensure_model("resnet", tmp_path, offline=True)
 
 
-def test_model_offline_message(tmp_path):
-    with pytest.raises(MissingDataError) as info:
-        ensure_model("alexnet", tmp_path / "nets", offline=True)
-    msg = str(info.value)
-    assert "https://www.vlfeat.org/matconvnet/models/imagenet-caffe-alex.mat" in msg
-    assert str(tmp_path / "nets" / "imagenet-caffe-alex.mat") in msg
-    assert "MD5 b5152a54bf61100a8ed61827c76e7d08" in msg
-
-
-def test_model_table_matches_the_original_setup():
-    files = {k: (s.filename, s.md5) for k, s in setup.MODEL_SOURCES.items()}
-    assert files == {"vgg-vd-16": ("imagenet-vgg-verydeep-16.mat", "f72d927587ca4c97fbd165ec9cb9997f"),
-                     "alexnet": ("imagenet-caffe-alex.mat", "b5152a54bf61100a8ed61827c76e7d08"),
-                     "vgg-m": ("imagenet-vgg-m.mat", "29294d5f62578c96a3533859514235f2"),
-                     "vgg-s": ("imagenet-vgg-s.mat", "dbe23da22e82078debda75842b16d5fa")}
+def test_ilsvrc_table_matches_the_original_setup():
     assert len(facts.ILSVRC_CATEGORIES) == 30 and set(facts.ILSVRC_IMAGE_COUNTS) == set(facts.ILSVRC_CATEGORIES)
     assert sum(facts.ILSVRC_IMAGE_COUNTS.values()) == 15067   # git ls-tree of zqs1022/detanimalpart
 
@@ -265,32 +247,6 @@ def test_archive_with_escaping_member_is_refused(server, tmp_path, monkeypatch):
     assert not (root / "detanimalpart").exists()
 
 
-def test_ensure_model_downloads_verifies_and_reuses(server, tmp_path, monkeypatch):
-    body = b"fake matconvnet model" * 100
-    server.files["imagenet-vgg-s.mat"] = body
-    fake = setup.Source("vgg-s", (server.url("range", "imagenet-vgg-s.mat"),), "imagenet-vgg-s.mat",
-                        "fake model", md5=hashlib.md5(body).hexdigest(), approx_bytes=len(body))
-    monkeypatch.setitem(setup.MODEL_SOURCES, "vgg-s", fake)
-    path = ensure_model("vgg-s", tmp_path / "nets", progress=False)
-    assert path == tmp_path / "nets" / "imagenet-vgg-s.mat" and path.read_bytes() == body
-    server.requests.clear()
-    assert ensure_model("imagenet-vgg-s.mat", tmp_path / "nets", offline=True) == path
-    assert server.requests == []
-
-
-def test_ensure_model_checksum_failure(server, tmp_path, monkeypatch):
-    server.files["imagenet-vgg-m.mat"] = b"corrupt"
-    fake = setup.Source("vgg-m", (server.url("range", "imagenet-vgg-m.mat"),), "imagenet-vgg-m.mat",
-                        "fake model", md5="29294d5f62578c96a3533859514235f2", approx_bytes=7)
-    monkeypatch.setitem(setup.MODEL_SOURCES, "vgg-m", fake)
-    with pytest.raises(MissingDataError) as info:
-        ensure_model("vgg-m", tmp_path, progress=False)
-    msg = str(info.value)
-    assert "checksum mismatch" in msg and "29294d5f62578c96a3533859514235f2" in msg
-    assert hashlib.md5(b"corrupt").hexdigest() in msg
-    assert list(tmp_path.iterdir()) == []
-
-
 # ------------------------------------------------------------------ paths and conf
 
 def test_paths_conf_and_goldfish_parts(tmp_path):
@@ -314,9 +270,7 @@ def test_data_conf_for_the_readers(tmp_path):
 
 def test_default_roots_follow_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("ICNN_DATA_ROOT", raising=False)
-    monkeypatch.delenv("ICNN_MODELS_ROOT", raising=False)
     assert setup.default_data_root() == Path("output/data")
-    assert setup.default_models_root("out") == Path("out/nets")
     monkeypatch.setenv("ICNN_DATA_ROOT", str(tmp_path))
     assert setup.default_data_root() == tmp_path
 

@@ -1,4 +1,5 @@
-"""ResNet-18 / ResNet-50 / DenseNet-121 ICNNs (reproduce.torchvision_nets, reproduce.tv_blocks) at toy sizes."""
+"""ResNet-18 / ResNet-50 / DenseNet-121 ICNNs (reproduce.models.torchvision_nets, reproduce.layers.torchvision_blocks)
+at toy sizes."""
 from __future__ import annotations
 
 import warnings
@@ -14,7 +15,8 @@ from reproduce.layers.geometry import get_conv_net_para, layer_output_sizes
 from reproduce.layers.simplenn import SimpleNN
 from reproduce.layers.torchvision_blocks import TorchvisionBlock, arch_parts, main_path_geometry
 from reproduce.models.builder import network_init
-from reproduce.models.torchvision_nets import TORCHVISION_NETS, PretrainedFileError, read_torchvision_state_dict
+from reproduce.models.registry import MODELS
+from reproduce.models.torchvision_nets import PretrainedFileError, read_torchvision_state_dict
 from reproduce.training.checkpoints import CheckpointError, TrainingState, from_plain, save_mat_checkpoint, to_plain
 from reproduce.training.cnn_train import train
 
@@ -60,14 +62,14 @@ def test_architectures_have_torchvisions_parameter_counts(arch):
 @pytest.mark.parametrize("model,size,after", CASES)
 def test_forward_backward_with_filter_loss(model, size, after):
     net, opts, meta = _build(model, size)
-    d = TORCHVISION_NETS[model]
+    row = MODELS[model]
     masks = net.conv_mask_layers()
     names = net.layer_names
     assert [layer.name for _, layer in masks] == ["mask1", "mask2"]
     (i1, m1), (i2, m2) = masks
-    assert d.mask_after in net.layers[i1 - 1].parts              # the builder's place
+    assert row.trunk.mask_after in net.layers[i1 - 1].parts      # the builder's place
     assert (i2, names[i1 + 1], names[i2 + 2]) == (i1 + 2, "relu_mask1", after)
-    assert m1.in_channels == m1.out_channels == m2.in_channels == d.mask_channels
+    assert m1.in_channels == m1.out_channels == m2.in_channels == row.channel_num
     assert m1.learning_rate == (1.0, 2.0, 0.05) and float(m1.beta.detach()[0]) == 2.0
     assert 0.008 < float(m1.weight.detach().std()) < 0.012                # N(0, 0.01^2)
     assert opts.batch_size == 32 and opts.learning_rate[0] == pytest.approx(1e-3)   # lrMag 10

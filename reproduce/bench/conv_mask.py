@@ -40,7 +40,8 @@ from torch.profiler import profile as torch_profile
 
 from reproduce.experiments.options import add_common, positive_int, run_cli, start_device
 from reproduce.layers.conv_mask import ConvMask, FilterLossContext, raise_deferred_errors
-from reproduce.models.builder import MODELS, network_init, train_opts
+from reproduce.models.builder import network_init
+from reproduce.models.registry import MODELS, train_opts
 from reproduce.runtime.device import resolve_device
 from reproduce.training import cnn_train as tr
 

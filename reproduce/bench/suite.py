@@ -61,7 +61,8 @@ from reproduce.experiments.options import (
     start_device,
 )
 from reproduce.experiments.paper import machine_info
-from reproduce.models.builder import MODELS, network_init, train_opts
+from reproduce.models.builder import network_init
+from reproduce.models.registry import MODELS, train_opts
 from reproduce.training import cnn_train as tr
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

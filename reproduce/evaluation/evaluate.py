@@ -65,6 +65,7 @@ from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, mvar, sort_ascend_stable, sort_descend_stable
 from reproduce.layers.geometry import CONV_TYPES, ConvNetPara, get_conv_net_para
 from reproduce.layers.simplenn import SimpleNN
+from reproduce.models.registry import MODELS, default_layer_id
 from reproduce.runtime.device import module_device, resolve_device
 from reproduce.runtime.distributed import active, gather_over_ranks
 from reproduce.training.checkpoints import load_checkpoint, load_mat_checkpoint
@@ -73,7 +74,7 @@ from reproduce.training.checkpoints import load_checkpoint, load_mat_checkpoint
 ConvNet = Union[ConvNetPara, MatStruct]
 
 __all__ = [
-    "INVALID_OFFSET", "GOLDFISH", "DEFAULT_LAYER_ID", "PART_LISTS", "EvaluationError",
+    "INVALID_OFFSET", "GOLDFISH", "PART_LISTS", "EvaluationError",
     "StabilityResult", "PartCentres", "CategorySource", "EvaluationResult",
     "layer_id_for_model", "num_output_filters", "ConvNet", "part_list_for", "format_result_line", "final_val_error",
     "target_layer_index", "first_conv_mask_layer_id",
@@ -85,11 +86,8 @@ __all__ = [
 ]
 
 INVALID_OFFSET = 100000.0          # getDistSqrtVar.m's invalidNum
-# showResults.m: the layer measured, an index into getConvNetPara's conv layers
-# showResults.m: the first conv_mask layer, as an index into getConvNetPara's conv layers
-# ('tiny', the package's small net: conv1-3, then conv_mask conv6 = the 4th conv layer;
-#  'alexnet-narrow', ours, not the paper's: conv1-5, then conv_mask conv6 = the 6th, as alexnet)
-DEFAULT_LAYER_ID = {"alexnet": 6, "vgg-m": 6, "vgg-s": 6, "vgg-vd-16": 14, "tiny": 4, "alexnet-narrow": 6}
+# showResults.m's layerID (the layer measured, an index into getConvNetPara's conv layers) is on each
+# model's row: reproduce.models.registry.MODELS[model].layer_id (`layer_id_for_model`)
 # showResults.m: the parts evaluated per dataset (kept in data_prep.facts.DATASETS)
 PART_LISTS = {name: spec.part_list for name, spec in DATASETS.items()}
 PATCH_NUM_PER_PATTERN = 100        # step_computeStability*.m
@@ -103,11 +101,12 @@ class EvaluationError(UserError, ValueError):
 
 # =================================================================== small pieces of showResults.m
 def layer_id_for_model(model: str) -> int:
-    """showResults.m: layerID 14 for 'vgg-vd-16', 6 for 'alexnet', 'vgg-m', 'vgg-s'."""
-    try:
-        return DEFAULT_LAYER_ID[model]
-    except KeyError:
-        raise EvaluationError(f"invalid model name {model!r}; valid: {', '.join(DEFAULT_LAYER_ID)}") from None
+    """showResults.m: layerID 14 for 'vgg-vd-16', 6 for 'alexnet', 'vgg-m', 'vgg-s' (the model's row:
+    `MODELS[model].layer_id`, the first conv_mask layer of every registered network)."""
+    layer_id = default_layer_id(model)
+    if layer_id is None:
+        raise EvaluationError(f"invalid model name {model!r}; valid: {', '.join(MODELS)}")
+    return layer_id
 
 
 def part_list_for(dataset: str, category: str | None = None) -> tuple[int, ...]:
@@ -803,12 +802,12 @@ def evaluate_net(net: SimpleNN, stats: Any, sources: Sequence[CategorySource], m
     types = net.layer_types
     is_baseline = "conv_mask" not in types
     if layer_id is None:
-        layer_id = DEFAULT_LAYER_ID.get(model) if model is not None else None
+        layer_id = default_layer_id(model)
         if layer_id is None:
             layer_id = first_conv_mask_layer_id(types)
         if layer_id is None:
             raise EvaluationError("the net has no conv_mask layer (a plain-CNN baseline): pass model= (one of "
-                                  f"{', '.join(DEFAULT_LAYER_ID)}) or layer_id= to say which conv layer to measure")
+                                  f"{', '.join(MODELS)}) or layer_id= to say which conv layer to measure")
     binary_error = final_val_error(stats, error_name)
     multiclass = len(sources) > 1 if multiclass is None else multiclass
     if multiclass:

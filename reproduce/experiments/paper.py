@@ -96,7 +96,7 @@ from reproduce.experiments.pretrain import pretrain_and_finetune
 from reproduce.experiments.published_numbers import format_rows, paper_rows, paper_source, rows_for
 from reproduce.experiments.report import report_experiments
 from reproduce.layers.losses import single_class_loss_error
-from reproduce.models.builder import MODELS, train_opts, train_opts_multiclass
+from reproduce.models.registry import MODELS, train_opts, train_opts_multiclass
 from reproduce.runtime import distributed as dd
 from reproduce.runtime.device import tf32_allowed
 from reproduce.runtime.distributed import shutdown

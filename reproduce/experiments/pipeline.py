@@ -34,7 +34,7 @@ from data_prep.get_i import get_i
 from data_prep.images import no_landmarks_note, own_negatives_count
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
 from data_prep.readers import count_objects
-from data_prep.setup import default_data_root, ensure_dataset, ensure_model
+from data_prep.setup import default_data_root, ensure_dataset
 from data_prep.toy import TOY_POSITIVES, read_manifest
 from data_prep.voc2010_crop import build_voc2010_crop_imdb
 from legacy_compat.cli import UserError
@@ -47,7 +47,9 @@ from reproduce.evaluation.evaluate import (
     read_mean_data,
 )
 from reproduce.evaluation.receptive_fields import draw_rf, drawing_objset, scaled_rf_settings
-from reproduce.models.builder import MODELS, network_init
+from reproduce.models.builder import network_init
+from reproduce.models.pretrained_files import ensure_model
+from reproduce.models.registry import MODELS
 from reproduce.runtime.distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
 from reproduce.training import checkpoints as ckpt
 from reproduce.training.cnn_train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_OWN_COLUMN, train

@@ -67,7 +67,7 @@ from reproduce.experiments.pipeline import (
     run_options,
     slice_mag_fill,
 )
-from reproduce.models.builder import MODELS
+from reproduce.models.registry import MODELS
 from reproduce.training.checkpoints import checkpoint_path, last_checkpoint_epoch
 from reproduce.training.cnn_train import train
 

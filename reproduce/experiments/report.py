@@ -64,7 +64,6 @@ from legacy_compat.numerics import mmax_reduce, mround, sort_descend_stable
 from legacy_compat.runlock import LOCK_NAME, lock_holder
 from reproduce.evaluation.evaluate import (
     BATCH_SIZE,
-    DEFAULT_LAYER_ID,
     GOLDFISH,
     CategorySource,
     compute_stability,
@@ -104,6 +103,7 @@ from reproduce.experiments.ablation import cached_source, masks_off
 from reproduce.experiments.options import add_common, add_data_root, positive_int, run_cli, start_device
 from reproduce.experiments.pipeline import Experiment, prepare_dataset
 from reproduce.layers.geometry import get_conv_net_para
+from reproduce.models.registry import default_layer_id
 from reproduce.runtime.device import resolve_device
 from reproduce.training import checkpoints as ckpt
 
@@ -310,8 +310,8 @@ def _dataset(exp: Experiment, size: int) -> Any:
 
 
 def _layer_id(m: _Measured, layer_id: int | None) -> int:
-    """showResults.m's layerID for the model (evaluate.DEFAULT_LAYER_ID), else the first conv_mask layer."""
-    found = layer_id or DEFAULT_LAYER_ID.get(m.exp.model) or first_conv_mask_layer_id(m.net.layer_types)
+    """showResults.m's layerID for the model (its row's `layer_id`), else the first conv_mask layer."""
+    found = layer_id or default_layer_id(m.exp.model) or first_conv_mask_layer_id(m.net.layer_types)
     if found is None:
         raise ReportError(f"model {m.exp.model!r} without conv_mask layers: give a run whose ICNN says which layer")
     return int(found)

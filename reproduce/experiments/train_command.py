@@ -26,7 +26,7 @@ from reproduce.experiments.options import (
 )
 from reproduce.experiments.pipeline import Experiment, check_data_root, learn
 from reproduce.layers.losses import single_class_loss_error
-from reproduce.models.builder import MODELS
+from reproduce.models.registry import MODELS
 from reproduce.runtime import distributed as dd
 
 __all__ = ["build_parser", "main"]

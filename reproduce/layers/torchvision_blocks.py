@@ -279,8 +279,7 @@ class TorchvisionBlock(nn.Module):
 
     def __init__(self, arch: str, parts: Sequence[str], body: Sequence[nn.Module], out_channels: int, *,
                  input_scale: Sequence[float] | None = None, name: str = "",
-                 learning_rate: Sequence[float] | None = None, weight_decay: Sequence[float] | None = None,
-                 extra_fields: dict | None = None):
+                 learning_rate: Sequence[float] | None = None, weight_decay: Sequence[float] | None = None):
         super().__init__()
         self.arch = arch
         self.parts = tuple(parts)
@@ -294,7 +293,7 @@ class TorchvisionBlock(nn.Module):
         n = len(self.weights())
         self.learning_rate = tuple(float(v) for v in (learning_rate if learning_rate is not None else [1.0] * n))
         self.weight_decay = tuple(float(v) for v in (weight_decay if weight_decay is not None else [1.0] * n))
-        self.extra_fields = dict(extra_fields or {})
+        self.extra_fields: dict = {}           # the spec's other fields (from_spec), written back by to_spec
         self._geometry = main_path_geometry(list(self.body))
 
     @classmethod
@@ -354,8 +353,8 @@ class TorchvisionBlock(nn.Module):
             raise ValueError(f"torchvision layer {spec.name!r}: {arch} has no module {', '.join(missing)}")
         body = [copy.deepcopy(modules[p]).to_empty(device="cpu") for p in parts]
         layer = cls(arch, parts, body, int(f["out_channels"]), input_scale=f.get("input_scale"), name=spec.name,
-                    learning_rate=f.get("learningRate"), weight_decay=f.get("weightDecay"),
-                    extra_fields={k: v for k, v in f.items() if k not in _SPEC_FIELDS})
+                    learning_rate=f.get("learningRate"), weight_decay=f.get("weightDecay"))
+        layer.extra_fields = {k: v for k, v in f.items() if k not in _SPEC_FIELDS}
         params = layer.weights()
         if len(params) != len(spec.weights):
             raise ValueError(f"torchvision layer {spec.name!r}: {len(spec.weights)} weights for {len(params)} parameters")

@@ -1,10 +1,11 @@
 """The model registry: one row per network (`MODELS`), the training options and the new layers' init.
 
 Ports the settings of `tool/nets/{vgg_vd_16,alexnet,vgg_m,vgg_s}.m` and `tool/main/network_init.m`
-(the trunk tables, the head's sizes, trainOpts, lrMag), the training-option adjustments of
-`learn_icnn_multiclass.m` and `tool/basic_net_functions/init_weight.m`. The builders sit above it:
-`reproduce.models` (the MatConvNet family) and `reproduce.torchvision_nets` (the torchvision family);
-`reproduce.models.network_init` picks by the row's `family`.
+(the trunk tables, the head's sizes, trainOpts, lrMag), the MatConvNet model files of
+`setup_matconvnet.m` (name, MD5, URL), showResults.m's layerID, the training-option adjustments of
+`learn_icnn_multiclass.m` and `tool/basic_net_functions/init_weight.m`. Every fact of a network is
+on its row; the one builder (`reproduce.models.builder.network_init`) reads the row and hands it to
+its family's builder (`reproduce.models.matconvnet_nets` or `reproduce.models.torchvision_nets`).
 """
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from data_prep.facts import MODEL_FILES
 from legacy_compat.simplenn import LayerSpec
 from reproduce.layers.simplenn import LossLayer, SimpleNN
 
-__all__ = ["MODELS", "ModelDef", "TrainOpts", "model_def", "train_opts", "train_opts_multiclass",
+__all__ = ["MODELS", "ModelDef", "PretrainedFile", "TorchvisionTrunk", "TrainOpts", "default_layer_id", "model_def", "train_opts", "train_opts_multiclass",
            "apply_multiclass_adjustments", "set_loss_type", "init_weight", "plain_cnn_specs",
            "LOSS_WEIGHT", "MAG", "ALPHA_INIT", "INIT_STD", "CUT", "TINY_LR_MAG"]
 
@@ -116,67 +116,138 @@ def _tiny_table() -> list[tuple]:
 TINY_LR_MAG = 15.0
 
 
+MATCONVNET_MODELS_URL = "https://www.vlfeat.org/matconvnet/models/"   # setup_matconvnet.m's download site
+
+
+@dataclass(frozen=True)
+class PretrainedFile:
+    """A MatConvNet ImageNet model file that tool/nets/*.m loads (setup_matconvnet.m downloads it):
+    its name, MatConvNet's published MD5, its download size (for the disk check and the messages)
+    and where it is downloaded from."""
+
+    filename: str
+    md5: str
+    approx_bytes: int
+    url: str
+
+
+def _matconvnet_file(filename: str, md5: str, approx_bytes: int) -> PretrainedFile:
+    return PretrainedFile(filename, md5, approx_bytes, MATCONVNET_MODELS_URL + filename)
+
+
+@dataclass(frozen=True)
+class TorchvisionTrunk:
+    """Where the ICNN head goes in one torchvision architecture (reproduce.models.torchvision_nets).
+
+    arch: the architecture of reproduce.layers.torchvision_blocks.ARCHS; stem: the parts of the
+    first layer; mask_after: the part after which the two conv_mask layers go; classifier: the
+    prefix of torchvision's classifier keys (not loaded); published_file: the name of
+    torchvision's ImageNet file (for the messages: nothing downloads it)."""
+
+    arch: str
+    stem: tuple[str, ...]
+    mask_after: str
+    classifier: str
+    published_file: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelDef:
-    """One row of the model registry: the trunk, the head's settings and the training defaults
-    (keyword fields only, so that a row reads as what each value is).
+    """One row of the model registry: the trunk, the head's settings, the training defaults, the
+    pretrained file and the evaluated layer (keyword fields only, so that a row reads as what each
+    value is).
 
-    fc7_kernel None: the whole map (the tiny net); the originals hard-code 7 / 6.
+    trunk: the MatConvNet family's layer table (rows as above), or the torchvision family's
+    `TorchvisionTrunk`. fc7_kernel None: the whole map (the tiny net); the originals hard-code 7 / 6.
+    layer_id: showResults.m's layerID, the conv layer evaluation measures (1-based among the conv /
+    conv_mask / torchvision layers): the first conv_mask layer of every network.
     """
 
     name: str
     netname: str
-    trunk: tuple
+    trunk: tuple | TorchvisionTrunk
     cut: int
     image_size: int
-    channel_num: int
+    channel_num: int       # the conv_mask layers' C (the torchvision nets': both conv_mask layers')
     pool: tuple            # (name, size, stride, pad) of the pool between the conv_mask blocks
     fc7_kernel: int | None
     fc_channels: int
     ids: tuple             # add_dropout / add_block ids of '7' and '8'
     batch_size: int
     lr_mag: float          # network_init.m: lrMag = lr_mag * labelNum
-    pretrained_file: str   # the MatConvNet model file tool/nets/*.m loads (data_prep.facts.MODEL_FILES)
+    layer_id: int          # showResults.m's layerID
+    pretrained: PretrainedFile | None = None   # the MatConvNet file tool/nets/*.m loads (None: none to download)
     head_init: str = "gaussian"   # init_weight.m method of the new layers (network_init.m: 'gaussian')
-    family: str = "matconvnet"    # 'torchvision': built by reproduce.torchvision_nets (trunk: its own tables)
+    family: str = "matconvnet"    # 'torchvision': built by reproduce.models.torchvision_nets
+
+    @property
+    def pretrained_file(self) -> str:
+        """The pretrained file's name, '' when the row has none to download."""
+        return self.pretrained.filename if self.pretrained is not None else ""
 
 
+_VGG16_FILE = _matconvnet_file("imagenet-vgg-verydeep-16.mat", "f72d927587ca4c97fbd165ec9cb9997f", 560_000_000)
+_ALEXNET_FILE = _matconvnet_file("imagenet-caffe-alex.mat", "b5152a54bf61100a8ed61827c76e7d08", 240_000_000)
+_VGGM_FILE = _matconvnet_file("imagenet-vgg-m.mat", "29294d5f62578c96a3533859514235f2", 400_000_000)
+_VGGS_FILE = _matconvnet_file("imagenet-vgg-s.mat", "dbe23da22e82078debda75842b16d5fa", 400_000_000)
+_RESNET_STEM = ("conv1", "bn1", "relu", "maxpool")
+_DENSENET_STEM = ("features.conv0", "features.norm0", "features.relu0", "features.pool0")
+
+
+def _torchvision_row(name: str, channel_num: int, layer_id: int, trunk: TorchvisionTrunk) -> ModelDef:
+    """A torchvision row: two conv_mask layers in the trunk (reproduce.models.torchvision_nets); lrMag 10
+    (ada-shen/ICNN's init_lr); no download: --pretrained PATH, else random. layer_id: the first conv_mask
+    layer (stem + the pieces before it + 1), which evaluation measured before the rows had the field."""
+    return ModelDef(name=name, netname=name, trunk=trunk, cut=0, image_size=224, channel_num=channel_num, pool=(),
+                    fc7_kernel=None, fc_channels=0, ids=(), batch_size=32, lr_mag=10.0, layer_id=layer_id,
+                    head_init="gaussian", family="torchvision")
+
+
+# layer_id (showResults.m: 14 for vgg-vd-16, 6 for alexnet / vgg-m / vgg-s): the first conv_mask layer;
+# 'tiny': conv1-3, then conv_mask conv6 = the 4th conv layer; 'alexnet-narrow' (ours, not the paper's):
+# conv1-5, then conv_mask conv6 = the 6th, as alexnet
 MODELS: dict[str, ModelDef] = {
     "vgg-vd-16": ModelDef(name="vgg-vd-16", netname="vgg-vd-16", trunk=tuple(_vgg16_table()), cut=CUT,
                           image_size=224, channel_num=512, pool=("pool5", 2, 2, 0), fc7_kernel=7, fc_channels=4096,
-                          ids=("fc--7", "fc--8"), batch_size=32, lr_mag=1.0,
-                          pretrained_file=MODEL_FILES["vgg-vd-16"].filename),
+                          ids=("fc--7", "fc--8"), batch_size=32, lr_mag=1.0, layer_id=14, pretrained=_VGG16_FILE),
     "alexnet": ModelDef(name="alexnet", netname="alexnet", trunk=tuple(_alexnet_table()), cut=CUT, image_size=227,
                         channel_num=256, pool=("pool6", 3, 2, 0), fc7_kernel=6, fc_channels=4096,
-                        ids=("fc-7", "fc-8"), batch_size=512, lr_mag=30.0,
-                        pretrained_file=MODEL_FILES["alexnet"].filename),
+                        ids=("fc-7", "fc-8"), batch_size=512, lr_mag=30.0, layer_id=6, pretrained=_ALEXNET_FILE),
     "vgg-m": ModelDef(name="vgg-m", netname="vgg-m", trunk=tuple(_vggm_table()), cut=CUT, image_size=224,
                       channel_num=512, pool=("pool6", 3, 2, 0), fc7_kernel=6, fc_channels=4096, ids=("7", "8"),
-                      batch_size=196, lr_mag=30.0, pretrained_file=MODEL_FILES["vgg-m"].filename),
+                      batch_size=196, lr_mag=30.0, layer_id=6, pretrained=_VGGM_FILE),
     "vgg-s": ModelDef(name="vgg-s", netname="vgg-s", trunk=tuple(_vggs_table()), cut=CUT, image_size=224,
                       channel_num=512, pool=("pool6", 3, 3, (0, 1, 0, 1)), fc7_kernel=6, fc_channels=4096,
-                      ids=("7", "8"), batch_size=128, lr_mag=10.0, pretrained_file=MODEL_FILES["vgg-s"].filename),
+                      ids=("7", "8"), batch_size=128, lr_mag=10.0, layer_id=6, pretrained=_VGGS_FILE),
     "tiny": ModelDef(name="tiny", netname="tiny", trunk=tuple(_tiny_table()), cut=0, image_size=64, channel_num=64,
                      pool=("pool5", 2, 2, 0), fc7_kernel=None, fc_channels=128, ids=("fc--7", "fc--8"),
-                     batch_size=32, lr_mag=TINY_LR_MAG, pretrained_file="", head_init="xavierimproved"),
+                     batch_size=32, lr_mag=TINY_LR_MAG, layer_id=4, head_init="xavierimproved"),
     # not the paper's (see _alexnet_narrow_table): alexnet's head (pool6 3/2, fc7 6 x 6), narrow
     "alexnet-narrow": ModelDef(name="alexnet-narrow", netname="alexnet-narrow",
                                trunk=tuple(_alexnet_narrow_table()), cut=0, image_size=224, channel_num=32,
                                pool=("pool6", 3, 2, 0), fc7_kernel=6, fc_channels=128, ids=("fc-7", "fc-8"),
-                               batch_size=32, lr_mag=100.0, pretrained_file="", head_init="xavierimproved"),
-    # not in the original: torchvision trunks with two conv_mask layers (reproduce.torchvision_nets); channel_num:
-    # the conv_mask layers' C; lrMag 10 (ada-shen/ICNN's init_lr); no download: --pretrained PATH, else random
-    **{name: ModelDef(name=name, netname=name, trunk=(), cut=0, image_size=224, channel_num=c, pool=(),
-                      fc7_kernel=None, fc_channels=0, ids=(), batch_size=32, lr_mag=10.0, pretrained_file="",
-                      head_init="gaussian", family="torchvision")
-       for name, c in (("resnet-18", 256), ("resnet-50", 1024), ("densenet-121", 1024))},
+                               batch_size=32, lr_mag=100.0, layer_id=6, head_init="xavierimproved"),
+    # not in the original: torchvision trunks with two conv_mask layers (reproduce.models.torchvision_nets)
+    "resnet-18": _torchvision_row("resnet-18", 256, 8, TorchvisionTrunk(
+        "resnet18", _RESNET_STEM, "layer3.1", "fc", "resnet18-f37072fd.pth")),          # stem + 6 blocks
+    "resnet-50": _torchvision_row("resnet-50", 1024, 15, TorchvisionTrunk(
+        "resnet50", _RESNET_STEM, "layer3.5", "fc", "resnet50-0676ba61.pth")),          # stem + 13 blocks
+    "densenet-121": _torchvision_row("densenet-121", 1024, 10, TorchvisionTrunk(
+        "densenet121", _DENSENET_STEM, "relu", "classifier", "densenet121-a639ec97.pth")),  # stem + 8 pieces
 }
 
 
 def model_def(model: str) -> ModelDef:
+    """`MODELS[model]`, or a ValueError naming the valid models."""
     if model not in MODELS:
         raise ValueError(f"Unknown model {model!r} (choose from {', '.join(MODELS)})")
     return MODELS[model]
+
+
+def default_layer_id(model: str | None) -> int | None:
+    """showResults.m's layerID of a registered model (its row's `layer_id`); None for another name."""
+    row = MODELS.get(model) if model is not None else None
+    return row.layer_id if row is not None else None
 
 
 # ------------------------------------------------------------------ training options

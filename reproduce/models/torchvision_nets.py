@@ -39,77 +39,37 @@ Where this differs from the port, and why:
 
 Receptive fields (getConvNetPara / x2p_): each trunk piece reports the convolution equivalent to
 its main path; the skip connections have the same stride and centres and a smaller receptive
-field (reproduce.tv_blocks).
+field (reproduce.layers.torchvision_blocks).
+
+Each network's facts (architecture, stem, where the conv_mask layers go, their C, the classifier's
+keys, torchvision's file name, the measured layer) are on its row of
+`reproduce.models.registry.MODELS` (`ModelDef.trunk`: a `TorchvisionTrunk`); `build_torchvision` is
+the family's builder, called by the one builder `reproduce.models.builder.network_init`.
 """
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from legacy_compat.cli import UserError
 from legacy_compat.simplenn import LayerSpec
-from reproduce.layers.conv_mask import pos_templates
 from reproduce.layers.geometry import layer_output_sizes
-from reproduce.layers.simplenn import LossLayer, SimpleNN
 from reproduce.layers.torchvision_blocks import IMAGENET_STD, TorchvisionBlock, arch_parts, rename_legacy_densenet_keys
-from reproduce.models.registry import (
-    ALPHA_INIT,
-    LOSS_WEIGHT,
-    MAG,
-    TrainOpts,
-    apply_multiclass_adjustments,
-    init_weight,
-    plain_cnn_specs,
-    train_opts,
-)
+from reproduce.models.head_blocks import BlockShape, conv_mask_spec, conv_spec
+from reproduce.models.network_request import FamilyNet, NetworkRequest
+from reproduce.models.registry import ModelDef, TorchvisionTrunk
 
-__all__ = ["TorchvisionNet", "TORCHVISION_NETS", "network_init_torchvision", "read_torchvision_state_dict",
-           "load_into_parts", "icnn_specs", "PretrainedFileError"]
+__all__ = ["build_torchvision", "read_torchvision_state_dict", "load_into_parts", "icnn_specs",
+           "PretrainedFileError"]
 
 
 class PretrainedFileError(UserError, ValueError):
     """A --pretrained file that is not a torchvision state_dict of the architecture."""
-
-
-@dataclass(frozen=True)
-class TorchvisionNet:
-    """Where the ICNN head goes in one torchvision architecture.
-
-    stem: the parts of the first layer; mask_after: the part after which the two conv_mask layers
-    go; mask_channels: their C; classifier: the prefix of torchvision's classifier keys (not
-    loaded); published_file: the name of torchvision's ImageNet file (for the messages)."""
-
-    name: str
-    arch: str
-    stem: tuple[str, ...]
-    mask_after: str
-    mask_channels: int
-    classifier: str
-    published_file: str
-
-
-TORCHVISION_NETS: dict[str, TorchvisionNet] = {
-    "resnet-18": TorchvisionNet("resnet-18", "resnet18", ("conv1", "bn1", "relu", "maxpool"), "layer3.1", 256, "fc",
-                                "resnet18-f37072fd.pth"),
-    "resnet-50": TorchvisionNet("resnet-50", "resnet50", ("conv1", "bn1", "relu", "maxpool"), "layer3.5", 1024, "fc",
-                                "resnet50-0676ba61.pth"),
-    "densenet-121": TorchvisionNet("densenet-121", "densenet121",
-                                   ("features.conv0", "features.norm0", "features.relu0", "features.pool0"),
-                                   "relu", 1024, "classifier", "densenet121-a639ec97.pth"),
-}
-
-
-def _net(model: str) -> TorchvisionNet:
-    if model not in TORCHVISION_NETS:
-        raise ValueError(f"unknown torchvision model {model!r} (choose from {', '.join(TORCHVISION_NETS)})")
-    return TORCHVISION_NETS[model]
 
 
 # ------------------------------------------------------------------ pretrained files
@@ -161,7 +121,7 @@ def load_into_parts(parts: dict[str, nn.Module], state_dict: dict[str, torch.Ten
 
 
 # ------------------------------------------------------------------ specs
-def _pieces(net: TorchvisionNet, parts: Sequence[str]) -> list[tuple[str, ...]]:
+def _pieces(net: TorchvisionTrunk, parts: Sequence[str]) -> list[tuple[str, ...]]:
     """The trunk cut into layers: the stem, then one part each (a parameterless 'relu' joins the one before)."""
     pieces = [net.stem]
     for p in parts:
@@ -174,21 +134,12 @@ def _pieces(net: TorchvisionNet, parts: Sequence[str]) -> list[tuple[str, ...]]:
     return pieces
 
 
-def _conv_mask_spec(name: str, c: int, size: tuple[int, int], gen: torch.Generator) -> LayerSpec:
-    """add_block_mask.m's conv_mask (3 x 3, pad 1, C -> C) for a C x size map."""
-    px, py = pos_templates(c, size[0], size[1])
-    weights = [init_weight("gaussian", 3, 3, c, c, gen), torch.zeros(c), torch.full((c,), ALPHA_INIT)]
-    return LayerSpec("conv_mask", name, weights,
-                     {"stride": (1, 1), "pad": (1, 1, 1, 1), "dilate": (1, 1), "learningRate": (1.0, 2.0, 0.05),
-                      "weightDecay": (1.0, 0.0, 0.0), "posTemp": (px.numpy(), py.numpy()), "lossWeight": LOSS_WEIGHT,
-                      "sliceMag": None, "filter": np.ones(c, dtype=np.int64), "mag": MAG})
-
-
-def icnn_specs(model: str, parts: dict[str, nn.Module], channels: dict[str, int], label_num: int, image_size: int,
-               gen: torch.Generator) -> list[LayerSpec]:
-    """The ICNN's layer list: trunk pieces ('torchvision' layers), the two conv_mask + relu after
-    `mask_after`, the rest of the trunk, global average pool, fc (1 x 1 conv), loss."""
-    net = _net(model)
+def icnn_specs(row: ModelDef, parts: dict[str, nn.Module], channels: dict[str, int], label_num: int,
+               image_size: int, gen: torch.Generator) -> list[LayerSpec]:
+    """The ICNN's layer list: trunk pieces ('torchvision' layers), the two conv_mask + relu (add_block_mask.m's
+    conv_mask: 3 x 3, pad 1, C -> C) after `mask_after`, the rest of the trunk, global average pool, fc
+    (1 x 1 conv, add_block.m's), loss."""
+    net, c = row.trunk, row.channel_num
     specs: list[LayerSpec] = []
     geoms: list[Any] = []            # what layer_output_sizes reads: the layer modules / specs
     for piece in _pieces(net, list(parts)):
@@ -200,30 +151,30 @@ def icnn_specs(model: str, parts: dict[str, nn.Module], channels: dict[str, int]
         cout = layer.out_channels
         if net.mask_after in piece:
             size = layer_output_sizes(geoms, image_size)[-1]
+            shape = BlockShape(3, 3, c, c, 1, 1)
             for k in (1, 2):
-                specs += [_conv_mask_spec(f"mask{k}", net.mask_channels, size, gen),
+                specs += [conv_mask_spec(f"mask{k}", shape, size, shape.draw_filters("gaussian", gen)),
                           LayerSpec("relu", f"relu_mask{k}", [], {"leak": 0.0})]
                 geoms += specs[-2:]
-            cout = net.mask_channels
+            cout = c
     size = layer_output_sizes(geoms, image_size)[-1]
     specs.append(LayerSpec("pool", "avgpool", [], {"pool": size, "stride": (1, 1), "pad": (0, 0, 0, 0),
                                                    "method": "avg"}))
-    specs.append(LayerSpec("conv", "fc", [init_weight("gaussian", 1, 1, cout, label_num, gen), torch.zeros(label_num)],
-                           {"pad": (0, 0, 0, 0), "stride": (1, 1), "dilate": (1, 1), "learningRate": (1.0, 2.0),
-                            "weightDecay": (1.0, 0.0)}))
+    fc = BlockShape(1, 1, cout, label_num)
+    specs.append(conv_spec("fc", fc, fc.draw_filters("gaussian", gen)))
     specs.append(LayerSpec("ourloss_logistic", "loss", [], {}))
     return specs
 
 
-def _trunk(net: TorchvisionNet, pretrained: Any, seed: int | None) -> tuple[OrderedDict, dict[str, int]]:
+def _trunk(name: str, net: TorchvisionTrunk, pretrained: Any, seed: int | None) -> tuple[OrderedDict, dict[str, int]]:
     """torchvision's random initialisation (seeded without touching the global RNG), then the pretrained file."""
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))
         parts, channels = arch_parts(net.arch)
     if pretrained is None:
-        warnings.warn(f"network_init({net.name!r}): no pretrained model given (torchvision's {net.published_file}); "
-                      f"the trunk is randomly initialised", stacklevel=3)
+        warnings.warn(f"network_init({name!r}): no pretrained model given (torchvision's {net.published_file}); "
+                      f"the trunk is randomly initialised", stacklevel=5)
     elif isinstance(pretrained, dict):
         load_into_parts(parts, pretrained, net.classifier)
     else:
@@ -231,42 +182,21 @@ def _trunk(net: TorchvisionNet, pretrained: Any, seed: int | None) -> tuple[Orde
     return parts, channels
 
 
-def network_init_torchvision(label_num: int, model: str, dropout_rate: float = 0.0, pretrained: Any = None,
-                             loss_type: str = "ourloss_logistic", image_size: int | None = None,
-                             seed: int | None = None, multiclass_adjust: bool = False, input_guard: bool = True,
-                             weight_init: str | None = None, interpretable: bool = True
-                             ) -> tuple[SimpleNN, TrainOpts, dict]:
-    """`reproduce.models.network_init` for 'resnet-18', 'resnet-50', 'densenet-121': (net, trainOpts, meta).
+def build_torchvision(row: ModelDef, request: NetworkRequest) -> FamilyNet:
+    """network_init's layer list for a torchvision-family row ('resnet-18', 'resnet-50', 'densenet-121').
 
-    pretrained: a torchvision state_dict file (or the dict itself), or None for torchvision's random
-    initialisation (warned). dropout_rate: unused (no dropout layer, module docstring). weight_init:
-    only 'gaussian' (the head's N(0, 0.01^2)). interpretable=False: the ordinary CNN (plain convs
-    where the conv_mask layers are). image_size: default 224.
+    request.pretrained: a torchvision state_dict file (or the dict itself), or None for torchvision's
+    random initialisation (warned). dropout_rate: unused (no dropout layer, module docstring).
+    weight_init: only 'gaussian' (the head's N(0, 0.01^2)). image_size: default 224 (the row's).
     """
-    net_def = _net(model)
-    if int(label_num) < 1:
-        raise ValueError(f"network_init: label_num must be >= 1, got {label_num}")
-    if weight_init not in (None, "gaussian"):
-        raise ValueError(f"network_init({model!r}): weight_init must be 'gaussian' (the port's head init), "
-                         f"got {weight_init!r}")
-    size = int(image_size or 224)
-    parts, channels = _trunk(net_def, pretrained, seed)
+    if request.weight_init not in (None, "gaussian"):
+        raise ValueError(f"network_init({row.name!r}): weight_init must be 'gaussian' (the port's head init), "
+                         f"got {request.weight_init!r}")
+    size = int(request.image_size or row.image_size)
+    seed, pretrained = request.seed, request.pretrained
+    parts, channels = _trunk(row.name, row.trunk, pretrained, seed)
     gen = torch.Generator()
     gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
-    specs = icnn_specs(model, parts, channels, int(label_num), size, gen)
-    if not interpretable:
-        specs = plain_cnn_specs(specs)
-    net = SimpleNN.from_specs(specs, input_guard=input_guard, copy=False)
-    opts = train_opts(int(label_num), model)
-    if loss_type != "ourloss_logistic":
-        old = net.layers[-1]
-        net.layers[-1] = LossLayer(loss_type, name=old.name)
-    if multiclass_adjust:
-        opts = apply_multiclass_adjustments(net, opts, int(label_num), loss_type, model)
-    meta = {"model": model, "netname": model, "label_num": int(label_num), "image_size": (size, size, 3),
-            "interpretable": bool(interpretable), "pretrained_count": sum(s.type == "torchvision" for s in specs),
-            "data_sizes": layer_output_sizes(net, size),
-            "pretrained": None if pretrained is None or isinstance(pretrained, dict) else str(pretrained),
-            "classes": {"name": ["pos"], "description": ["pos"]}}
-    net.meta.update(meta)
-    return net, opts, meta
+    specs = icnn_specs(row, parts, channels, int(request.label_num), size, gen)
+    meta = {"pretrained": None if pretrained is None or isinstance(pretrained, dict) else str(pretrained)}
+    return FamilyNet(specs, sum(s.type == "torchvision" for s in specs), size, meta)
