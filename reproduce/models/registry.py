@@ -327,6 +327,9 @@ def apply_multiclass_adjustments(net: SimpleNN, opts: TrainOpts, label_num: int,
 
 
 def set_loss_type(net: SimpleNN, loss_type: str) -> None:
+    """learn_icnn_multiclass.m's `net.layers{end}.type = lossType`: the last layer becomes a loss of
+    `loss_type`, keeping its name and its other MATLAB fields (`extra_fields`). The one loss swap of
+    both families (network_init and apply_multiclass_adjustments)."""
     old = net.layers[-1]
     if not isinstance(old, LossLayer):
         raise ValueError("the net has no loss layer to change")

@@ -121,11 +121,11 @@ def load_into_parts(parts: dict[str, nn.Module], state_dict: dict[str, torch.Ten
 
 
 # ------------------------------------------------------------------ specs
-def _pieces(net: TorchvisionTrunk, parts: Sequence[str]) -> list[tuple[str, ...]]:
+def _pieces(trunk: TorchvisionTrunk, parts: Sequence[str]) -> list[tuple[str, ...]]:
     """The trunk cut into layers: the stem, then one part each (a parameterless 'relu' joins the one before)."""
-    pieces = [net.stem]
+    pieces = [trunk.stem]
     for p in parts:
-        if p in net.stem:
+        if p in trunk.stem:
             continue
         if p == "relu":
             pieces[-1] = pieces[-1] + (p,)
@@ -139,17 +139,17 @@ def icnn_specs(row: ModelDef, parts: dict[str, nn.Module], channels: dict[str, i
     """The ICNN's layer list: trunk pieces ('torchvision' layers), the two conv_mask + relu (add_block_mask.m's
     conv_mask: 3 x 3, pad 1, C -> C) after `mask_after`, the rest of the trunk, global average pool, fc
     (1 x 1 conv, add_block.m's), loss."""
-    net, c = row.trunk, row.channel_num
+    trunk, c = row.trunk, row.channel_num
     specs: list[LayerSpec] = []
     geoms: list[Any] = []            # what layer_output_sizes reads: the layer modules / specs
-    for piece in _pieces(net, list(parts)):
-        scale = tuple(255.0 * s for s in IMAGENET_STD) if piece == net.stem else None
-        layer = TorchvisionBlock.from_parts(net.arch, piece, parts, channels, input_scale=scale,
-                                            name="stem" if piece == net.stem else piece[0])
+    for piece in _pieces(trunk, list(parts)):
+        scale = tuple(255.0 * s for s in IMAGENET_STD) if piece == trunk.stem else None
+        layer = TorchvisionBlock.from_parts(trunk.arch, piece, parts, channels, input_scale=scale,
+                                            name="stem" if piece == trunk.stem else piece[0])
         specs.append(layer.to_spec())
         geoms.append(layer)
         cout = layer.out_channels
-        if net.mask_after in piece:
+        if trunk.mask_after in piece:
             size = layer_output_sizes(geoms, image_size)[-1]
             shape = BlockShape(3, 3, c, c, 1, 1)
             for k in (1, 2):
@@ -166,19 +166,19 @@ def icnn_specs(row: ModelDef, parts: dict[str, nn.Module], channels: dict[str, i
     return specs
 
 
-def _trunk(name: str, net: TorchvisionTrunk, pretrained: Any, seed: int | None) -> tuple[OrderedDict, dict[str, int]]:
+def _trunk(name: str, trunk: TorchvisionTrunk, pretrained: Any, seed: int | None) -> tuple[OrderedDict, dict[str, int]]:
     """torchvision's random initialisation (seeded without touching the global RNG), then the pretrained file."""
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))
-        parts, channels = arch_parts(net.arch)
+        parts, channels = arch_parts(trunk.arch)
     if pretrained is None:
-        warnings.warn(f"network_init({name!r}): no pretrained model given (torchvision's {net.published_file}); "
+        warnings.warn(f"network_init({name!r}): no pretrained model given (torchvision's {trunk.published_file}); "
                       f"the trunk is randomly initialised", stacklevel=5)
     elif isinstance(pretrained, dict):
-        load_into_parts(parts, pretrained, net.classifier)
+        load_into_parts(parts, pretrained, trunk.classifier)
     else:
-        load_into_parts(parts, read_torchvision_state_dict(pretrained), net.classifier, str(pretrained))
+        load_into_parts(parts, read_torchvision_state_dict(pretrained), trunk.classifier, str(pretrained))
     return parts, channels
 
 
