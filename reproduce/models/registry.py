@@ -18,9 +18,9 @@ import torch
 from legacy_compat.simplenn import LayerSpec
 from reproduce.layers.simplenn import LossLayer, SimpleNN
 
-__all__ = ["MODELS", "ModelDef", "PretrainedFile", "TorchvisionTrunk", "TrainOpts", "default_layer_id", "model_def", "train_opts", "train_opts_multiclass",
-           "apply_multiclass_adjustments", "set_loss_type", "init_weight", "plain_cnn_specs",
-           "LOSS_WEIGHT", "MAG", "ALPHA_INIT", "INIT_STD", "CUT", "TINY_LR_MAG"]
+__all__ = ["MODELS", "ModelDef", "PretrainedFile", "TorchvisionTrunk", "TrainOpts", "default_layer_id", "model_def",
+           "train_opts", "train_opts_multiclass", "apply_multiclass_adjustments", "set_loss_type", "init_weight",
+           "plain_cnn_specs", "LOSS_WEIGHT", "MAG", "ALPHA_INIT", "INIT_STD", "CUT", "TINY_LR_MAG"]
 
 LOSS_WEIGHT = 0.02     # network_init.m: lossWeight
 MAG = 0.1              # tool/nets/*.m: mag
@@ -116,6 +116,7 @@ def _tiny_table() -> list[tuple]:
 TINY_LR_MAG = 15.0
 
 
+# ------------------------------------------------------------------ the rows
 MATCONVNET_MODELS_URL = "https://www.vlfeat.org/matconvnet/models/"   # setup_matconvnet.m's download site
 
 
@@ -132,6 +133,7 @@ class PretrainedFile:
 
 
 def _matconvnet_file(filename: str, md5: str, approx_bytes: int) -> PretrainedFile:
+    """A file of MatConvNet's model site."""
     return PretrainedFile(filename, md5, approx_bytes, MATCONVNET_MODELS_URL + filename)
 
 
