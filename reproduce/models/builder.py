@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from legacy_compat.simplenn import LayerSpec, load_matconvnet_model, quad
-from reproduce.layers.conv_mask import pos_templates
+from reproduce.layers.activation_mask import pos_templates
 from reproduce.layers.geometry import layer_output_sizes
 from reproduce.layers.simplenn import SimpleNN
 from reproduce.models.registry import (

@@ -55,7 +55,7 @@ from torch import nn
 
 from legacy_compat.cli import UserError
 from legacy_compat.simplenn import LayerSpec
-from reproduce.layers.conv_mask import pos_templates
+from reproduce.layers.activation_mask import pos_templates
 from reproduce.layers.geometry import layer_output_sizes
 from reproduce.layers.simplenn import LossLayer, SimpleNN
 from reproduce.layers.torchvision_blocks import IMAGENET_STD, TorchvisionBlock, arch_parts, rename_legacy_densenet_keys

@@ -51,6 +51,7 @@ caches is bounded by ``ICNN_DIST_WAIT_S`` (default 7200 s).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import os
 from contextlib import contextmanager
@@ -361,17 +362,18 @@ class WholeBatch:
         return maps, rows
 
     def wrap(self, filter_loss: Callable[..., Any]) -> Callable[..., Any]:
-        """`filter_loss` (conv_mask.filter_loss_gradients) over the whole batch, this rank's rows back."""
-        def whole(x, mask, strength, sqrtvar, beta, filter_type, slice_mag, labels, *rest, x_mean=None, **kw):
+        """`filter_loss` (conv_mask's filter_loss_by_labels(maps, beta, labels, facts)) over the
+        whole batch, this rank's rows back."""
+        def whole(maps: Any, beta: torch.Tensor, labels: torch.Tensor, facts: Any):
+            x = maps.x
             d = x.shape[1]
             lab = labels.to(dtype=x.dtype, device=x.device)
-            if x_mean is None:
-                x_mean = x.mean(dim=(2, 3))
-            per_image = torch.cat([strength, sqrtvar, x_mean.to(x.dtype), lab], dim=1)
-            maps, rows = self._gather(x, mask, per_image, str(rest[4]) if len(rest) > 4 else "")
-            coef_pos, coef_neg, dbeta = filter_loss(
-                maps[:, :d], maps[:, d:], rows[:, :d], rows[:, d:2 * d], beta, filter_type, slice_mag,
-                rows[:, 3 * d:].to(labels.dtype), *rest, x_mean=rows[:, 2 * d:3 * d], **kw)
+            x_mean = x.mean(dim=(2, 3)) if maps.neg_mean is None else -maps.neg_mean
+            per_image = torch.cat([maps.strength, maps.sqrtvar, x_mean.to(x.dtype), lab], dim=1)
+            gathered, rows = self._gather(x, maps.mask, per_image, str(facts.where))
+            whole_maps = dataclasses.replace(maps, x=gathered[:, :d], mask=gathered[:, d:], strength=rows[:, :d],
+                                             sqrtvar=rows[:, d:2 * d], total=None, neg_mean=-rows[:, 2 * d:3 * d])
+            coef_pos, coef_neg, dbeta = filter_loss(whole_maps, beta, rows[:, 3 * d:].to(labels.dtype), facts)
             mine = slice(self.dp.rank, None, self.dp.world)
             return coef_pos[mine], coef_neg[mine], dbeta if self.dp.is_main else torch.zeros_like(dbeta)
         return whole
