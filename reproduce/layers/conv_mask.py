@@ -265,7 +265,17 @@ class ConvMaskState:
     constants: ConvMaskConstants | None = None
 
     def __post_init__(self) -> None:
-        self.pad, self.stride, self.dilate = quad(self.pad), pair(self.stride), pair(self.dilate)
+        # numbers or lists expanded as MatConvNet does; the module's tuples kept as they are (no numpy per call)
+        if not _is_int_tuple(self.pad, 4):
+            self.pad = quad(self.pad)
+        if not _is_int_tuple(self.stride, 2):
+            self.stride = pair(self.stride)
+        if not _is_int_tuple(self.dilate, 2):
+            self.dilate = pair(self.dilate)
+
+
+def _is_int_tuple(value: Any, n: int) -> bool:
+    return type(value) is tuple and len(value) == n and all(type(v) is int for v in value)
 
 
 @dataclass
