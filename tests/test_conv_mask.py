@@ -34,11 +34,9 @@ from reproduce.layers.simplenn import conv_mask_from_spec, conv_mask_to_spec
 from reproduce.runtime.device import resolve_device
 
 
-def _loss(x, mask, strength, sqrtvar, beta, filt, slice_mag, labels, epoch, density, layer_mag, all_inf_fallback=None):
+def _loss(x, mask, strength, sqrtvar, beta, labels, facts: FilterLossFacts):
     """filter_loss_gradients with the blocks built from the batch's labels (the layer's steps)."""
-    facts = FilterLossFacts(filt, slice_mag, epoch, density, layer_mag, all_inf_fallback)
-    setup = filter_loss_setup(labels, facts, x.dtype)
-    return filter_loss_gradients(x, mask, strength, sqrtvar, beta, setup)
+    return filter_loss_gradients(x, mask, strength, sqrtvar, beta, filter_loss_setup(labels, facts, x.dtype))
 
 
 # ------------------------------------------------------------------ a literal reference
@@ -151,7 +149,7 @@ def _run_both(x, labels, beta, filt, sm, dens, epoch=3):
     px, py = pos_templates(d, size, size)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x * mask).mean(dim=(2, 3))
-    cp, cn, dbeta = _loss(x, mask, strength, sqrtvar, beta, filt, sm, labels, epoch, dens, 0.1)
+    cp, cn, dbeta = _loss(x, mask, strength, sqrtvar, beta, labels, FilterLossFacts(filt, sm, epoch, dens, 0.1))
     port_add = (-mask * cp[:, :, None, None] + cn[:, :, None, None]).numpy()
     ref_add, ref_dbeta = ref_filter_loss(x.numpy(), mask.numpy(), sqrtvar.numpy(), beta.numpy(), filt.numpy(),
                                          None if sm is None else sm.numpy(), labels.numpy(), epoch, dens.numpy())
@@ -217,6 +215,24 @@ def test_filter_loss_matches_literal_transcription(kind):
     _close(port_db, ref_db)
 
 
+def test_filter_loss_by_labels_equals_the_gradients_of_the_same_blocks():
+    """filter_loss_by_labels (the form the whole-batch loss calls: FilterLossMaps, labels, facts)
+    gives the terms of filter_loss_gradients on the blocks filter_loss_setup builds."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.relu(torch.randn(6, 4, 5, 5, generator=g))
+    filt, beta = torch.tensor([1, 1, 2, 1]), torch.full((4,), 2.0)
+    mu_x, mu_y, sqrtvar = get_mu(x)
+    mask = get_mask(mu_x, mu_y, beta, filt, *pos_templates(4, 5, 5))
+    strength = (x * mask).mean(dim=(2, 3))
+    labels = torch.tensor([[1.0, -1], [-1, 1], [1, 1], [-1, -1], [1, -1], [-1, 1]])
+    facts = FilterLossFacts(filt, torch.rand(4, 2, generator=g), 2, torch.tensor([0.5, 0.5]), 0.1)
+    got = fl.filter_loss_by_labels(fl.FilterLossMaps(x, mask, strength, sqrtvar), beta, labels, facts)
+    want = _loss(x, mask, strength, sqrtvar, beta, labels, facts)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    assert bool(got[0].ne(0).any()) and bool(got[2].ne(0).any())
+
+
 def test_filter_loss_with_ties_in_slicemag_takes_the_first_class():
     x, labels, beta, filt, sm, dens = _case(7, n=6, d=4, n_lab=3)
     sm = torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.9, 0.9], [float("nan"), 0.3, 0.3], [float("nan")] * 3])
@@ -248,9 +264,9 @@ def test_filter_loss_all_inf_block_is_an_error_unless_a_fallback_is_set():
         ref_filter_loss(x.numpy(), mask.numpy(), sqrtvar.numpy(), beta.numpy(), filt.numpy(), None,
                         labels.numpy(), 3, dens.numpy())
     with pytest.raises(FilterLossError, match="only ±Inf"):
-        _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 3, dens, 0.1)
-    cp, cn, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 3, dens, 0.1,
-                                       all_inf_fallback=0.0)
+        _loss(x, mask, strength, sqrtvar, beta, labels, FilterLossFacts(filt, None, 3, dens, 0.1))
+    cp, cn, db = _loss(x, mask, strength, sqrtvar, beta, labels,
+                       FilterLossFacts(filt, None, 3, dens, 0.1, all_inf_fallback=0.0))
     assert torch.isfinite(db).all()
 
 
@@ -268,13 +284,13 @@ def test_beta_gradient_hand_made_case_with_matlab_nan_rules():
     px, py = pos_templates(3, 3, 3)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x * mask).mean(dim=(2, 3))
-    _, _, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 1, None, 0.1)
+    _, _, db = _loss(x, mask, strength, sqrtvar, beta, labels, FilterLossFacts(filt, None, 1, None, 0.1))
     expected0 = (min(max(3 / np.sqrt(2.0), 1.5), 3.0) - 2.0) * -10000     # strength-weighted mean = sqrt(2)
     assert db[0].item() == pytest.approx(expected0, rel=1e-5)
     assert db[1].item() == pytest.approx((3.0 - 1.7) * -10000, rel=1e-5)
     assert db[2].item() == 0.0                                            # type 0: no update
     # no positives at all: sum over nothing = 0, 0/0 = NaN, max(min(3/NaN, 3), 1.5) = 3
-    _, _, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, -labels.abs(), 1, None, 0.1)
+    _, _, db = _loss(x, mask, strength, sqrtvar, beta, -labels.abs(), FilterLossFacts(filt, None, 1, None, 0.1))
     assert db[0].item() == pytest.approx((3.0 - 2.0) * -10000)
     assert db[1].item() == pytest.approx((3.0 - 1.7) * -10000)
     # a dead part filter (zero strength over the positives): NaN again -> 3, never NaN
@@ -283,7 +299,7 @@ def test_beta_gradient_hand_made_case_with_matlab_nan_rules():
     mu_x, mu_y, sqrtvar = get_mu(x2)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x2 * mask).mean(dim=(2, 3))
-    _, _, db = _loss(x2, mask, strength, sqrtvar, beta, filt, None, labels, 1, None, 0.1)
+    _, _, db = _loss(x2, mask, strength, sqrtvar, beta, labels, FilterLossFacts(filt, None, 1, None, 0.1))
     assert db[0].item() == pytest.approx((3.0 - 2.0) * -10000)
 
 

@@ -31,7 +31,7 @@ and the mask product in one function (`_mask_maths`), the filter loss in another
 dtype and device (`mu_grid`). Nothing reads a value back to the host inside a CUDA training
 step: the NaN/Inf-input and all-Inf-block checks are kept on the device (`ConvMask.check_mode`,
 `DeferredChecks`) and raised, with the messages of the immediate checks, by
-`raise_deferred_errors` (reproduce.train calls it after each phase of an epoch). `set_compile`
+`raise_deferred_errors` (reproduce.training.cnn_train calls it after each phase of an epoch). `set_compile`
 (or ICNN_COMPILE_CONV_MASK=1) runs the maths through torch.compile on CUDA; off by default.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ class FilterLossContext:
     labels: torch.Tensor
     epoch: int
     density: torch.Tensor | None = None
-    whole_batch: Any = None     # several ranks, whole-batch filter loss: reproduce.distributed.WholeBatch
+    whole_batch: Any = None     # several ranks, whole-batch filter loss: reproduce.runtime.distributed.WholeBatch
 
     def labels_2d(self, batch: int, where: str = "conv_mask") -> torch.Tensor:
         """The labels as N x L, checked against the batch size."""
@@ -288,7 +288,7 @@ class _Plan:
     consts: ConvMaskConstants
     loss: bool = False                     # a FilterLossContext was given: the filter loss in backward
     setup: FilterLossSetup | None = None
-    whole_batch: Any = None                # reproduce.distributed.WholeBatch
+    whole_batch: Any = None                # reproduce.runtime.distributed.WholeBatch
     facts: FilterLossFacts | None = None
     labels: torch.Tensor | None = None
 
@@ -425,7 +425,7 @@ class _ConvMaskFunction(torch.autograd.Function):
 
 def _filter_loss_terms(maps: FilterLossMaps, beta: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
     """(coef 2 x N x D, dbeta (D,)) of the filter loss: on this batch's blocks, or through
-    reproduce.distributed's whole-batch wrapper (its blocks are built from the gathered labels;
+    reproduce.runtime.distributed's whole-batch wrapper (its blocks are built from the gathered labels;
     it synchronises, as gathering does)."""
     if plan.whole_batch is None:
         terms = _maybe_compiled(filter_loss_from_maps, maps.x.device)
@@ -618,7 +618,7 @@ class ConvMask(nn.Module):
     def _deferred(self, x: torch.Tensor) -> DeferredChecks | None:
         """Where the checks that need a value on the host go: None (now) or the layer's
         DeferredChecks. check_mode 'auto': deferred in CUDA training steps (no host
-        synchronisation; raised by raise_deferred_errors, which reproduce.train calls after each
+        synchronisation; raised by raise_deferred_errors, which reproduce.training.cnn_train calls after each
         phase of an epoch), immediate otherwise; 'immediate' or 'deferred' to choose."""
         mode = self.check_mode
         if mode not in ("auto", "immediate", "deferred"):
