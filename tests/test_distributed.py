@@ -24,7 +24,7 @@ import torch
 
 from legacy_compat import loadmat
 from legacy_compat.simplenn import layers_from_matlab
-from reproduce.evaluation.evaluate import _peaks_over_ranks
+from reproduce.evaluation.location_instability import _peaks_over_ranks
 from reproduce.golden.training_cases import golden_imdb
 from reproduce.layers.conv_mask import FilterLossContext
 from reproduce.layers.simplenn import SimpleNN

@@ -83,7 +83,7 @@ from data_prep.vocpart import VOC_PART_MERGE, voc_part_masks_and_positions
 from legacy_compat.atomic import atomic_write_bytes
 from legacy_compat.cli import UserError, add_debug, run_cli
 from legacy_compat.numerics import mlinspace, mround
-from reproduce.evaluation.evaluate import (
+from reproduce.evaluation.net_features import (
     iterate_patch_batches,
     layer_output,
     net_input_size,

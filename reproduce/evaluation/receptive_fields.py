@@ -72,7 +72,7 @@ from legacy_compat import loadmat
 from legacy_compat.atomic import atomic_write
 from legacy_compat.matio import savemat
 from legacy_compat.numerics import mlinspace, mmax_reduce, mround, sort_ascend_stable, sort_descend_stable
-from reproduce.evaluation.evaluate import (
+from reproduce.evaluation.net_features import (
     layer_output,
     net_input_size,
     num_output_filters,

@@ -49,14 +49,15 @@ import numpy as np
 import torch
 
 from legacy_compat.atomic import atomic_write_bytes
-from reproduce.evaluation.evaluate import BATCH_SIZE as STABILITY_BATCH_SIZE
-from reproduce.evaluation.evaluate import (
+from reproduce.evaluation.location_instability import BATCH_SIZE as STABILITY_BATCH_SIZE
+from reproduce.evaluation.location_instability import (
     CategorySource,
+    ForwardPass,
+    StabilitySettings,
     compute_stability,
-    layer_id_for_model,
-    load_net_for_evaluation,
-    read_mean_data,
 )
+from reproduce.evaluation.net_evaluation import layer_id_for_model, load_net_for_evaluation
+from reproduce.evaluation.net_features import read_mean_data
 from reproduce.evaluation.part_interpretability import (
     compute_part_interpretability,
     compute_part_interpretability_multiclass,
@@ -254,8 +255,8 @@ def _measure(net: Any, m: _Measuring) -> dict[str, float]:
 
     def layer_maps(chunk: list[int]) -> torch.Tensor:
         return torch.from_numpy(maps[[row[i] for i in chunk]])
-    stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device,
-                                  batch_size=STABILITY_BATCH_SIZE, layer_maps=layer_maps)
+    stability = compute_stability(net, m.source, m.layer_id, mean, StabilitySettings(part_list=m.part_list),
+                                  ForwardPass(m.exp.device, STABILITY_BATCH_SIZE), layer_maps=layer_maps)
     record = {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
               "location_instability": float(stability.stability), "part_interpretability": float("nan")}
     if m.regions is None:

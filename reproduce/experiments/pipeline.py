@@ -38,14 +38,15 @@ from data_prep.setup import default_data_root, ensure_dataset, ensure_model
 from data_prep.toy import TOY_POSITIVES, read_manifest
 from data_prep.voc2010_crop import build_voc2010_crop_imdb
 from legacy_compat.cli import UserError
-from reproduce.evaluation.evaluate import (
-    CategorySource,
+from reproduce.evaluation.location_instability import CategorySource, ForwardPass
+from reproduce.evaluation.net_evaluation import (
+    EvaluationSettings,
     evaluate_net,
     final_val_error,
     format_result_line,
     layer_id_for_model,
-    read_mean_data,
 )
+from reproduce.evaluation.net_features import read_mean_data
 from reproduce.evaluation.receptive_fields import draw_rf, drawing_objset, scaled_rf_settings
 from reproduce.models.builder import MODELS, network_init
 from reproduce.runtime.distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
@@ -445,9 +446,9 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
             return RunResult(exp, final_val_error(stats, error_name), float("nan"), stats, note=note)
     else:
         sources = [CategorySource.from_conf(c, conf, sorted(set(paths.parts_for(c)) | {1})) for c in exp.categories]
-    evaluation = evaluate_net(net, stats, sources, mean, model=exp.model, part_list=paths.parts_for(exp.categories[0]),
-                              multiclass=exp.multiclass, error_name=error_name, device=exp.device,
-                              progress=exp.progress)
+    settings = EvaluationSettings(model=exp.model, part_list=paths.parts_for(exp.categories[0]),
+                                  multiclass=exp.multiclass, error_name=error_name)
+    evaluation = evaluate_net(net, stats, sources, mean, settings, ForwardPass(exp.device, progress=exp.progress))
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
     if exp.dataset != "celeba":
         result.drawing = _draw(exp, net, conf, sources[0], mean, evaluation.layer_id)

@@ -62,18 +62,25 @@ from legacy_compat.atomic import TMP_PREFIX, writer_tag
 from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, sort_descend_stable
 from legacy_compat.runlock import LOCK_NAME, lock_holder
-from reproduce.evaluation.evaluate import (
+from reproduce.evaluation.location_instability import (
     BATCH_SIZE,
-    DEFAULT_LAYER_ID,
     GOLDFISH,
     CategorySource,
+    ForwardPass,
+    StabilitySettings,
     compute_stability,
+)
+from reproduce.evaluation.net_evaluation import (
+    DEFAULT_LAYER_ID,
+    EvaluationSettings,
     evaluate_net,
     final_val_error,
+    load_net_for_evaluation,
+)
+from reproduce.evaluation.net_features import (
     first_conv_mask_layer_id,
     iterate_patch_batches,
     layer_output,
-    load_net_for_evaluation,
     read_mean_data,
     target_layer_index,
 )
@@ -356,12 +363,14 @@ def _stability(m: _Measured, net: Any, layer_id: int, maps: list[np.ndarray] | N
         row = {i: r for r, i in enumerate(m.indices[0])}
         given = None if maps is None else (lambda chunk: torch.from_numpy(maps[0][[row[i] for i in chunk]]))
         parts = (1,) if source.name == GOLDFISH else m.paths.parts_for(source.name)
-        res = compute_stability(net, source, layer_id, m.mean, part_list=parts, device=m.exp.device,
-                                progress=progress, layer_maps=given)
+        res = compute_stability(net, source, layer_id, m.mean, StabilitySettings(part_list=parts),
+                                ForwardPass(m.exp.device, progress=progress), layer_maps=given)
         per = np.asarray(res.dist_sqrt_var, np.float64) / np.linalg.norm(np.asarray(m.size, np.float64))
         return float(res.stability), per, [None] * per.size
-    ev = evaluate_net(net, m.stats, m.sources, m.mean, layer_id=layer_id, part_list=m.paths.parts_for(m.exp.categories[0]),
-                      multiclass=True, error_name=m.error_name, device=m.exp.device, progress=progress)
+    ev = evaluate_net(net, m.stats, m.sources, m.mean,
+                      EvaluationSettings(layer_id=layer_id, part_list=m.paths.parts_for(m.exp.categories[0]),
+                                         multiclass=True, error_name=m.error_name),
+                      ForwardPass(m.exp.device, progress=progress))
     _, best = mmax_reduce(np.asarray(ev.details["score"], np.float64), axis=1)
     best = np.asarray(best).reshape(-1)
     per = np.asarray(ev.details["stability"], np.float64)[np.arange(best.size), best]
