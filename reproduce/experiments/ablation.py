@@ -59,6 +59,7 @@ from reproduce.evaluation.location_instability import (
 from reproduce.evaluation.net_evaluation import layer_id_for_model, load_net_for_evaluation
 from reproduce.evaluation.net_features import read_mean_data
 from reproduce.evaluation.part_interpretability import (
+    HeldOutImages,
     compute_part_interpretability,
     compute_part_interpretability_multiclass,
     held_out_indices,
@@ -472,11 +473,11 @@ def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, Any]:
     def measure(net: Any) -> Any:
         net = net.to(exp.device).eval()
         if len(ms) == 1:
-            return compute_part_interpretability(net, ms[0].source, ms[0].regions, mean, layer_id=ms[0].layer_id,
-                                                 indices=ms[0].held_out, device=exp.device)
+            return compute_part_interpretability(net, HeldOutImages(ms[0].source, ms[0].regions, ms[0].held_out), mean,
+                                                 layer_id=ms[0].layer_id, device=exp.device)
         return compute_part_interpretability_multiclass(
-            net, [m.source for m in ms], [m.regions for m in ms], mean, layer_id=ms[0].layer_id,
-            indices=[m.held_out for m in ms], device=exp.device)
+            net, [HeldOutImages(m.source, m.regions, m.held_out) for m in ms], mean, layer_id=ms[0].layer_id,
+            device=exp.device)
     res, res0 = measure(trained), measure(start)
     per_filter = {"P_f": [None if np.isnan(v) else float(v) for v in res.per_filter],
                   "part": [int(k) for k in res.part_of_filter], "radius": res.radius,

@@ -47,7 +47,7 @@ from reproduce.evaluation.net_evaluation import (
     layer_id_for_model,
 )
 from reproduce.evaluation.net_features import read_mean_data
-from reproduce.evaluation.receptive_fields import draw_rf, drawing_objset, scaled_rf_settings
+from reproduce.evaluation.receptive_fields import DrawingImages, draw_rf, drawing_objset, scaled_rf_settings
 from reproduce.models.builder import MODELS, network_init
 from reproduce.runtime.distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
 from reproduce.training import checkpoints as ckpt
@@ -460,8 +460,8 @@ def _draw(exp: Experiment, net: Any, conf: Any, source: CategorySource, mean: np
     if not (exp.draw and exp.interpretable and not exp.multiclass and is_main()):
         return None
     objects = drawing_objset(source.name, conf)     # readAnnotation's objset (CUB: not the sampling one)
-    return draw_rf(net, source.name, objects, source.load_patch, mean, layer_id, exp.draw_dir, device=exp.device,
-                   progress=exp.progress, **scaled_rf_settings(mean.shape[0]))
+    return draw_rf(net, DrawingImages(source.name, objects, source.load_patch), mean, layer_id, exp.draw_dir,
+                   device=exp.device, progress=exp.progress, **scaled_rf_settings(mean.shape[0]))
 
 
 def _celeba_sources(exp: Experiment, paths: Any, size: int) -> tuple[list[CategorySource], str | None]:
