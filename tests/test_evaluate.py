@@ -46,6 +46,7 @@ def _source(imgs, truths: dict, name: str = "synthetic") -> li.CategorySource:
 
 
 MEAN64 = np.full((64, 64, 3), 100.0, dtype=np.float32)
+PART1, PARTS12 = li.StabilitySettings(part_list=(1,)), li.StabilitySettings(part_list=(1, 2))
 
 
 def _matlab_peaks(x: np.ndarray):
@@ -216,7 +217,7 @@ def test_compute_stability_batched_equals_one_by_one():
     net = _tiny_net()
     imgs, centres = _blob_images(10)
     source = _source(imgs, {1: centres, 2: [c + 3 for c in centres]})
-    results = [li.compute_stability(net, source, 4, MEAN64, li.StabilitySettings(part_list=(1, 2)), li.ForwardPass(batch_size=b)) for b in (1, 4, 32)]
+    results = [li.compute_stability(net, source, 4, MEAN64, PARTS12, li.ForwardPass(batch_size=b)) for b in (1, 4, 32)]
     for r in results[1:]:
         np.testing.assert_array_equal(r.pos, results[0].pos)
         np.testing.assert_allclose(r.score, results[0].score, rtol=1e-5)   # conv sums differ by batch size
@@ -232,7 +233,7 @@ def test_compute_stability_part_rate_and_selected_ratio():
     net = _tiny_net()
     imgs, centres = _blob_images(6)
     source = _source(imgs, {1: centres})
-    full = li.compute_stability(net, source, 4, MEAN64, li.StabilitySettings(part_list=(1,)))
+    full = li.compute_stability(net, source, 4, MEAN64, PART1)
     half = li.compute_stability(net, source, 4, MEAN64, li.StabilitySettings(part_list=(1,), part_rate=0.5,
                                                                               selected_pattern_ratio=0.5))
     assert half.dist_sqrt_var.shape == (32,)
@@ -251,9 +252,9 @@ def test_an_image_with_landmarks_but_no_object_is_left_out_with_a_warning():
     source = _source(imgs, truths)
     source.objects[2] = None                               # the box under minArea
     with pytest.warns(RuntimeWarning, match=r"image\(s\) 3 have part landmarks but no object"):
-        got = li.compute_stability(net, source, 4, MEAN64, li.StabilitySettings(part_list=(1, 2)))
+        got = li.compute_stability(net, source, 4, MEAN64, PARTS12)
     blanked = _source(imgs, {k: [None if i == 2 else c for i, c in enumerate(v)] for k, v in truths.items()})
-    want = li.compute_stability(net, blanked, 4, MEAN64, li.StabilitySettings(part_list=(1, 2)))
+    want = li.compute_stability(net, blanked, 4, MEAN64, PARTS12)
     assert not got.valid_images[2] and got.valid_images.sum() == 7 and not got.score[2].any()
     np.testing.assert_array_equal(got.dist_sqrt_var, want.dist_sqrt_var)
     assert got.stability == want.stability and np.isfinite(got.stability)
@@ -263,14 +264,14 @@ def test_no_image_with_any_part_is_a_clear_error():
     net = _tiny_net()
     imgs, _ = _blob_images(3)
     with pytest.raises(nf.EvaluationError, match="no image has any of the parts"):
-        li.compute_stability(net, _source(imgs, {1: [None] * 3}), 4, MEAN64, li.StabilitySettings(part_list=(1,)))
+        li.compute_stability(net, _source(imgs, {1: [None] * 3}), 4, MEAN64, PART1)
 
 
 def test_a_part_without_images_gives_nan_with_a_warning():
     net = _tiny_net()
     imgs, centres = _blob_images(4)
     with pytest.warns(RuntimeWarning, match="NaN"):
-        r = li.compute_stability(net, _source(imgs, {1: centres, 2: [None] * 4}), 4, MEAN64, li.StabilitySettings(part_list=(1, 2)))
+        r = li.compute_stability(net, _source(imgs, {1: centres, 2: [None] * 4}), 4, MEAN64, PARTS12)
     assert np.isnan(r.stability) and np.isnan(r.dist_sqrt_var).all()
 
 
@@ -282,7 +283,7 @@ def test_filters_that_never_fire_are_dropped_like_nan():
         layer = net.layers[8]
         layer.weight[:3] = 0
         layer.bias[:3] = -1.0
-    r = li.compute_stability(net, _source(imgs, {1: centres}), 4, MEAN64, li.StabilitySettings(part_list=(1,)))
+    r = li.compute_stability(net, _source(imgs, {1: centres}), 4, MEAN64, PART1)
     assert (r.pos[:, :3] == 2.5).all() and (r.score[:, :3] == -1.0).all()
     d = r.dist_sqrt_var.copy()
     d[5] = np.nan                                          # a NaN filter is left out of the mean
@@ -293,9 +294,9 @@ def test_input_guard_names_the_image():
     net = _tiny_net()
     imgs, centres = _blob_images(3)
     with pytest.raises(nf.EvaluationError, match="no value below -10"):
-        li.compute_stability(net, _source(imgs, {1: centres}), 4, np.zeros((64, 64, 3), np.float32), li.StabilitySettings(part_list=(1,)))
+        li.compute_stability(net, _source(imgs, {1: centres}), 4, np.zeros((64, 64, 3), np.float32), PART1)
     with pytest.raises(nf.EvaluationError, match="meanData is 32 x 32"):
-        li.compute_stability(net, _source(imgs, {1: centres}), 4, np.zeros((32, 32, 3), np.float32), li.StabilitySettings(part_list=(1,)))
+        li.compute_stability(net, _source(imgs, {1: centres}), 4, np.zeros((32, 32, 3), np.float32), PART1)
 
 
 def test_multiclass_on_two_synthetic_categories():
@@ -303,9 +304,9 @@ def test_multiclass_on_two_synthetic_categories():
     a_imgs, a_c = _blob_images(5, seed=1)
     b_imgs, b_c = _blob_images(5, seed=2)
     sources = [_source(a_imgs, {1: a_c, 2: a_c}, "a"), _source(b_imgs, {1: b_c, 2: b_c}, "b")]
-    value, details = li.compute_stability_multiclass(net, sources, 4, MEAN64, li.StabilitySettings(part_list=(1, 2)))
+    value, details = li.compute_stability_multiclass(net, sources, 4, MEAN64, PARTS12)
     assert details["stability"].shape == (64, 2)
-    singles = [li.compute_stability(net, s, 4, MEAN64, li.StabilitySettings(part_list=(1, 2))) for s in sources]
+    singles = [li.compute_stability(net, s, 4, MEAN64, PARTS12) for s in sources]
     for k, s in enumerate(singles):
         np.testing.assert_allclose(details["stability"][:, k], s.dist_sqrt_var / np.hypot(64, 64))
         np.testing.assert_allclose(details["score"][:, k], s.score.mean(axis=0))
@@ -316,7 +317,7 @@ def test_goldfish_rule_sticks_for_later_categories():
     net = _tiny_net()
     imgs, c = _blob_images(4)
     sources = [_source(imgs, {1: c, 2: c}, li.GOLDFISH), _source(imgs, {1: c, 2: [None] * 4}, "later")]
-    _, details = li.compute_stability_multiclass(net, sources, 4, MEAN64, li.StabilitySettings(part_list=(1, 2)))
+    _, details = li.compute_stability_multiclass(net, sources, 4, MEAN64, PARTS12)
     assert details["part_lists"] == [(1,), (1,)]
     pass_through = li.compute_stability_multiclass(
         net, sources, 4, MEAN64, li.StabilitySettings(part_list=(1, 2), goldfish_rule_sticks=False))
@@ -405,15 +406,15 @@ def test_multi_object_image_is_processed_and_scored_but_not_measured():
     net = _tiny_net()
     imgs, centres = _blob_images(6)
     two = PartTruth(pHW_center=np.array([[10.0, 40.0], [12.0, 30.0]]))
-    multi = li.compute_stability(net, _source(imgs, {1: [two] + centres[1:]}), 4, MEAN64, li.StabilitySettings(part_list=(1,)))
-    none = li.compute_stability(net, _source(imgs, {1: [None] + centres[1:]}), 4, MEAN64, li.StabilitySettings(part_list=(1,)))
+    multi = li.compute_stability(net, _source(imgs, {1: [two] + centres[1:]}), 4, MEAN64, PART1)
+    none = li.compute_stability(net, _source(imgs, {1: [None] + centres[1:]}), 4, MEAN64, PART1)
     assert multi.valid_images.tolist() == [True] * 6 and none.valid_images.tolist() == [False] + [True] * 5
     assert (multi.score[0] != 0).any() and (none.score[0] == 0).all()
     np.testing.assert_allclose(multi.score[1:], none.score[1:], rtol=1e-5)    # batches differ in size
     np.testing.assert_array_equal(multi.dist_sqrt_var, none.dist_sqrt_var)
     _, d_multi = li.compute_stability_multiclass(net, [_source(imgs, {1: [two] + centres[1:]})], 4, MEAN64,
-                                                 li.StabilitySettings(part_list=(1,)), li.ForwardPass(batch_size=1))
+                                                 PART1, li.ForwardPass(batch_size=1))
     _, d_none = li.compute_stability_multiclass(net, [_source(imgs, {1: [None] + centres[1:]})], 4, MEAN64,
-                                                li.StabilitySettings(part_list=(1,)), li.ForwardPass(batch_size=1))
+                                                PART1, li.ForwardPass(batch_size=1))
     np.testing.assert_allclose(d_multi["score"][:, 0] * 6 - d_none["score"][:, 0] * 6,
                                multi.score[0], rtol=1e-4, atol=1e-4)

@@ -330,7 +330,8 @@ def layer_maps_of_batches(net: SimpleNN, batches: Iterable[tuple[list[int], torc
 
 def extract_layer_peaks(net: SimpleNN, batches: Iterable[tuple[list[int], torch.Tensor]], target_layer: int,
                         num_images: int, num_filters: int | None = None, device: Any = None,
-                        fix_nonsquare_index: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+                        fix_nonsquare_index: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     """The peaks of every filter of SimpleNN layer `target_layer` over the batches.
 
     Returns (idx_h, idx_w, score) as (num_images, P) arrays (1-based indices,

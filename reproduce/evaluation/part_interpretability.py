@@ -557,8 +557,9 @@ def layer_maps(net: Any, load_patch: Callable[[int], np.ndarray], indices: Seque
 def source_layer_maps(net: Any, source: Any, layer_id: int, mean_data: Any, indices: Sequence[int], *,
                       device: Any = None, batch_size: int = 64, convnet: Any = None) -> np.ndarray:
     """(len(indices), P, h, w) float32: the output of the layer `layer_id` measures (getConvNetPara's conv
-    index, `reproduce.evaluation.net_features.target_layer_index`) for source.objects[indices], the net in evaluation mode:
-    location stability's tensor (pre-ReLU); `measured_maps` makes part interpretability's from it."""
+    index, `reproduce.evaluation.net_features.target_layer_index`) for source.objects[indices], the net in
+    evaluation mode: location stability's tensor (pre-ReLU); `measured_maps` makes part
+    interpretability's from it."""
     target = target_layer_index(get_conv_net_para(net) if convnet is None else convnet, layer_id)
     size = net_input_size(net)
 

@@ -34,7 +34,7 @@ from data_prep.get_i import get_i
 from data_prep.images import no_landmarks_note, own_negatives_count
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
 from data_prep.readers import count_objects
-from data_prep.setup import default_data_root, ensure_dataset, ensure_model
+from data_prep.setup import OwnImages, default_data_root, ensure_dataset, ensure_model
 from data_prep.toy import TOY_POSITIVES, read_manifest
 from data_prep.voc2010_crop import build_voc2010_crop_imdb
 from legacy_compat.cli import UserError
@@ -188,11 +188,10 @@ def prepare_dataset(exp: Experiment, input_size: int | None = None) -> Any:
         toy_options.setdefault("input_size", int(input_size))
     if exp.dataset == "toy":
         toy_options.setdefault("progress", exp.progress)      # the generator's bar follows the run's
-    images = {"image_folder": exp.image_folder, "truth_dir": exp.out / IMAGES_TRUTH,
-              "input_size": input_size} if exp.dataset == "images" else {}
+    images = OwnImages(exp.image_folder, exp.out / IMAGES_TRUTH, input_size) if exp.dataset == "images" else None
     return _one_builder(exp, f"setting up the {exp.dataset} dataset", lambda: ensure_dataset(
         exp.dataset, root=exp.data_root, offline=exp.offline, categories=exp.categories, progress=exp.progress,
-        toy_options=toy_options or None, **images))
+        toy_options=toy_options or None, images=images))
 
 
 def _pretrained(exp: Experiment) -> Any:
