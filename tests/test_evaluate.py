@@ -418,3 +418,22 @@ def test_multi_object_image_is_processed_and_scored_but_not_measured():
                                                 PART1, li.ForwardPass(batch_size=1))
     np.testing.assert_allclose(d_multi["score"][:, 0] * 6 - d_none["score"][:, 0] * 6,
                                multi.score[0], rtol=1e-4, atol=1e-4)
+
+
+def test_measured_layer_fills_in_the_geometry_from_the_net():
+    net = _tiny_net()
+    layer = li.MeasuredLayer(4).of(net)
+    assert layer.layer_id == 4 and layer.image_size == (64, 64)
+    np.testing.assert_array_equal(np.asarray(layer.convnet.target_layers),
+                                  np.asarray(get_conv_net_para(net).target_layers))
+    given = li.MeasuredLayer(4, convnet=layer.convnet, image_size=[32.0, 48.0]).of(net)
+    assert given.convnet is layer.convnet and given.image_size == (32, 48)
+
+
+def test_layer_maps_of_batches_are_the_layers_output():
+    net = _tiny_net()
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32) - 100)
+    target = nf.target_layer_index(get_conv_net_para(net), 4)
+    (chunk, y), = list(li.layer_maps_of_batches(net, [([0, 1, 2], x)], target))
+    assert chunk == [0, 1, 2] and not y.requires_grad
+    torch.testing.assert_close(y, nf.layer_output(net, x, target), rtol=0, atol=0)

@@ -284,3 +284,10 @@ def test_truth_as_mat_73_holds_the_same_values(toy_root, tmp_path):
         assert (x.obj.shape == (0, 0) and y.obj.shape == (0, 0)) if not isinstance(x.obj, dict) else x.obj == y.obj
     with pytest.raises(ValueError, match="truth_version"):
         generate_toy_dataset(tmp_path / "bad", ToyOptions(truth_version="4"), progress=False)
+
+
+def test_toy_options_crop_size_and_manifest_fields():
+    assert ToyOptions().crop_size == 64 and ToyOptions(image_size=96).crop_size == 96
+    fields = ToyOptions(seed=2, n_pos=3, n_neg=1, categories=("toy02",), input_size=224).manifest_fields()
+    assert fields == {"seed": 2, "n_pos": 3, "n_neg": 1, "categories": ["toy02"], "image_size": 64,
+                      "input_size": 224, "truth_version": "5"}
