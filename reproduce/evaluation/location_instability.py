@@ -319,7 +319,7 @@ def layer_maps_of_batches(net: SimpleNN, batches: Iterable[tuple[list[int], torc
                           device: Any = None) -> Iterator[tuple[list[int], torch.Tensor]]:
     """(image indices, the output of SimpleNN layer `target_layer` for them) for every batch, without
     gradients. `device` None: where the net is; another device: the net is moved there first. A CUDA
-    device computes in IEEE float32 (reproduce.device.resolve_device)."""
+    device computes in IEEE float32 (reproduce.runtime.device.resolve_device)."""
     device = resolve_device(module_device(net) if device is None else device)
     net.to(device)
     for chunk, x in batches:
@@ -528,7 +528,7 @@ def _category_peaks(net: SimpleNN, source: CategorySource, layer: MeasuredLayer,
 
 
 def _peaks_over_ranks(peaks: Callable[[list[int]], tuple], indices: list[int]) -> tuple:
-    """`peaks(indices)`; in a data-parallel run (reproduce.distributed) each rank runs its share
+    """`peaks(indices)`; in a data-parallel run (reproduce.runtime.distributed) each rank runs its share
     indices[rank::K] and the ranks' arrays are added up: each image's row is non-zero on the one
     rank that ran it, so every rank ends with the arrays of one process."""
     dp = active()
@@ -549,7 +549,7 @@ def compute_stability(net: SimpleNN, source: CategorySource, layer: MeasuredLaye
                       layer_maps: Callable[[list[int]], torch.Tensor] | None = None) -> StabilityResult:
     """computeStability.m (with getCNNFeature.m batched): the location stability of one category.
 
-    `net` is a SimpleNN (reproduce.network) in evaluation mode; `layer` the measured layer (a
+    `net` is a SimpleNN (reproduce.layers.simplenn) in evaluation mode; `layer` the measured layer (a
     `MeasuredLayer`, or its layer_id: getConvNetPara's conv index); `mean_data` is the imdb's
     dataMean (H x W x 3, MATLAB layout). Only the images with at least one
     part are run through the net, up to the measured layer, `forward.batch_size` at

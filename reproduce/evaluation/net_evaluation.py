@@ -218,7 +218,7 @@ def evaluate_checkpoint(path: os.PathLike | str, categories: Sequence[str] | str
                         dataset: str | None = None) -> EvaluationResult:
     """Binary error and location stability of a trained net, as showResults.m reports them.
 
-    path: ``net-epoch-N.pt`` (reproduce.checkpoints) or a MATLAB
+    path: ``net-epoch-N.pt`` (reproduce.training.checkpoints) or a MATLAB
     ``net-epoch-N.mat`` (legacy_compat.checkpoint; the original's own files
     too). categories: the category name(s) (net.meta.classes.name order for
     a multi-class net). conf: a data_prep DataConf (images, truth files).

@@ -498,7 +498,7 @@ class RFSettings:
     sizes, the random seed of the image sampling, whether existing template files are recomputed
     (the original skips them), the contact sheet's file name, progress bars, the device (None:
     where the net is; another device: the net is moved there; IEEE float32 on CUDA,
-    reproduce.device.resolve_device).
+    reproduce.runtime.device.resolve_device).
     """
     show_num: int = SHOW_NUM
     visualization_step: int = VISUALIZATION_STEP

@@ -2,8 +2,8 @@
 
 Cases (../shared/golden/README.md): getDistSqrtVar, computeStability,
 step_computeStability_multiClass, maskX, getRegion, imagewrite. Each
-adapter converts the MATLAB-layout inputs, runs reproduce.evaluate /
-reproduce.draw_rf, and returns the outputs in MATLAB layout.
+adapter converts the MATLAB-layout inputs, runs reproduce.evaluation.location_instability /
+reproduce.evaluation.receptive_fields, and returns the outputs in MATLAB layout.
 """
 from __future__ import annotations
 

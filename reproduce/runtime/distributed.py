@@ -33,7 +33,7 @@ rounding: the sums are added in another order). Dropout draws its masks per rank
 from the epoch's seed as one process does, rank r > 0 from a seed of its own), so
 equality with one process holds for nets without dropout or with dropout 0.
 
-Files: rank 0 alone writes checkpoints (atomically, `reproduce.checkpoints`) and the
+Files: rank 0 alone writes checkpoints (atomically, `reproduce.training.checkpoints`) and the
 plots; on resume rank 0 reads the last checkpoint and sends its state to the other ranks
 (a shared file system is not needed). Data caches (the dataset set-up, the imdb cache)
 are built by rank 0 first while the others wait (`rank_zero_first`), then read by the
