@@ -51,8 +51,8 @@ Several GPUs or machines (our_cnn_train's ``opts.gpus``): start the command line
 ``torchrun --nproc_per_node K``; `train` then runs data-parallel with the original's
 semantics (reproduce.runtime.distributed, which documents them and the two corrections).
 
-Command line: ``python -m reproduce.train --help`` (in `reproduce.experiments.train_command`): it runs through reproduce.experiments.pipeline
-(dataset, network_init, imdb cache, then `train`); ``--out`` is the output root,
+Command line: ``python -m reproduce.train --help`` (in `reproduce.experiments.train_command`): it runs
+through reproduce.experiments.pipeline (dataset, network_init, imdb cache, then `train`); ``--out`` is the output root,
 as demo.py's (checkpoints and plots in OUT/mat/<name>/).
 """
 from __future__ import annotations
