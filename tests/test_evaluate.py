@@ -434,6 +434,6 @@ def test_layer_maps_of_batches_are_the_layers_output():
     net = _tiny_net()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32) - 100)
     target = nf.target_layer_index(get_conv_net_para(net), 4)
-    (chunk, y), = list(li.layer_maps_of_batches(net, [([0, 1, 2], x)], target))
+    (chunk, y), = list(nf.layer_maps_of_batches(net, [([0, 1, 2], x)], target))
     assert chunk == [0, 1, 2] and not y.requires_grad
     torch.testing.assert_close(y, nf.layer_output(net, x, target), rtol=0, atol=0)

@@ -43,7 +43,7 @@ import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ from reproduce.evaluation.net_features import (
     EvaluationError,
     convnet_field,
     iterate_patch_batches,
-    layer_output,
+    layer_maps_of_batches,
     net_input_size,
     num_output_filters,
     read_mean_data,
@@ -68,7 +68,6 @@ from reproduce.evaluation.net_features import (
 )
 from reproduce.layers.geometry import get_conv_net_para
 from reproduce.layers.simplenn import SimpleNN
-from reproduce.runtime.device import module_device, resolve_device
 from reproduce.runtime.distributed import active, gather_over_ranks
 
 __all__ = [
@@ -313,19 +312,6 @@ def multiclass_stability(stability: np.ndarray, score: np.ndarray,
     chosen, _ = sort_ascend_stable(chosen[~np.isnan(chosen)])
     chosen = chosen[:max(0, min(selected, chosen.size))]
     return float(np.mean(chosen)) if chosen.size else float("nan")
-
-
-def layer_maps_of_batches(net: SimpleNN, batches: Iterable[tuple[list[int], torch.Tensor]], target_layer: int,
-                          device: Any = None) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """(image indices, the output of SimpleNN layer `target_layer` for them) for every batch, without
-    gradients. `device` None: where the net is; another device: the net is moved there first. A CUDA
-    device computes in IEEE float32 (reproduce.runtime.device.resolve_device)."""
-    device = resolve_device(module_device(net) if device is None else device)
-    net.to(device)
-    for chunk, x in batches:
-        with torch.no_grad():
-            y = layer_output(net, x.to(device), target_layer)
-        yield chunk, y
 
 
 def extract_layer_peaks(net: SimpleNN, batches: Iterable[tuple[list[int], torch.Tensor]], target_layer: int,

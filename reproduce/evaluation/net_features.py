@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from legacy_compat import MatStruct, loadmat
 from legacy_compat.cli import UserError
 from reproduce.layers.geometry import CONV_TYPES, ConvNetPara
 from reproduce.layers.simplenn import SimpleNN
+from reproduce.runtime.device import module_device, resolve_device
 
 #: getConvNetPara's convnet: the port's ConvNetPara, or the MATLAB struct a golden case holds.
 ConvNet = Union[ConvNetPara, MatStruct]
@@ -32,6 +33,7 @@ ConvNet = Union[ConvNetPara, MatStruct]
 __all__ = [
     "EvaluationError", "ConvNet", "convnet_field", "target_layer_index", "first_conv_mask_layer_id",
     "num_output_filters", "net_input_size", "read_mean_data", "iterate_patch_batches", "layer_output",
+    "layer_maps_of_batches",
 ]
 
 
@@ -123,6 +125,19 @@ def layer_output(net: SimpleNN, x: torch.Tensor, layer: int) -> torch.Tensor:
         x = module(x)
     return x
 
+
+
+def layer_maps_of_batches(net: SimpleNN, batches: Iterable[tuple[list[int], torch.Tensor]], target_layer: int,
+                          device: Any = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """getCNNFeature.m over batches: (image indices, the output of SimpleNN layer `target_layer` for
+    them) for every batch of `iterate_patch_batches`, without gradients. `device` None: where the net is; another device: the net is moved there first. A CUDA
+    device computes in IEEE float32 (reproduce.runtime.device.resolve_device)."""
+    device = resolve_device(module_device(net) if device is None else device)
+    net.to(device)
+    for chunk, x in batches:
+        with torch.no_grad():
+            y = layer_output(net, x.to(device), target_layer)
+        yield chunk, y
 
 
 def net_input_size(net: SimpleNN) -> tuple[int, int]:
