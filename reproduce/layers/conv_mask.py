@@ -71,6 +71,7 @@ from reproduce.layers.filter_loss import (
 from reproduce.layers.filter_loss_blocks import ChannelConstants, FilterLossFacts, FilterLossSetup, loss_blocks
 from reproduce.layers.geometry import LayerGeometry
 from reproduce.layers.padding import conv2d_padded, is_symmetric
+from reproduce.runtime.distributed import FilterLossBatch
 
 __all__ = ["conv_mask", "ConvMask", "ConvMaskState", "ConvMaskOptions", "ConvMaskConstants", "layer_constants",
            "FilterLossContext", "FilterLossError", "DeferredChecks", "raise_deferred_errors", "set_compile"]
@@ -425,8 +426,8 @@ class _ConvMaskFunction(torch.autograd.Function):
 
 def _filter_loss_terms(maps: FilterLossMaps, beta: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
     """(coef 2 x N x D, dbeta (D,)) of the filter loss: on this batch's blocks, or through
-    reproduce.runtime.distributed's whole-batch wrapper (its blocks are built from the gathered labels;
-    it synchronises, as gathering does)."""
+    reproduce.runtime.distributed's whole-batch wrapper (its blocks are built from the gathered
+    labels; it synchronises, as gathering does)."""
     if plan.whole_batch is None:
         terms = _maybe_compiled(filter_loss_from_maps, maps.x.device)
         k = plan.consts
@@ -434,10 +435,14 @@ def _filter_loss_terms(maps: FilterLossMaps, beta: torch.Tensor, plan: _Plan) ->
         if plan.setup.fallback is None:
             _check_all_inf(bad, plan.state)
         return coef, dbeta
+
+    def loss(b: FilterLossBatch):
+        whole = FilterLossMaps(b.x, b.mask, b.strength, b.sqrtvar, neg_mean=-b.x_mean)
+        return filter_loss_by_labels(whole, beta, b.labels, plan.facts)
     x = maps.x
-    gathered = FilterLossMaps(x, maps.mask, maps.strength, maps.sqrtvar,
-                              neg_mean=-(maps.total / (x.shape[2] * x.shape[3])))
-    cp, cn, dbeta = plan.whole_batch.wrap(filter_loss_by_labels)(gathered, beta, plan.labels, plan.facts)
+    batch = FilterLossBatch(x, maps.mask, maps.strength, maps.sqrtvar, maps.total / (x.shape[2] * x.shape[3]),
+                            plan.labels)
+    cp, cn, dbeta = plan.whole_batch.wrap(loss)(batch, plan.state.where)
     return torch.stack([cp, cn]), dbeta
 
 

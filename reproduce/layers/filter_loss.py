@@ -209,8 +209,8 @@ def filter_loss_gradients(x: torch.Tensor, mask: torch.Tensor, strength: torch.T
 def filter_loss_by_labels(maps: FilterLossMaps, beta: torch.Tensor, labels: torch.Tensor,
                           facts: FilterLossFacts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """filter_loss_gradients with its blocks built from `labels` (N x L) and `facts`: the form
-    reproduce.runtime.distributed's WholeBatch.wrap calls, on the gathered batch. The map means come
-    from maps.neg_mean (-mean_ij x), or from x when it is None."""
+    conv_mask's whole-batch loss runs on the batch reproduce.runtime.distributed's WholeBatch
+    gathers. The map means come from maps.neg_mean (-mean_ij x), or from x when it is None."""
     x = maps.x
     setup = filter_loss_setup(labels.to(device=x.device, dtype=x.dtype), facts, x.dtype)
     neg_mean = -x.mean(dim=(2, 3)) if maps.neg_mean is None else maps.neg_mean
