@@ -38,7 +38,8 @@ from legacy_compat.cli import (
     run_cli,
 )
 from legacy_compat.runlock import folder_lock
-from reproduce.evaluation.evaluate import load_net_for_evaluation, net_input_size
+from reproduce.evaluation.net_evaluation import load_net_for_evaluation
+from reproduce.evaluation.net_features import net_input_size
 from reproduce.experiments.ablation import format_table, run_ablation, summarise
 from reproduce.experiments.options import add_image_folder, image_folder_option, toy_size_options
 from reproduce.experiments.pipeline import (

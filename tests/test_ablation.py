@@ -17,13 +17,13 @@ from reproduce.experiments.ablation import (
     summarise,
 )
 from reproduce.experiments.pretrain import save_pretrained_model
-from reproduce.layers.conv_mask import ConvMask, FilterLossContext
+from reproduce.layers.conv_mask import ConvMask, ConvMaskOptions, FilterLossContext
 from reproduce.models.builder import network_init
 
 
 def _layer():
     g = torch.Generator().manual_seed(0)
-    return ConvMask(4, 3, 3, feature_size=6, pad=1, generator=g, init_std=0.1)
+    return ConvMask(4, 3, 3, feature_size=6, pad=1, generator=g, options=ConvMaskOptions(init_std=0.1))
 
 
 def _input():

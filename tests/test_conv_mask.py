@@ -1,4 +1,4 @@
-"""The conv_mask layer (reproduce.conv_mask): getMu, getMask, the filter loss, beta's gradient, errors.
+"""The conv_mask layer (reproduce.layers.conv_mask and the modules it is built from): getMu, getMask, the filter loss, beta's gradient, errors.
 
 The filter loss is checked against `ref_filter_loss`, a literal transcription of the conv_mask
 backward of our_vl_simplenn.m (loops over the classes of `Div`, numpy float32, MATLAB's
@@ -16,27 +16,27 @@ import torch.nn.functional as F
 
 from reproduce.bench.conv_mask import count_ops
 from reproduce.layers import conv_mask as cm
+from reproduce.layers import filter_loss as fl
+from reproduce.layers.activation_mask import get_mask, get_mask_separable, get_mu, pos_templates
 from reproduce.layers.conv_mask import (
     ConvMask,
+    ConvMaskOptions,
+    ConvMaskState,
     FilterLossContext,
     FilterLossError,
-    _ConvMaskFunction,
-    filter_loss_gradients,
-    filter_loss_setup,
-    get_mask,
-    get_mask_separable,
-    get_mu,
-    pos_templates,
+    conv_mask,
     raise_deferred_errors,
     set_compile,
 )
+from reproduce.layers.filter_loss import filter_loss_gradients
+from reproduce.layers.filter_loss_blocks import FilterLossFacts, filter_loss_setup
+from reproduce.layers.simplenn import conv_mask_from_spec, conv_mask_to_spec
 from reproduce.runtime.device import resolve_device
 
 
-def _loss(x, mask, strength, sqrtvar, beta, filt, slice_mag, labels, epoch, density, layer_mag, all_inf_fallback=None):
+def _loss(x, mask, strength, sqrtvar, beta, labels, facts: FilterLossFacts):
     """filter_loss_gradients with the blocks built from the batch's labels (the layer's steps)."""
-    setup = filter_loss_setup(labels, filt, slice_mag, epoch, density, layer_mag, x.dtype, all_inf_fallback)
-    return filter_loss_gradients(x, mask, strength, sqrtvar, beta, setup)
+    return filter_loss_gradients(x, mask, strength, sqrtvar, beta, filter_loss_setup(labels, facts, x.dtype))
 
 
 # ------------------------------------------------------------------ a literal reference
@@ -149,7 +149,7 @@ def _run_both(x, labels, beta, filt, sm, dens, epoch=3):
     px, py = pos_templates(d, size, size)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x * mask).mean(dim=(2, 3))
-    cp, cn, dbeta = _loss(x, mask, strength, sqrtvar, beta, filt, sm, labels, epoch, dens, 0.1)
+    cp, cn, dbeta = _loss(x, mask, strength, sqrtvar, beta, labels, FilterLossFacts(filt, sm, epoch, dens, 0.1))
     port_add = (-mask * cp[:, :, None, None] + cn[:, :, None, None]).numpy()
     ref_add, ref_dbeta = ref_filter_loss(x.numpy(), mask.numpy(), sqrtvar.numpy(), beta.numpy(), filt.numpy(),
                                          None if sm is None else sm.numpy(), labels.numpy(), epoch, dens.numpy())
@@ -215,6 +215,24 @@ def test_filter_loss_matches_literal_transcription(kind):
     _close(port_db, ref_db)
 
 
+def test_filter_loss_by_labels_equals_the_gradients_of_the_same_blocks():
+    """filter_loss_by_labels (the form the whole-batch loss calls: FilterLossMaps, labels, facts)
+    gives the terms of filter_loss_gradients on the blocks filter_loss_setup builds."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.relu(torch.randn(6, 4, 5, 5, generator=g))
+    filt, beta = torch.tensor([1, 1, 2, 1]), torch.full((4,), 2.0)
+    mu_x, mu_y, sqrtvar = get_mu(x)
+    mask = get_mask(mu_x, mu_y, beta, filt, *pos_templates(4, 5, 5))
+    strength = (x * mask).mean(dim=(2, 3))
+    labels = torch.tensor([[1.0, -1], [-1, 1], [1, 1], [-1, -1], [1, -1], [-1, 1]])
+    facts = FilterLossFacts(filt, torch.rand(4, 2, generator=g), 2, torch.tensor([0.5, 0.5]), 0.1)
+    got = fl.filter_loss_by_labels(fl.FilterLossMaps(x, mask, strength, sqrtvar), beta, labels, facts)
+    want = _loss(x, mask, strength, sqrtvar, beta, labels, facts)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    assert bool(got[0].ne(0).any()) and bool(got[2].ne(0).any())
+
+
 def test_filter_loss_with_ties_in_slicemag_takes_the_first_class():
     x, labels, beta, filt, sm, dens = _case(7, n=6, d=4, n_lab=3)
     sm = torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.9, 0.9], [float("nan"), 0.3, 0.3], [float("nan")] * 3])
@@ -246,9 +264,9 @@ def test_filter_loss_all_inf_block_is_an_error_unless_a_fallback_is_set():
         ref_filter_loss(x.numpy(), mask.numpy(), sqrtvar.numpy(), beta.numpy(), filt.numpy(), None,
                         labels.numpy(), 3, dens.numpy())
     with pytest.raises(FilterLossError, match="only ±Inf"):
-        _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 3, dens, 0.1)
-    cp, cn, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 3, dens, 0.1,
-                                       all_inf_fallback=0.0)
+        _loss(x, mask, strength, sqrtvar, beta, labels, FilterLossFacts(filt, None, 3, dens, 0.1))
+    cp, cn, db = _loss(x, mask, strength, sqrtvar, beta, labels,
+                       FilterLossFacts(filt, None, 3, dens, 0.1, all_inf_fallback=0.0))
     assert torch.isfinite(db).all()
 
 
@@ -266,13 +284,13 @@ def test_beta_gradient_hand_made_case_with_matlab_nan_rules():
     px, py = pos_templates(3, 3, 3)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x * mask).mean(dim=(2, 3))
-    _, _, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, labels, 1, None, 0.1)
+    _, _, db = _loss(x, mask, strength, sqrtvar, beta, labels, FilterLossFacts(filt, None, 1, None, 0.1))
     expected0 = (min(max(3 / np.sqrt(2.0), 1.5), 3.0) - 2.0) * -10000     # strength-weighted mean = sqrt(2)
     assert db[0].item() == pytest.approx(expected0, rel=1e-5)
     assert db[1].item() == pytest.approx((3.0 - 1.7) * -10000, rel=1e-5)
     assert db[2].item() == 0.0                                            # type 0: no update
     # no positives at all: sum over nothing = 0, 0/0 = NaN, max(min(3/NaN, 3), 1.5) = 3
-    _, _, db = _loss(x, mask, strength, sqrtvar, beta, filt, None, -labels.abs(), 1, None, 0.1)
+    _, _, db = _loss(x, mask, strength, sqrtvar, beta, -labels.abs(), FilterLossFacts(filt, None, 1, None, 0.1))
     assert db[0].item() == pytest.approx((3.0 - 2.0) * -10000)
     assert db[1].item() == pytest.approx((3.0 - 1.7) * -10000)
     # a dead part filter (zero strength over the positives): NaN again -> 3, never NaN
@@ -281,14 +299,14 @@ def test_beta_gradient_hand_made_case_with_matlab_nan_rules():
     mu_x, mu_y, sqrtvar = get_mu(x2)
     mask = get_mask(mu_x, mu_y, beta, filt, px, py)
     strength = (x2 * mask).mean(dim=(2, 3))
-    _, _, db = _loss(x2, mask, strength, sqrtvar, beta, filt, None, labels, 1, None, 0.1)
+    _, _, db = _loss(x2, mask, strength, sqrtvar, beta, labels, FilterLossFacts(filt, None, 1, None, 0.1))
     assert db[0].item() == pytest.approx((3.0 - 2.0) * -10000)
 
 
 # ------------------------------------------------------------------ the module
 def _layer(d=4, out=3, size=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return ConvMask(d, out, 3, size, pad=1, generator=g, name="conv6")
+    return ConvMask(d, out, 3, size, pad=1, generator=g, options=ConvMaskOptions(name="conv6"))
 
 
 def test_module_backward_is_conv_part_plus_filter_loss():
@@ -327,8 +345,7 @@ def test_conv_part_gradcheck_without_context():
         with torch.no_grad():
             layer.weight.copy_(w)
             layer.bias.copy_(b)
-        st = layer._state(x, None)
-        return _ConvMaskFunction.apply(x, w, b, layer.beta.detach(), st)
+        return conv_mask(x, w, b, layer.beta.detach(), layer.state(x))
 
     assert torch.autograd.gradcheck(f, (x, w, b), eps=1e-6, atol=1e-5)
     out = layer(x)
@@ -375,10 +392,58 @@ def test_state_dict_round_trip_with_slice_mag_and_mag():
     assert float(fresh.mag) == pytest.approx(0.1 / 50)
     assert torch.equal(fresh.weight, layer.weight) and torch.equal(fresh.beta, layer.beta)
     assert fresh.filter_type.tolist() == [1, 2, 1, 1]
-    spec = fresh.to_spec()
-    again = ConvMask.from_spec(spec)
+    spec = conv_mask_to_spec(fresh)
+    again = conv_mask_from_spec(spec)
     assert torch.equal(again.weight, fresh.weight) and torch.equal(again.slice_mag, fresh.slice_mag)
     assert again.learning_rate == (1.0, 2.0, 0.05) and again.weight_decay == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("case", ["no context", "one class", "classes with sliceMag"])
+def test_the_function_with_a_hand_made_state_equals_the_module(case):
+    """conv_mask(x, weight, bias, beta, ConvMaskState(...)) called without a module gives exactly
+    the module's output and x / weight / beta gradients."""
+    layer = _layer(d=4, out=3, size=5, seed=7)
+    layer.filter_type[2] = 2                                       # a texture filter among the parts
+    g = torch.Generator().manual_seed(11)
+    x = torch.relu(torch.randn(6, 4, 5, 5, generator=g))
+    gout = torch.randn(6, 3, 5, 5, generator=g)
+    context, slice_mag = None, None
+    if case == "one class":
+        context = FilterLossContext(torch.tensor([[1.0], [-1.0], [1.0], [-1.0], [-1.0], [1.0]]), epoch=2)
+    elif case == "classes with sliceMag":
+        slice_mag = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.0, 0.1, 0.8]])
+        layer.set_slice_mag(slice_mag)
+        labels = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [-1, 1, 1], [1, -1, -1]])
+        context = FilterLossContext(labels, epoch=3, density=torch.tensor([0.4, 0.3, 0.25]))
+    else:
+        layer.require_context = False
+    xm = x.clone().requires_grad_(True)
+    y_module = layer(xm, context)
+    y_module.backward(gout)
+
+    state = ConvMaskState(torch.tensor([1, 1, 2, 1]), *pos_templates(4, 5, 5), slice_mag=slice_mag, mag=0.1, pad=1)
+    xf = x.clone().requires_grad_(True)
+    weight, bias, beta = (p.detach().clone().requires_grad_(True) for p in (layer.weight, layer.bias, layer.beta))
+    y_function = conv_mask(xf, weight, bias, beta, state, context)
+    y_function.backward(gout)
+
+    assert torch.equal(y_function, y_module)
+    assert torch.equal(xf.grad, xm.grad) and torch.equal(weight.grad, layer.weight.grad)
+    assert torch.equal(bias.grad, layer.bias.grad)
+    if context is None:
+        assert beta.grad is None and layer.beta.grad is None
+    else:
+        assert torch.equal(beta.grad, layer.beta.grad) and bool(beta.grad.ne(0).any())
+
+
+def test_the_function_checks_its_input_against_the_state():
+    state = ConvMaskState(torch.ones(4, dtype=torch.int64), *pos_templates(4, 5, 5), pad=1, where="conv_mask 'f'")
+    weight, bias, beta = torch.zeros(3, 4, 3, 3), torch.zeros(3), torch.full((4,), 2.0)
+    assert state.pad == (1, 1, 1, 1) and state.stride == (1, 1)
+    with pytest.raises(ValueError, match="conv_mask 'f': input has 3 channels"):
+        conv_mask(torch.rand(2, 3, 5, 5), weight[:, :3], bias, beta[:3], state)
+    with pytest.raises(ValueError, match="posTemp was built for"):
+        conv_mask(torch.rand(2, 4, 6, 6), weight, bias, beta, state)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -498,7 +563,7 @@ def test_normalise_matches_the_original_with_nan_and_inf_in_the_blocks(n_lab, se
     labels = torch.as_tensor(np.where(g.random((n, n_lab)) < 0.5, 1.0, -1.0), dtype=torch.float32)
     filt = torch.tensor([1, 1, 2, 1, 1, 1])
     slice_mag = torch.as_tensor(g.random((d, n_lab)), dtype=torch.float32) if n_lab > 1 else None
-    setup = filter_loss_setup(labels, filt, slice_mag, 2, torch.full((n_lab,), 0.4), 0.1)
+    setup = filter_loss_setup(labels, FilterLossFacts(filt, slice_mag, 2, torch.full((n_lab,), 0.4), 0.1))
     s = g.standard_normal((2, n, d)).astype(np.float32)
     pick = g.random((2, n, d))
     s[pick < 0.15] = np.inf
@@ -511,7 +576,7 @@ def test_normalise_matches_the_original_with_nan_and_inf_in_the_blocks(n_lab, se
         s[1, :, 3] = 0.0
     member = setup.member.numpy()
     t = torch.where(setup.member, torch.as_tensor(s), math.nan)
-    port, bad = cm._normalise(t, setup)
+    port, bad = fl._normalise(t, setup)
     mag = np.float32(2 / 0.1)
     group_of = np.zeros(d, int) if slice_mag is None else slice_mag.numpy().argmax(axis=1)
     expect = np.zeros((2, n, d), np.float32)

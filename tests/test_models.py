@@ -11,8 +11,10 @@ import torch
 from legacy_compat import savemat
 from legacy_compat.mattypes import MatStruct
 from legacy_compat.simplenn import net_to_matlab
-from reproduce.evaluation.evaluate import EvaluationError, first_conv_mask_layer_id, layer_id_for_model
-from reproduce.layers.conv_mask import FilterLossContext, get_mask, get_mu
+from reproduce.evaluation.net_evaluation import layer_id_for_model
+from reproduce.evaluation.net_features import EvaluationError, first_conv_mask_layer_id
+from reproduce.layers.activation_mask import get_mask, get_mu
+from reproduce.layers.conv_mask import FilterLossContext
 from reproduce.layers.geometry import get_conv_net_para, layer_output_sizes, x2p
 from reproduce.layers.simplenn import LossLayer, MatConv
 from reproduce.models.builder import FAMILY_BUILDERS, NetworkRequest, create_network, network_init

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from legacy_compat.simplenn import LayerSpec, filters_to_matlab, maps_to_matlab
-from reproduce.layers.conv_mask import FilterLossContext, pos_templates
+from reproduce.layers.activation_mask import pos_templates
+from reproduce.layers.conv_mask import FilterLossContext
 from reproduce.layers.simplenn import LRN, Dropout, InputGuardError, Pool, SimpleNN, simplenn_res
 
 

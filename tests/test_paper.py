@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reproduce.evaluation.evaluate import target_layer_index
+from reproduce.evaluation.net_features import target_layer_index
 from reproduce.experiments import paper as pp
 from reproduce.experiments.ablation import summarise
 from reproduce.experiments.published_numbers import paper_rows

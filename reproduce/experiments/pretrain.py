@@ -46,7 +46,7 @@ from legacy_compat.atomic import atomic_write, atomic_write_bytes
 from legacy_compat.matio import savemat
 from legacy_compat.mattypes import MatStruct, cell
 from legacy_compat.simplenn import net_to_matlab
-from reproduce.evaluation.evaluate import load_net_for_evaluation
+from reproduce.evaluation.net_evaluation import load_net_for_evaluation
 from reproduce.experiments.ablation import format_table, run_ablation, summarise, write_results
 from reproduce.experiments.options import (
     add_common,

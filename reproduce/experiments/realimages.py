@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from legacy_compat.atomic import atomic_write, atomic_write_bytes
-from reproduce.evaluation.evaluate import EvaluationError
+from reproduce.evaluation.net_features import EvaluationError
 from reproduce.experiments.ablation import (
     ROWS,
     VARIANTS,

@@ -1,8 +1,8 @@
 """Golden-case adapters for the core of the method (run by `python -m reproduce.golden`).
 
 case_fn -> port:
-- getMu          -> reproduce.conv_mask.get_mu
-- getMask        -> reproduce.conv_mask.get_mask
+- getMu          -> reproduce.layers.activation_mask.get_mu
+- getMask        -> reproduce.layers.activation_mask.get_mask
 - our_vl_nnloss  -> reproduce.losses (logistic, binaryerror, softmaxlog)
 - our_vl_simplenn-> reproduce.network.SimpleNN + simplenn_res (every variant)
 - network_init   -> reproduce.models.network_init (layer list, shapes, rates, conv_mask fields,
@@ -31,7 +31,8 @@ from legacy_compat.simplenn import (
     vector_to_torch,
 )
 from reproduce.layers import losses
-from reproduce.layers.conv_mask import FilterLossContext, get_mask, get_mu
+from reproduce.layers.activation_mask import get_mask, get_mu
+from reproduce.layers.conv_mask import FilterLossContext
 from reproduce.layers.geometry import get_conv_net_para
 from reproduce.layers.simplenn import SimpleNN, simplenn_res
 from reproduce.models.builder import network_init

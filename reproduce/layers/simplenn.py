@@ -3,7 +3,8 @@
 Ports the forward/backward layer cases of `tool/main/our_vl_simplenn.m` with MatConvNet beta24's
 primitives: vl_nnconv (groups, dilation, asymmetric pads), vl_nnpool (max/avg, pads
 [top bottom left right]), vl_nnrelu (leak), vl_nnnormalize (LRN), vl_nndropout, vl_nnsoftmax,
-and the loss layers (`reproduce.losses`); the conv_mask layer is `reproduce.conv_mask.ConvMask`.
+and the loss layers (`reproduce.losses`); the conv_mask layer is `reproduce.layers.conv_mask.ConvMask`
+(its MATLAB fields are mapped here: `conv_mask_from_spec`, `conv_mask_to_spec`).
 The backward of every layer is PyTorch autograd (conv_mask's is its own autograd Function);
 `simplenn_res` shows a run the way our_vl_simplenn returns it (`res(i).x/dzdx/dzdw`).
 
@@ -40,13 +41,14 @@ from legacy_compat.simplenn import (
     vector_to_matlab,
 )
 from reproduce.layers import losses
-from reproduce.layers.conv_mask import ConvMask, FilterLossContext
+from reproduce.layers.conv_mask import ConvMask, ConvMaskOptions, FilterLossContext
 from reproduce.layers.geometry import LayerGeometry
 from reproduce.layers.padding import conv2d_padded
 from reproduce.layers.torchvision_blocks import TorchvisionBlock
 
 __all__ = ["SimpleNN", "ParamInfo", "MatConv", "ReLU", "Pool", "LRN", "Dropout", "Softmax", "LossLayer",
-           "InputGuardError", "LAYER_BUILDERS", "build_layer", "simplenn_res", "SimpleNNRes"]
+           "InputGuardError", "LAYER_BUILDERS", "build_layer", "simplenn_res", "SimpleNNRes", "conv_mask_from_spec",
+           "conv_mask_to_spec", "layer_to_spec"]
 
 
 class InputGuardError(UserError, ValueError):
@@ -292,8 +294,69 @@ def _build_conv(spec: LayerSpec, channels: int | None, copy: bool = True) -> Mat
                    groups=int(groups), copy=copy, **_common(spec, ("pad", "stride", "dilate", "groups")))
 
 
+# the conv_mask layer's MATLAB fields (add_block_mask.m) <-> ConvMask
+_CONV_MASK_FIELDS = {"pad", "stride", "dilate", "filter", "mag", "lossWeight", "learningRate", "weightDecay",
+                     "posTemp", "sliceMag"}
+
+
+def conv_mask_from_spec(spec: LayerSpec, feature_size: Sequence[int] | None = None, copy: bool = True) -> ConvMask:
+    """A ConvMask from a LayerSpec of type 'conv_mask' (add_block_mask.m's fields: weights
+    {filters, biases, beta}, pad, stride, dilate, filter, mag, lossWeight, learningRate,
+    weightDecay, posTemp, sliceMag; the other fields kept in extra_fields). Weights copied
+    unless copy=False; `feature_size` only where the spec has no posTemp."""
+    f = spec.fields
+    w = spec.weights[0]
+    if len(spec.weights) < 3:
+        raise ValueError(f"conv_mask {spec.name!r}: expected weights {{filters, biases, beta}}, got {len(spec.weights)}")
+    pos = f.get("posTemp")
+    if pos is not None:
+        fs = (int(pos[0].shape[1]), int(pos[0].shape[2]))
+    elif feature_size is not None:
+        fs = pair(feature_size)
+    else:
+        raise ValueError(f"conv_mask {spec.name!r}: no posTemp and no feature size given")
+    opts = ConvMaskOptions(dilate=f.get("dilate", 1), name=spec.name, filter_type=f.get("filter"),
+                           mag=float(f.get("mag", 0.1)), loss_weight=float(f.get("lossWeight", 0.02)),
+                           learning_rate=f.get("learningRate", (1.0, 2.0, 0.05)),
+                           weight_decay=f.get("weightDecay", (1.0, 0.0, 0.0)),
+                           weight=torch.as_tensor(w, dtype=torch.float32).clone() if copy else w)
+    layer = ConvMask(int(w.shape[1]), int(w.shape[0]), (int(w.shape[2]), int(w.shape[3])), fs,
+                     stride=f.get("stride", 1), pad=f.get("pad", 0), options=opts)
+    with torch.no_grad():
+        layer.bias.copy_(torch.as_tensor(spec.weights[1], dtype=torch.float32).reshape(-1))
+        layer.beta.copy_(torch.as_tensor(spec.weights[2], dtype=torch.float32).reshape(-1))
+    if pos is not None:
+        layer.pos_temp_x = torch.as_tensor(np.asarray(pos[0]), dtype=torch.float32).clone()
+        layer.pos_temp_y = torch.as_tensor(np.asarray(pos[1]), dtype=torch.float32).clone()
+    sm = f.get("sliceMag")
+    if sm is not None and np.asarray(sm).size > 0:
+        layer.set_slice_mag(np.asarray(sm, dtype=np.float32))
+    layer.extra_fields = {k: v for k, v in f.items() if k not in _CONV_MASK_FIELDS}
+    return layer
+
+
+def conv_mask_to_spec(layer: ConvMask) -> LayerSpec:
+    """A LayerSpec of type 'conv_mask' (CPU copies of the weights, PyTorch layouts) with
+    add_block_mask.m's fields: the inverse of conv_mask_from_spec."""
+    fields = dict(layer.extra_fields)
+    fields.update({
+        "stride": layer.stride, "pad": layer.pad, "dilate": layer.dilate,
+        "learningRate": layer.learning_rate, "weightDecay": layer.weight_decay,
+        "posTemp": (layer.pos_temp_x.detach().cpu().numpy().copy(), layer.pos_temp_y.detach().cpu().numpy().copy()),
+        "lossWeight": float(layer.loss_weight), "sliceMag": layer.slice_mag.detach().cpu().numpy().copy()
+        if layer.has_slice_mag else None,
+        "filter": layer.filter_type.detach().cpu().numpy().copy(), "mag": float(layer.mag),
+    })
+    return LayerSpec("conv_mask", layer.name, [p.detach().cpu().clone() for p in layer.weights()], fields)
+
+
+def layer_to_spec(layer: nn.Module) -> LayerSpec:
+    """The LayerSpec of one SimpleNN layer module (for writing MATLAB nets)."""
+    return conv_mask_to_spec(layer) if isinstance(layer, ConvMask) else layer.to_spec()
+
+
 def _build_conv_mask(spec: LayerSpec, channels: int | None, copy: bool = True) -> ConvMask:
-    return ConvMask.from_spec(spec, copy=copy)
+    return conv_mask_from_spec(spec, copy=copy)
 
 
 def _build_relu(spec, channels, copy=True):
@@ -393,7 +456,7 @@ class SimpleNN(nn.Module):
 
     def to_specs(self) -> list[LayerSpec]:
         """LayerSpecs of the layers (CPU copies of the weights), for writing MATLAB nets."""
-        return [layer.to_spec() for layer in self.layers]
+        return [layer_to_spec(layer) for layer in self.layers]
 
     # ---------------------------------------------------------------- description
     @property

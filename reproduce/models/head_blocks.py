@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from legacy_compat.simplenn import LayerSpec
-from reproduce.layers.conv_mask import pos_templates
+from reproduce.layers.activation_mask import pos_templates
 from reproduce.models.registry import ALPHA_INIT, LOSS_WEIGHT, MAG, init_weight
 
 __all__ = ["BlockShape", "conv_mask_spec", "conv_spec"]
