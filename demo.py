@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from data_prep import download
-from data_prep.facts import DATASETS, all_categories, has_parts
+from data_prep.facts import DATASETS, all_categories, dataset_facts, datasets_with, default_category, has_parts
 from data_prep.setup import default_data_root
 from legacy_compat.cli import (
     UserError,
@@ -223,14 +223,12 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     dataset = args.dataset or base["dataset"]
     if args.category:
         cats = list(args.category)
-    elif args.multiclass and dataset == "vocpart":
-        cats = list(categories["vocpart"])              # demo.m's multi-class VOC run
     elif dataset == base["dataset"]:
         cats = list(base["categories"])
     elif args.multiclass:
-        cats = list(categories[dataset])
+        cats = list(categories[dataset])                # demo.m's multi-class VOC run: the six animals
     else:
-        cats = [categories[dataset][0]] if dataset != "ilsvrcanimalpart" else ["n02118333"]
+        cats = [default_category(dataset)]
     valid = categories[dataset]
     for c in cats:
         if c not in valid:
@@ -245,10 +243,12 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     model = args.model or base["model"]
     if model not in models:
         raise DemoError(f"unknown model {model!r}; valid models: {' '.join(models)}")
-    if args.toy_images is not None and dataset != "toy":
-        raise DemoError(f"--toy-images is for the toy dataset, not {dataset!r}")
-    if args.max_images is not None and dataset != "celeba":
-        raise DemoError(f"--max-images is for the celeba dataset, not {dataset!r}")
+    facts = dataset_facts(dataset)
+    if args.toy_images is not None and not facts.generated:
+        raise DemoError(f"--toy-images is for the {' and '.join(datasets_with('generated'))} dataset, not {dataset!r}")
+    if args.max_images is not None and not facts.image_limit:
+        raise DemoError(f"--max-images is for the {' and '.join(datasets_with('image_limit'))} dataset, "
+                        f"not {dataset!r}")
     if (problem := dataset_option_error(dataset, args.multiclass, args.loss)) is not None:
         raise DemoError(problem)
     if (problem := save_mat_error(model, args.save_mat)) is not None:
@@ -260,7 +260,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
             "dropout": args.dropout if args.dropout is not None else base["dropout"],
             "epochs": args.epochs if args.epochs is not None else base["epochs"],
             "device": resolve_device(base["device"] if args.device == "auto" and base["device"] else args.device),
-            "out": Path(args.out or base["out"]), "toy_images": toy_images if dataset == "toy" else None,
+            "out": Path(args.out or base["out"]), "toy_images": toy_images if facts.generated else None,
             "image_size": base.get("image_size"), "learning_rate_scale": base.get("learning_rate_scale", 1.0),
             "image_folder": image_folder}
 
@@ -296,7 +296,7 @@ def experiment(settings: dict, args: argparse.Namespace):
                       dropout=settings["dropout"], loss=LOSSES[args.loss], out=settings["out"],
                       data_root=data_root(args, settings["out"]),
                       models_root=Path(args.models_root) if args.models_root else None,
-                      pretrained=args.pretrained, offline=args.offline or settings["dataset"] == "toy",
+                      pretrained=args.pretrained, offline=args.offline or dataset_facts(settings["dataset"]).generated,
                       device=settings["device"], seed=args.seed, epochs=settings["epochs"],
                       save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
                       draw=not args.no_draw, toy_options=toy_size_options(settings.get("toy_images")),
@@ -437,8 +437,8 @@ def _learn_and_show(args: argparse.Namespace, exp):
         return show_trained_net(exp, Path(args.net), args.imdb, args.measure_error), None, None
     for e in ([ordinary_counterpart(exp)] if args.baseline else []) + [exp]:
         check_resume_early(e)                   # a folder of another run: said before any work
-    how = ("generated once, then reused" if exp.dataset == "toy" else
-           "checked: a manual download" if exp.dataset in ("helen", "celeba", "voc2010_crop") else
+    how = ("generated once, then reused" if exp.facts.generated else
+           "checked: a manual download" if exp.facts.manual_download else
            "checked" if exp.offline else "downloaded when missing")
     stage(f"data: {exp.dataset} in {exp.data_root} ({how})")
     paths = prepare_dataset(exp, input_size(exp))
@@ -450,7 +450,7 @@ def _learn_and_show(args: argparse.Namespace, exp):
     result = run_experiment(exp, paths)
     ablation = None
     if args.baseline and not exp.multiclass:
-        if has_parts(exp.dataset) and exp.dataset != "celeba":
+        if has_parts(exp.dataset) and not exp.facts.attribute_labels:
             ablation = run_ablation_table(exp, paths)
         else:
             print(f"ablation: not run for {exp.dataset} (it measures location instability and part "

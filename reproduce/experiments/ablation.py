@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_prep.facts import DATASETS
 from legacy_compat.atomic import atomic_write_bytes
 from reproduce.evaluation.evaluate import BATCH_SIZE as STABILITY_BATCH_SIZE
 from reproduce.evaluation.evaluate import (
@@ -202,7 +203,8 @@ def has_part_regions(dataset: str, part_masks: Any = None) -> bool:
     the toy's masks, Pascal-Part's, your own images' --part-masks label maps when given); the others
     (ilsvrcanimalpart, cub200, ...) have part landmarks only, so the ablation measures binary error
     and location instability there."""
-    return dataset in ("toy", "vocpart") or (dataset == "images" and part_masks is not None)
+    source = DATASETS[dataset].part_regions if dataset in DATASETS else None   # own images: with --part-masks
+    return source in ("generated-masks", "pascal-part") or (source == "label-maps" and part_masks is not None)
 
 
 def cached_source(source: Any) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from data_prep.facts import IMAGES_CATEGORY
+from data_prep.facts import DATASETS, DEFAULT_DATASET, IMAGES_CATEGORY, IMAGES_DATASET
 from data_prep.images import ImageFolder
 from legacy_compat.cli import (
     ALLOW_TF32_HELP,
@@ -116,17 +116,17 @@ def image_folder_option(args: argparse.Namespace) -> ImageFolder | None:
     if not getattr(args, "images", None):
         if given:
             raise UserError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --images DIR")
-        if "images" in names:
-            raise UserError("dataset 'images' is a folder of your own pictures: give it with --images DIR")
+        if any(DATASETS[n].own_folder for n in names if n in DATASETS):
+            raise UserError(f"dataset {IMAGES_DATASET!r} is a folder of your own pictures: give it with --images DIR")
         return None
-    paper_default = isinstance(dataset, list) and names == ["ilsvrcanimalpart"]     # reproduce.paper's default
-    if names and names != ["images"] and not paper_default:
+    paper_default = isinstance(dataset, list) and names == [DEFAULT_DATASET]     # reproduce.paper's default
+    if names and names != [IMAGES_DATASET] and not paper_default:
         raise UserError(f"--images DIR is its own dataset ('images'): drop --dataset {' '.join(names)}")
     key = "categories" if hasattr(args, "categories") else "category"
     if getattr(args, key, None) not in (None, [IMAGES_CATEGORY]):
         raise UserError(f"--images DIR is one category, {IMAGES_CATEGORY!r}: drop --{key}")
     if getattr(args, "multiclass", False):
         raise UserError("--images DIR is one category: drop --multiclass")
-    args.dataset = ["images"] if isinstance(dataset, list) else "images"
+    args.dataset = [IMAGES_DATASET] if isinstance(dataset, list) else IMAGES_DATASET
     setattr(args, key, [IMAGES_CATEGORY])
     return ImageFolder(args.images, **{name: getattr(args, name, None) for name in IMAGE_FOLDER_OPTIONS})

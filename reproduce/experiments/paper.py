@@ -52,7 +52,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from data_prep.facts import DATASETS, has_parts
+from data_prep.facts import DATASETS, dataset_facts, datasets_with, default_category, has_parts
 from data_prep.facts import all_categories as facts_categories
 from data_prep.readers import default_readcode
 from data_prep.setup import dataset_paths, default_data_root
@@ -185,8 +185,7 @@ def all_categories(dataset: str) -> list[str]:
 def _categories(dataset: str, given: Sequence[str] | None, multiclass: bool) -> list[str]:
     valid = all_categories(dataset)
     if not given:
-        default = {"ilsvrcanimalpart": ["n02118333"], "cub200": ["cub200"]}.get(dataset, valid[:1])
-        return valid if multiclass else default
+        return valid if multiclass else [default_category(dataset)]
     if list(given) == ["all"]:
         return valid
     bad = [c for c in given if c not in valid]
@@ -214,20 +213,22 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
     for dataset in args.dataset:
         if (problem := dataset_option_error(dataset, args.multiclass, loss)) is not None:
             raise RunnerError(f"--dataset {dataset}: {problem}")
-        if getattr(args, "max_images", None) is not None and dataset != "celeba":
-            raise RunnerError(f"--max-images is for the celeba dataset, not {dataset!r}")
+        facts = dataset_facts(dataset)
+        if getattr(args, "max_images", None) is not None and not facts.image_limit:
+            raise RunnerError(f"--max-images is for the {' and '.join(datasets_with('image_limit'))} dataset, "
+                              f"not {dataset!r}")
         cats = _categories(dataset, args.categories, args.multiclass)
         if args.multiclass and len(cats) < 2:
             raise RunnerError(f"--multiclass needs at least two categories of {dataset!r}")
         groups = [cats] if args.multiclass else [[c] for c in cats]
-        toy_options = dict(_toy_options(args.toy_option)) if dataset == "toy" else {}
-        if dataset == "toy":
+        toy_options = dict(_toy_options(args.toy_option)) if facts.generated else {}
+        if facts.generated:
             toy_options.setdefault("categories", tuple(cats))
             toy_options.setdefault("progress", not args.no_progress)
         data_tag = _toy_tag(toy_options)   # other toy data, other runs and imdb caches
-        if dataset == "celeba" and getattr(args, "max_images", None) is not None:
+        if facts.image_limit and getattr(args, "max_images", None) is not None:
             data_tag += f"_max{args.max_images}"                 # another CelebA subset: other runs and caches
-        if dataset == "images":
+        if facts.own_folder:
             data_tag += image_folder.tag()                      # another folder: other runs and caches
         for model in args.models:
             size = MODELS[model].image_size
@@ -240,7 +241,7 @@ def plan_grid(args: argparse.Namespace) -> list[GridExperiment]:
                         interpretable=kind == "interpretable", out=out / "imdb" / f"{dataset}-{size}px{data_tag}",
                         data_root=Path(args.data_root) if args.data_root else default_data_root(out),
                         models_root=Path(args.models_root) if args.models_root else None,
-                        pretrained=args.pretrained, offline=args.offline or dataset == "toy", device=args.device,
+                        pretrained=args.pretrained, offline=args.offline or facts.generated, device=args.device,
                         seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, save_mat=args.save_mat,
                         fix_slicemag_quirk=args.fix_slicemag_quirk, draw=args.draw and kind == "interpretable",
                         toy_options=toy_options, progress=not args.no_progress, runs_root=out / "runs",
@@ -278,7 +279,7 @@ def resolve_paths(exp: Experiment, truth_dir: str | None = None, neg_dir: str | 
     them under original/data_input_...), `data_prep.setup.dataset_paths` with those folders, after
     checking that the files the run reads are there."""
 
-    if exp.dataset in ("toy", "images"):             # generated / checked and its landmarks in the input's crop
+    if exp.facts.made_for_input_size:            # generated / checked and its landmarks in the input's crop
         return prepare_dataset(exp, MODELS[exp.model].image_size)
     root = Path(exp.data_root) if exp.data_root is not None else default_data_root()
     standard = root / DATASETS[exp.dataset].truth_dir
@@ -296,9 +297,10 @@ def _check_files(paths: Any, categories: Sequence[str]) -> None:
                if not paths.truth_file(c, p).is_file()]
     if not Path(paths.neg_dir).is_dir():
         missing.append(f"{paths.neg_dir}/ (the 1000 negatives)")
-    if paths.name == "ilsvrcanimalpart":
-        missing += [str(Path(paths.image_dir) / f"{c}_obj/img/data.mat") for c in categories
-                    if not (Path(paths.image_dir) / f"{c}_obj/img/data.mat").is_file()]
+    data_file = dataset_facts(paths.name).category_data_file       # ILSVRC's <category>_obj/img/data.mat
+    if data_file:
+        missing += [str(Path(paths.image_dir) / data_file.format(category=c)) for c in categories
+                    if not (Path(paths.image_dir) / data_file.format(category=c)).is_file()]
     if missing:
         raise RunnerError(f"dataset {paths.name!r} under {paths.root}: missing\n  " + "\n  ".join(missing))
 
@@ -738,7 +740,7 @@ def instability_at_start(exp: GridExperiment, paths: Any) -> float:
 
 
 def _paths_for(exp: GridExperiment, args: argparse.Namespace, cache: dict) -> Any:
-    key = (exp.dataset, tuple(exp.categories), exp.model if exp.dataset in ("toy", "images") else "")
+    key = (exp.dataset, tuple(exp.categories), exp.model if exp.facts.made_for_input_size else "")
     if key not in cache:
         cache[key] = resolve_paths(exp, args.truth_dir, args.neg_dir, args.image_dir)
     return cache[key]
@@ -876,7 +878,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             _say(f"{dataset} {model} {scope} ({first}): " + format_rows(rows_for(dataset, model, first, scope)))
         return 0
     if args.ablation or args.pretrain_finetune:
-        bad = sorted({e.dataset for e in runs if e.dataset in ("celeba", "voc2010_crop")})
+        bad = sorted({e.dataset for e in runs if e.facts.whole_images})
         if bad:
             raise RunnerError(f"--ablation / --pretrain-finetune measure location instability on a category's "
                               f"annotated objects, which {' and '.join(bad)} do{'es' if len(bad) == 1 else ''} "

@@ -92,7 +92,7 @@ def pretraining_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -
     objsets = [read_annotation(c, conf) for c in exp.categories]
     settings = {"dataset": exp.dataset, "categories": list(exp.categories), "image_size": list(image_size),
                 "root": str(paths.root), "builder": "produce_imdb_from_objects",
-                "toy_options": exp.toy_options if exp.dataset == "toy" else None}
+                "toy_options": exp.toy_options if exp.facts.generated else None}
     return load_or_build_imdb(exp.imdb_dir, lambda tmp: produce_imdb_from_objects(
         objsets, list(exp.categories), conf.imgdir, image_size, out=tmp, progress=exp.progress), settings)
 

@@ -277,7 +277,7 @@ class _Measured:
 def _load(folder: RunFolder, data_root: Path | None, device: str, progress: bool) -> _Measured:
     """Load the net, set up its dataset (offline) and read its data mean; say what is missing first."""
     exp, path = experiment_of(folder.exp_dir, data_root, device)
-    if not has_parts(exp.dataset) or exp.dataset == "celeba":
+    if not has_parts(exp.dataset) or exp.facts.attribute_labels:
         raise ReportError(f"{folder.exp_dir}: the report measures filters on annotated parts, which "
                           f"{exp.dataset} {'does not have' if not has_parts(exp.dataset) else 'has as landmarks of whole faces only (not supported yet)'}")
     imdb = folder.imdb or _find_imdb(folder.exp_dir, exp.name)
@@ -301,7 +301,7 @@ def _dataset(exp: Experiment, size: int) -> Any:
     """The dataset's paths, offline: `pipeline.prepare_dataset`, or, when the part truth files sit
     where ../shared/data keeps them (original/data_input_...: `data_prep.readers.default_readcode`),
     `data_prep.setup.dataset_paths` with that folder, as reproduce.paper's resolve_paths."""
-    if exp.dataset != "toy" and exp.data_root is not None:
+    if not exp.facts.generated and exp.data_root is not None:
         standard = Path(exp.data_root) / DATASETS[exp.dataset].truth_dir
         found = default_readcode(Path(exp.data_root), standard.name)
         if found != standard:
