@@ -101,7 +101,14 @@ from reproduce.evaluation.receptive_fields import (
     tau_from_masked,
 )
 from reproduce.experiments.ablation import cached_source, masks_off
-from reproduce.experiments.options import add_common, add_data_root, positive_int, run_cli, start_device
+from reproduce.experiments.options import (
+    add_common,
+    add_data_root,
+    add_no_progress,
+    positive_int,
+    run_cli,
+    start_device,
+)
 from reproduce.experiments.pipeline import Experiment, prepare_dataset
 from reproduce.layers.geometry import get_conv_net_para
 from reproduce.runtime.device import resolve_device
@@ -834,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_root(parser, help="datasets folder (default $ICNN_DATA_ROOT, else RUN_DIR/data, as demo.py)")
     parser.add_argument("--top", type=positive_int, default=TOP_IMAGES,
                         help=f"top images per filter (default {TOP_IMAGES}, step_drawRF.m's showNum)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(parser)
     add_common(parser)
     return parser
 
