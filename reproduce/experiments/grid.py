@@ -18,13 +18,11 @@ from data_prep.readers import default_readcode
 from data_prep.setup import dataset_paths, default_data_root
 from legacy_compat.cli import UserError
 from reproduce.experiments.options import image_folder_option, run_option_problem
-from reproduce.experiments.pipeline import (
-    Experiment,
-    prepare_dataset,
-)
+from reproduce.experiments.pipeline import Experiment, prepare_dataset
 from reproduce.models.builder import MODELS
 
-__all__ = ["CNN_KINDS", "RunnerError", "GridExperiment", "config_slug", "all_categories", "plan_grid", "toy_tag", "resolve_paths"]
+__all__ = ["CNN_KINDS", "RunnerError", "GridExperiment", "config_slug", "all_categories", "plan_grid", "toy_tag",
+           "resolve_paths"]
 
 
 CNN_KINDS = ("ordinary", "interpretable")
