@@ -125,7 +125,7 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
                         exp, _paths_for(exp, args, paths_cache)))
                     store.add(record)
                     say(f"{tag}: added the location instability at the start of training, "
-                         f"{record['location_instability_at_start']:.4f}")
+                        f"{record['location_instability_at_start']:.4f}")
                 records[exp.run_id] = record
                 continue
             if exp.run_id in done:
@@ -153,5 +153,5 @@ def run_grid(args: argparse.Namespace, runs: Sequence[GridExperiment], store: Re
         records[exp.run_id] = record
         start = record.get("location_instability_at_start")
         say(f"{tag}: {result.line()}" + (f"  (at the start of training {start:.6f})" if start is not None else "")
-             + f"  ({duration(record['seconds']['total'])}; written to {store.path})")
+            + f"  ({duration(record['seconds']['total'])}; written to {store.path})")
     return [records[e.run_id] for e in runs if e.run_id in records], failed

@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         raise RunnerError("--part-interpretability needs part regions: the toy dataset, vocpart, or --images with "
                           "--part-masks")
     say(f"reproduce.paper: {len(runs)} runs, device {args.device}, results {store.path}"
-         + (f" (rank {rank} of {world}: one run at a time, taking the next free one)" if world > 1 else ""))
+        + (f" (rank {rank} of {world}: one run at a time, taking the next free one)" if world > 1 else ""))
 
     for exp in {(e.dataset, e.data_root): e for e in runs}.values():
         check_data_root(exp)
