@@ -27,7 +27,8 @@ from data_prep.facts import DATASETS, all_categories, dataset_facts, default_cat
 from data_prep.setup import default_data_root
 from legacy_compat.cli import UserError
 from legacy_compat.runlock import folder_lock
-from reproduce.evaluation.evaluate import load_net_for_evaluation, net_input_size
+from reproduce.evaluation.net_evaluation import load_net_for_evaluation
+from reproduce.evaluation.net_features import net_input_size
 from reproduce.experiments.ablation import format_table, run_ablation, summarise
 from reproduce.experiments.options import (
     add_common,

@@ -81,7 +81,8 @@ from .voc2010_crop_lists import missing_voc2010_crop, voc2010_crop_missing_messa
 
 __all__ = [
     "DatasetPaths", "MissingDataError", "Source", "Requirement", "Missing",
-    "ensure_dataset", "ensure_model", "describe_missing", "find_missing", "dataset_paths",
+    "ensure_dataset", "ArchiveOptions", "OwnImages", "ensure_model", "describe_missing", "find_missing",
+    "dataset_paths",
     "check_disk_space", "default_data_root", "default_models_root",
     "MODEL_SOURCES", "SOURCES",
 ]
@@ -623,11 +624,33 @@ def _install_source(src: Source, root: Path, mirror: str | None, progress: bool,
         archive.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class ArchiveOptions:
+    """Where the archives come from and what is fetched and kept: `mirror`, a URL prefix
+    (``file:///...`` or ``http://...``) tried first for every archive, by its file name
+    (`Source.filename`); `keep_archives` (False: an archive is deleted once unpacked);
+    `include_optional` (False: the optional items, Pascal-Part, are not downloaded)."""
+
+    mirror: str | None = None
+    keep_archives: bool = False
+    include_optional: bool = True
+
+
+@dataclass(frozen=True)
+class OwnImages:
+    """The 'images' dataset (a folder of your own images, not in the original): the folder
+    (`data_prep.images.ImageFolder`), where its landmarks' truth files are written (`truth_dir`,
+    None: ``<root>/data_input``), the crop they are expressed in (`input_size`, None: 224)."""
+
+    folder: ImageFolder
+    truth_dir: os.PathLike | str | None = None
+    input_size: int | None = None
+
+
 def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bool = False,
-                   categories: str | Iterable[str] | None = None, *, mirror: str | None = None,
-                   progress: bool = True, keep_archives: bool = False, include_optional: bool = True,
-                   toy_options: dict | None = None, image_folder: ImageFolder | None = None,
-                   truth_dir: os.PathLike | str | None = None, input_size: int | None = None) -> DatasetPaths:
+                   categories: str | Iterable[str] | None = None, *, progress: bool = True,
+                   archives: ArchiveOptions = ArchiveOptions(), toy_options: dict | None = None,
+                   images: OwnImages | None = None) -> DatasetPaths:
     """Make sure dataset ``name`` is under ``root`` (downloading what is missing); return its paths.
 
     Ports setup_ilsvrcanimalpart.m / setup_vocpart.m / setup_cub200.m (the
@@ -640,14 +663,14 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
     required is missing. Online, each missing archive is downloaded to
     ``<root>/downloads`` (resumable), verified, unpacked safely and moved into
     place (existing files are never overwritten); a download that fails also
-    ends in `MissingDataError`, naming the failure. ``mirror`` is a URL prefix
-    (``file:///...`` or ``http://...``) tried first for every archive, by its
-    file name (`Source.filename`). Missing optional items (Pascal-Part) only warn.
+    ends in `MissingDataError`, naming the failure. ``archives``: the mirror tried first, whether
+    archives are kept and optional items fetched (`ArchiveOptions`). Missing optional items
+    (Pascal-Part) only warn.
 
-    'images' (a folder of your own images, not in the original) needs ``image_folder``
-    (`data_prep.images.ImageFolder`): it is checked whole, its landmarks written as truth files
-    under ``truth_dir`` (default ``<root>/data_input``) in the ``input_size`` crop (default 224),
-    and the shared negatives fetched unless it names its own (`_images_paths`).
+    'images' (a folder of your own images, not in the original) needs ``images`` (`OwnImages`):
+    the folder is checked whole, its landmarks written as truth files under its ``truth_dir``
+    (default ``<root>/data_input``) in its ``input_size`` crop (default 224), and the shared
+    negatives fetched unless it names its own (`_images_paths`).
     """
     _spec(name)
     root = Path(root) if root is not None else default_data_root()
@@ -655,20 +678,20 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
     if name == "toy":
         return _ensure_toy(root, cats, toy_options or {}, offline)
     if name == "images":
-        if image_folder is None:
+        if images is None:
             raise DatasetError("dataset 'images' is a folder of your own pictures: give it with --images DIR")
-        images = _images_paths(image_folder, root / IMAGES_TRUTH if truth_dir is None else Path(truth_dir),
-                               input_size or 224, progress)
-        if image_folder.negatives is not None:       # own negatives: nothing to fetch
-            return replace(dataset_paths(name, root, cats), **images)
+        truth_dir = root / IMAGES_TRUTH if images.truth_dir is None else Path(images.truth_dir)
+        image_fields = _images_paths(images.folder, truth_dir, images.input_size or 224, progress)
+        if images.folder.negatives is not None:       # own negatives: nothing to fetch
+            return replace(dataset_paths(name, root, cats), **image_fields)
     _check_manual(name, root, cats)
     missing = find_missing(name, root, cats)
     errors: dict[str, Exception] = {}
     if missing and not offline:
-        keys = [m.requirement.source for m in missing if include_optional or not m.requirement.optional]
+        keys = [m.requirement.source for m in missing if archives.include_optional or not m.requirement.optional]
         for key in dict.fromkeys(keys):
             try:
-                _install_source(SOURCES[key], root, mirror, progress, keep_archives)
+                _install_source(SOURCES[key], root, archives.mirror, progress, archives.keep_archives)
             except (dl.DownloadError, dl.ArchiveError, dl.InsufficientDiskSpaceError) as exc:
                 errors[key] = exc
         missing = find_missing(name, root, cats)
@@ -681,7 +704,7 @@ def ensure_dataset(name: str, root: os.PathLike | str | None = None, offline: bo
     paths = dataset_paths(name, root, cats)
     if name == "helen" and not all(paths.truth_file(HELEN_CATEGORY, k).is_file() for k in HELEN_PARTS):
         write_helen_truth(paths.image_dir, paths.truth_dir)          # the landmarks' part truth, once
-    return replace(paths, **images) if name == "images" else paths
+    return replace(paths, **image_fields) if name == "images" else paths
 
 
 def _images_paths(folder: ImageFolder, truth_dir: Path, input_size: int, progress: bool) -> dict:
@@ -700,11 +723,15 @@ def _images_paths(folder: ImageFolder, truth_dir: Path, input_size: int, progres
 
 
 def _ensure_toy(root: Path, cats: tuple[str, ...], options: dict, offline: bool) -> DatasetPaths:
+    """The toy dataset under root/toy, generated unless one made with `options` (`data_prep.toy.ToyOptions`'
+    fields, and 'progress') is there."""
     base = root / "toy"
     wanted = dict(options)
     wanted.setdefault("categories", cats)
-    if not toy.manifest_matches(base, **wanted):
-        toy.generate_toy_dataset(base, overwrite=True, **wanted)
+    progress = wanted.pop("progress", True)
+    wanted = toy.ToyOptions(**wanted)
+    if not toy.manifest_matches(base, wanted):
+        toy.generate_toy_dataset(base, wanted, overwrite=True, progress=progress)
     return dataset_paths("toy", root, cats)
 
 

@@ -71,7 +71,7 @@ from legacy_compat.mattypes import MatStruct, StructArray
 
 from .facts import NUM_NEGATIVES, TOY_CATEGORIES
 
-__all__ = ["generate_toy_dataset", "ToyPaths", "TOY_CATEGORIES", "TOY_POSITIVES", "TOY_PART_NAMES", "TOY_MASK_LABELS",
+__all__ = ["generate_toy_dataset", "ToyOptions", "ToyPaths", "TOY_CATEGORIES", "TOY_POSITIVES", "TOY_PART_NAMES", "TOY_MASK_LABELS",
            "MANIFEST_NAME", "read_manifest", "manifest_matches", "toy_min_area", "crop_coordinates",
            "render_positive", "render_negative"]
 
@@ -616,9 +616,32 @@ def _write_category(tmp: Path, category: str, seed: int, n_pos: int, image_size:
                                         for p in TOY_PART_NAMES[category]}}
 
 
-def _options(seed, n_pos, n_neg, categories, image_size, input_size, truth_version) -> dict:
-    return {"seed": int(seed), "n_pos": int(n_pos), "n_neg": int(n_neg), "categories": list(categories),
-            "image_size": int(image_size), "input_size": int(input_size), "truth_version": str(truth_version)}
+@dataclass(frozen=True)
+class ToyOptions:
+    """What a toy dataset is made of: the random `seed`, ``n_pos`` positives per category, ``n_neg``
+    shared negatives (1000, as getNegObjSet.m's MaxObjNum, by default), the `categories`,
+    ``image_size`` x ``image_size`` JPEGs, ``input_size`` (None: ``image_size``) the crop size the
+    ``pHW_center`` landmarks are expressed in (the network's input size), ``truth_version`` the
+    truth files' MAT version ('5' or '7.3')."""
+
+    seed: int = 0
+    n_pos: int = TOY_POSITIVES
+    n_neg: int = NUM_NEGATIVES
+    categories: Iterable[str] = TOY_CATEGORIES
+    image_size: int = 64
+    input_size: int | None = None
+    truth_version: str = "5"
+
+    @property
+    def crop_size(self) -> int:
+        """The landmarks' crop size: input_size, else image_size."""
+        return int(self.image_size if self.input_size is None else self.input_size)
+
+    def manifest_fields(self) -> dict:
+        """The options as the manifest records them."""
+        return {"seed": int(self.seed), "n_pos": int(self.n_pos), "n_neg": int(self.n_neg),
+                "categories": list(self.categories), "image_size": int(self.image_size),
+                "input_size": self.crop_size, "truth_version": str(self.truth_version)}
 
 
 def _check_options(n_pos: int, n_neg: int, categories: Sequence[str], image_size: int, input_size: int,
@@ -638,16 +661,11 @@ def _check_options(n_pos: int, n_neg: int, categories: Sequence[str], image_size
         raise ValueError(f"input_size must be >= 8, got {input_size}")
 
 
-def generate_toy_dataset(root: os.PathLike | str, seed: int = 0, n_pos: int = TOY_POSITIVES, n_neg: int = NUM_NEGATIVES,
-                         categories: Iterable[str] = TOY_CATEGORIES, image_size: int = 64,
-                         input_size: int | None = None, truth_version: str = "5", overwrite: bool = False,
+def generate_toy_dataset(root: os.PathLike | str, options: ToyOptions = ToyOptions(), *, overwrite: bool = False,
                          progress: bool = True) -> ToyPaths:
     """Write the toy dataset under ``root`` (ILSVRC layout, see the module docstring); return its paths.
 
-    ``n_pos`` positives per category, ``n_neg`` shared negatives (1000, as
-    getNegObjSet.m's MaxObjNum, by default), ``image_size`` x ``image_size``
-    JPEGs. ``input_size`` (default ``image_size``) is the crop size the
-    ``pHW_center`` landmarks are expressed in: the network's input size.
+    `options`: the seed, the counts, categories and sizes (`ToyOptions`).
     ``data.mat`` is MAT v7.3 like the real detanimalpart files; the truth
     files are MAT v5 by default (like the original's VOC truth files; about
     six times faster to write than v7.3, which ``truth_version="7.3"`` gives,
@@ -657,9 +675,10 @@ def generate_toy_dataset(root: os.PathLike | str, seed: int = 0, n_pos: int = TO
     renamed into place at the end (``overwrite`` replaces an existing root).
     """
     root = Path(root)
-    categories = tuple(categories)
-    input_size = int(image_size if input_size is None else input_size)
-    truth_version = str(truth_version)
+    seed, n_pos, n_neg, image_size = options.seed, options.n_pos, options.n_neg, options.image_size
+    categories = tuple(options.categories)
+    input_size = options.crop_size
+    truth_version = str(options.truth_version)
     _check_options(n_pos, n_neg, categories, image_size, input_size, truth_version)
     if root.exists() and not overwrite and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not empty; pass overwrite=True to replace it")
@@ -673,7 +692,7 @@ def generate_toy_dataset(root: os.PathLike | str, seed: int = 0, n_pos: int = TO
                      for c in categories}
             neg_info = _write_negatives(tmp / "neg", seed, n_neg, image_size, bar)
         manifest = {"generator": "data_prep.toy", "version": GENERATOR_VERSION,
-                    **_options(seed, n_pos, n_neg, categories, image_size, input_size, truth_version),
+                    **options.manifest_fields(),
                     "min_area": toy_min_area(image_size), "part_list": [1, 2],
                     "parts": {c: TOY_PART_NAMES[c] for c in categories},
                     "mask_labels": {c: TOY_MASK_LABELS[c] for c in categories},
@@ -720,18 +739,15 @@ def read_manifest(root: os.PathLike | str) -> dict | None:
     return data if data.get("generator") == "data_prep.toy" else None
 
 
-def manifest_matches(root: os.PathLike | str, seed: int = 0, n_pos: int = TOY_POSITIVES, n_neg: int = NUM_NEGATIVES,
-                     categories: Iterable[str] = TOY_CATEGORIES, image_size: int = 64,
-                     input_size: int | None = None, truth_version: str = "5", **_ignored) -> bool:
-    """True when ``root`` holds a finished toy dataset generated with these arguments.
+def manifest_matches(root: os.PathLike | str, options: ToyOptions = ToyOptions()) -> bool:
+    """True when ``root`` holds a finished toy dataset generated with these options.
 
     A dataset generated with more categories than asked for also matches.
     """
     m = read_manifest(root)
     if m is None or m.get("version") != GENERATOR_VERSION:
         return False
-    want = _options(seed, n_pos, n_neg, tuple(categories), image_size,
-                    image_size if input_size is None else input_size, truth_version)
+    want = options.manifest_fields()
     same = all(m.get(k) == want[k] for k in ("seed", "n_pos", "n_neg", "image_size", "input_size",
                                              "truth_version"))
     return same and set(want["categories"]) <= set(m.get("categories", []))

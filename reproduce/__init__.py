@@ -41,7 +41,7 @@ MOVED = {
     "reproduce.torchvision_nets": "reproduce.models.torchvision_nets",
     "reproduce.checkpoints": "reproduce.training.checkpoints",
     "reproduce.plots": "reproduce.training.plots",
-    "reproduce.evaluate": "reproduce.evaluation.evaluate",
+    "reproduce.evaluate": "reproduce.evaluation.net_evaluation",
     "reproduce.draw_rf": "reproduce.evaluation.receptive_fields",
     "reproduce.pipeline": "reproduce.experiments.pipeline",
     "reproduce.paper_numbers": "reproduce.experiments.published_numbers",

@@ -11,7 +11,7 @@ from data_prep_fixtures import write_celeba, write_helen, write_ilsvrc_category,
 from data_prep import check
 from data_prep.readers import BndBox, ObjRecord, PartTruth, save_part_truth
 from data_prep.setup import ensure_dataset
-from data_prep.toy import generate_toy_dataset
+from data_prep.toy import ToyOptions, generate_toy_dataset
 
 FOX = "n02118333"
 TRUTH = "data_input/data_input_DET-2015-subset-ILSVRC2013train"
@@ -111,7 +111,7 @@ def test_unknown_category_and_empty_root_are_argument_errors(tmp_path, capsys):
 
 def test_generated_toy_dataset_checks_clean(tmp_path, capsys):
     """The toy writer's truth files and images read as the real ones (one entry per object, no problem)."""
-    generate_toy_dataset(tmp_path / "toy", n_pos=6, n_neg=3, progress=False)
+    generate_toy_dataset(tmp_path / "toy", ToyOptions(n_pos=6, n_neg=3), progress=False)
     rc = check.main(["--data-root", str(tmp_path), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0, out

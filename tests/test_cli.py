@@ -18,7 +18,7 @@ from reproduce.bench import conv_mask as bench_conv_mask
 from reproduce.bench import evaluation as bench_eval
 from reproduce.bench import imdb as bench_imdb
 from reproduce.bench import suite as bench
-from reproduce.evaluation.evaluate import EvaluationError
+from reproduce.evaluation.net_features import EvaluationError
 from reproduce.experiments import grid, paper
 from reproduce.experiments import train_command as train_cli
 from reproduce.training.checkpoints import CheckpointError

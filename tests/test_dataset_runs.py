@@ -14,7 +14,7 @@ import demo
 from data_prep.celeba import celeba_evaluation_set
 from data_prep.facts import CELEBA_ATTRIBUTES
 from data_prep.setup import MissingDataError, ensure_dataset
-from reproduce.evaluation.evaluate import final_val_error
+from reproduce.evaluation.net_evaluation import final_val_error
 from reproduce.experiments import grid, paper
 from reproduce.training.checkpoints import load_checkpoint
 

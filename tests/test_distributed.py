@@ -24,7 +24,7 @@ import torch
 
 from legacy_compat import loadmat
 from legacy_compat.simplenn import layers_from_matlab
-from reproduce.evaluation.evaluate import _peaks_over_ranks
+from reproduce.evaluation.location_instability import _peaks_over_ranks
 from reproduce.golden.training_cases import golden_imdb
 from reproduce.layers.conv_mask import FilterLossContext
 from reproduce.layers.simplenn import SimpleNN
@@ -415,3 +415,32 @@ def test_claimed_runs_keep_every_fake_gpu_busy_with_one_run_at_a_time():
         t.join()
     assert sorted(i for i, _ in done) == list(range(10)) and not any(overlap)
     assert {d for _, d in done} == {"cuda:0", "cuda:1", "cuda:2"}
+
+
+class _RankOneOfTwo:
+    """A DataParallel stand-in: rank 1 of 2, whose partner's rows are this rank's plus 100."""
+
+    rank, world, is_main = 1, 2, False
+
+    def gather_rows(self, local: torch.Tensor, n: int, what: str) -> torch.Tensor:
+        whole = local.new_empty((n,) + tuple(local.shape[1:]))
+        whole[0::2] = local + 100
+        whole[1::2] = local
+        return whole
+
+
+def test_whole_batch_gathers_the_filter_loss_inputs_and_hands_back_this_ranks_rows():
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    labels = torch.tensor([[1], [-1]], dtype=torch.int64)
+    batch = dd.FilterLossBatch(x, x * 2, torch.ones(2, 3), torch.full((2, 3), 2.0), None, labels)
+    whole_batch = dd.WholeBatch(_RankOneOfTwo(), 4)
+    whole = whole_batch.gather(batch, "conv6")
+    assert whole.x.shape == (4, 3, 2, 2) and torch.equal(whole.x[1::2], x) and torch.equal(whole.mask[1::2], x * 2)
+    assert torch.equal(whole.x_mean[1::2], x.mean(dim=(2, 3)))          # taken from x when not given
+    assert torch.equal(whole.strength[0::2], torch.full((2, 3), 101.0))  # the partner's rows
+    assert torch.equal(whole.sqrtvar[1::2], torch.full((2, 3), 2.0))
+    assert whole.labels.dtype == torch.int64 and whole.labels[1::2].tolist() == [[1], [-1]]
+    loss = whole_batch.wrap(lambda b: (b.x.sum(dim=(2, 3)), -b.x_mean, torch.ones(3)))
+    coef_pos, coef_neg, dbeta = loss(batch, "conv6")
+    assert torch.equal(coef_pos, x.sum(dim=(2, 3))) and torch.equal(coef_neg, -x.mean(dim=(2, 3)))
+    assert torch.equal(dbeta, torch.zeros(3))                            # beta's derivative on rank 0 only

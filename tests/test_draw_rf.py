@@ -59,7 +59,7 @@ def test_get_rf_mask_rounds_fractional_centres():
     xh = xw = 3
     template = np.random.default_rng(1).random((2 * ih, 2 * iw, 2))
     convnet = _Convnet(center=2.5, stride=4.0)
-    mask = rf.get_rf_mask(template, ih, iw, xh, xw, 1, convnet)
+    mask = rf.get_rf_mask(template, (ih, iw), (xh, xw), 1, convnet)
     t = rf.smooth_template(template.sum(axis=2))
     assert mask.shape == (9, ih, iw) and mask.dtype == np.float32
     c = 0
@@ -74,7 +74,7 @@ def test_get_rf_mask_rounds_fractional_centres():
 
 def test_get_rf_mask_refuses_positions_outside_the_image():
     with pytest.raises(rf.DrawRFError, match="outside"):
-        rf.get_rf_mask(np.zeros((8, 8, 1)), 4, 4, 3, 3, 1, _Convnet(center=1.0, stride=4.0))
+        rf.get_rf_mask(np.zeros((8, 8, 1)), (4, 4), (3, 3), 1, _Convnet(center=1.0, stride=4.0))
 
 
 def test_get_region_known_answer():
@@ -180,7 +180,7 @@ def test_draw_rf_on_a_tiny_network_writes_the_original_files_and_a_contact_sheet
         imgs.append((rng.uniform(0, 50, (64, 64, 3)) + blob[..., None]).astype(np.float32))
     objects = list(range(12)) + [None]                       # an empty objset element is skipped
     mean = np.full((64, 64, 3), 90.0, np.float32)
-    res = rf.draw_rf(net, "toy", objects, lambda o, size: imgs[o], mean, 4, tmp_path / "draw_RF",
+    res = rf.draw_rf(net, rf.DrawingImages("toy", objects, lambda o, size: imgs[o]), mean, 4, tmp_path / "draw_RF",
                      show_num=3, visualization_step=32, occlude_size=17, occlude_stride=8,
                      occlusion_batch_size=16, progress=False)
     assert res.filters == [1, 33]
@@ -217,7 +217,7 @@ def test_draw_rf_on_a_tiny_network_writes_the_original_files_and_a_contact_sheet
     assert not (red & ~inside).any()
 
     # the templates exist now: a second run reuses them (the original skips existing files)
-    again = rf.draw_rf(net, "toy", objects, lambda o, size: imgs[o], mean, 4, root, show_num=3,
+    again = rf.draw_rf(net, rf.DrawingImages("toy", objects, lambda o, size: imgs[o]), mean, 4, root, show_num=3,
                        visualization_step=32, occlude_size=17, occlude_stride=8, progress=False)
     assert again.sheet_size == res.sheet_size
 
@@ -225,7 +225,7 @@ def test_draw_rf_on_a_tiny_network_writes_the_original_files_and_a_contact_sheet
 def test_draw_rf_needs_a_layer_above():
     net, _, _ = network_init(1, "tiny", 0.5, seed=0)
     with pytest.raises(rf.DrawRFError, match="layerID 7"):
-        rf.draw_rf(net.eval(), "toy", [0] * 12, lambda o, s: np.zeros((64, 64, 3), np.float32),
+        rf.draw_rf(net.eval(), rf.DrawingImages("toy", [0] * 12, lambda o, s: np.zeros((64, 64, 3), np.float32)),
                    np.zeros((64, 64, 3), np.float32), 7, "/nonexistent", progress=False)
 
 
@@ -257,8 +257,8 @@ def test_cub_drawings_use_read_annotations_objset(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "evaluate_net", lambda *a, **k: evaluation)   # as pipeline calls it
     drawn = {}
 
-    def fake_draw_rf(net, name, objects, load_patch, mean, layer_id, out_dir, **kw):
-        drawn.update(name=name, objects=list(objects), kw=kw)
+    def fake_draw_rf(net, images, mean, layer_id, out_dir, **kw):
+        drawn.update(name=images.name, objects=list(images.objects), kw=kw)
         return "drawing"
     monkeypatch.setattr(pipeline, "draw_rf", fake_draw_rf)
     exp = pipeline.Experiment("cub200", ["cub200"], model="vgg-vd-16", out=tmp_path / "out", progress=False)

@@ -30,7 +30,7 @@ from data_prep.images import (
 from data_prep.imdb import get_imdb
 from data_prep.negatives import get_neg_objset
 from data_prep.readers import BndBox, read_part_truth_file
-from data_prep.setup import ensure_dataset
+from data_prep.setup import OwnImages, ensure_dataset
 from reproduce.evaluation.part_interpretability import part_regions_for
 from reproduce.experiments import paper
 
@@ -49,8 +49,8 @@ def fox(tmp_path_factory):
 
 def _paths(folder, tmp_path, size=224, **options):
     spec = ImageFolder(folder.images, negatives=folder.negatives, **options)
-    return ensure_dataset("images", root=tmp_path / "root", offline=True, progress=False, image_folder=spec,
-                          truth_dir=tmp_path / "truth", input_size=size)
+    return ensure_dataset("images", root=tmp_path / "root", offline=True, progress=False,
+                          images=OwnImages(spec, tmp_path / "truth", size))
 
 
 def test_the_landmarks_csv_gives_back_the_original_truth_files(fox, tmp_path):
@@ -154,8 +154,8 @@ def test_part_label_maps_are_cropped_to_each_object(tmp_path):
     labels[30:, 40:] = 2
     Image.fromarray(labels).save(masks / "a.png")
     spec = ImageFolder(images, part_masks=tmp_path / "masks", negatives=images)
-    paths = ensure_dataset("images", root=tmp_path, offline=True, progress=False, image_folder=spec,
-                           truth_dir=tmp_path / "truth", input_size=8)
+    paths = ensure_dataset("images", root=tmp_path, offline=True, progress=False,
+                           images=OwnImages(spec, tmp_path / "truth", 8))
     assert np.array_equal(read_part_mask(masks / "a.png", (60, 80)), labels)
     conf = paths.data_conf()
     regions = part_regions_for("images", "images", read_annotation("images", conf), conf, (8, 8), paths.anno_dir)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from reproduce.evaluation.part_interpretability import (
+    HeldOutImages,
     InterpretabilityError,
     MapGeometry,
     PartRegions,
@@ -255,7 +256,7 @@ def test_the_post_relu_tensor_is_measured_not_the_raw_output():
     net, _, _ = network_init(1, "tiny", 0.5, seed=0, interpretable=False)
     raw, regions = _planted_raw_maps()
     source = SimpleNamespace(objects=[None] * raw.shape[0])
-    res = compute_part_interpretability(net, source, regions, None, layer_id=4, maps=raw)
+    res = compute_part_interpretability(net, HeldOutImages(source, regions, maps=raw), None, layer_id=4)
     assert res.thresholds.tolist() == [0.0] and res.per_filter.tolist() == [0.0]
     assert res.radius == pytest.approx(4 / np.sqrt(2))
     pre = part_interpretability(raw, regions, MapGeometry(2.5, 4.0, (64, 64)))

@@ -14,7 +14,7 @@ import pytest
 from conftest import PROJECT_ROOT
 
 import demo
-from data_prep.toy import generate_toy_dataset
+from data_prep.toy import ToyOptions, generate_toy_dataset
 from legacy_compat import atomic
 from legacy_compat.cli import run_cli
 from legacy_compat.runlock import FolderBusyError, folder_lock, lock_holder
@@ -91,7 +91,7 @@ def test_a_killed_toy_generation_leaves_nothing_behind(tmp_path):
     live = tmp_path / f".toy.toy.pid{os.getpid()}-def"
     for d in (dead, live):
         (d / "neg").mkdir(parents=True)
-    generate_toy_dataset(tmp_path / "toy", categories=("toy01",), n_pos=2, n_neg=2, progress=False)
+    generate_toy_dataset(tmp_path / "toy", ToyOptions(categories=("toy01",), n_pos=2, n_neg=2), progress=False)
     assert not dead.exists() and live.exists()
 
 

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reproduce.evaluation.evaluate import DEFAULT_LAYER_ID, target_layer_index
+from reproduce.evaluation.net_evaluation import DEFAULT_LAYER_ID
+from reproduce.evaluation.net_features import target_layer_index
 from reproduce.experiments import ablation_cells, comparison_tables, grid, results_store
 from reproduce.experiments import paper as pp
 from reproduce.experiments.ablation import summarise

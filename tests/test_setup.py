@@ -14,6 +14,7 @@ from download_fixtures import start_server, stop_server
 
 from data_prep import facts, setup
 from data_prep.setup import (
+    ArchiveOptions,
     MissingDataError,
     dataset_paths,
     describe_missing,
@@ -190,8 +191,8 @@ def test_ensure_dataset_downloads_unpacks_and_places(server, tmp_path):
     server.files["interpretableCNN-master.zip"] = _fake_code_archive()
     server.files["detanimalpart-master.zip"] = _fake_det_archive()
     root = tmp_path / "data"
-    paths = ensure_dataset("ilsvrcanimalpart", root, categories=FOX, mirror=f"http://127.0.0.1:{server.port}/range",
-                           progress=False)
+    paths = ensure_dataset("ilsvrcanimalpart", root, categories=FOX,
+                           archives=ArchiveOptions(mirror=f"http://127.0.0.1:{server.port}/range"), progress=False)
     assert find_missing("ilsvrcanimalpart", root, FOX) == []
     assert (root / f"detanimalpart/{FOX}_obj/img/img/00286.jpg").read_bytes() == b"jpg"
     assert (root / "neg/01000.JPEG").read_bytes() == b"jpeg"
@@ -212,7 +213,7 @@ def test_existing_files_are_not_overwritten_and_gaps_filled(server, tmp_path):
     (root / "neg").mkdir(parents=True)
     (root / "neg" / "00001.JPEG").write_bytes(b"mine")
     ensure_dataset("ilsvrcanimalpart", root, categories=FOX, progress=False,
-                   mirror=f"http://127.0.0.1:{server.port}/range")
+                   archives=ArchiveOptions(mirror=f"http://127.0.0.1:{server.port}/range"))
     assert (root / "neg/00001.JPEG").read_bytes() == b"mine"
     assert (root / "neg/00002.JPEG").read_bytes() == b"jpeg"
 

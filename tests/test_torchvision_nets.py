@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import demo
-from reproduce.evaluation.evaluate import first_conv_mask_layer_id
+from reproduce.evaluation.net_features import first_conv_mask_layer_id
 from reproduce.layers.conv_mask import ConvMask, FilterLossContext
 from reproduce.layers.geometry import get_conv_net_para, layer_output_sizes
 from reproduce.layers.simplenn import SimpleNN

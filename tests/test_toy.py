@@ -13,6 +13,7 @@ from data_prep import toy
 from data_prep.toy import (
     TOY_CATEGORIES,
     TOY_PART_NAMES,
+    ToyOptions,
     crop_coordinates,
     generate_toy_dataset,
     manifest_matches,
@@ -32,7 +33,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy") / "toy"
-    generate_toy_dataset(root, seed=0, n_pos=N_POS, n_neg=N_NEG, progress=False)
+    generate_toy_dataset(root, ToyOptions(seed=0, n_pos=N_POS, n_neg=N_NEG), progress=False)
     return root
 
 
@@ -45,7 +46,7 @@ def annotations(toy_root) -> dict:
 # ------------------------------------------------------------------ determinism
 
 def test_same_seed_gives_byte_identical_files(toy_root, tmp_path):
-    again = generate_toy_dataset(tmp_path / "again", seed=0, n_pos=N_POS, n_neg=N_NEG, progress=False)
+    again = generate_toy_dataset(tmp_path / "again", ToyOptions(seed=0, n_pos=N_POS, n_neg=N_NEG), progress=False)
     a, b = _files(toy_root), _files(again.root)
     assert sorted(a) == sorted(b)
     different = [k for k in a if a[k] != b[k]]
@@ -54,9 +55,11 @@ def test_same_seed_gives_byte_identical_files(toy_root, tmp_path):
 
 
 def test_other_seed_differs_and_prefix_is_stable(toy_root, tmp_path):
-    other = generate_toy_dataset(tmp_path / "s1", seed=1, n_pos=3, n_neg=2, categories=["toy02"], progress=False)
+    other = generate_toy_dataset(tmp_path / "s1", ToyOptions(seed=1, n_pos=3, n_neg=2, categories=["toy02"]),
+                                 progress=False)
     assert (other.images("toy02") / "00001.jpg").read_bytes() != (toy_root / "detanimalpart/toy02_obj/img/img/00001.jpg").read_bytes()
-    fewer = generate_toy_dataset(tmp_path / "s0", seed=0, n_pos=3, n_neg=2, categories=["toy02"], progress=False)
+    fewer = generate_toy_dataset(tmp_path / "s0", ToyOptions(seed=0, n_pos=3, n_neg=2, categories=["toy02"]),
+                                 progress=False)
     for i in (1, 2, 3):   # images do not depend on how many are generated, nor on the other categories
         assert (fewer.images("toy02") / f"{i:05d}.jpg").read_bytes() == \
             (toy_root / f"detanimalpart/toy02_obj/img/img/{i:05d}.jpg").read_bytes()
@@ -235,21 +238,21 @@ def test_negatives_have_stray_parts_of_one_kind_only(toy_root):
 # ------------------------------------------------------------------ options and bad input
 
 def test_manifest_matching(toy_root):
-    assert manifest_matches(toy_root, seed=0, n_pos=N_POS, n_neg=N_NEG)
-    assert manifest_matches(toy_root, seed=0, n_pos=N_POS, n_neg=N_NEG, categories=["toy02"])
-    assert not manifest_matches(toy_root, seed=1, n_pos=N_POS, n_neg=N_NEG)
-    assert not manifest_matches(toy_root, seed=0, n_pos=N_POS, n_neg=N_NEG, input_size=224)
+    assert manifest_matches(toy_root, ToyOptions(seed=0, n_pos=N_POS, n_neg=N_NEG))
+    assert manifest_matches(toy_root, ToyOptions(seed=0, n_pos=N_POS, n_neg=N_NEG, categories=["toy02"]))
+    assert not manifest_matches(toy_root, ToyOptions(seed=1, n_pos=N_POS, n_neg=N_NEG))
+    assert not manifest_matches(toy_root, ToyOptions(seed=0, n_pos=N_POS, n_neg=N_NEG, input_size=224))
     assert read_manifest(toy_root.parent / "nothing") is None
 
 
 def test_input_size_scales_the_truth(tmp_path):
-    p = generate_toy_dataset(tmp_path / "t", n_pos=2, n_neg=1, categories=["toy01"], input_size=224,
+    p = generate_toy_dataset(tmp_path / "t", ToyOptions(n_pos=2, n_neg=1, categories=["toy01"], input_size=224),
                              progress=False)
     ann = json.loads(p.annotations("toy01").read_text())["objects"][0]
     e = loadmat(p.truth_file("toy01", 1)).truth[0, 0]
     np.testing.assert_allclose(e.pHW_center[:, 0], crop_coordinates(ann["landmarks_yx"]["1"],
                                                                      ann["bndbox_xyxy"], 224), atol=1e-9)
-    small = generate_toy_dataset(tmp_path / "t64", n_pos=2, n_neg=1, categories=["toy01"], progress=False)
+    small = generate_toy_dataset(tmp_path / "t64", ToyOptions(n_pos=2, n_neg=1, categories=["toy01"]), progress=False)
     e64 = loadmat(small.truth_file("toy01", 1)).truth[0, 0]
     np.testing.assert_allclose(e.pHW_center - 0.5, (e64.pHW_center - 0.5) * 224 / 64, rtol=1e-12)
     np.testing.assert_allclose(e.pHW_scale, e64.pHW_scale * 224 / 64, rtol=1e-12)
@@ -257,17 +260,17 @@ def test_input_size_scales_the_truth(tmp_path):
 
 def test_bad_arguments(tmp_path, toy_root):
     with pytest.raises(ValueError, match="toy01, toy02, toy03"):
-        generate_toy_dataset(tmp_path / "x", categories=["toy09"], progress=False)
+        generate_toy_dataset(tmp_path / "x", ToyOptions(categories=["toy09"]), progress=False)
     with pytest.raises(ValueError, match="n_pos"):
-        generate_toy_dataset(tmp_path / "x", n_pos=0, progress=False)
+        generate_toy_dataset(tmp_path / "x", ToyOptions(n_pos=0), progress=False)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        generate_toy_dataset(toy_root, n_pos=1, n_neg=1, progress=False)
+        generate_toy_dataset(toy_root, ToyOptions(n_pos=1, n_neg=1), progress=False)
     assert read_manifest(toy_root)["n_pos"] == N_POS                    # untouched
 
 
 def test_truth_as_mat_73_holds_the_same_values(toy_root, tmp_path):
-    p = generate_toy_dataset(tmp_path / "t73", n_pos=N_POS, n_neg=1, categories=["toy01"], truth_version="7.3",
-                             progress=False)
+    p = generate_toy_dataset(tmp_path / "t73", ToyOptions(n_pos=N_POS, n_neg=1, categories=["toy01"],
+                                                          truth_version="7.3"), progress=False)
     with open(p.truth_file("toy01", 3), "rb") as f:
         assert f.read(19) == b"MATLAB 7.3 MAT-file"
     with open(toy_root / "data_input/toy01/truth_part03.mat", "rb") as f:
@@ -280,4 +283,11 @@ def test_truth_as_mat_73_holds_the_same_values(toy_root, tmp_path):
         np.testing.assert_array_equal(x.pHW_scale, y.pHW_scale)
         assert (x.obj.shape == (0, 0) and y.obj.shape == (0, 0)) if not isinstance(x.obj, dict) else x.obj == y.obj
     with pytest.raises(ValueError, match="truth_version"):
-        generate_toy_dataset(tmp_path / "bad", truth_version="4", progress=False)
+        generate_toy_dataset(tmp_path / "bad", ToyOptions(truth_version="4"), progress=False)
+
+
+def test_toy_options_crop_size_and_manifest_fields():
+    assert ToyOptions().crop_size == 64 and ToyOptions(image_size=96).crop_size == 96
+    fields = ToyOptions(seed=2, n_pos=3, n_neg=1, categories=("toy02",), input_size=224).manifest_fields()
+    assert fields == {"seed": 2, "n_pos": 3, "n_neg": 1, "categories": ["toy02"], "image_size": 64,
+                      "input_size": 224, "truth_version": "5"}

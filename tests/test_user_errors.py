@@ -13,7 +13,8 @@ from data_prep.readers import DataConf, DatasetError
 from legacy_compat import MatStruct, StructArray, loadmat
 from legacy_compat.matio import MatFileError, savemat
 from legacy_compat.simplenn import layers_from_matlab
-from reproduce.evaluation.evaluate import load_net_for_evaluation, net_input_size
+from reproduce.evaluation.net_evaluation import load_net_for_evaluation
+from reproduce.evaluation.net_features import net_input_size
 from reproduce.experiments import grid, paper
 from reproduce.experiments import train_command as train_cli
 from reproduce.golden.training_cases import golden_imdb

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from data_prep.ilsvrc import ilsvrc_conf
-from reproduce.evaluation import evaluate as ev
+from reproduce.evaluation import location_instability as li
+from reproduce.evaluation import net_evaluation as ne
+from reproduce.evaluation import net_features as nf
 from reproduce.evaluation import receptive_fields as rf
 from reproduce.experiments.options import add_common, add_data_root, positive_int, run_cli, start_device
 from reproduce.layers.geometry import get_conv_net_para
@@ -60,8 +62,8 @@ def run(device: str = "cpu", data_root: str | Path = DEFAULT_DATA_ROOT, max_imag
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
     net = _vgg16_icnn(dev)
-    layer_id = ev.layer_id_for_model("vgg-vd-16")
-    source = ev.CategorySource.from_conf(CATEGORY, ilsvrc_conf(data_root), (1, 2))
+    layer_id = ne.layer_id_for_model("vgg-vd-16")
+    source = li.CategorySource.from_conf(CATEGORY, ilsvrc_conf(data_root), (1, 2))
     if max_images is not None:
         source.objects = list(source.objects)[:int(max_images)]
     mean = np.full((224, 224, 3), 115.0, dtype=np.float32)
@@ -92,8 +94,8 @@ def _time_stability(net, source, layer_id: int, mean: np.ndarray, dev: torch.dev
     """Location stability end to end: (its StabilityResult, seconds)."""
     _sync(dev)
     t0 = time.perf_counter()
-    res = ev.compute_stability(net, source, layer_id, mean, part_list=(1, 2), image_size=(224, 224),
-                               device=dev, batch_size=batch_size)
+    res = li.compute_stability(net, source, li.MeasuredLayer(layer_id, image_size=(224, 224)), mean,
+                               li.StabilitySettings(part_list=(1, 2)), li.ForwardPass(dev, batch_size))
     _sync(dev)
     return res, time.perf_counter() - t0
 
@@ -101,11 +103,11 @@ def _time_stability(net, source, layer_id: int, mean: np.ndarray, dev: torch.dev
 def _time_forward_and_peaks(net, patches: dict, idx: list[int], num_images: int, layer_id: int, mean: np.ndarray,
                             dev: torch.device, batch_size: int) -> float:
     """Seconds of the forward passes and the peak search alone, the patches loaded beforehand."""
-    target = ev.target_layer_index(get_conv_net_para(net), layer_id)
-    batches = list(ev.iterate_patch_batches(lambda i: patches[i], idx, mean, batch_size))
+    target = nf.target_layer_index(get_conv_net_para(net), layer_id)
+    batches = list(nf.iterate_patch_batches(lambda i: patches[i], idx, mean, batch_size))
     _sync(dev)
     t0 = time.perf_counter()
-    ev.extract_layer_peaks(net, batches, target, num_images, None, dev)
+    li.extract_layer_peaks(net, batches, target, num_images, None, dev)
     _sync(dev)
     return time.perf_counter() - t0
 

@@ -84,7 +84,7 @@ from data_prep.vocpart import VOC_PART_MERGE, voc_part_masks_and_positions
 from legacy_compat.atomic import atomic_write_bytes
 from legacy_compat.cli import UserError, add_debug, run_cli
 from legacy_compat.numerics import mlinspace, mround
-from reproduce.evaluation.evaluate import (
+from reproduce.evaluation.net_features import (
     iterate_patch_batches,
     layer_output,
     net_input_size,
@@ -105,6 +105,7 @@ __all__ = [
     "PartRegions",
     "compute_part_interpretability",
     "compute_part_interpretability_multiclass",
+    "HeldOutImages",
     "default_radius",
     "disc_matrix",
     "filter_thresholds",
@@ -560,8 +561,9 @@ def layer_maps(net: Any, load_patch: Callable[[int], np.ndarray], indices: Seque
 def source_layer_maps(net: Any, source: Any, layer_id: int, mean_data: Any, indices: Sequence[int], *,
                       device: Any = None, batch_size: int = 64, convnet: Any = None) -> np.ndarray:
     """(len(indices), P, h, w) float32: the output of the layer `layer_id` measures (getConvNetPara's conv
-    index, `reproduce.evaluate.target_layer_index`) for source.objects[indices], the net in evaluation mode:
-    location stability's tensor (pre-ReLU); `measured_maps` makes part interpretability's from it."""
+    index, `reproduce.evaluation.net_features.target_layer_index`) for source.objects[indices], the net in
+    evaluation mode: location stability's tensor (pre-ReLU); `measured_maps` makes part
+    interpretability's from it."""
     target = target_layer_index(get_conv_net_para(net) if convnet is None else convnet, layer_id)
     size = net_input_size(net)
 
@@ -593,8 +595,23 @@ def layer_geometry(net: Any, layer_id: int) -> MapGeometry:
     return MapGeometry(centre, stride, net_input_size(net))
 
 
-def _net_maps(net: Any, source: Any, regions: PartRegions, mean_data: Any, layer_id: int,
-              indices: Sequence[int] | None, maps: np.ndarray | None, device: Any) -> np.ndarray:
+@dataclass
+class HeldOutImages:
+    """The images of one category part interpretability is measured on: `source` (a
+    location_instability.CategorySource: its objects and getI), `regions` the part label maps of the
+    images, `indices` which of source.objects they are (same order; None: all; the pipeline passes
+    `held_out_indices`), `maps` the measured layer's raw output for them when computed beforehand
+    (`source_layer_maps`; None: the net runs)."""
+
+    source: Any
+    regions: PartRegions
+    indices: Sequence[int] | None = None
+    maps: np.ndarray | None = None
+
+
+def _net_maps(net: Any, images: HeldOutImages, mean_data: Any, layer_id: int, device: Any) -> np.ndarray:
+    """The post-ReLU/mask maps of `images` (`measured_maps`), checked against their part label maps."""
+    source, regions, indices, maps = images.source, images.regions, images.indices, images.maps
     size = net_input_size(net)
     if tuple(regions.labels.shape[1:]) != tuple(size):
         raise InterpretabilityError(f"part label maps are {regions.labels.shape[1:]}, the net's input {size}")
@@ -606,31 +623,28 @@ def _net_maps(net: Any, source: Any, regions: PartRegions, mean_data: Any, layer
     return measured_maps(net, layer_id, maps)
 
 
-def compute_part_interpretability(net: Any, source: Any, regions: PartRegions, mean_data: Any, *,
-                                  layer_id: int, indices: Sequence[int] | None = None, device: Any = None,
-                                  maps: np.ndarray | None = None, **settings: Any) -> PartInterpretability:
+def compute_part_interpretability(net: Any, images: HeldOutImages, mean_data: Any, *, layer_id: int,
+                                  device: Any = None, **settings: Any) -> PartInterpretability:
     """Part interpretability of the filters of layer `layer_id` (getConvNetPara's conv index, as
-    `reproduce.evaluate.compute_stability`) over source.objects[indices] (an evaluate.CategorySource;
-    the pipeline passes `held_out_indices`), on the post-ReLU/mask tensor (`measured_maps`).
+    `reproduce.evaluation.location_instability.compute_stability`) over the `HeldOutImages` (the
+    net in evaluation mode on `device` when their maps are not given), on the post-ReLU/mask tensor
+    (`measured_maps`).
 
-    regions: the part label maps of those objects, in the same order. `maps`: the measured layer's raw
-    output for them (`source_layer_maps`), when computed beforehand; else the net runs (evaluation mode).
     settings: `part_interpretability`'s radius (default from the layer's stride), method, top, ..."""
     geometry = layer_geometry(net, layer_id)
-    masked = _net_maps(net.eval(), source, regions, mean_data, layer_id, indices, maps, device)
-    return part_interpretability(masked, regions, geometry, **settings)
+    masked = _net_maps(net.eval(), images, mean_data, layer_id, device)
+    return part_interpretability(masked, images.regions, geometry, **settings)
 
 
-def compute_part_interpretability_multiclass(net: Any, sources: Sequence[Any], regions: Sequence[PartRegions],
-                                             mean_data: Any, *, layer_id: int, indices: Sequence[Sequence[int]],
-                                             device: Any = None, **settings: Any) -> PartInterpretability:
-    """A multi-class net: each category's held-out images (`indices[c]` into sources[c].objects, their part
-    maps regions[c]); every filter assigned to the category that activates it most
-    (`multiclass_part_interpretability`); `category_of_filter` says which."""
+def compute_part_interpretability_multiclass(net: Any, images: Sequence[HeldOutImages], mean_data: Any, *,
+                                             layer_id: int, device: Any = None,
+                                             **settings: Any) -> PartInterpretability:
+    """A multi-class net: each category's held-out images (images[c]); every filter assigned to the
+    category that activates it most (`multiclass_part_interpretability`); `category_of_filter` says
+    which."""
     geometry = layer_geometry(net, layer_id)
-    maps = [_net_maps(net.eval(), s, r, mean_data, layer_id, i, None, device)
-            for s, r, i in zip(sources, regions, indices, strict=True)]
-    return multiclass_part_interpretability(maps, list(regions), geometry, **settings)
+    maps = [_net_maps(net.eval(), c, mean_data, layer_id, device) for c in images]
+    return multiclass_part_interpretability(maps, [c.regions for c in images], geometry, **settings)
 
 
 # ================================================================== command line

@@ -73,7 +73,7 @@ from legacy_compat import loadmat
 from legacy_compat.atomic import atomic_write
 from legacy_compat.matio import savemat
 from legacy_compat.numerics import mlinspace, mmax_reduce, mround, sort_ascend_stable, sort_descend_stable
-from reproduce.evaluation.evaluate import (
+from reproduce.evaluation.net_features import (
     layer_output,
     net_input_size,
     num_output_filters,
@@ -92,7 +92,7 @@ __all__ = [
     "smooth_template", "get_rf_mask", "scaled_rf_settings", "drawing_objset", "get_region", "canny_edges", "draw_edge",
     "occlusion_list", "occluded_batch", "select_top_images", "accumulate_template",
     "contact_sheet", "draw_rf", "RFSettings", "tau_from_batches", "tau_from_masked", "occlusion_values", "occlusion_values_all",
-    "add_image_template", "drawing_setup", "DrawingSetup",
+    "add_image_template", "drawing_setup", "DrawingSetup", "DrawingImages",
 ]
 
 SHOW_NUM = 10                 # step_drawRF.m showNum
@@ -210,11 +210,12 @@ def smooth_template(t: np.ndarray, size: int = GAUSS_SIZE, sigma: float = GAUSS_
     return scipy.ndimage.correlate1d(out, g, axis=1, mode="nearest", origin=origin)
 
 
-def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_id: int, convnet: ConvNetPara,
-                gauss_size: int = GAUSS_SIZE, gauss_sigma: float = GAUSS_SIGMA) -> np.ndarray:
+def get_rf_mask(template: np.ndarray, image_size: tuple[int, int], map_size: tuple[int, int], layer_id: int,
+                convnet: ConvNetPara, gauss_size: int = GAUSS_SIZE, gauss_sigma: float = GAUSS_SIGMA) -> np.ndarray:
     """getRFMask (step_drawRF.m): the smoothed occlusion template shifted onto every map cell.
 
-    template: (2ih, 2iw, showNum) (MATLAB layout, as computeRF saves it);
+    template: (2ih, 2iw, showNum) (MATLAB layout, as computeRF saves it), image_size (ih, iw),
+    map_size (xh, xw);
     T = smoothed sum over the images. For map cell (H, W) (1-based) at image
     position thePos = x2p_([H; W]), the receptive field is
     T(ih-thePos(1)+1 : ..+ih-1, iw-thePos(2)+1 : ..+iw-1). Returns
@@ -225,6 +226,7 @@ def get_rf_mask(template: np.ndarray, ih: int, iw: int, xh: int, xw: int, layer_
     in vgg-vd-16) makes MATLAB fail on non-integer subscripts. The original
     takes the width range with ih (its nets are square); iw is used here.
     """
+    (ih, iw), (xh, xw) = image_size, map_size
     t = smooth_template(np.asarray(template, dtype=np.float64).reshape(2 * ih, 2 * iw, -1).sum(axis=2),
                         gauss_size, gauss_sigma)
     hh, ww = np.meshgrid(np.arange(1, xh + 1), np.arange(1, xw + 1), indexing="ij")
@@ -485,6 +487,40 @@ def _masked_maps(net: SimpleNN, st: DrawingSetup, images: torch.Tensor, device: 
     return raw, masked, mask
 
 
+@dataclass(frozen=True)
+class RFSettings:
+    """step_drawRF.m's settings (the original's values by default) and the port's run options.
+
+    show_num, visualization_step, integrate_energy: step_drawRF.m's showNum, visualizationStep,
+    integrateEnergy; sampling_times: generateAMTOriginalImages' samplingTimes; draw_threshold:
+    drawRF's drawThreshold; occlude_size, occlude_stride, top_occ_num: computeRF's occluder;
+    gauss_size, gauss_sigma: getRFMask's fspecial('gaussian', 50, 30) (`scaled_rf_settings`
+    gives the occluder and smoothing for an input under 224). The rest is the port's: batch
+    sizes, the random seed of the image sampling, whether existing template files are recomputed
+    (the original skips them), the contact sheet's file name, progress bars, the device (None:
+    where the net is; another device: the net is moved there; IEEE float32 on CUDA,
+    reproduce.runtime.device.resolve_device).
+    """
+    show_num: int = SHOW_NUM
+    visualization_step: int = VISUALIZATION_STEP
+    integrate_energy: float = INTEGRATE_ENERGY
+    sampling_times: int = SAMPLING_TIMES
+    draw_threshold: float = DRAW_THRESHOLD
+    occlude_size: int = OCCLUDE_SIZE
+    occlude_stride: int = OCCLUDE_STRIDE
+    top_occ_num: int = TOP_OCC_NUM
+    gauss_size: int = GAUSS_SIZE
+    gauss_sigma: float = GAUSS_SIGMA
+    batch_size: int = 32
+    occlusion_batch_size: int = 128
+    seed: int = 1
+    overwrite_templates: bool = False
+    contact_sheet_name: str | None = None
+    progress: bool = True
+    device: Any = None
+
+
+
 # =================================================================== the whole procedure
 @dataclass
 class DrawRFResult:
@@ -506,11 +542,11 @@ class DrawRFResult:
 
 
 def tau_from_batches(net: SimpleNN, st: DrawingSetup, batches: Any, num_images: int, device: torch.device,
-                     gen: torch.Generator, integrate_energy: float, sampling_times: int,
-                     progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """generateAMTOriginalImages' statistics (`tau_from_masked`) of `batches` of (image indices, images)."""
+                     gen: torch.Generator, s: RFSettings) -> tuple[np.ndarray, np.ndarray]:
+    """generateAMTOriginalImages' statistics (`tau_from_masked`, with s.integrate_energy,
+    s.sampling_times and s.progress) of `batches` of (image indices, images)."""
     masked = ((idx, _masked_maps(net, st, x, device)[1]) for idx, x in batches)
-    return tau_from_masked(masked, st.depth, num_images, gen, integrate_energy, sampling_times, progress)
+    return tau_from_masked(masked, st.depth, num_images, gen, s.integrate_energy, s.sampling_times, s.progress)
 
 
 def tau_from_masked(batches: Any, depth: int, num_images: int, gen: torch.Generator, integrate_energy: float,
@@ -578,42 +614,23 @@ def drawing_objset(name: str, conf: Any) -> list[Any]:
     return list(read_annotation(name, conf))
 
 
-@dataclass(frozen=True)
-class RFSettings:
-    """step_drawRF.m's settings (the original's values by default) and the port's run options.
-
-    show_num, visualization_step, integrate_energy: step_drawRF.m's showNum, visualizationStep,
-    integrateEnergy; sampling_times: generateAMTOriginalImages' samplingTimes; draw_threshold:
-    drawRF's drawThreshold; occlude_size, occlude_stride, top_occ_num: computeRF's occluder;
-    gauss_size, gauss_sigma: getRFMask's fspecial('gaussian', 50, 30) (`scaled_rf_settings`
-    gives the occluder and smoothing for an input under 224). The rest is the port's: batch
-    sizes, the random seed of the image sampling, whether existing template files are recomputed
-    (the original skips them), the contact sheet's file name, progress bars.
-    """
-    show_num: int = SHOW_NUM
-    visualization_step: int = VISUALIZATION_STEP
-    integrate_energy: float = INTEGRATE_ENERGY
-    sampling_times: int = SAMPLING_TIMES
-    draw_threshold: float = DRAW_THRESHOLD
-    occlude_size: int = OCCLUDE_SIZE
-    occlude_stride: int = OCCLUDE_STRIDE
-    top_occ_num: int = TOP_OCC_NUM
-    gauss_size: int = GAUSS_SIZE
-    gauss_sigma: float = GAUSS_SIGMA
-    batch_size: int = 32
-    occlusion_batch_size: int = 128
-    seed: int = 1
-    overwrite_templates: bool = False
-    contact_sheet_name: str | None = None
-    progress: bool = True
-
-
 def _settings_from(settings: RFSettings | None, overrides: dict[str, Any]) -> RFSettings:
     names = {f.name for f in fields(RFSettings)}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise TypeError(f"draw_rf: unknown setting(s) {', '.join(unknown)} (RFSettings has {', '.join(sorted(names))})")
     return replace(settings or RFSettings(), **overrides)
+
+
+@dataclass
+class DrawingImages:
+    """The images step_drawRF.m draws for one category: `name` (Name_batch, the files' prefix), the
+    objset `objects` (data_prep readers; None entries are skipped; `drawing_objset`) and
+    `load_patch(obj, (h, w))`, getI's patch (H x W x 3 float32, 0-255)."""
+
+    name: str
+    objects: Sequence[Any]
+    load_patch: Callable[[Any, tuple[int, int]], np.ndarray]
 
 
 @dataclass
@@ -642,24 +659,20 @@ class _Drawing:
         return pics, x
 
 
-def draw_rf(net: SimpleNN, name: str, objects: Sequence[Any], load_patch: Callable[[Any, tuple[int, int]], np.ndarray],
-            mean_data: Any, layer_id: int, out_dir: os.PathLike | str = "draw_RF", settings: RFSettings | None = None,
-            *, image_size: tuple[int, int] | None = None, device: Any = None, **overrides: Any) -> DrawRFResult:
+def draw_rf(net: SimpleNN, images: DrawingImages, mean_data: Any, layer_id: int,
+            out_dir: os.PathLike | str = "draw_RF", settings: RFSettings | None = None, *,
+            image_size: tuple[int, int] | None = None, **overrides: Any) -> DrawRFResult:
     """step_drawRF.m for one trained net: the four steps, then the contact sheet.
 
-    net: a SimpleNN in evaluation mode; name: Name_batch (file-name prefix);
-    objects: the objset (data_prep readers; None entries are skipped; for
-    'cub200' the original keeps the first 500); load_patch(obj, (h, w)):
-    getI's patch (H x W x 3 float32, 0-255); mean_data: the imdb's dataMean
-    (any form reproduce.evaluate takes: H x W x 3, 3 x H x W, an Imdb, an
-    imdb.mat); layer_id: the measured conv layer (needs one above it).
+    net: a SimpleNN in evaluation mode; images: the category's `DrawingImages` (Name_batch, the
+    objset: for 'cub200' the original keeps the first 500, getI); mean_data: the imdb's dataMean
+    (any form reproduce.evaluation.net_features.read_mean_data takes: H x W x 3, 3 x H x W, an
+    Imdb, an imdb.mat); layer_id: the measured conv layer (needs one above it); image_size: the
+    net's input (None: from its meta).
     settings: `RFSettings` (the original's by default); any of its fields may also be given as a
-    keyword (`show_num=3`, `**scaled_rf_settings(64)`). Returns a DrawRFResult. `device` None:
-    where the net is; another device: the net is moved there (IEEE float32 on CUDA:
-    reproduce.device.resolve_device).
+    keyword (`show_num=3`, `device="cuda"`, `**scaled_rf_settings(64)`). Returns a DrawRFResult.
     """
-    d = _start(net, name, objects, load_patch, mean_data, layer_id, Path(out_dir), _settings_from(settings, overrides),
-               image_size, device)
+    d = _start(net, images, mean_data, layer_id, Path(out_dir), _settings_from(settings, overrides), image_size)
     _original_images(d)
     _raw_and_masked_maps(d)
     templates = _templates(d)
@@ -667,10 +680,10 @@ def draw_rf(net: SimpleNN, name: str, objects: Sequence[Any], load_patch: Callab
     return d.result
 
 
-def _start(net: SimpleNN, name: str, objects: Sequence[Any], load_patch: Callable, mean_data: Any, layer_id: int,
-           out: Path, s: RFSettings, image_size: tuple[int, int] | None, device: Any) -> _Drawing:
+def _start(net: SimpleNN, images: DrawingImages, mean_data: Any, layer_id: int, out: Path, s: RFSettings,
+           image_size: tuple[int, int] | None) -> _Drawing:
     """The device, the layers drawn (`drawing_setup`), the mean, the images kept."""
-    device = resolve_device(module_device(net) if device is None else device)
+    device = resolve_device(module_device(net) if s.device is None else s.device)
     net.to(device)
     size = tuple(image_size) if image_size is not None else net_input_size(net)
     st = drawing_setup(net, layer_id, size)
@@ -678,10 +691,12 @@ def _start(net: SimpleNN, name: str, objects: Sequence[Any], load_patch: Callabl
     if mean.shape != (st.ih, st.iw, 3):
         raise DrawRFError(f"mean_data has shape {mean.shape}, the net takes {st.ih} x {st.iw} x 3")
     mean_t = torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1)))
-    objects = list(objects)[:500] if category_samples_objects(name) else list(objects)   # step_drawRF.m: CUB's first 500
+    name = images.name
+    objects = list(images.objects)[:500] if category_samples_objects(name) else list(images.objects)   # CUB: 500
     kept = [i for i, o in enumerate(objects) if o is not None]
     filters = list(range(1, st.depth + 1, int(s.visualization_step)))
-    return _Drawing(net, st, device, mean_t, name, objects, kept, load_patch, out, s, DrawRFResult(out, filters))
+    return _Drawing(net, st, device, mean_t, name, objects, kept, images.load_patch, out, s,
+                    DrawRFResult(out, filters))
 
 
 def _original_images(d: _Drawing) -> None:
@@ -697,8 +712,7 @@ def _original_images(d: _Drawing) -> None:
             x = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2))) - d.mean_t
             yield list(range(start, start + len(chunk))), x
 
-    tau, dep_max = tau_from_batches(d.net, st, batches(), len(d.kept), d.device, gen, s.integrate_energy,
-                                     s.sampling_times, s.progress)
+    tau, dep_max = tau_from_batches(d.net, st, batches(), len(d.kept), d.device, gen, s)
     valid, tau = select_top_images(dep_max, tau, s.show_num, rng)
     for dep in d.result.filters:
         paths = []
@@ -744,7 +758,7 @@ def _templates(d: _Drawing) -> dict[int, tuple[np.ndarray, np.ndarray]]:
             values, peaks = occlusion_values(d.net, d.st, x[k].to(d.device), corners, s.occlude_size, dep,
                                              s.occlusion_batch_size, d.device)
             add_image_template(template[:, :, k], corners, values, peaks, float(fmaps[k].sum()), s.top_occ_num,
-                               ih, iw, s.occlude_size)
+                               s.occlude_size)
         maps = fmaps.permute(1, 2, 0).to(torch.float64).cpu().numpy()
         _save_mat(tfile, {"template": template, "map": maps})
         templates[dep] = (template, maps)
@@ -758,7 +772,7 @@ def _receptive_fields(d: _Drawing, templates: dict[int, tuple[np.ndarray, np.nda
     for dep in result.filters:
         template, maps = templates[dep]
         xh, xw = maps.shape[:2]
-        rf = get_rf_mask(template, ih, iw, xh, xw, d.st.layer_id, d.st.convnet, s.gauss_size, s.gauss_sigma)
+        rf = get_rf_mask(template, (ih, iw), (xh, xw), d.st.layer_id, d.st.convnet, s.gauss_size, s.gauss_sigma)
         regions, drawn = [], []
         for k, pic in enumerate(_read_image(p) for p in result.images[dep]):
             region = get_region(ih, iw, xh, xw, maps[:, :, k], float(result.tau[dep - 1]), s.draw_threshold, rf)
@@ -776,14 +790,15 @@ def _receptive_fields(d: _Drawing, templates: dict[int, tuple[np.ndarray, np.nda
 
 
 def add_image_template(template: np.ndarray, corners: np.ndarray, values: np.ndarray, peaks: np.ndarray,
-                       map_sum: float, top_occ_num: int, ih: int, iw: int, size: int = OCCLUDE_SIZE) -> None:
-    """computeRF's step for one image (template 2ih x 2iw, updated in place): the `top_occ_num`
+                       map_sum: float, top_occ_num: int, size: int = OCCLUDE_SIZE) -> None:
+    """computeRF's step for one image (template 2ih x 2iw for an ih x iw image, updated in place): the `top_occ_num`
     occlusions that lower the filter's summed masked map most (stable ascending sort of `values`),
     each adding its drop max(map_sum - value, 0) at its square, shifted to the peak (`accumulate_template`).
     values: (n,) the filter's summed masked map per occluded copy; peaks: (n, 2) its peak positions."""
     v, order = sort_ascend_stable(np.asarray(values))
     drop = np.maximum(float(map_sum) - v[:top_occ_num], 0)
     chosen = order[:top_occ_num]
+    ih, iw = template.shape[0] // 2, template.shape[1] // 2
     accumulate_template(template, corners[chosen], np.asarray(peaks)[chosen], drop, ih, iw, size)
 
 

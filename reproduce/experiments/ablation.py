@@ -51,15 +51,17 @@ import torch
 from data_prep.facts import DATASETS
 from legacy_compat.atomic import atomic_write_bytes
 from legacy_compat.cli import UserError
-from reproduce.evaluation.evaluate import BATCH_SIZE as STABILITY_BATCH_SIZE
-from reproduce.evaluation.evaluate import (
+from reproduce.evaluation.location_instability import BATCH_SIZE as STABILITY_BATCH_SIZE
+from reproduce.evaluation.location_instability import (
     CategorySource,
+    ForwardPass,
+    StabilitySettings,
     compute_stability,
-    layer_id_for_model,
-    load_net_for_evaluation,
-    read_mean_data,
 )
+from reproduce.evaluation.net_evaluation import layer_id_for_model, load_net_for_evaluation
+from reproduce.evaluation.net_features import read_mean_data
 from reproduce.evaluation.part_interpretability import (
+    HeldOutImages,
     compute_part_interpretability,
     compute_part_interpretability_multiclass,
     held_out_indices,
@@ -258,8 +260,8 @@ def _measure(net: Any, m: _Measuring) -> dict[str, float]:
 
     def layer_maps(chunk: list[int]) -> torch.Tensor:
         return torch.from_numpy(maps[[row[i] for i in chunk]])
-    stability = compute_stability(net, m.source, m.layer_id, mean, part_list=m.part_list, device=m.exp.device,
-                                  batch_size=STABILITY_BATCH_SIZE, layer_maps=layer_maps)
+    stability = compute_stability(net, m.source, m.layer_id, mean, StabilitySettings(part_list=m.part_list),
+                                  ForwardPass(m.exp.device, STABILITY_BATCH_SIZE), layer_maps=layer_maps)
     record = {"binary_error": validation_error(net, m.imdb, m.exp.device, batch_size=100)["binerr"],
               "location_instability": float(stability.stability), "part_interpretability": float("nan")}
     if m.regions is None:
@@ -478,11 +480,11 @@ def part_interpretability_of_run(exp: Experiment, paths: Any) -> dict[str, Any]:
     def measure(net: Any) -> Any:
         net = net.to(exp.device).eval()
         if len(ms) == 1:
-            return compute_part_interpretability(net, ms[0].source, ms[0].regions, mean, layer_id=ms[0].layer_id,
-                                                 indices=ms[0].held_out, device=exp.device)
+            return compute_part_interpretability(net, HeldOutImages(ms[0].source, ms[0].regions, ms[0].held_out), mean,
+                                                 layer_id=ms[0].layer_id, device=exp.device)
         return compute_part_interpretability_multiclass(
-            net, [m.source for m in ms], [m.regions for m in ms], mean, layer_id=ms[0].layer_id,
-            indices=[m.held_out for m in ms], device=exp.device)
+            net, [HeldOutImages(m.source, m.regions, m.held_out) for m in ms], mean, layer_id=ms[0].layer_id,
+            device=exp.device)
     res, res0 = measure(trained), measure(start)
     per_filter = {"P_f": [None if np.isnan(v) else float(v) for v in res.per_filter],
                   "part": [int(k) for k in res.part_of_filter], "radius": res.radius,

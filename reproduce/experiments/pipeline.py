@@ -34,19 +34,20 @@ from data_prep.get_i import get_i
 from data_prep.images import no_landmarks_note, own_negatives_count
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
 from data_prep.readers import count_objects
-from data_prep.setup import default_data_root, ensure_dataset, ensure_model
+from data_prep.setup import OwnImages, default_data_root, ensure_dataset, ensure_model
 from data_prep.toy import TOY_POSITIVES, read_manifest
 from data_prep.voc2010_crop import build_voc2010_crop_imdb
 from legacy_compat.cli import UserError
-from reproduce.evaluation.evaluate import (
-    CategorySource,
+from reproduce.evaluation.location_instability import CategorySource, ForwardPass
+from reproduce.evaluation.net_evaluation import (
+    EvaluationSettings,
     evaluate_net,
     final_val_error,
     format_result_line,
     layer_id_for_model,
-    read_mean_data,
 )
-from reproduce.evaluation.receptive_fields import draw_rf, drawing_objset, scaled_rf_settings
+from reproduce.evaluation.net_features import read_mean_data
+from reproduce.evaluation.receptive_fields import DrawingImages, draw_rf, drawing_objset, scaled_rf_settings
 from reproduce.models.builder import MODELS, network_init
 from reproduce.runtime.distributed import file_lock, is_main, launched_by_torchrun, rank_zero_first
 from reproduce.training import checkpoints as ckpt
@@ -193,11 +194,10 @@ def prepare_dataset(exp: Experiment, input_size: int | None = None) -> Any:
         toy_options.setdefault("input_size", int(input_size))
     if exp.facts.generated:
         toy_options.setdefault("progress", exp.progress)      # the generator's bar follows the run's
-    images = {"image_folder": exp.image_folder, "truth_dir": exp.out / IMAGES_TRUTH,
-              "input_size": input_size} if exp.facts.own_folder else {}
+    images = OwnImages(exp.image_folder, exp.out / IMAGES_TRUTH, input_size) if exp.facts.own_folder else None
     return _one_builder(exp, f"setting up the {exp.dataset} dataset", lambda: ensure_dataset(
         exp.dataset, root=exp.data_root, offline=exp.offline, categories=exp.categories, progress=exp.progress,
-        toy_options=toy_options or None, **images))
+        toy_options=toy_options or None, images=images))
 
 
 def _pretrained(exp: Experiment) -> Any:
@@ -449,9 +449,9 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
             return RunResult(exp, final_val_error(stats, error_name), float("nan"), stats, note=note)
     else:
         sources = [CategorySource.from_conf(c, conf, sorted(set(paths.parts_for(c)) | {1})) for c in exp.categories]
-    evaluation = evaluate_net(net, stats, sources, mean, model=exp.model, part_list=paths.parts_for(exp.categories[0]),
-                              multiclass=exp.multiclass, error_name=error_name, device=exp.device,
-                              progress=exp.progress)
+    settings = EvaluationSettings(model=exp.model, part_list=paths.parts_for(exp.categories[0]),
+                                  multiclass=exp.multiclass, error_name=error_name)
+    evaluation = evaluate_net(net, stats, sources, mean, settings, ForwardPass(exp.device, progress=exp.progress))
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
     if not exp.facts.attribute_labels:         # whole faces per attribute: nothing step_drawRF.m draws
         result.drawing = _draw(exp, net, conf, sources[0], mean, evaluation.layer_id)
@@ -463,8 +463,8 @@ def _draw(exp: Experiment, net: Any, conf: Any, source: CategorySource, mean: np
     if not (exp.draw and exp.interpretable and not exp.multiclass and is_main()):
         return None
     objects = drawing_objset(source.name, conf)     # readAnnotation's objset (CUB: not the sampling one)
-    return draw_rf(net, source.name, objects, source.load_patch, mean, layer_id, exp.draw_dir, device=exp.device,
-                   progress=exp.progress, **scaled_rf_settings(mean.shape[0]))
+    return draw_rf(net, DrawingImages(source.name, objects, source.load_patch), mean, layer_id, exp.draw_dir,
+                   device=exp.device, progress=exp.progress, **scaled_rf_settings(mean.shape[0]))
 
 
 def _celeba_sources(exp: Experiment, paths: Any, size: int) -> tuple[list[CategorySource], str | None]:

@@ -48,7 +48,7 @@ from legacy_compat.cli import UserError
 from legacy_compat.matio import savemat
 from legacy_compat.mattypes import MatStruct, cell
 from legacy_compat.simplenn import net_to_matlab
-from reproduce.evaluation.evaluate import load_net_for_evaluation
+from reproduce.evaluation.net_evaluation import load_net_for_evaluation
 from reproduce.experiments.ablation import format_table, run_ablation, summarise, write_results
 from reproduce.experiments.options import (
     add_common,

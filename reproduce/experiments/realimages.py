@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from legacy_compat.atomic import atomic_write, atomic_write_bytes
-from reproduce.evaluation.evaluate import EvaluationError
+from reproduce.evaluation.net_features import EvaluationError
 from reproduce.experiments.ablation import (
     ROWS,
     VARIANTS,

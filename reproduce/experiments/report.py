@@ -62,22 +62,30 @@ from legacy_compat.atomic import TMP_PREFIX, writer_tag
 from legacy_compat.cli import UserError
 from legacy_compat.numerics import mmax_reduce, mround, sort_descend_stable
 from legacy_compat.runlock import LOCK_NAME, lock_holder
-from reproduce.evaluation.evaluate import (
+from reproduce.evaluation.location_instability import (
     BATCH_SIZE,
-    DEFAULT_LAYER_ID,
     GOLDFISH,
     CategorySource,
+    ForwardPass,
+    StabilitySettings,
     compute_stability,
+)
+from reproduce.evaluation.net_evaluation import (
+    DEFAULT_LAYER_ID,
+    EvaluationSettings,
     evaluate_net,
     final_val_error,
+    load_net_for_evaluation,
+)
+from reproduce.evaluation.net_features import (
     first_conv_mask_layer_id,
     iterate_patch_batches,
     layer_output,
-    load_net_for_evaluation,
     read_mean_data,
     target_layer_index,
 )
 from reproduce.evaluation.part_interpretability import (
+    HeldOutImages,
     InterpretabilityError,
     compute_part_interpretability,
     compute_part_interpretability_multiclass,
@@ -115,7 +123,7 @@ from reproduce.runtime.device import resolve_device
 from reproduce.training import checkpoints as ckpt
 
 __all__ = ["TOP_IMAGES", "THUMBNAIL_SIZE", "ReportError", "RunFolder", "FilterFacts", "RunFacts",
-           "locate_runs", "experiment_of", "measure_run", "filter_drawings",
+           "locate_runs", "experiment_of", "measure_run", "filter_drawings", "MeasuredImages",
            "render_html", "build_report", "report_run_dir", "report_experiments", "main"]
 
 TOP_IMAGES = 10            # step_drawRF.m's showNum: images per filter
@@ -363,12 +371,14 @@ def _stability(m: _Measured, net: Any, layer_id: int, maps: list[np.ndarray] | N
         row = {i: r for r, i in enumerate(m.indices[0])}
         given = None if maps is None else (lambda chunk: torch.from_numpy(maps[0][[row[i] for i in chunk]]))
         parts = (1,) if source.name == GOLDFISH else m.paths.parts_for(source.name)
-        res = compute_stability(net, source, layer_id, m.mean, part_list=parts, device=m.exp.device,
-                                progress=progress, layer_maps=given)
+        res = compute_stability(net, source, layer_id, m.mean, StabilitySettings(part_list=parts),
+                                ForwardPass(m.exp.device, progress=progress), layer_maps=given)
         per = np.asarray(res.dist_sqrt_var, np.float64) / np.linalg.norm(np.asarray(m.size, np.float64))
         return float(res.stability), per, [None] * per.size
-    ev = evaluate_net(net, m.stats, m.sources, m.mean, layer_id=layer_id, part_list=m.paths.parts_for(m.exp.categories[0]),
-                      multiclass=True, error_name=m.error_name, device=m.exp.device, progress=progress)
+    ev = evaluate_net(net, m.stats, m.sources, m.mean,
+                      EvaluationSettings(layer_id=layer_id, part_list=m.paths.parts_for(m.exp.categories[0]),
+                                         multiclass=True, error_name=m.error_name),
+                      ForwardPass(m.exp.device, progress=progress))
     _, best = mmax_reduce(np.asarray(ev.details["score"], np.float64), axis=1)
     best = np.asarray(best).reshape(-1)
     per = np.asarray(ev.details["stability"], np.float64)[np.arange(best.size), best]
@@ -415,10 +425,10 @@ def _parts(m: _Measured, net: Any, layer_id: int, maps: list[np.ndarray]) -> Par
     if len(m.sources) == 1:
         row = {i: r for r, i in enumerate(m.indices[0])}
         given = None if maps is None else maps[0][[row[i] for i in held[0]]]
-        return _part_facts(compute_part_interpretability(net, m.sources[0], regions[0], m.mean, layer_id=layer_id,
-                                                         indices=held[0], maps=given), regions[0])
-    r = compute_part_interpretability_multiclass(net, m.sources, regions, m.mean, layer_id=layer_id,
-                                                 indices=held, device=m.exp.device)
+        images = HeldOutImages(m.sources[0], regions[0], held[0], given)
+        return _part_facts(compute_part_interpretability(net, images, m.mean, layer_id=layer_id), regions[0])
+    images = [HeldOutImages(s, r, i) for s, r, i in zip(m.sources, regions, held, strict=True)]
+    r = compute_part_interpretability_multiclass(net, images, m.mean, layer_id=layer_id, device=m.exp.device)
     return _part_facts(r, regions[0])
 
 
@@ -518,10 +528,11 @@ def choose_images(dep_max: np.ndarray, tau: np.ndarray, show: int) -> np.ndarray
 
 @torch.no_grad()
 def _templates(net: Any, st: DrawingSetup, pics: _Pictures, raw: np.ndarray, order: np.ndarray,
-               filters: Sequence[int], s: RFSettings, device: torch.device, bar: Any) -> dict[int, np.ndarray]:
+               filters: Sequence[int], s: RFSettings, bar: Any) -> dict[int, np.ndarray]:
     """computeRF for `filters` (0-based) on their images `order[d]`: each filter's occlusion
     template summed over its images (getRFMask sums them). One occlusion pass per image serves
-    every filter that has the image."""
+    every filter that has the image; the net runs on s.device."""
+    device = s.device
     corners = occlusion_list(st.ih, st.iw, s.occlude_size, s.occlude_stride)
     users: dict[int, list[int]] = {}
     for d in filters:
@@ -534,7 +545,7 @@ def _templates(net: Any, st: DrawingSetup, pics: _Pictures, raw: np.ndarray, ord
                                              s.occlusion_batch_size, device, filters=[d + 1 for d in deps])
         for j, d in enumerate(deps):
             add_image_template(templates[d], corners, values[:, j], peaks[:, j], float(map_sum[d]),
-                               s.top_occ_num, st.ih, st.iw, s.occlude_size)
+                               s.top_occ_num, s.occlude_size)
         bar.update(1)
     return templates
 
@@ -554,18 +565,31 @@ def _groups(depth: int, ih: int, iw: int) -> list[list[int]]:
     return [list(range(s, min(depth, s + per))) for s in range(0, depth, per)]
 
 
-def filter_drawings(net: Any, layer_id: int, items: list[tuple[CategorySource, Any]], raw: np.ndarray,
-                    mean: np.ndarray, size: tuple[int, int], out: Path, prefix: str, *, top: int = TOP_IMAGES,
-                    device: Any = "cpu", progress: bool = True) -> tuple[list[list[str]], list[list[float]]]:
+@dataclass
+class MeasuredImages:
+    """The images a report draws, as they were measured: `items` (source, object) per image, `raw`
+    the measured layer's output for them (I, D, xh, xw), `mean` the imdb's dataMean (H x W x 3),
+    `size` the net's input (ih, iw)."""
+
+    items: list[tuple[CategorySource, Any]]
+    raw: np.ndarray
+    mean: np.ndarray
+    size: tuple[int, int]
+
+
+def filter_drawings(net: Any, layer_id: int, images: MeasuredImages, out: Path, prefix: str, *,
+                    top: int = TOP_IMAGES, device: Any = "cpu",
+                    progress: bool = True) -> tuple[list[list[str]], list[list[float]]]:
     """Every filter's `top` images (the highest peaks of its masked map) with its receptive field
     drawn as step_drawRF.m draws it (computeRF's template from showNum qualifying images,
     `choose_images`; getRFMask, getRegion with tau, drawEdge), written once as thumbnails
-    `<out>/<prefix>/fNNNN-KK.jpg`. raw: the measured layer's output for `items` (I, D, xh, xw).
+    `<out>/<prefix>/fNNNN-KK.jpg`.
     Returns, per filter, the thumbnails' paths relative to `out` and the images' peaks."""
+    items, raw, mean, size = images.items, images.raw, images.mean, images.size
     device = resolve_device(device)
     net.to(device)
     st = drawing_setup(net, layer_id, size)
-    s = RFSettings(**scaled_rf_settings(size[0]))
+    s = RFSettings(**scaled_rf_settings(size[0]), device=device)
     pics = _Pictures(items, size, torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1))))
     tau, dep_max = _peaks(st, raw, progress)
     k = min(int(top), len(items))
@@ -577,9 +601,9 @@ def filter_drawings(net: Any, layer_id: int, items: list[tuple[CategorySource, A
     xh, xw = raw.shape[2:]
     with tqdm(total=passes, desc=f"receptive fields ({prefix})", unit="img", disable=not progress) as bar:
         for group in groups:
-            templates = _templates(net, st, pics, raw, used, group, s, device, bar)
+            templates = _templates(net, st, pics, raw, used, group, s, bar)
             for d in group:
-                rf = get_rf_mask(templates[d][:, :, None], st.ih, st.iw, xh, xw, layer_id, st.convnet,
+                rf = get_rf_mask(templates[d][:, :, None], (st.ih, st.iw), (xh, xw), layer_id, st.convnet,
                                  s.gauss_size, s.gauss_sigma)
                 fmaps = _masked(st, torch.from_numpy(raw[shown[d]]))[:, d].to(torch.float64).numpy()
                 for j, i in enumerate(shown[d]):
@@ -770,8 +794,9 @@ def build_report(first: RunFolder, second: RunFolder | None, out: Path, *, data_
             layer_id = runs[0].layer_id if runs else None
             facts, m = measure_run(folder, data_root, device, layer_id=layer_id, progress=progress)
             items = [(s, s.objects[i]) for s, idx in zip(m.sources, m.indices) for i in idx]
-            thumbs, peaks = filter_drawings(m.net, facts.layer_id, items, np.concatenate(m.maps), m.mean, m.size,
-                                            tmp, f"img-{tag}", top=top, device=device, progress=progress)
+            images = MeasuredImages(items, np.concatenate(m.maps), m.mean, m.size)
+            thumbs, peaks = filter_drawings(m.net, facts.layer_id, images, tmp, f"img-{tag}", top=top, device=device,
+                                            progress=progress)
             for f, t, p in zip(facts.filters, thumbs, peaks):
                 f.thumbnails, f.peaks = t, p
             if facts.curves is not None:

@@ -2,8 +2,8 @@
 
 Cases (../shared/golden/README.md): getDistSqrtVar, computeStability,
 step_computeStability_multiClass, maskX, getRegion, imagewrite. Each
-adapter converts the MATLAB-layout inputs, runs reproduce.evaluate /
-reproduce.draw_rf, and returns the outputs in MATLAB layout.
+adapter converts the MATLAB-layout inputs, runs reproduce.evaluation.location_instability /
+reproduce.evaluation.receptive_fields, and returns the outputs in MATLAB layout.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from data_prep.ilsvrc import ilsvrc_conf
 from legacy_compat.mattypes import MatStruct, cell_items, scalar
 from legacy_compat.parity import CaseContext, register
 from legacy_compat.simplenn import layers_from_matlab, maps_to_matlab, maps_to_torch
-from reproduce.evaluation import evaluate as ev
+from reproduce.evaluation import location_instability as li
 from reproduce.evaluation import receptive_fields as rf
 from reproduce.layers.geometry import get_conv_net_para
 from reproduce.layers.simplenn import SimpleNN
@@ -45,10 +45,10 @@ def golden_get_dist_sqrt_var(inputs: MatStruct, ctx: CaseContext) -> dict:
     pos = pos.reshape(pos.shape + (1,) * (3 - pos.ndim)).transpose(2, 1, 0)
     score = np.asarray(inputs["score"], dtype=np.float64).T              # P x I -> I x P
     files = [_data_file(ctx, f) for f in _texts(inputs["truth_files"])]
-    truth = ev.read_part_centres(files)
-    dist = ev.get_dist_sqrt_var(pos, score, truth, int(scalar(inputs["patchNumPerPattern"])))
+    truth = li.read_part_centres(files)
+    dist = li.get_dist_sqrt_var(pos, score, truth, int(scalar(inputs["patchNumPerPattern"])))
     image_size = np.asarray(inputs.get("image_size", [224, 224]), dtype=np.float64).reshape(-1)
-    stability = ev.stability_from_distances(dist, dist.size, image_size)
+    stability = li.stability_from_distances(dist, dist.size, image_size)
     return {"distSqrtVar": dist.reshape(-1, 1), "stability": np.array([[stability]])}
 
 
@@ -60,9 +60,9 @@ def _golden_net(net: MatStruct) -> tuple[Any, tuple[int, int]]:
 
 
 def _ilsvrc_source(ctx: CaseContext, name: str, image_root: str, min_area: float, truth_files: list[str],
-                   part_list: tuple[int, ...]) -> ev.CategorySource:
+                   part_list: tuple[int, ...]) -> li.CategorySource:
     conf = ilsvrc_conf(ctx.data_root, imgdir=_data_file(ctx, image_root), min_area=min_area)
-    source = ev.CategorySource.from_conf(name, conf, part_list)
+    source = li.CategorySource.from_conf(name, conf, part_list)
     source.truth_files = {p: _data_file(ctx, f) for p, f in zip(part_list, truth_files)}
     return source
 
@@ -75,12 +75,12 @@ def golden_compute_stability(inputs: MatStruct, ctx: CaseContext) -> dict:
     source = _ilsvrc_source(ctx, str(inputs["category"]), str(inputs["image_root"]),
                             float(scalar(inputs["minArea"])), _texts(inputs["truth_files"]), part_list)
     convnet = get_conv_net_para(net)
-    res = ev.compute_stability(
-        net, source, int(scalar(inputs["layerID"])), np.asarray(inputs["meanData"], dtype=np.float32),
-        part_list=part_list, part_rate=float(scalar(inputs["partRate"])),
-        selected_pattern_ratio=float(scalar(inputs["selectedPatternRatio"])),
-        patch_num_per_pattern=int(scalar(inputs["patchNumPerPattern"])), convnet=convnet,
-        image_size=size, device=ctx.device)
+    settings = li.StabilitySettings(part_list=part_list, part_rate=float(scalar(inputs["partRate"])),
+                                    selected_pattern_ratio=float(scalar(inputs["selectedPatternRatio"])),
+                                    patch_num_per_pattern=int(scalar(inputs["patchNumPerPattern"])))
+    res = li.compute_stability(
+        net, source, li.MeasuredLayer(int(scalar(inputs["layerID"])), convnet, size),
+        np.asarray(inputs["meanData"], dtype=np.float32), settings, li.ForwardPass(device=ctx.device))
     out = {"stability": np.array([[res.stability]])}
     out.update(convnet.as_matlab())
     return out
@@ -98,12 +98,13 @@ def golden_compute_stability_multiclass(inputs: MatStruct, ctx: CaseContext) -> 
     sources = []
     for k, name in enumerate(names):
         files = [str(f) for f in truth[k].reshape(-1)]
-        parts = (1,) if name == ev.GOLDFISH else part_list
+        parts = (1,) if name == li.GOLDFISH else part_list
         sources.append(_ilsvrc_source(ctx, name, image_root, min_area, files, parts[:len(files)]))
-    value, _ = ev.compute_stability_multiclass(
-        net, sources, int(scalar(inputs["layerID"])), np.asarray(inputs["meanData"], dtype=np.float32),
-        part_list=part_list, patch_num_per_pattern=int(scalar(inputs["patchNumPerPattern"])),
-        image_size=size, device=ctx.device)
+    value, _ = li.compute_stability_multiclass(
+        net, sources, li.MeasuredLayer(int(scalar(inputs["layerID"])), image_size=size),
+        np.asarray(inputs["meanData"], dtype=np.float32),
+        li.StabilitySettings(part_list=part_list, patch_num_per_pattern=int(scalar(inputs["patchNumPerPattern"]))),
+        li.ForwardPass(device=ctx.device))
     return {"stability": np.array([[value]])}
 
 

@@ -87,6 +87,7 @@ from legacy_compat.numerics import mlinspace
 from legacy_compat.simplenn import LayerSpec, pair, quad
 from reproduce.layers.geometry import LayerGeometry
 from reproduce.layers.padding import conv2d_padded, is_symmetric
+from reproduce.runtime.distributed import FilterLossBatch
 
 __all__ = ["FilterLossContext", "FilterLossError", "ConvMask", "get_mu", "get_mask", "get_mask_separable",
            "pos_templates", "centroids", "mu_grid", "distance_table", "FilterLossSetup", "filter_loss_setup",
@@ -832,10 +833,12 @@ def _whole_batch_terms(x, mask, strength, sqrtvar, total, beta, st: _LayerState)
     """The filter loss through reproduce.distributed's whole-batch wrapper (its blocks are
     built from the gathered labels; it synchronises, as gathering does)."""
     ctx = st.context
-    loss = ctx.whole_batch.wrap(filter_loss_by_labels)
-    cp, cn, dbeta = loss(x, mask, strength, sqrtvar, beta, st.consts.filter_type, st.slice_mag, st.labels,
-                         ctx.epoch, st.density, st.mag, st.fallback, st.name,
-                         x_mean=total / (x.shape[2] * x.shape[3]))
+
+    def loss(b: FilterLossBatch):
+        return filter_loss_by_labels(b.x, b.mask, b.strength, b.sqrtvar, beta, st.consts.filter_type, st.slice_mag,
+                                     b.labels, ctx.epoch, st.density, st.mag, st.fallback, st.name, x_mean=b.x_mean)
+    batch = FilterLossBatch(x, mask, strength, sqrtvar, total / (x.shape[2] * x.shape[3]), st.labels)
+    cp, cn, dbeta = ctx.whole_batch.wrap(loss)(batch, st.name)
     return torch.stack([cp, cn]), dbeta
 
 

@@ -33,7 +33,7 @@ rounding: the sums are added in another order). Dropout draws its masks per rank
 from the epoch's seed as one process does, rank r > 0 from a seed of its own), so
 equality with one process holds for nets without dropout or with dropout 0.
 
-Files: rank 0 alone writes checkpoints (atomically, `reproduce.checkpoints`) and the
+Files: rank 0 alone writes checkpoints (atomically, `reproduce.training.checkpoints`) and the
 plots; on resume rank 0 reads the last checkpoint and sends its state to the other ranks
 (a shared file system is not needed). Data caches (the dataset set-up, the imdb cache)
 are built by rank 0 first while the others wait (`rank_zero_first`), then read by the
@@ -66,7 +66,7 @@ import torch.distributed as dist
 from reproduce.runtime.device import resolve_device
 from reproduce.runtime.interrupt import sigterm_as_interrupt
 
-__all__ = ["DataParallel", "DistributedError", "WholeBatch", "init_data_parallel",
+__all__ = ["DataParallel", "DistributedError", "FilterLossBatch", "WholeBatch", "init_data_parallel",
            "launched_by_torchrun", "active", "is_main", "shutdown", "rank_zero_first", "share_indices",
            "gather_over_ranks", "claimed_runs", "store_counter", "init_scheduler", "add_arguments",
            "start_from_args", "rank_device", "file_lock", "DEFAULT_TIMEOUT_S"]
@@ -347,6 +347,20 @@ def gather_over_ranks(value: Any, what: str) -> list[Any]:
 
 
 # ------------------------------------------------------------------ the whole-batch filter loss
+@dataclass
+class FilterLossBatch:
+    """The per-image inputs of conv_mask's filter loss, one row per image: the maps `x` and their
+    masks (N x D x H x W), `strength` and `sqrtvar` (N x D), `x_mean` the maps' means (N x D; None:
+    taken from x) and the `labels` (N x L)."""
+
+    x: torch.Tensor
+    mask: torch.Tensor
+    strength: torch.Tensor
+    sqrtvar: torch.Tensor
+    x_mean: torch.Tensor | None
+    labels: torch.Tensor
+
+
 class WholeBatch:
     """`FilterLossContext.whole_batch` of one batch: runs conv_mask's filter loss on the gathered
     whole batch and hands back this rank's rows (module docstring, whole_batch_filter_loss)."""
@@ -360,20 +374,29 @@ class WholeBatch:
         rows = self.dp.gather_rows(per_image, self.n, f"gathering conv_mask {name!r} statistics")
         return maps, rows
 
-    def wrap(self, filter_loss: Callable[..., Any]) -> Callable[..., Any]:
-        """`filter_loss` (conv_mask.filter_loss_gradients) over the whole batch, this rank's rows back."""
-        def whole(x, mask, strength, sqrtvar, beta, filter_type, slice_mag, labels, *rest, x_mean=None, **kw):
-            d = x.shape[1]
-            lab = labels.to(dtype=x.dtype, device=x.device)
-            if x_mean is None:
-                x_mean = x.mean(dim=(2, 3))
-            per_image = torch.cat([strength, sqrtvar, x_mean.to(x.dtype), lab], dim=1)
-            maps, rows = self._gather(x, mask, per_image, str(rest[4]) if len(rest) > 4 else "")
-            coef_pos, coef_neg, dbeta = filter_loss(
-                maps[:, :d], maps[:, d:], rows[:, :d], rows[:, d:2 * d], beta, filter_type, slice_mag,
-                rows[:, 3 * d:].to(labels.dtype), *rest, x_mean=rows[:, 2 * d:3 * d], **kw)
-            mine = slice(self.dp.rank, None, self.dp.world)
-            return coef_pos[mine], coef_neg[mine], dbeta if self.dp.is_main else torch.zeros_like(dbeta)
+    def gather(self, batch: FilterLossBatch, name: str = "") -> FilterLossBatch:
+        """Every rank's rows of `batch`, in the order of one process's batch (`name`: the layer's,
+        for the messages of a gather that waits)."""
+        x, d = batch.x, batch.x.shape[1]
+        lab = batch.labels.to(dtype=x.dtype, device=x.device)
+        x_mean = x.mean(dim=(2, 3)) if batch.x_mean is None else batch.x_mean
+        per_image = torch.cat([batch.strength, batch.sqrtvar, x_mean.to(x.dtype), lab], dim=1)
+        maps, rows = self._gather(x, batch.mask, per_image, name)
+        return FilterLossBatch(maps[:, :d], maps[:, d:], rows[:, :d], rows[:, d:2 * d], rows[:, 2 * d:3 * d],
+                               rows[:, 3 * d:].to(batch.labels.dtype))
+
+    def my_share(self, coef_pos: torch.Tensor, coef_neg: torch.Tensor,
+                 dbeta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's rows of the whole batch's coefficients; beta's derivative on rank 0 only (the
+        ranks' beta gradients are summed)."""
+        mine = slice(self.dp.rank, None, self.dp.world)
+        return coef_pos[mine], coef_neg[mine], dbeta if self.dp.is_main else torch.zeros_like(dbeta)
+
+    def wrap(self, filter_loss: Callable[[FilterLossBatch], tuple]) -> Callable[[FilterLossBatch, str], tuple]:
+        """`filter_loss(batch)` -> (coef_pos, coef_neg, dbeta) (conv_mask.filter_loss_by_labels on a
+        FilterLossBatch) run over the whole batch, this rank's rows back: `whole(batch, name)`."""
+        def whole(batch: FilterLossBatch, name: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return self.my_share(*filter_loss(self.gather(batch, name)))
         return whole
 
     def participate(self, net: Any, num_labels: int) -> None:

@@ -19,7 +19,7 @@ additions) as `learn_icnn.m` / `learn_icnn_multiclass.m` call it:
   (`update_slice_mag`);
 - statistics per epoch as extractStats / error_binary / error_multiclass,
   a progress bar per phase, `net-train.png` / `.pdf` after each epoch, and a
-  checkpoint per epoch (`reproduce.checkpoints`), resumed from automatically.
+  checkpoint per epoch (`reproduce.training.checkpoints`), resumed from automatically.
 
 Randomness. MATLAB's ``rng(epoch + seed); randperm(...)`` stream cannot be
 reproduced in Python. Here each epoch seeds a ``torch.Generator`` with
@@ -49,10 +49,10 @@ Differences from the original, each documented where it happens:
 
 Several GPUs or machines (our_cnn_train's ``opts.gpus``): start the command line with
 ``torchrun --nproc_per_node K``; `train` then runs data-parallel with the original's
-semantics (reproduce.distributed, which documents them and the two corrections).
+semantics (reproduce.runtime.distributed, which documents them and the two corrections).
 
-Command line: ``python -m reproduce.train --help`` (in `reproduce.train_cli`): it runs through reproduce.pipeline
-(dataset, network_init, imdb cache, then `train`); ``--out`` is the output root,
+Command line: ``python -m reproduce.train --help`` (in `reproduce.experiments.train_command`): it runs
+through reproduce.experiments.pipeline (dataset, network_init, imdb cache, then `train`); ``--out`` is the output root,
 as demo.py's (checkpoints and plots in OUT/mat/<name>/).
 """
 from __future__ import annotations
@@ -325,7 +325,7 @@ def update_slice_mag(layer: Any, layer_input: torch.Tensor | None, positives: to
     (`SLICE_MAG_FILL_COLUMN1`); `SLICE_MAG_FILL_OWN_COLUMN` reads the class's
     own column instead.
 
-    `reduce` (several ranks with ``sync_slice_mag``, reproduce.distributed): the per-class sums
+    `reduce` (several ranks with ``sync_slice_mag``, reproduce.runtime.distributed): the per-class sums
     of the maxima over the positives and the positive counts are summed over the ranks by
     ``reduce(tensor)`` (in place, one call) before the means are taken, so that every rank computes
     the update of the whole batch; `layer_input` may then be None (a rank without images).
@@ -491,8 +491,8 @@ class TrainSettings:
     on_batch / on_epoch: callbacks after each batch (`BatchInfo`) and after each epoch's
       checkpoint is written (epoch, stats).
     run_options: what defines the run beside the training options (dataset, categories, model,
-      dropout, loss, image size ...: reproduce.pipeline's); stored in every checkpoint and
-      compared when resuming (`reproduce.checkpoints.resume_differences`).
+      dropout, loss, image size ...: reproduce.experiments.pipeline's); stored in every checkpoint and
+      compared when resuming (`reproduce.training.checkpoints.resume_differences`).
     resume_anyway: resume from checkpoints written with other options (each difference is
       said); by default they stop the run before any work (`ResumeMismatchError`).
     """
@@ -529,7 +529,7 @@ class _Run:
     meta: Any
     density: torch.Tensor | None
     error_name: str
-    dp: Any = None              # reproduce.distributed.DataParallel when several ranks train together
+    dp: Any = None              # reproduce.runtime.distributed.DataParallel when several ranks train together
 
     @property
     def is_main(self) -> bool:
@@ -558,7 +558,7 @@ def _batch_step(setup: EpochSetup, idx: np.ndarray, training: bool) -> tuple[flo
 
     With several ranks (`setup.dp`) this rank takes its share of the batch, the gradients are
     summed over the ranks and the step divides by the whole batch size (accumulateGradients;
-    see reproduce.distributed). Returns (summed loss, summed errors, labels, indices) of the
+    see reproduce.runtime.distributed). Returns (summed loss, summed errors, labels, indices) of the
     images this process ran."""
     net, dp = setup.net, setup.dp
     share = idx if dp is None else dp.share(idx)
@@ -901,7 +901,7 @@ def train(net: Any, imdb: Any, opts: Any, exp_dir: str | Path, settings: TrainSe
     learn_icnn_multiclass.m with ``net.meta.trainOpts``).
 
     Args:
-      net: a `reproduce.network.SimpleNN` (its last layer the loss).
+      net: a `reproduce.layers.simplenn.SimpleNN` (its last layer the loss).
       imdb: `data_prep.imdb.Imdb` or anything with `data` (N x C x H x W,
         mean-subtracted), `labels` (N x L, +1/-1) and `set` (N,: 1 train, 2 val).
       opts: `TrainOpts` (learning_rate list per epoch, num_epochs, batch_size,
