@@ -23,46 +23,52 @@ import time
 from pathlib import Path
 
 from data_prep import download
-from data_prep.facts import DATASETS, all_categories, has_parts
+from data_prep.facts import DATASETS, all_categories, dataset_facts, default_category, has_parts
 from data_prep.setup import default_data_root
-from legacy_compat.cli import (
-    UserError,
-    add_allow_tf32,
-    add_data_root,
-    add_debug,
-    add_device,
-    add_out,
-    dropout_rate,
-    nonnegative_int,
-    positive_int,
-    run_cli,
-)
+from legacy_compat.cli import UserError
 from legacy_compat.runlock import folder_lock
 from reproduce.evaluation.net_evaluation import load_net_for_evaluation
 from reproduce.evaluation.net_features import net_input_size
 from reproduce.experiments.ablation import format_table, run_ablation, summarise
-from reproduce.experiments.options import add_image_folder, image_folder_option, toy_size_options
+from reproduce.experiments.options import (
+    add_common,
+    add_data_root,
+    add_image_folder,
+    add_max_images,
+    add_models_root,
+    add_no_progress,
+    add_offline,
+    add_out,
+    add_pretrained,
+    add_toy_images,
+    dropout_rate,
+    image_folder_option,
+    nonnegative_int,
+    parse_checked,
+    positive_int,
+    run_cli,
+    run_option_problem,
+    start_device,
+    toy_size_options,
+)
 from reproduce.experiments.pipeline import (
     Experiment,
     build_imdb,
     check_data_root,
     check_resume_early,
-    dataset_option_error,
     imdb_build_bytes,
     input_size,
     ordinary_counterpart,
     prepare_dataset,
     run_experiment,
-    save_mat_error,
     show_results,
     write_test,
 )
 from reproduce.experiments.published_numbers import format_rows, rows_for
 from reproduce.experiments.report import report_run_dir
-from reproduce.layers.losses import single_class_loss_error
 from reproduce.models.registry import MODELS
 from reproduce.runtime import distributed as dd
-from reproduce.runtime.device import choose_device, set_tf32
+from reproduce.runtime.device import choose_device
 from reproduce.runtime.distributed import add_arguments, is_main, shutdown
 from reproduce.training.cnn_train import validation_error
 
@@ -98,9 +104,23 @@ def _lists() -> tuple[dict, list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """demo.py's options (one argparse call each, in --help's order: it reads better whole than split)."""
-    categories, models = _lists()
-    parser = argparse.ArgumentParser(
+    """demo.py's options, in --help's order: demo.m's settings, where things are, --net's, training's."""
+    parser = _new_parser()
+    _add_demo_settings(parser)
+    _add_folder_options(parser)
+    _add_net_options(parser)
+    _add_training_options(parser)
+    add_image_folder(parser)
+    add_arguments(parser)
+    # hidden, for tests and smoke runs: a smaller toy dataset (N positives per category and N negatives)
+    add_toy_images(parser)
+    return parser
+
+
+def _new_parser() -> argparse.ArgumentParser:
+    """The parser, with the module docstring and the categories of each dataset."""
+    categories, _ = _lists()
+    return argparse.ArgumentParser(
         prog="python demo.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n", 2)[2],
@@ -116,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                "net-train.png), mat/<category>-ordinary/ (with --baseline), draw_RF/ (receptive fields "
                "and a contact sheet).\n"
                "Running the same command again resumes training from the last checkpoint.")
+
+
+def _add_demo_settings(parser: argparse.ArgumentParser) -> None:
+    """demo.m's settings: dataset, category, model, dropout rate, multi-class and its loss (and --quick)."""
+    categories, models = _lists()
     parser.add_argument("--quick", action="store_true",
                         help="the embedded default: generate the toy dataset, train the tiny net on the CPU "
                              f"({QUICK['epochs']} epochs) and show results, all offline "
@@ -135,18 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "vocpart defaults to its six animals, as demo.m; celeba to its 40 attributes")
     parser.add_argument("--loss", choices=list(LOSSES), default="logistic",
                         help="loss of a multi-class CNN (demo.m's lossType; default logistic)")
-    add_device(parser, help="cpu, cuda, cuda:N or auto (default auto: cuda when PyTorch sees a GPU, else cpu; "
-                            "--quick: cpu unless a device is named)")
-    add_allow_tf32(parser)
+    add_common(parser, device_help="cpu, cuda, cuda:N or auto (default auto: cuda when PyTorch sees a GPU, else "
+                                   "cpu; --quick: cpu unless a device is named)")
+
+
+def _add_folder_options(parser: argparse.ArgumentParser) -> None:
+    """Where the output, the datasets and the models are, and whether to download."""
     add_out(parser, None, "output folder (default ./output; --quick: ./output/quick)")
     add_data_root(parser, help="datasets folder (default $ICNN_DATA_ROOT, else OUT/data: under the output folder)")
-    parser.add_argument("--models-root", default=None,
-                        help="folder of the MatConvNet ImageNet models (default $ICNN_MODELS_ROOT or output/nets)")
-    parser.add_argument("--pretrained", default="auto",
-                        help="'auto' (the model's MatConvNet file, downloaded when missing), 'none' "
-                             "(random trunk), or a model file")
-    parser.add_argument("--offline", action="store_true",
-                        help="download nothing: say exactly what is missing, from where, and where it goes")
+    add_models_root(parser)
+    add_pretrained(parser, help="'auto' (the model's MatConvNet file, downloaded when missing), 'none' "
+                                "(random trunk), or a model file")
+    add_offline(parser, help="download nothing: say exactly what is missing, from where, and where it goes")
+
+
+def _add_net_options(parser: argparse.ArgumentParser) -> None:
+    """--net: show results for a trained net instead of training one."""
     parser.add_argument("--net", default=None, metavar="PATH",
                         help="skip training: show results for a trained net, a net-epoch-N.mat written by "
                              "the original MATLAB code or this package's net-epoch-N.pt")
@@ -157,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --net: also measure the binary error on the imdb's validation images (the "
                              "line showResults.m prints shows the error the checkpoint recorded for its last "
                              "epoch, not a measured one)")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """What training runs and writes beside the ICNN: the baseline, epochs, seed, checkpoints, drawings."""
     parser.add_argument("--baseline", action="store_true",
                         help="also train the ordinary CNN (plain conv layers instead of conv_mask, trained "
                              "the same way) and print the two side by side; then the ablation table (reproduce.ablation): "
@@ -167,9 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="number of epochs (default: the original's 50, multi-class 80; --quick: "
                              f"{QUICK['epochs']})")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (weights, batch order)")
-    parser.add_argument("--max-images", type=positive_int, default=None, metavar="N",
-                        help="celeba: at most N images of each partition (training, validation) in the imdb and "
-                             "the evaluation (default all: 182,637 images, about 110 GB at 224 x 224)")
+    add_max_images(parser, help="celeba: at most N images of each partition (training, validation) in the imdb and "
+                                "the evaluation (default all: 182,637 images, about 110 GB at 224 x 224)")
     parser.add_argument("--save-mat", action="store_true",
                         help="also write MATLAB net-epoch-N.mat checkpoints")
     parser.add_argument("--resume-anyway", action="store_true",
@@ -177,8 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "options (dataset, category, model, dropout, seed ...; each difference is said); "
                              "without it such a folder stops the run before any work")
     parser.add_argument("--no-draw", action="store_true", help="skip the receptive-field drawings")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (as reproduce.paper and reproduce.ablation; for logs and CI)")
+    add_no_progress(parser, help="no progress bars (as every command line of the package; for logs and CI)")
     parser.add_argument("--report", action="store_true",
                         help="at the end, write OUT/report/index.html (reproduce.report): every filter of the measured "
                              "layer with its top images, receptive fields, location instability and part "
@@ -186,12 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "the file system (no server, no network)")
     parser.add_argument("--fix-slicemag-quirk", action="store_true",
                         help="use the corrected sliceMag update instead of the original's column-1 quirk")
-    add_image_folder(parser)
-    add_debug(parser)
-    add_arguments(parser)
-    # hidden, for tests and smoke runs: a smaller toy dataset (N positives per category and N negatives)
-    parser.add_argument("--toy-images", type=positive_int, default=None, metavar="N", help=argparse.SUPPRESS)
-    return parser
 
 
 #: options that mean nothing with --net (it trains nothing) or without it
@@ -224,14 +249,12 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     dataset = args.dataset or base["dataset"]
     if args.category:
         cats = list(args.category)
-    elif args.multiclass and dataset == "vocpart":
-        cats = list(categories["vocpart"])              # demo.m's multi-class VOC run
     elif dataset == base["dataset"]:
         cats = list(base["categories"])
     elif args.multiclass:
-        cats = list(categories[dataset])
+        cats = list(categories[dataset])                # demo.m's multi-class VOC run: the six animals
     else:
-        cats = [categories[dataset][0]] if dataset != "ilsvrcanimalpart" else ["n02118333"]
+        cats = [default_category(dataset)]
     valid = categories[dataset]
     for c in cats:
         if c not in valid:
@@ -246,13 +269,9 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     model = args.model or base["model"]
     if model not in models:
         raise DemoError(f"unknown model {model!r}; valid models: {' '.join(models)}")
-    if args.toy_images is not None and dataset != "toy":
-        raise DemoError(f"--toy-images is for the toy dataset, not {dataset!r}")
-    if args.max_images is not None and dataset != "celeba":
-        raise DemoError(f"--max-images is for the celeba dataset, not {dataset!r}")
-    if (problem := dataset_option_error(dataset, args.multiclass, args.loss)) is not None:
-        raise DemoError(problem)
-    if (problem := save_mat_error(model, args.save_mat)) is not None:
+    if (problem := run_option_problem(dataset, model=model, multiclass=args.multiclass, loss=args.loss,
+                                      save_mat=args.save_mat, toy_images=args.toy_images,
+                                      max_images=args.max_images)) is not None:
         raise DemoError(problem)
     if args.quick and MODELS[model].family == "torchvision":
         base.update(QUICK_TORCHVISION)
@@ -260,8 +279,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     return {"dataset": dataset, "categories": cats, "model": model,
             "dropout": args.dropout if args.dropout is not None else base["dropout"],
             "epochs": args.epochs if args.epochs is not None else base["epochs"],
-            "device": resolve_device(base["device"] if args.device == "auto" and base["device"] else args.device),
-            "out": Path(args.out or base["out"]), "toy_images": toy_images if dataset == "toy" else None,
+            "device": start_device(args, auto=base["device"]),     # --device, --allow-tf32, --threads
+            "out": Path(args.out or base["out"]), "toy_images": toy_images if dataset_facts(dataset).generated else None,
             "image_size": base.get("image_size"), "learning_rate_scale": base.get("learning_rate_scale", 1.0),
             "image_folder": image_folder}
 
@@ -297,7 +316,7 @@ def experiment(settings: dict, args: argparse.Namespace):
                       dropout=settings["dropout"], loss=LOSSES[args.loss], out=settings["out"],
                       data_root=data_root(args, settings["out"]),
                       models_root=Path(args.models_root) if args.models_root else None,
-                      pretrained=args.pretrained, offline=args.offline or settings["dataset"] == "toy",
+                      pretrained=args.pretrained, offline=args.offline or dataset_facts(settings["dataset"]).generated,
                       device=settings["device"], seed=args.seed, epochs=settings["epochs"],
                       save_mat=args.save_mat, fix_slicemag_quirk=args.fix_slicemag_quirk,
                       draw=not args.no_draw, toy_options=toy_size_options(settings.get("toy_images")),
@@ -387,9 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     """demo.m: the options checked as they are parsed, then `run` through `run_cli` (an error is
     one or two lines and exit status 2, 1 or 3; a traceback only with --debug)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if (problem := single_class_loss_error(args.loss, args.multiclass)) is not None:
-        parser.error(problem)
+    args = parse_checked(parser, argv)
     check_combinations(parser, args)
     try:
         return run_cli("demo", lambda: run(args), debug=args.debug,
@@ -401,7 +418,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """demo.m after its settings: checked up front (device, output folder and its disk space, one run
     per output folder, the checkpoints there), then learn and show results."""
-    set_tf32(args.allow_tf32)
     start = time.perf_counter()
     settings = resolve_settings(args)
     settings["device"] = _join_ranks(args, settings["device"])
@@ -438,8 +454,8 @@ def _learn_and_show(args: argparse.Namespace, exp):
         return show_trained_net(exp, Path(args.net), args.imdb, args.measure_error), None, None
     for e in ([ordinary_counterpart(exp)] if args.baseline else []) + [exp]:
         check_resume_early(e)                   # a folder of another run: said before any work
-    how = ("generated once, then reused" if exp.dataset == "toy" else
-           "checked: a manual download" if exp.dataset in ("helen", "celeba", "voc2010_crop") else
+    how = ("generated once, then reused" if exp.facts.generated else
+           "checked: a manual download" if exp.facts.manual_download else
            "checked" if exp.offline else "downloaded when missing")
     stage(f"data: {exp.dataset} in {exp.data_root} ({how})")
     paths = prepare_dataset(exp, input_size(exp))
@@ -451,7 +467,7 @@ def _learn_and_show(args: argparse.Namespace, exp):
     result = run_experiment(exp, paths)
     ablation = None
     if args.baseline and not exp.multiclass:
-        if has_parts(exp.dataset) and exp.dataset != "celeba":
+        if has_parts(exp.dataset) and not exp.facts.attribute_labels:
             ablation = run_ablation_table(exp, paths)
         else:
             print(f"ablation: not run for {exp.dataset} (it measures location instability and part "

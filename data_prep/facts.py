@@ -20,7 +20,8 @@ from dataclasses import dataclass
 __all__ = [
     "ILSVRC_CATEGORIES", "ILSVRC_IMAGE_COUNTS", "GOLDFISH", "VOC_CATEGORIES", "CUB_CATEGORIES",
     "TOY_CATEGORIES", "HELEN_CATEGORY", "HELEN_PART_LIST", "HELEN_TRUTH", "CELEBA_ATTRIBUTES", "CELEBA_PART_LIST",
-    "CELEBA_TRUTH", "VOC2010_CROP_TRUTH", "IMAGES_CATEGORY", "IMAGES_TRUTH", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
+    "CELEBA_TRUTH", "VOC2010_CROP_TRUTH", "CELEBA_TRAIN_VAL_IMAGES", "VOC2010_CROP_IMAGES",
+    "DEFAULT_DATASET", "IMAGES_DATASET", "default_category", "datasets_with", "category_samples_objects", "IMAGES_CATEGORY", "IMAGES_TRUTH", "MIN_AREA", "NUM_NEGATIVES", "DatasetFacts", "DATASETS", "DATASET_NAMES", "READER_DATASETS",
     "all_categories", "dataset_facts", "parts_for", "has_parts",
     "ILSVRC_TRUTH", "VOC_TRUTH", "CUB_TRUTH", "VOC_JPEG", "VOC_ANNO",
 ]
@@ -81,7 +82,9 @@ IMAGES_TRUTH = "data_input"                     # its truth files: <output folde
 
 @dataclass(frozen=True)
 class DatasetFacts:
-    """One dataset: its categories, showResults.m's partList and its folders under the data root."""
+    """One dataset: its categories, showResults.m's partList, its folders under the data root, and
+    what it has, which the set-up, the imdb, the evaluation and the command lines ask of it (the
+    code asks these fields, never the dataset's name: a new dataset is a new row)."""
     name: str
     categories: tuple[str, ...]         # () for 'toy': the generated set's (TOY_CATEGORIES by default)
     part_list: tuple[int, ...]          # showResults.m's partList
@@ -89,26 +92,68 @@ class DatasetFacts:
     truth_dir: str                      # conf.data.readCode's truth files, relative to the data root
     cate_dir: str | None = None         # conf.data.catedir
     anno_dir: str | None = None         # conf.data.annodir (getPart.m)
+    #: the category demo.m and reproduce.paper take when none is given (None: the first)
+    default_category: str | None = None
+    #: a file every category's folder under image_dir holds ('{category}' is the category), checked before a run
+    category_data_file: str | None = None
+    #: computeStability.m reads the category's objects with readAnnotation_sampling, and step_drawRF.m
+    #: draws its first 500 objects only
+    samples_objects: bool = False
+    #: generated offline (data_prep.toy), never downloaded; its generator's options (toy_options) are part of it
+    generated: bool = False
+    #: a folder of your own images (--images DIR; data_prep.images), not under the data root: its parts are
+    #: those its --landmarks file names, its part regions its --part-masks label maps
+    own_folder: bool = False
+    #: set up for the net's input size (generated at that size; landmarks read in the input's crop)
+    made_for_input_size: bool = False
+    #: > 0: an imdb of whole images with their own split (not getImdb's object crops beside the shared
+    #: negatives), at most about this many images (the disk estimate)
+    whole_images: int = 0
+    #: the labels are yes/no attributes of each image (multi-label: no softmax loss), one net for the chosen
+    #: attributes; its parts are landmarks of whole images, measured per attribute on the validation images
+    attribute_labels: bool = False
+    #: --max-images N takes at most N images of each of its partitions
+    image_limit: bool = False
+    #: its image lists are per category, each with its own negatives: one net per category (no --multiclass)
+    one_net_per_category: bool = False
+    #: where its part regions (part interpretability) come from: 'generated-masks' (the generator's label
+    #: maps), 'pascal-part' (getPart.m's masks), 'label-maps' (--part-masks DIR); None: part landmarks only
+    part_regions: str | None = None
+    #: placed by hand (a manual download: data_prep.check says what is missing), never downloaded
+    manual_download: bool = False
 
+
+CELEBA_TRAIN_VAL_IMAGES = 162_770 + 19_867   # CelebA's official training and validation partitions
+VOC2010_CROP_IMAGES = 3000              # about the largest of the other port's lists (dog: 2810 lines)
+#: demo.m's dataset, and reproduce.paper's default
+DEFAULT_DATASET = "ilsvrcanimalpart"
+#: the dataset that --images DIR makes: a folder of your own images
+IMAGES_DATASET = "images"
 
 #: The datasets demo.m offers, plus "toy": the generated toy dataset, written in the ILSVRC layout.
 DATASETS: dict[str, DatasetFacts] = {s.name: s for s in (
-    DatasetFacts("ilsvrcanimalpart", ILSVRC_CATEGORIES, (1, 2), "detanimalpart", ILSVRC_TRUTH),
+    DatasetFacts(DEFAULT_DATASET, ILSVRC_CATEGORIES, (1, 2), "detanimalpart", ILSVRC_TRUTH,
+                 default_category="n02118333", category_data_file="{category}_obj/img/data.mat"),
     DatasetFacts("vocpart", VOC_CATEGORIES, (1, 2, 3), VOC_JPEG, VOC_TRUTH, cate_dir="VOC_part",
-                 anno_dir=VOC_ANNO),
+                 anno_dir=VOC_ANNO, part_regions="pascal-part"),
     DatasetFacts("cub200", CUB_CATEGORIES, (1, 6, 14), "CUB_200_2011/images", CUB_TRUTH,
-                 cate_dir="CUB_200_2011"),
-    DatasetFacts("toy", (), (1, 2), "toy/detanimalpart", "toy/data_input"),
+                 cate_dir="CUB_200_2011", samples_objects=True),
+    DatasetFacts("toy", (), (1, 2), "toy/detanimalpart", "toy/data_input", generated=True,
+                 made_for_input_size=True, part_regions="generated-masks"),
     # not in the original: Helen faces with landmarks (data_prep.helen; a manual download)
-    DatasetFacts("helen", (HELEN_CATEGORY,), HELEN_PART_LIST, "helen", HELEN_TRUTH),
+    DatasetFacts("helen", (HELEN_CATEGORY,), HELEN_PART_LIST, "helen", HELEN_TRUTH, manual_download=True),
     # not in the original: CelebA's 40 attributes, one multi-label net (data_prep.celeba; a manual download)
-    DatasetFacts("celeba", CELEBA_ATTRIBUTES, CELEBA_PART_LIST, "celeba", CELEBA_TRUTH),
+    DatasetFacts("celeba", CELEBA_ATTRIBUTES, CELEBA_PART_LIST, "celeba", CELEBA_TRUTH,
+                 whole_images=CELEBA_TRAIN_VAL_IMAGES, attribute_labels=True, image_limit=True,
+                 manual_download=True),
     # not in the original: the other port's VOC2010 object crops (data_prep.voc2010_crop; placed by hand).
     # No parts (part_list ()): location stability and part interpretability cannot be measured on it.
-    DatasetFacts("voc2010_crop", VOC_CATEGORIES, (), "voc2010_crop", VOC2010_CROP_TRUTH),
+    DatasetFacts("voc2010_crop", VOC_CATEGORIES, (), "voc2010_crop", VOC2010_CROP_TRUTH,
+                 whole_images=VOC2010_CROP_IMAGES, one_net_per_category=True, manual_download=True),
     # not in the original: a folder of your own images (--images DIR; data_prep.images), the shared negatives.
     # Its parts are those its --landmarks file names (none: binary error only); image_dir is --images DIR.
-    DatasetFacts("images", (IMAGES_CATEGORY,), (), "", IMAGES_TRUTH),
+    DatasetFacts(IMAGES_DATASET, (IMAGES_CATEGORY,), (), "", IMAGES_TRUTH, own_folder=True,
+                 made_for_input_size=True, part_regions="label-maps"),
 )}
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 #: What the readers know (DataConf.dataset): every dataset of DATASETS.
@@ -129,7 +174,25 @@ def dataset_facts(name: str) -> DatasetFacts:
 
 def all_categories(name: str) -> tuple[str, ...]:
     """A dataset's categories (setup_*.m's Name_batch; 'toy': TOY_CATEGORIES)."""
-    return TOY_CATEGORIES if name == "toy" else dataset_facts(name).categories
+    facts = dataset_facts(name)
+    return TOY_CATEGORIES if facts.generated else facts.categories
+
+
+def default_category(name: str) -> str:
+    """The category a run takes when none is given: the row's default_category, else its first."""
+    facts = dataset_facts(name)
+    return facts.default_category or all_categories(name)[0]
+
+
+def datasets_with(field: str) -> tuple[str, ...]:
+    """The names of the datasets whose `field` is set (for messages: 'for the celeba dataset')."""
+    return tuple(name for name, facts in DATASETS.items() if getattr(facts, field))
+
+
+def category_samples_objects(category: str) -> bool:
+    """Whether `category` belongs to a dataset whose objects are sampled (DatasetFacts.samples_objects:
+    computeStability.m's readAnnotation_sampling, step_drawRF.m's first 500 objects)."""
+    return any(facts.samples_objects and category in facts.categories for facts in DATASETS.values())
 
 
 def parts_for(name: str, category: str | None = None, part_list: tuple[int, ...] | None = None) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ from reproduce.bench import evaluation as bench_eval
 from reproduce.bench import imdb as bench_imdb
 from reproduce.bench import suite as bench
 from reproduce.evaluation.net_features import EvaluationError
-from reproduce.experiments import paper
+from reproduce.experiments import grid, paper
 from reproduce.experiments import train_command as train_cli
 from reproduce.training.checkpoints import CheckpointError
 
@@ -138,6 +138,6 @@ def test_disk_full_is_said_as_such_and_other_errors_in_one_line(capsys):
 
 def test_the_package_errors_are_user_errors():
     for kind in (InsufficientDiskSpaceError, DatasetError, MatFileError, CheckpointError, EvaluationError,
-                 paper.RunnerError, demo.DemoError):
+                 grid.RunnerError, demo.DemoError):
         assert issubclass(kind, cli.UserError), kind
     assert cli.describe_error(MissingDataError("the fox images are missing"))[0] == 3

@@ -15,7 +15,7 @@ from data_prep.celeba import celeba_evaluation_set
 from data_prep.facts import CELEBA_ATTRIBUTES
 from data_prep.setup import MissingDataError, ensure_dataset
 from reproduce.evaluation.net_evaluation import final_val_error
-from reproduce.experiments import paper
+from reproduce.experiments import grid, paper
 from reproduce.training.checkpoints import load_checkpoint
 
 RESULT = re.compile(r"^binary error (\d+\.\d{6})     location stability (\d+\.\d{6})$")
@@ -111,8 +111,8 @@ def test_dataset_options_that_make_no_sense_are_refused_first(tmp_path, capsys):
     parser = demo.build_parser()
     settings = demo.resolve_settings(parser.parse_args(["--dataset", "celeba", "--multiclass", "--device", "cpu"]))
     assert settings["categories"] == list(CELEBA_ATTRIBUTES)
-    with pytest.raises(paper.RunnerError, match="drop --multiclass"):
-        paper.plan_grid(paper.build_parser().parse_args(["--dataset", "voc2010_crop", "--multiclass"]))
+    with pytest.raises(grid.RunnerError, match="drop --multiclass"):
+        grid.plan_grid(paper.build_parser().parse_args(["--dataset", "voc2010_crop", "--multiclass"]))
     assert paper.main(["--dataset", "voc2010_crop", "--ablation", "--models", "tiny", "--out", str(tmp_path / "p")]) == 2
     assert "which voc2010_crop does not have" in capsys.readouterr().err
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reproduce.evaluation.net_features import target_layer_index
+from reproduce.experiments import ablation_cells, comparison_tables, grid, results_store
 from reproduce.experiments import paper as pp
 from reproduce.experiments.ablation import summarise
 from reproduce.experiments.published_numbers import paper_rows
@@ -19,7 +20,7 @@ from reproduce.models.registry import MODELS
 
 TOY = ["--dataset", "toy", "--categories", "toy01", "--models", "tiny", "--epochs", "1", "--device", "cpu",
        "--toy-option", "n_pos=16", "--toy-option", "n_neg=16", "--no-progress", "--seed", "3"]
-TAG = pp._toy_tag({"n_pos": 16, "n_neg": 16})          # small toy data: its own runs and imdb cache
+TAG = grid.toy_tag({"n_pos": 16, "n_neg": 16})          # small toy data: its own runs and imdb cache
 SLUG = "tiny_drop0.8_ep1_seed3" + TAG
 
 
@@ -104,7 +105,7 @@ def test_comparison_uses_the_category_row_and_averages_over_categories():
             _record("ilsvrcanimalpart", "n02118333", "alexnet", "interpretable", 0.1, 0.2),
             _record("ilsvrcanimalpart", "n01674464", "alexnet", "ordinary", 0.4, 0.3),
             _record("ilsvrcanimalpart", "n01674464", "alexnet", "interpretable", 0.3, 0.0)]
-    rows = pp.comparison_rows(recs)
+    rows = comparison_tables.comparison_rows(recs)
     fox = [r for r in rows if r.what == "n02118333"]
     assert len(fox) == 1 and fox[0].table == "Table 3 (fox column)"
     assert fox[0].measured == {"ordinary": 0.2, "interpretable": 0.1}
@@ -117,7 +118,7 @@ def test_comparison_uses_the_category_row_and_averages_over_categories():
     assert avg["accuracy_percent"].measured["ordinary"] == pytest.approx(80.0)
     assert avg["accuracy_percent"].measured["interpretable"] == pytest.approx(90.0)
     assert avg["accuracy_percent"].paper == {"ordinary": 96.28, "interpretable": 95.38}
-    text = pp.format_comparison(rows)
+    text = comparison_tables.format_comparison(rows)
     assert "0.143" in text and "96.28" in text and "90.00" in text
 
 
@@ -125,10 +126,10 @@ def test_every_published_row_can_be_compared():
     recs = []
     for p in paper_rows():
         name = "n02118333" if p.dataset == "ilsvrcanimalpart" else ("bird" if p.dataset == "vocpart" else "cub200")
-        for cnn in pp.CNN_KINDS:
+        for cnn in grid.CNN_KINDS:
             recs.append(_record(p.dataset, name, p.model, cnn, 0.1, 0.05))
     uniq = {r["id"]: r for r in recs}.values()
-    rows = pp.comparison_rows(list(uniq))
+    rows = comparison_tables.comparison_rows(list(uniq))
     shown = {(r.table, r.model, r.metric) for r in rows}
     assert {(p.table, p.model, p.metric) for p in paper_rows()} <= shown
     assert not [r for r in rows if r.table == "not in the paper"]
@@ -136,27 +137,27 @@ def test_every_published_row_can_be_compared():
 
 def test_toy_options_make_other_runs():
     assert TAG.startswith("_toy") and len(TAG) == 12
-    assert pp._toy_tag({}) == "" and pp._toy_tag({"categories": ("toy01",), "progress": False}) == ""
-    assert pp._toy_tag({"n_pos": 16, "n_neg": 17}) != TAG
+    assert grid.toy_tag({}) == "" and grid.toy_tag({"categories": ("toy01",), "progress": False}) == ""
+    assert grid.toy_tag({"n_pos": 16, "n_neg": 17}) != TAG
 
 
 def test_plan_grid_expands_all_and_multiclass(tmp_path):
     args = pp.build_parser().parse_args(["--dataset", "vocpart", "--categories", "all", "--models", "vgg-m",
                                          "alexnet", "--out", str(tmp_path), "--epochs", "2"])
-    runs = pp.plan_grid(args)
+    runs = grid.plan_grid(args)
     assert len(runs) == 6 * 2 * 2
     assert [r.cnn for r in runs[:2]] == ["ordinary", "interpretable"]
     assert runs[0].exp_dir.name == "vgg-m_drop0.8_ep2_seed0-ordinary"
     assert runs[1].exp_dir.name == "vgg-m_drop0.8_ep2_seed0"
     assert runs[0].imdb_dir == runs[1].imdb_dir == tmp_path / "imdb/vocpart-224px/mat/bird/imdb"
     assert {r.imdb_dir.parts[-4] for r in runs} == {"vocpart-224px", "vocpart-227px"}
-    multi = pp.plan_grid(pp.build_parser().parse_args(["--dataset", "vocpart", "--multiclass",
+    multi = grid.plan_grid(pp.build_parser().parse_args(["--dataset", "vocpart", "--multiclass",
                                                        "--out", str(tmp_path)]))
     assert len(multi) == 2 and multi[0].categories == ["bird", "cat", "cow", "dog", "horse", "sheep"]
     assert multi[0].run_id == ("vocpart/_bird_cat_cow_dog_horse_sheep/vgg-vd-16_drop0.8_epdefault_seed0_logistic/"
                                "ordinary")
-    with pytest.raises(pp.RunnerError, match="not in dataset"):
-        pp.plan_grid(pp.build_parser().parse_args(["--categories", "bird"]))
+    with pytest.raises(grid.RunnerError, match="not in dataset"):
+        grid.plan_grid(pp.build_parser().parse_args(["--categories", "bird"]))
     with pytest.raises(SystemExit):                                # refused when parsed
         pp.build_parser().parse_args(["--models", "resnet"])
 
@@ -164,13 +165,13 @@ def test_plan_grid_expands_all_and_multiclass(tmp_path):
 def test_shared_data_layout_is_recognised(shared_data, tmp_path):
     args = pp.build_parser().parse_args(["--models", "alexnet-narrow", "--data-root", str(shared_data),
                                          "--offline", "--out", str(tmp_path), "--device", "cpu"])
-    exp = pp.plan_grid(args)[0]
-    paths = pp.resolve_paths(exp)
+    exp = grid.plan_grid(args)[0]
+    paths = grid.resolve_paths(exp)
     assert paths.truth_file("n02118333", 2) == \
         shared_data / "original/data_input_DET-2015-subset-ILSVRC2013train/n02118333/truth_part02.mat"
     assert paths.neg_dir == shared_data / "neg"
-    with pytest.raises(pp.RunnerError, match="truth_part01.mat"):
-        pp.resolve_paths(exp, truth_dir=str(tmp_path))
+    with pytest.raises(grid.RunnerError, match="truth_part01.mat"):
+        grid.resolve_paths(exp, truth_dir=str(tmp_path))
 
 
 def test_bad_results_file_and_help(tmp_path, capsys):
@@ -187,19 +188,19 @@ def test_bad_results_file_and_help(tmp_path, capsys):
 def test_a_diverged_run_is_flagged(tmp_path):
     args = pp.build_parser().parse_args(["--dataset", "toy", "--models", "tiny", "--out", str(tmp_path),
                                          "--device", "cpu", "--epochs", "2"])
-    exp = pp.plan_grid(args)[0]
+    exp = grid.plan_grid(args)[0]
     stats = {"train": [{"lossForClassification": 0.5, "binerr": 0.1}] * 2,
              "val": [{"lossForClassification": 0.4, "binerr": 0.2}, {"lossForClassification": float("nan"),
                                                                        "binerr": 0.0}]}
     result = SimpleNamespace(binary_error=0.0, stability=0.1, stats=stats, evaluation=None,
                              seconds={"learn": 1.0, "show_results": 0.5})
-    rec = pp.run_record(exp, result, "python -m reproduce.paper", 1.6)
+    rec = results_store.run_record(exp, result, "python -m reproduce.paper", 1.6)
     assert rec["epochs"] == 2 and rec["accuracy_percent"] == 100.0
     assert rec["curves"]["val_binerr"] == [0.2, 0.0] and rec["curves"]["train_lossForClassification"] == [0.5, 0.5]
     assert rec["warnings"] and "diverged" in rec["warnings"][0]
-    assert "diverged" in pp.format_runs([rec])
+    assert "diverged" in comparison_tables.format_runs([rec])
     stats["val"][-1]["lossForClassification"] = 0.3
-    assert pp.run_record(exp, result, "x", 1.6)["warnings"] == []
+    assert results_store.run_record(exp, result, "x", 1.6)["warnings"] == []
 
 
 def test_alexnet_narrow_measures_its_conv_mask_layer_in_224_pixel_units():
@@ -242,13 +243,13 @@ def test_pretrain_finetune_is_planned_from_the_grid(tmp_path, monkeypatch, capsy
     trunk (reproduce.pretrain; its steps are tested in test_ablation and by its command)."""
     seen = {}
 
-    def fake(dataset, pretrain_categories, category, **kw):
-        seen.update(dataset=dataset, pre=list(pretrain_categories), category=category, **kw)
+    def fake(plan, say=print):
+        seen.update(vars(plan), pre=list(plan.pretrain_categories), category=plan.finetune_category)
         m = {"binary_error": 0.1, "location_instability": 0.2, "part_interpretability": 0.3}
         recs = [{"variant": v, "seed": 3, "before": m, "after": m, "before_masks_off": m, "after_masks_off": m}
                 for v in ("ordinary", "icnn-no-filter-loss", "icnn")]
         return {"records": recs, "summary": summarise(recs)}
-    monkeypatch.setattr(pp, "pretrain_and_finetune", fake)   # as reproduce.paper calls it
+    monkeypatch.setattr(ablation_cells, "pretrain_and_finetune", fake)   # as reproduce.paper calls it
     out = tmp_path / "paper"
     assert pp.main(TOY + ["--out", str(out), "--pretrain-finetune", "--seeds", "3", "4"]) == 0
     assert seen["dataset"] == "toy" and seen["category"] == "toy01" and seen["pre"] == ["toy02", "toy03"]

@@ -15,7 +15,7 @@ from legacy_compat.matio import MatFileError, savemat
 from legacy_compat.simplenn import layers_from_matlab
 from reproduce.evaluation.net_evaluation import load_net_for_evaluation
 from reproduce.evaluation.net_features import net_input_size
-from reproduce.experiments import paper
+from reproduce.experiments import grid, paper
 from reproduce.experiments import train_command as train_cli
 from reproduce.golden.training_cases import golden_imdb
 from reproduce.layers.simplenn import SimpleNN
@@ -117,9 +117,9 @@ def test_the_data_root_is_under_the_output_folder_by_default(tmp_path, monkeypat
     monkeypatch.delenv("ICNN_DATA_ROOT", raising=False)
     args = demo.build_parser().parse_args(["--quick", "--out", str(tmp_path / "o")])
     assert demo.experiment(demo.resolve_settings(args), args).data_root == tmp_path / "o" / "data"
-    grid = paper.plan_grid(paper.build_parser().parse_args(["--dataset", "toy", "--models", "tiny",
+    runs = grid.plan_grid(paper.build_parser().parse_args(["--dataset", "toy", "--models", "tiny",
                                                             "--out", str(tmp_path / "p")]))
-    assert {e.data_root for e in grid} == {tmp_path / "p" / "data"}
+    assert {e.data_root for e in runs} == {tmp_path / "p" / "data"}
     assert "OUT/data" in train_cli.build_parser().format_help()
 
 

@@ -246,7 +246,6 @@ def profile(device: str = "cpu", batch: int = 32, channels: int = 512, size: int
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reproduce.bench.conv_mask", description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     add_common(p)
     p.add_argument("--batch", type=positive_int, default=32)
     p.add_argument("--profile", nargs="?", const="single", choices=["plain", "single", "multi"], default=None,

@@ -136,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--occlusions", type=positive_int, default=None, help="time only N of the 484 occluded copies")
     p.add_argument("--occlusion-batch-size", type=positive_int, default=64)
-    p.add_argument("--threads", type=positive_int, default=None)
     return p
 
 

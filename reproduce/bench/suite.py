@@ -51,6 +51,7 @@ from legacy_compat.atomic import atomic_write_text
 from reproduce.bench import conv_mask as bench_conv_mask
 from reproduce.bench import evaluation as bench_evaluation
 from reproduce.bench import imdb as bench_imdb
+from reproduce.experiments.machine_info import machine_info
 from reproduce.experiments.options import (
     add_common,
     add_data_root,
@@ -60,7 +61,6 @@ from reproduce.experiments.options import (
     run_cli,
     start_device,
 )
-from reproduce.experiments.paper import machine_info
 from reproduce.models.builder import network_init
 from reproduce.models.registry import MODELS, train_opts
 from reproduce.training import cnn_train as tr
@@ -306,7 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=(), metavar="NAME", help="leave these out")
     add_out(p, "output/bench.json", "JSON file of the results (default output/bench.json)")
     add_common(p)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default torch's)")
     add_data_root(p, str(DEFAULT_DATA_ROOT), "the fox data (default ../shared/data)")
     p.add_argument("--repeats", type=positive_int, default=10, help="conv_mask: timed rounds (default 10)")
     p.add_argument("--repeats-train", type=positive_int, default=5, help="train_step: timed rounds (default 5)")

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from data_prep.annotations import read_annotation
 from data_prep.cub200 import read_annotation_sampling_cub
-from data_prep.facts import GOLDFISH
+from data_prep.facts import GOLDFISH, category_samples_objects
 from data_prep.get_i import get_i
 from data_prep.readers import read_part_truth_file
 from legacy_compat.numerics import mmax_reduce, mround, mvar, sort_ascend_stable, sort_descend_stable
@@ -374,8 +374,9 @@ class CategorySource:
 
     @classmethod
     def from_conf(cls, name: str, conf: Any, part_list: Sequence[int]) -> "CategorySource":
-        """computeStability.m's objset: readAnnotation_sampling for 'cub200', readAnnotation otherwise."""
-        if name == "cub200":
+        """computeStability.m's objset: readAnnotation_sampling for 'cub200' (data_prep.facts:
+        samples_objects), readAnnotation otherwise."""
+        if category_samples_objects(name):
             objects = read_annotation_sampling_cub(name, conf)
         else:
             objects = read_annotation(name, conf)

@@ -76,6 +76,7 @@ import scipy.sparse
 import torch
 from PIL import Image
 
+from data_prep.facts import DATASETS
 from data_prep.images import MASK_IGNORE, mask_path, read_part_mask
 from data_prep.imdb import linspace_split
 from data_prep.toy import TOY_MASK_LABELS
@@ -494,14 +495,17 @@ def voc_part_regions(objects: Sequence[Any], annodir: Path | str, conf: Any, siz
 def part_regions_for(dataset: str, category: str, objects: Sequence[Any], conf: Any,
                      size: tuple[int, int], annodir: Path | str | None = None) -> PartRegions:
     """The part regions of a dataset's objects: the toy's label maps, or Pascal-Part's (vocpart,
-    with `annodir` the Pascal-Part Annotations_Part folder). Other datasets have part landmarks only."""
-    if dataset == "toy":
+    with `annodir` the Pascal-Part Annotations_Part folder; your own images' label maps, with `annodir` their
+    --part-masks folder): the dataset row's part_regions (data_prep.facts). Other datasets have part landmarks
+    only."""
+    source = DATASETS[dataset].part_regions if dataset in DATASETS else None
+    if source == "generated-masks":
         return toy_part_regions(objects, conf.imgdir, category, size)
-    if dataset == "vocpart":
+    if source == "pascal-part":
         if annodir is None:
-            raise InterpretabilityError("vocpart: give annodir, the Pascal-Part Annotations_Part folder")
+            raise InterpretabilityError(f"{dataset}: give annodir, the Pascal-Part Annotations_Part folder")
         return voc_part_regions(objects, annodir, conf, size)
-    if dataset == "images":
+    if source == "label-maps":
         if annodir is None:
             raise InterpretabilityError("not measured: no part masks (give --part-masks DIR)")
         return image_part_regions(objects, annodir, size)

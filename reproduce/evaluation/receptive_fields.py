@@ -68,6 +68,7 @@ from skimage.feature import canny
 from tqdm import tqdm
 
 from data_prep.annotations import read_annotation
+from data_prep.facts import category_samples_objects
 from legacy_compat import loadmat
 from legacy_compat.atomic import atomic_write
 from legacy_compat.matio import savemat
@@ -691,7 +692,7 @@ def _start(net: SimpleNN, images: DrawingImages, mean_data: Any, layer_id: int, 
         raise DrawRFError(f"mean_data has shape {mean.shape}, the net takes {st.ih} x {st.iw} x 3")
     mean_t = torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1)))
     name = images.name
-    objects = list(images.objects)[:500] if name == "cub200" else list(images.objects)
+    objects = list(images.objects)[:500] if category_samples_objects(name) else list(images.objects)   # CUB: 500
     kept = [i for i, o in enumerate(objects) if o is not None]
     filters = list(range(1, st.depth + 1, int(s.visualization_step)))
     return _Drawing(net, st, device, mean_t, name, objects, kept, images.load_patch, out, s,

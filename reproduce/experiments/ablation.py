@@ -48,7 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_prep.facts import DATASETS
 from legacy_compat.atomic import atomic_write_bytes
+from legacy_compat.cli import UserError
 from reproduce.evaluation.location_instability import BATCH_SIZE as STABILITY_BATCH_SIZE
 from reproduce.evaluation.location_instability import (
     CategorySource,
@@ -77,6 +79,7 @@ from reproduce.experiments.options import (
     nonnegative_int,
     positive_int,
     run_cli,
+    run_option_problem,
     start_device,
     toy_size_options,
 )
@@ -204,7 +207,8 @@ def has_part_regions(dataset: str, part_masks: Any = None) -> bool:
     the toy's masks, Pascal-Part's, your own images' --part-masks label maps when given); the others
     (ilsvrcanimalpart, cub200, ...) have part landmarks only, so the ablation measures binary error
     and location instability there."""
-    return dataset in ("toy", "vocpart") or (dataset == "images" and part_masks is not None)
+    source = DATASETS[dataset].part_regions if dataset in DATASETS else None   # own images: with --part-masks
+    return source in ("generated-masks", "pascal-part") or (source == "label-maps" and part_masks is not None)
 
 
 def cached_source(source: Any) -> Any:
@@ -411,7 +415,8 @@ def summary_csv(summary: Sequence[dict], metrics: Sequence[str] = METRICS, leadi
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reproduce.ablation", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="toy", help="toy (default) or vocpart (needs Pascal-Part)")
+    p.add_argument("--dataset", default="toy", choices=list(DATASETS),
+                   help="toy (default) or vocpart (needs Pascal-Part)")
     p.add_argument("--category", default="toy01", help="one category (default toy01)")
     p.add_argument("--model", default="tiny", help="network (default tiny)")
     p.add_argument("--dropout", type=dropout_rate, default=0.5)
@@ -441,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    if (problem := run_option_problem(args.dataset, model=args.model, toy_images=args.toy_images)) is not None:
+        raise UserError(problem)                # --toy-images for a dataset that is not generated
     exp = experiment_from_args(args)
     t0 = time.perf_counter()
     records = run_ablation(exp, args.seeds, variants=args.variants)

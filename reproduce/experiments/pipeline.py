@@ -29,7 +29,7 @@ import numpy as np
 from data_prep.annotations import read_annotation
 from data_prep.celeba import build_celeba_imdb, celeba_evaluation_set
 from data_prep.download import check_disk_space
-from data_prep.facts import IMAGES_TRUTH, NUM_NEGATIVES, has_parts
+from data_prep.facts import CELEBA_TRAIN_VAL_IMAGES, IMAGES_TRUTH, NUM_NEGATIVES, DatasetFacts, dataset_facts
 from data_prep.get_i import get_i
 from data_prep.images import no_landmarks_note, own_negatives_count
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
@@ -96,6 +96,11 @@ class Experiment:
         self.out = Path(self.out)
 
     @property
+    def facts(self) -> DatasetFacts:
+        """The dataset's row of data_prep.facts.DATASETS: what it has (parts, its own split, ...)."""
+        return dataset_facts(self.dataset)
+
+    @property
     def multiclass(self) -> bool:
         return len(self.categories) > 1
 
@@ -149,12 +154,13 @@ def dataset_option_error(dataset: str, multiclass: bool, loss: str = "ourloss_lo
     """What makes no sense for the dataset (said before any work), or None: voc2010_crop's lists are per
     category (one net per category, as the other port); CelebA's labels are 40 yes / no attributes of
     each face (multi-label), which a softmax over the labels cannot learn."""
-    if dataset == "voc2010_crop" and multiclass:
-        return ("voc2010_crop trains one net per category (the other port's lists are per category, each with its "
+    facts = dataset_facts(dataset)
+    if facts.one_net_per_category and multiclass:
+        return (f"{dataset} trains one net per category (the other port's lists are per category, each with its "
                 "own negatives): drop --multiclass")
-    if dataset == "celeba" and loss in ("ourloss_softmaxlog", "softmaxlog"):
-        return ("celeba's labels are 40 yes/no attributes of each face (multi-label), not one class per image: "
-                "use the logistic loss")
+    if facts.attribute_labels and loss in ("ourloss_softmaxlog", "softmaxlog"):
+        return (f"{dataset}'s labels are {len(facts.categories)} yes/no attributes of each face (multi-label), "
+                "not one class per image: use the logistic loss")
     return None
 
 
@@ -186,11 +192,11 @@ def _one_builder(exp: Experiment, what: str, fn: Any) -> Any:
 def prepare_dataset(exp: Experiment, input_size: int | None = None) -> Any:
     """setup_<dataset>.m: the dataset's paths, downloading (or generating, for 'toy') what is missing."""
     toy_options = dict(exp.toy_options)
-    if exp.dataset == "toy" and input_size is not None:
+    if exp.facts.generated and input_size is not None:
         toy_options.setdefault("input_size", int(input_size))
-    if exp.dataset == "toy":
+    if exp.facts.generated:
         toy_options.setdefault("progress", exp.progress)      # the generator's bar follows the run's
-    images = OwnImages(exp.image_folder, exp.out / IMAGES_TRUTH, input_size) if exp.dataset == "images" else None
+    images = OwnImages(exp.image_folder, exp.out / IMAGES_TRUTH, input_size) if exp.facts.own_folder else None
     return _one_builder(exp, f"setting up the {exp.dataset} dataset", lambda: ensure_dataset(
         exp.dataset, root=exp.data_root, offline=exp.offline, categories=exp.categories, progress=exp.progress,
         toy_options=toy_options or None, images=images))
@@ -240,13 +246,13 @@ def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any
     problem = dataset_option_error(exp.dataset, exp.multiclass, exp.loss)
     if problem is not None:
         raise UserError(problem)
-    if exp.dataset in ("celeba", "voc2010_crop"):
+    if exp.facts.whole_images:
         return _whole_image_imdb(exp, paths, image_size)
     conf = paths.data_conf()
 
     def category_imdb(category: str, cache: Path) -> Any:
         settings = {"dataset": exp.dataset, "category": category, "image_size": list(image_size),
-                    "root": str(paths.root), "toy_options": exp.toy_options if exp.dataset == "toy" else None,
+                    "root": str(paths.root), "toy_options": exp.toy_options if exp.facts.generated else None,
                     **(getattr(paths, "extra", None) or {}).get("cache_settings", {})}
         return load_or_build_imdb(cache, lambda tmp: get_category_imdb(category, conf, image_size, out=tmp,
                                                                        progress=exp.progress), settings)
@@ -256,7 +262,7 @@ def _build_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -> Any
     imdbs = [category_imdb(c, exp.out / "mat" / c / "imdb") for c in exp.categories]
     npos = [count_objects(read_annotation(c, conf)) for c in exp.categories]
     settings = {"dataset": exp.dataset, "categories": list(exp.categories), "image_size": list(image_size),
-                "root": str(paths.root), "toy_options": exp.toy_options if exp.dataset == "toy" else None}
+                "root": str(paths.root), "toy_options": exp.toy_options if exp.facts.generated else None}
     return load_or_build_imdb(exp.imdb_dir, lambda tmp: produce_imdb(imdbs, list(exp.categories), npos, out=tmp),
                               settings)
 
@@ -266,7 +272,7 @@ def _whole_image_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) 
     voc2010_crop's (one category, data_prep.voc2010_crop): whole images, no mirrors, their own split."""
     settings = {"dataset": exp.dataset, "categories": list(exp.categories), "image_size": list(image_size),
                 "root": str(paths.root), "max_images": exp.max_images}
-    if exp.dataset == "celeba":
+    if exp.facts.attribute_labels:
         build = lambda tmp: build_celeba_imdb(paths.image_dir, image_size, limit=exp.max_images,  # noqa: E731
                                               attributes=list(exp.categories), progress=exp.progress, out=tmp)
     else:
@@ -291,12 +297,12 @@ def run_options(exp: Experiment) -> dict:
     """What defines a run beside the training options: stored in every checkpoint, compared when
     resuming (`reproduce.checkpoints.resume_differences`). The number of epochs is not among them:
     a longer run resumes a shorter one."""
-    toy = {k: v for k, v in dict(exp.toy_options).items() if k != "progress"} if exp.dataset == "toy" else {}
+    toy = {k: v for k, v in dict(exp.toy_options).items() if k != "progress"} if exp.facts.generated else {}
     return {"dataset": exp.dataset, "categories": list(exp.categories), "model": exp.model,
             "dropout": float(exp.dropout), "loss": exp.loss, "interpretable": bool(exp.interpretable),
             "image_size": input_size(exp), "pretrained": str(exp.pretrained),
             "learning_rate_scale": float(exp.learning_rate_scale),
-            **({"max_images": exp.max_images} if exp.dataset == "celeba" else {}),
+            **({"max_images": exp.max_images} if exp.facts.image_limit else {}),
             **({"images": exp.image_folder.options()} if exp.image_folder is not None else {}),
             "toy_options": {k: list(v) if isinstance(v, tuple) else v for k, v in toy.items()}}
 
@@ -307,8 +313,6 @@ def slice_mag_fill(exp: Experiment) -> str:
 
 
 PLOT_BYTES = 256 * 1024                 # net-train.png + .pdf, rewritten each epoch (about 60 KB measured)
-CELEBA_TRAIN_VAL_IMAGES = 162_770 + 19_867   # CelebA's official training and validation partitions
-VOC2010_CROP_IMAGES = 3000              # about the largest of the other port's lists (dog: 2810 lines)
 
 
 def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
@@ -320,12 +324,12 @@ def imdb_build_bytes(exp: Experiment, image_size: int) -> int:
     by getImdb's tarN (3 x the negatives). A multi-class run builds each category's imdb, then
     produceIMDB's (about as large as their sum)."""
     row = 3 * int(image_size) ** 2 * 4
-    if exp.dataset in ("celeba", "voc2010_crop"):      # whole images, written once into the cache's file
-        n = CELEBA_TRAIN_VAL_IMAGES if exp.dataset == "celeba" else VOC2010_CROP_IMAGES
-        if exp.dataset == "celeba" and exp.max_images is not None:
-            n = min(n, 2 * int(exp.max_images))
+    if exp.facts.whole_images:                         # whole images, written once into the cache's file
+        n = exp.facts.whole_images
+        if exp.facts.image_limit and exp.max_images is not None:
+            n = min(n, 2 * int(exp.max_images))          # the training and validation partitions
         return 0 if cache_complete(exp.imdb_dir) else n * row
-    if exp.dataset == "toy":
+    if exp.facts.generated:
         n_pos, n_neg = int(exp.toy_options.get("n_pos", TOY_POSITIVES)), int(exp.toy_options.get("n_neg", NUM_NEGATIVES))
     else:
         n_neg = own_negatives_count(exp.image_folder) or NUM_NEGATIVES    # getNegObjSet.m's MaxObjNum
@@ -384,11 +388,11 @@ def check_data_root(exp: Experiment) -> None:
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(existing))
         write_test(existing)
     except OSError as exc:
-        generated = exp.dataset == "toy" and read_manifest(root / "toy") is not None
-        if (exp.offline and exp.dataset != "toy") or generated:
+        generated = exp.facts.generated and read_manifest(root / "toy") is not None
+        if (exp.offline and not exp.facts.generated) or generated:
             return
         raise UserError(f"the data folder {root} is not writable ({exc.strerror or exc}); choose another "
-                        f"--data-root{'' if exp.dataset == 'toy' else ', or --offline if the dataset is all there'}") from None
+                        f"--data-root{'' if exp.facts.generated else ', or --offline if the dataset is all there'}") from None
 
 
 def check_resume_early(exp: Experiment) -> None:
@@ -433,15 +437,15 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
     error_name = "top1err" if exp.loss == "ourloss_softmaxlog" else "binerr"
     mean = read_mean_data(mean_data)
     net = net.eval()
-    if not (bool(paths.part_list) if exp.dataset == "images" else has_parts(exp.dataset)):   # images: --landmarks
-        note = no_landmarks_note() if exp.dataset == "images" else \
+    if not (paths.part_list if exp.facts.own_folder else exp.facts.part_list):   # own images: --landmarks
+        note = no_landmarks_note() if exp.facts.own_folder else \
             f"{exp.dataset} has no part annotations (binary error only)"
         result = RunResult(exp, final_val_error(stats, error_name), float("nan"), stats, note=note)
-        if exp.dataset == "images":
+        if exp.facts.own_folder:
             source = CategorySource.from_conf(exp.categories[0], conf, [])
             result.drawing = _draw(exp, net, conf, source, mean, layer_id_for_model(exp.model))
         return result
-    if exp.dataset == "celeba":
+    if exp.facts.attribute_labels:
         sources, note = _celeba_sources(exp, paths, mean.shape[0])
         if not sources:
             return RunResult(exp, final_val_error(stats, error_name), float("nan"), stats, note=note)
@@ -451,7 +455,7 @@ def show_results(exp: Experiment, net: Any, stats: dict, mean_data: Any, paths: 
                                   multiclass=exp.multiclass, error_name=error_name)
     evaluation = evaluate_net(net, stats, sources, mean, settings, ForwardPass(exp.device, progress=exp.progress))
     result = RunResult(exp, evaluation.binary_error, evaluation.stability, stats, evaluation)
-    if exp.dataset != "celeba":
+    if not exp.facts.attribute_labels:         # whole faces per attribute: nothing step_drawRF.m draws
         result.drawing = _draw(exp, net, conf, sources[0], mean, evaluation.layer_id)
     return result
 

@@ -33,7 +33,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,10 @@ import numpy as np
 import torch
 
 from data_prep.annotations import read_annotation
+from data_prep.facts import DATASETS
 from data_prep.imdb import load_or_build_imdb, produce_imdb_from_objects
 from legacy_compat.atomic import atomic_write, atomic_write_bytes
+from legacy_compat.cli import UserError
 from legacy_compat.matio import savemat
 from legacy_compat.mattypes import MatStruct, cell
 from legacy_compat.simplenn import net_to_matlab
@@ -55,6 +57,7 @@ from reproduce.experiments.options import (
     nonnegative_int,
     positive_int,
     run_cli,
+    run_option_problem,
     start_device,
     toy_size_options,
 )
@@ -76,7 +79,7 @@ from reproduce.training.cnn_train import train
 #: went to NaN within 1-2 epochs in our runs (dropout 0.8 and 0.5).
 PRETRAIN_LR_SCALE = 0.2
 
-__all__ = ["main", "pretrain_and_finetune", "pretrain_and_save", "pretrain_trunk", "pretraining_imdb", "save_pretrained_model",
+__all__ = ["main", "PretrainFinetune", "pretrain_and_finetune", "pretrain_and_save", "pretrain_trunk", "pretraining_imdb", "save_pretrained_model",
            "stopping_epoch", "top1_error"]
 
 
@@ -92,7 +95,7 @@ def pretraining_imdb(exp: Experiment, paths: Any, image_size: tuple[int, int]) -
     objsets = [read_annotation(c, conf) for c in exp.categories]
     settings = {"dataset": exp.dataset, "categories": list(exp.categories), "image_size": list(image_size),
                 "root": str(paths.root), "builder": "produce_imdb_from_objects",
-                "toy_options": exp.toy_options if exp.dataset == "toy" else None}
+                "toy_options": exp.toy_options if exp.facts.generated else None}
     return load_or_build_imdb(exp.imdb_dir, lambda tmp: produce_imdb_from_objects(
         objsets, list(exp.categories), conf.imgdir, image_size, out=tmp, progress=exp.progress), settings)
 
@@ -207,36 +210,54 @@ def pretrain_and_save(pre: Experiment, paths: Any, file: Path, patience: int, sa
     return record
 
 
-def pretrain_and_finetune(dataset: str, pretrain_categories: Sequence[str], finetune_category: str, *,
-                          model: str = "tiny", seeds: Sequence[int] = (0, 1, 2), out: Path = Path("output/pretrain"),
-                          pretrain_epochs: int = 8, finetune_epochs: int = 8, dropout: float = 0.5,
-                          pretrain_lr_scale: float = PRETRAIN_LR_SCALE, patience: int = 3,
-                          device: str = "cpu", data_root: Path | None = None, toy_options: dict | None = None,
-                          progress: bool = True, say=print) -> dict:
+@dataclass(frozen=True)
+class PretrainFinetune:
+    """What the pretrain-then-fine-tune experiment runs (reproduce.pretrain's options): pretrain the model's
+    trunk on `pretrain_categories`, fine-tune on the held-out `finetune_category` over `seeds`."""
+
+    dataset: str
+    pretrain_categories: Sequence[str]
+    finetune_category: str
+    model: str = "tiny"
+    seeds: Sequence[int] = (0, 1, 2)
+    out: Path = Path("output/pretrain")
+    pretrain_epochs: int = 8
+    finetune_epochs: int = 8
+    dropout: float = 0.5
+    pretrain_lr_scale: float = PRETRAIN_LR_SCALE
+    patience: int = 3
+    device: str = "cpu"
+    data_root: Path | None = None
+    toy_options: dict = field(default_factory=dict)
+    progress: bool = True
+
+
+def pretrain_and_finetune(plan: PretrainFinetune, say=print) -> dict:
     """Steps 1-3. Returns {'pretrain': ..., 'model_file': ..., 'records': [...], 'summary': [...]}."""
-    out = Path(out)
-    common = {"dataset": dataset, "model": model, "dropout": dropout, "out": out, "data_root": data_root,
-              "offline": True, "device": device, "draw": False, "toy_options": dict(toy_options or {}),
-              "progress": progress}
-    every = list(dict.fromkeys([*pretrain_categories, finetune_category]))
-    if finetune_category in pretrain_categories:
-        raise ValueError(f"the fine-tuning category {finetune_category!r} must be held out of pretraining")
-    paths = prepare_dataset(Experiment(categories=every, **common), MODELS[model].image_size)
-    pre = Experiment(categories=list(pretrain_categories), pretrained="none", seed=int(seeds[0]),
-                     epochs=pretrain_epochs, interpretable=False, learning_rate_scale=pretrain_lr_scale, **common)
-    file = out / "nets" / f"{model}-pretrained{pre.name}.mat"
-    pre_record = pretrain_and_save(pre, paths, file, patience, say=say)
+    out = Path(plan.out)
+    common = {"dataset": plan.dataset, "model": plan.model, "dropout": plan.dropout, "out": out,
+              "data_root": plan.data_root, "offline": True, "device": plan.device, "draw": False,
+              "toy_options": dict(plan.toy_options or {}), "progress": plan.progress}
+    every = list(dict.fromkeys([*plan.pretrain_categories, plan.finetune_category]))
+    if plan.finetune_category in plan.pretrain_categories:
+        raise ValueError(f"the fine-tuning category {plan.finetune_category!r} must be held out of pretraining")
+    paths = prepare_dataset(Experiment(categories=every, **common), MODELS[plan.model].image_size)
+    pre = Experiment(categories=list(plan.pretrain_categories), pretrained="none", seed=int(plan.seeds[0]),
+                     epochs=plan.pretrain_epochs, interpretable=False, learning_rate_scale=plan.pretrain_lr_scale,
+                     **common)
+    file = out / "nets" / f"{plan.model}-pretrained{pre.name}.mat"
+    pre_record = pretrain_and_save(pre, paths, file, plan.patience, say=say)
     pre_record.update(model_file=str(file))
-    fine = Experiment(categories=[finetune_category], pretrained=str(file), seed=int(seeds[0]),
-                      epochs=finetune_epochs, **common)
-    records = run_ablation(fine, seeds, paths, say=say)
+    fine = Experiment(categories=[plan.finetune_category], pretrained=str(file), seed=int(plan.seeds[0]),
+                      epochs=plan.finetune_epochs, **common)
+    records = run_ablation(fine, plan.seeds, paths, say=say)
     return {"pretrain": pre_record, "model_file": str(file), "records": records, "summary": summarise(records)}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reproduce.pretrain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="toy")
+    p.add_argument("--dataset", default="toy", choices=list(DATASETS))
     p.add_argument("--pretrain-categories", nargs="+", default=["toy02", "toy03"], metavar="C")
     p.add_argument("--category", default="toy01", help="the held-out category fine-tuned on (default toy01)")
     p.add_argument("--model", default="tiny")
@@ -259,15 +280,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    if (problem := run_option_problem(args.dataset, model=args.model, toy_images=args.toy_images)) is not None:
+        raise UserError(problem)                # --toy-images for a dataset that is not generated
 
     t0 = time.perf_counter()
     toy = toy_size_options(args.toy_images)
-    res = pretrain_and_finetune(args.dataset, args.pretrain_categories, args.category, model=args.model,
-                                seeds=args.seeds, out=Path(args.out), pretrain_epochs=args.pretrain_epochs,
-                                pretrain_lr_scale=args.pretrain_lr_scale,
-                                finetune_epochs=args.epochs, dropout=args.dropout, device=start_device(args, auto="cpu"),
-                                data_root=Path(args.data_root) if args.data_root else None, toy_options=toy,
-                                progress=not args.no_progress)
+    res = pretrain_and_finetune(PretrainFinetune(
+        args.dataset, args.pretrain_categories, args.category, model=args.model, seeds=args.seeds,
+        out=Path(args.out), pretrain_epochs=args.pretrain_epochs, pretrain_lr_scale=args.pretrain_lr_scale,
+        finetune_epochs=args.epochs, dropout=args.dropout, device=start_device(args, auto="cpu"),
+        data_root=Path(args.data_root) if args.data_root else None, toy_options=toy, progress=not args.no_progress))
     settings = {"command": "python -m reproduce.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
                 **{k: v for k, v in vars(args).items()}, "seconds": time.perf_counter() - t0}
     js, cs = write_results(Path(args.out), res["records"], res["summary"], settings)

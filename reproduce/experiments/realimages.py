@@ -39,8 +39,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from legacy_compat.atomic import atomic_write, atomic_write_bytes
 from reproduce.evaluation.net_features import EvaluationError
 from reproduce.experiments.ablation import (
@@ -55,6 +53,8 @@ from reproduce.experiments.ablation import (
 from reproduce.experiments.options import (
     add_common,
     add_data_root,
+    add_no_progress,
+    add_offline,
     dropout_rate,
     nonnegative_int,
     positive_int,
@@ -313,13 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=str(DEFAULT_RESULTS),
                    help=f"the small result files, the trunk and the plot (default {DEFAULT_RESULTS}, committed)")
     add_data_root(p, help="datasets folder with detanimalpart/ (default $ICNN_DATA_ROOT, else output/data)")
-    p.add_argument("--offline", action="store_true", help="accepted for symmetry: this command never downloads")
+    add_offline(p, help="accepted for symmetry: this command never downloads")
     p.add_argument("--table", action="store_true", help="print the tables of the records in --results and stop")
     p.add_argument("--markdown", action="store_true", help="with --table: one Markdown table")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for PyTorch (default its own choice; on a CPU shared with other jobs 1 "
-                        "was 5x faster than 2 here)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(p)
     add_common(p)
     return p
 
@@ -347,9 +344,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
               if by_category else "no finished runs")
         return 0
     _check(args)
-    args.device = start_device(args, auto="cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.device = start_device(args, auto="cpu")            # --threads too
     args.data_root = Path(args.data_root) if args.data_root else None
     t0 = time.perf_counter()
     settings = {"command": "python -m reproduce.realimages " + " ".join(sys.argv[1:] if argv is None else argv),

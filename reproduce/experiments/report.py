@@ -108,7 +108,14 @@ from reproduce.evaluation.receptive_fields import (
     tau_from_masked,
 )
 from reproduce.experiments.ablation import cached_source, masks_off
-from reproduce.experiments.options import add_common, add_data_root, positive_int, run_cli, start_device
+from reproduce.experiments.options import (
+    add_common,
+    add_data_root,
+    add_no_progress,
+    positive_int,
+    run_cli,
+    start_device,
+)
 from reproduce.experiments.pipeline import Experiment, prepare_dataset
 from reproduce.layers.geometry import get_conv_net_para
 from reproduce.models.registry import default_layer_id
@@ -285,7 +292,7 @@ class _Measured:
 def _load(folder: RunFolder, data_root: Path | None, device: str, progress: bool) -> _Measured:
     """Load the net, set up its dataset (offline) and read its data mean; say what is missing first."""
     exp, path = experiment_of(folder.exp_dir, data_root, device)
-    if not has_parts(exp.dataset) or exp.dataset == "celeba":
+    if not has_parts(exp.dataset) or exp.facts.attribute_labels:
         raise ReportError(f"{folder.exp_dir}: the report measures filters on annotated parts, which "
                           f"{exp.dataset} {'does not have' if not has_parts(exp.dataset) else 'has as landmarks of whole faces only (not supported yet)'}")
     imdb = folder.imdb or _find_imdb(folder.exp_dir, exp.name)
@@ -309,7 +316,7 @@ def _dataset(exp: Experiment, size: int) -> Any:
     """The dataset's paths, offline: `pipeline.prepare_dataset`, or, when the part truth files sit
     where ../shared/data keeps them (original/data_input_...: `data_prep.readers.default_readcode`),
     `data_prep.setup.dataset_paths` with that folder, as reproduce.paper's resolve_paths."""
-    if exp.dataset != "toy" and exp.data_root is not None:
+    if not exp.facts.generated and exp.data_root is not None:
         standard = Path(exp.data_root) / DATASETS[exp.dataset].truth_dir
         found = default_readcode(Path(exp.data_root), standard.name)
         if found != standard:
@@ -859,7 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_root(parser, help="datasets folder (default $ICNN_DATA_ROOT, else RUN_DIR/data, as demo.py)")
     parser.add_argument("--top", type=positive_int, default=TOP_IMAGES,
                         help=f"top images per filter (default {TOP_IMAGES}, step_drawRF.m's showNum)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress(parser)
     add_common(parser)
     return parser
 

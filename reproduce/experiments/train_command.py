@@ -14,18 +14,24 @@ from typing import Sequence
 
 from data_prep.facts import DATASETS
 from data_prep.setup import default_data_root
+from legacy_compat.cli import UserError
 from legacy_compat.runlock import folder_lock
 from reproduce.experiments.options import (
     add_common,
     add_data_root,
+    add_models_root,
+    add_no_progress,
+    add_offline,
+    add_pretrained,
     dropout_rate,
     nonnegative_int,
+    parse_checked,
     positive_int,
     run_cli,
+    run_option_problem,
     start_device,
 )
 from reproduce.experiments.pipeline import Experiment, check_data_root, learn
-from reproduce.layers.losses import single_class_loss_error
 from reproduce.models.registry import MODELS
 from reproduce.runtime import distributed as dd
 
@@ -52,9 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="vgg-vd-16", choices=list(MODELS),
                         help="network (network_init.m; default vgg-vd-16; 'tiny' is the package's small net "
                              "for 64 x 64 inputs, without pretrained weights)")
-    parser.add_argument("--pretrained", default="auto",
-                        help="the MatConvNet ImageNet model file the trunk comes from; 'auto' (default): the "
-                             "model's file under --models-root, downloaded when missing; 'none': random trunk")
+    add_pretrained(parser, help="the MatConvNet ImageNet model file the trunk comes from; 'auto' (default): the "
+                                "model's file under --models-root, downloaded when missing; 'none': random trunk")
     parser.add_argument("--dropout", type=dropout_rate, default=0.8,
                         help="dropout rate, 0 <= rate < 1 (demo.m's default 0.8)")
     parser.add_argument("--loss", default="ourloss_logistic", choices=["ourloss_logistic", "ourloss_softmaxlog"],
@@ -66,9 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (as demo.py's): OUT/mat/<name>/ gets the "
                                                      "checkpoints, the plots and the imdb cache")
     add_data_root(parser)
-    parser.add_argument("--models-root", default=None, help="folder of the MatConvNet ImageNet models "
-                                                           "(default: data_prep's default)")
-    parser.add_argument("--offline", action="store_true", help="download nothing; fail naming what is missing")
+    add_models_root(parser, help="folder of the MatConvNet ImageNet models (default: data_prep's default)")
+    add_offline(parser, help="download nothing; fail naming what is missing")
     parser.add_argument("--seed", type=nonnegative_int, default=0,
                         help="opts.randomSeed: epoch e is seeded with e + seed")
     parser.add_argument("--save-mat", action="store_true", help="also write MATLAB net-epoch-N.mat checkpoints")
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resume from checkpoints in OUT/mat/<name> although they were written with other "
                              "options (each difference is said); without it such a folder stops the run before "
                              "any work")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars or epoch summaries")
+    add_no_progress(parser, help="no progress bars or epoch summaries")
     dd.add_arguments(parser)
     return parser
 
@@ -88,11 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.train`: learn_icnn.m / learn_icnn_multiclass.m through
     reproduce.pipeline (data, network_init, imdb, train); prints the last epoch's val statistics.
     Options are checked as they are parsed; errors are one or two lines (reproduce.cli.run_cli)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if (problem := single_class_loss_error(args.loss, len(args.category) > 1,
-                                           "several --category values")) is not None:
-        parser.error(problem)
+    args = parse_checked(build_parser(), argv, "several --category values")
     try:
         return run_cli("reproduce.train", lambda: _run(args), debug=args.debug,
                        interrupted="run the same command again to resume from the last checkpoint.")
@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if (problem := run_option_problem(args.dataset, model=args.model, multiclass=len(args.category) > 1,
+                                      loss=args.loss, save_mat=args.save_mat)) is not None:
+        raise UserError(problem)
     dp, device = dd.start_from_args(args, start_device(args))
     if dp is not None and not dp.is_main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 alone prints
