@@ -64,6 +64,11 @@ class _MovedModuleLoader(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         """Nothing to run: the module ran at its new home."""
 
+    def get_code(self, fullname: str):
+        """The new home's code, for `python -m <old name>` (runpy asks the loader for it)."""
+        spec = importlib.util.find_spec(self.new_name)
+        return spec.loader.get_code(self.new_name)
+
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder):
     """Finds the old names of moved modules (last on sys.meta_path: real files always win)."""
