@@ -50,7 +50,8 @@ def test_an_old_module_name_gives_the_new_module_and_says_where(old, monkeypatch
 def test_the_readme_example_through_the_old_path():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        from reproduce.conv_mask import ConvMask, FilterLossContext
+        old = importlib.import_module("reproduce.conv_mask")       # the README's path before the reshape
+    ConvMask, FilterLossContext = old.ConvMask, old.FilterLossContext
     torch.manual_seed(0)
     layer = ConvMask(64, 32, 3, feature_size=14, pad=1)
     x = torch.relu(torch.randn(8, 64, 14, 14)).requires_grad_()
