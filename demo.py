@@ -25,28 +25,22 @@ from pathlib import Path
 from data_prep import download
 from data_prep.facts import DATASETS, all_categories, dataset_facts, default_category, has_parts
 from data_prep.setup import default_data_root
-from legacy_compat.cli import UserError
+from legacy_compat.cli import UserError, add_data_root, add_out, dropout_rate, nonnegative_int, positive_int, run_cli
 from legacy_compat.runlock import folder_lock
 from reproduce.evaluation.net_evaluation import load_net_for_evaluation
 from reproduce.evaluation.net_features import net_input_size
 from reproduce.experiments.ablation import format_table, run_ablation, summarise
 from reproduce.experiments.options import (
     add_common,
-    add_data_root,
     add_image_folder,
     add_max_images,
     add_models_root,
     add_no_progress,
     add_offline,
-    add_out,
     add_pretrained,
     add_toy_images,
-    dropout_rate,
     image_folder_option,
-    nonnegative_int,
     parse_checked,
-    positive_int,
-    run_cli,
     run_option_problem,
     start_device,
     toy_size_options,

@@ -1,5 +1,5 @@
-"""The golden parity runner: `python -m reproduce.golden PATH... [--data-root DIR]`
-(also `python -m legacy_compat.parity`).
+"""The golden parity runner's library; its command is `python -m reproduce.golden PATH...
+[--data-root DIR]` (this module, run as a command, only says so: it imports nothing above it).
 
 Each golden case (../shared/golden/README.md) is one call of an original
 MATLAB function: `case_fn`, its `inputs` and its `outputs`, in MATLAB layout.

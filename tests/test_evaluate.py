@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_prep.facts import GOLDFISH
 from data_prep.ilsvrc import ilsvrc_conf
 from data_prep.readers import PartTruth
 from legacy_compat import loadmat
@@ -316,7 +317,7 @@ def test_multiclass_on_two_synthetic_categories():
 def test_goldfish_rule_sticks_for_later_categories():
     net = _tiny_net()
     imgs, c = _blob_images(4)
-    sources = [_source(imgs, {1: c, 2: c}, li.GOLDFISH), _source(imgs, {1: c, 2: [None] * 4}, "later")]
+    sources = [_source(imgs, {1: c, 2: c}, GOLDFISH), _source(imgs, {1: c, 2: [None] * 4}, "later")]
     _, details = li.compute_stability_multiclass(net, sources, 4, MEAN64, PARTS12)
     assert details["part_lists"] == [(1,), (1,)]
     pass_through = li.compute_stability_multiclass(

@@ -1,5 +1,5 @@
 """The data_prep golden cases (getI, getImdb, getImdb_cub200, produceIMDB) through the parity runner
-(adapters: reproduce.golden.data)."""
+(adapters: reproduce.golden.data_cases)."""
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +11,7 @@ from conftest import PROJECT_ROOT, SHARED_DATA
 
 from legacy_compat import loadmat
 from legacy_compat.parity import _REGISTRY, run_case
-from reproduce.golden import data as golden_data  # importing reproduce.golden registers the adapters
+from reproduce.golden import data_cases as golden_data  # importing reproduce.golden registers the adapters
 
 CASES = ["getI.mat", "getImdb_ilsvrc_a.mat", "getImdb_ilsvrc_b.mat", "getImdb_cub200.mat", "produceIMDB.mat"]
 

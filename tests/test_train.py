@@ -25,6 +25,7 @@ from legacy_compat.simplenn import layers_from_matlab
 from reproduce.experiments import pipeline
 from reproduce.experiments import train_command as train_cli
 from reproduce.golden.training_cases import golden_imdb
+from reproduce.runtime.device import resolve_device
 from reproduce.training import cnn_train as tr
 from reproduce.training.checkpoints import (
     CheckpointError,
@@ -114,10 +115,10 @@ def test_label_density_over_the_whole_imdb():
 
 
 def test_resolve_device_refuses_cuda_without_gpu():
-    assert tr.resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
-            tr.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 # ====================================================================== SGD

@@ -38,7 +38,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 from torch.profiler import profile as torch_profile
 
-from reproduce.experiments.options import add_common, positive_int, run_cli, start_device
+from legacy_compat.cli import positive_int, run_cli
+from reproduce.experiments.options import add_common, start_device
 from reproduce.layers.conv_mask import ConvMask, FilterLossContext, raise_deferred_errors
 from reproduce.models.builder import network_init
 from reproduce.models.registry import MODELS, train_opts

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from data_prep.ilsvrc import ilsvrc_conf
+from legacy_compat.cli import add_data_root, positive_int, run_cli
 from reproduce.evaluation import location_instability as li
 from reproduce.evaluation import net_evaluation as ne
 from reproduce.evaluation import net_features as nf
 from reproduce.evaluation import receptive_fields as rf
-from reproduce.experiments.options import add_common, add_data_root, positive_int, run_cli, start_device
+from reproduce.experiments.options import add_common, start_device
 from reproduce.layers.geometry import get_conv_net_para
 from reproduce.models.builder import network_init
 from reproduce.runtime.device import resolve_device

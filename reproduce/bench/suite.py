@@ -48,21 +48,15 @@ import numpy as np
 import torch
 
 from legacy_compat.atomic import atomic_write_text
+from legacy_compat.cli import add_data_root, add_out, nonnegative_int, positive_int, run_cli
 from reproduce.bench import conv_mask as bench_conv_mask
 from reproduce.bench import evaluation as bench_evaluation
 from reproduce.bench import imdb as bench_imdb
 from reproduce.experiments.machine_info import machine_info
-from reproduce.experiments.options import (
-    add_common,
-    add_data_root,
-    add_out,
-    nonnegative_int,
-    positive_int,
-    run_cli,
-    start_device,
-)
+from reproduce.experiments.options import add_common, start_device
 from reproduce.models.builder import network_init
 from reproduce.models.registry import MODELS, train_opts
+from reproduce.runtime.device import resolve_device
 from reproduce.training import cnn_train as tr
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +130,7 @@ def bench_train_step(device: str = "cpu", batch: int = 2, repeats: int = 3, mode
 
     if threads:
         torch.set_num_threads(int(threads))
-    dev = tr.resolve_device(device)
+    dev = resolve_device(device)
     size = MODELS[model].image_size
     gen = torch.Generator().manual_seed(seed)
     data = (torch.rand(batch, 3, size, size, generator=gen) * 255 - 128).numpy()

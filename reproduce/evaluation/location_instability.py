@@ -71,7 +71,7 @@ from reproduce.layers.simplenn import SimpleNN
 from reproduce.runtime.distributed import active, gather_over_ranks
 
 __all__ = [
-    "INVALID_OFFSET", "GOLDFISH", "PATCH_NUM_PER_PATTERN", "SELECTED_PATTERN_RATIO", "BATCH_SIZE",
+    "INVALID_OFFSET", "PATCH_NUM_PER_PATTERN", "SELECTED_PATTERN_RATIO", "BATCH_SIZE",
     "StabilitySettings", "ForwardPass", "MeasuredLayer", "StabilityResult", "PartCentres", "CategorySource",
     "peak_positions", "peaks_to_image", "part_centres", "read_part_centres",
     "get_dist_sqrt_var", "stability_from_distances", "multiclass_stability",

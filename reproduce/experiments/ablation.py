@@ -50,7 +50,7 @@ import torch
 
 from data_prep.facts import DATASETS
 from legacy_compat.atomic import atomic_write_bytes
-from legacy_compat.cli import UserError
+from legacy_compat.cli import UserError, dropout_rate, nonnegative_int, positive_int, run_cli
 from reproduce.evaluation.location_instability import BATCH_SIZE as STABILITY_BATCH_SIZE
 from reproduce.evaluation.location_instability import (
     CategorySource,
@@ -75,10 +75,6 @@ from reproduce.evaluation.part_interpretability import (
 from reproduce.experiments.options import (
     add_common,
     add_toy_run_options,
-    dropout_rate,
-    nonnegative_int,
-    positive_int,
-    run_cli,
     run_option_problem,
     start_device,
     toy_size_options,
@@ -439,7 +435,7 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m reproduce.ablation`; errors are one or two lines (reproduce.cli.run_cli)."""
+    """`python -m reproduce.ablation`; errors are one or two lines (legacy_compat.cli.run_cli)."""
     args = build_parser().parse_args(argv)
     return run_cli("reproduce.ablation", lambda: _run(args, argv), debug=args.debug,
                    interrupted="run the same command again: finished nets resume from their checkpoints.")

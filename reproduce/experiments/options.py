@@ -1,6 +1,6 @@
 """The command lines' shared options and their checks, in one place, for reproduce and demo.py:
-`legacy_compat.cli`'s option types, flags and error handling (re-exported here), the options
-several command lines share (--device, --allow-tf32, --threads, --debug, --no-progress,
+on top of `legacy_compat.cli` (the option types, flags, exit codes and `run_cli`: import them from
+there), the options several command lines share (--device, --allow-tf32, --threads, --debug, --no-progress,
 --offline, --models-root, --pretrained, --max-images, --toy-images, --images DIR ...), one set of
 checks of what goes with which dataset (`run_option_problem`, `parse_checked`), and
 `start_device`, which turns --device, --allow-tf32 and --threads into the device a run uses.
@@ -22,39 +22,23 @@ import torch
 from data_prep.facts import DATASETS, DEFAULT_DATASET, IMAGES_CATEGORY, IMAGES_DATASET, dataset_facts, datasets_with
 from data_prep.images import ImageFolder
 from legacy_compat.cli import (
-    ALLOW_TF32_HELP,
-    DEBUG_HELP,
     DEVICE_HELP,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_MISSING_DATA,
-    EXIT_USAGE,
     UserError,
     add_allow_tf32,
     add_data_root,
     add_debug,
     add_device,
     add_out,
-    describe_error,
-    device_name,
-    dropout_rate,
-    float_in,
-    int_at_least,
-    nonnegative_int,
     positive_int,
-    run_cli,
 )
 from reproduce.experiments.pipeline import dataset_option_error, save_mat_error
 from reproduce.layers.losses import single_class_loss_error
 from reproduce.runtime.device import choose_device, set_tf32
 
-__all__ = ["ALLOW_TF32_HELP", "DEBUG_HELP", "DEVICE_HELP", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_MISSING_DATA",
-           "EXIT_USAGE", "UserError", "add_allow_tf32", "add_data_root", "add_debug", "add_device", "add_out",
-           "describe_error", "device_name", "dropout_rate", "float_in", "int_at_least", "nonnegative_int",
-           "positive_int", "run_cli", "start_device", "add_common", "add_image_folder", "image_folder_option",
-           "IMAGE_FOLDER_OPTIONS", "THREADS_HELP", "MODELS_ROOT_HELP", "add_threads", "add_no_progress", "add_offline",
-           "add_models_root", "add_pretrained", "add_max_images", "add_toy_images", "add_toy_run_options",
-           "toy_size_options", "run_option_problem", "parse_checked"]
+__all__ = ["start_device", "add_common", "add_image_folder", "image_folder_option", "IMAGE_FOLDER_OPTIONS",
+           "THREADS_HELP", "MODELS_ROOT_HELP", "add_threads", "add_no_progress", "add_offline", "add_models_root",
+           "add_pretrained", "add_max_images", "add_toy_images", "add_toy_run_options", "toy_size_options",
+           "run_option_problem", "parse_checked"]
 
 THREADS_HELP = ("CPU threads for PyTorch (torch.set_num_threads; default its own choice; on a CPU shared with "
                 "other jobs 1 was 5x faster than 2 here)")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Sequence
 
 from data_prep.facts import DATASETS
+from legacy_compat.cli import add_data_root, add_out, dropout_rate, nonnegative_int, positive_int, run_cli
 from legacy_compat.runlock import folder_lock
 from reproduce.experiments.ablation import has_part_regions
 from reproduce.experiments.ablation_cells import run_ablation_cells
@@ -56,19 +57,13 @@ from reproduce.experiments.grid_runner import (
 )
 from reproduce.experiments.options import (
     add_common,
-    add_data_root,
     add_image_folder,
     add_max_images,
     add_models_root,
     add_no_progress,
     add_offline,
-    add_out,
     add_pretrained,
-    dropout_rate,
-    nonnegative_int,
     parse_checked,
-    positive_int,
-    run_cli,
     start_device,
 )
 from reproduce.experiments.pipeline import check_data_root
@@ -213,7 +208,7 @@ def _command(argv: Sequence[str] | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.paper`: plan the grid, run what is missing, print the tables. Options are
-    checked as they are parsed; errors are one or two lines (reproduce.cli.run_cli). Under torchrun
+    checked as they are parsed; errors are one or two lines (legacy_compat.cli.run_cli). Under torchrun
     (``--nproc_per_node K``, one process per GPU) the grid's runs are spread over the K processes,
     one run per GPU at a time."""
     args = parse_checked(build_parser(), argv)

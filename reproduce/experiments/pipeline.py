@@ -29,7 +29,7 @@ import numpy as np
 from data_prep.annotations import read_annotation
 from data_prep.celeba import build_celeba_imdb, celeba_evaluation_set
 from data_prep.download import check_disk_space
-from data_prep.facts import CELEBA_TRAIN_VAL_IMAGES, IMAGES_TRUTH, NUM_NEGATIVES, DatasetFacts, dataset_facts
+from data_prep.facts import IMAGES_TRUTH, NUM_NEGATIVES, DatasetFacts, dataset_facts
 from data_prep.get_i import get_i
 from data_prep.images import no_landmarks_note, own_negatives_count
 from data_prep.imdb import cache_complete, get_category_imdb, load_or_build_imdb, produce_imdb
@@ -58,7 +58,7 @@ from reproduce.training.cnn_train import SLICE_MAG_FILL_COLUMN1, SLICE_MAG_FILL_
 __all__ = ["Experiment", "RunResult", "experiment_name", "prepare_dataset", "build_net", "build_imdb",
            "learn", "show_results", "run_experiment", "run_options", "check_resume_early",
            "imdb_build_bytes", "checkpoint_bytes", "space_needed", "check_space", "check_data_root", "write_test",
-           "slice_mag_fill", "dataset_option_error", "save_mat_error", "CELEBA_TRAIN_VAL_IMAGES"]
+           "slice_mag_fill", "dataset_option_error", "save_mat_error"]
 
 
 @dataclass

@@ -44,7 +44,7 @@ from data_prep.annotations import read_annotation
 from data_prep.facts import DATASETS
 from data_prep.imdb import load_or_build_imdb, produce_imdb_from_objects
 from legacy_compat.atomic import atomic_write, atomic_write_bytes
-from legacy_compat.cli import UserError
+from legacy_compat.cli import UserError, dropout_rate, nonnegative_int, positive_int, run_cli
 from legacy_compat.matio import savemat
 from legacy_compat.mattypes import MatStruct, cell
 from legacy_compat.simplenn import net_to_matlab
@@ -53,10 +53,6 @@ from reproduce.experiments.ablation import format_table, run_ablation, summarise
 from reproduce.experiments.options import (
     add_common,
     add_toy_run_options,
-    dropout_rate,
-    nonnegative_int,
-    positive_int,
-    run_cli,
     run_option_problem,
     start_device,
     toy_size_options,
@@ -273,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m reproduce.pretrain`; errors are one or two lines (reproduce.cli.run_cli)."""
+    """`python -m reproduce.pretrain`; errors are one or two lines (legacy_compat.cli.run_cli)."""
     args = build_parser().parse_args(argv)
     return run_cli("reproduce.pretrain", lambda: _run(args, argv), debug=args.debug,
                    interrupted="run the same command again: finished nets resume from their checkpoints.")

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from legacy_compat.atomic import atomic_write, atomic_write_bytes
+from legacy_compat.cli import add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli
 from reproduce.evaluation.net_features import EvaluationError
 from reproduce.experiments.ablation import (
     ROWS,
@@ -50,17 +51,7 @@ from reproduce.experiments.ablation import (
     summary_cell,
     summary_csv,
 )
-from reproduce.experiments.options import (
-    add_common,
-    add_data_root,
-    add_no_progress,
-    add_offline,
-    dropout_rate,
-    nonnegative_int,
-    positive_int,
-    run_cli,
-    start_device,
-)
+from reproduce.experiments.options import add_common, add_no_progress, add_offline, start_device
 from reproduce.experiments.pipeline import Experiment, prepare_dataset
 from reproduce.experiments.pretrain import PRETRAIN_LR_SCALE, pretrain_and_save
 
@@ -322,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m reproduce.realimages`; errors are one or two lines (reproduce.cli.run_cli)."""
+    """`python -m reproduce.realimages`; errors are one or two lines (legacy_compat.cli.run_cli)."""
     args = build_parser().parse_args(argv)
     return run_cli("reproduce.realimages", lambda: _run(args, argv), debug=args.debug,
                    interrupted="run the same command again: finished runs are kept, the one in progress resumes.")

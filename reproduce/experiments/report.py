@@ -59,7 +59,7 @@ from data_prep.facts import DATASETS, has_parts
 from data_prep.readers import default_readcode
 from data_prep.setup import dataset_paths, default_data_root
 from legacy_compat.atomic import TMP_PREFIX, writer_tag
-from legacy_compat.cli import UserError
+from legacy_compat.cli import UserError, add_data_root, positive_int, run_cli
 from legacy_compat.numerics import mmax_reduce, mround, sort_descend_stable
 from legacy_compat.runlock import LOCK_NAME, lock_holder
 from reproduce.evaluation.location_instability import (
@@ -108,14 +108,7 @@ from reproduce.evaluation.receptive_fields import (
     tau_from_masked,
 )
 from reproduce.experiments.ablation import cached_source, masks_off
-from reproduce.experiments.options import (
-    add_common,
-    add_data_root,
-    add_no_progress,
-    positive_int,
-    run_cli,
-    start_device,
-)
+from reproduce.experiments.options import add_common, add_no_progress, start_device
 from reproduce.experiments.pipeline import Experiment, prepare_dataset
 from reproduce.layers.geometry import get_conv_net_para
 from reproduce.models.registry import default_layer_id

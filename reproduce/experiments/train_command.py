@@ -14,20 +14,15 @@ from typing import Sequence
 
 from data_prep.facts import DATASETS
 from data_prep.setup import default_data_root
-from legacy_compat.cli import UserError
+from legacy_compat.cli import UserError, add_data_root, dropout_rate, nonnegative_int, positive_int, run_cli
 from legacy_compat.runlock import folder_lock
 from reproduce.experiments.options import (
     add_common,
-    add_data_root,
     add_models_root,
     add_no_progress,
     add_offline,
     add_pretrained,
-    dropout_rate,
-    nonnegative_int,
     parse_checked,
-    positive_int,
-    run_cli,
     run_option_problem,
     start_device,
 )
@@ -91,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m reproduce.train`: learn_icnn.m / learn_icnn_multiclass.m through
     reproduce.pipeline (data, network_init, imdb, train); prints the last epoch's val statistics.
-    Options are checked as they are parsed; errors are one or two lines (reproduce.cli.run_cli)."""
+    Options are checked as they are parsed; errors are one or two lines (legacy_compat.cli.run_cli)."""
     args = parse_checked(build_parser(), argv, "several --category values")
     try:
         return run_cli("reproduce.train", lambda: _run(args), debug=args.debug,

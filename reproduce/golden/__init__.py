@@ -1,13 +1,13 @@
 """The golden-case adapters: the port run on each recorded call of the original code.
 
-`python -m reproduce.golden PATH... [--data-root DIR] [--device DEV]` (also `python -m
-legacy_compat.parity`) runs the cases of ../shared/golden through legacy_compat.parity's
-runner. Importing this package registers every adapter with `legacy_compat.parity.register`:
+`python -m reproduce.golden PATH... [--data-root DIR] [--device DEV]` runs the cases of
+../shared/golden through legacy_compat.parity's runner (the library part, which imports nothing
+above legacy_compat). Importing this package registers every adapter with `legacy_compat.parity.register`:
 
-- `core`: conv_mask, the losses, our_vl_simplenn, network_init, getConvNetPara;
-- `train`: our_cnn_train runs (replayed batches) and checkpoints;
-- `evaluate`: getDistSqrtVar, computeStability, step_drawRF pieces;
-- `data`: getI, getImdb, getImdb_cub200, produceIMDB (with the GNU Octave numerics the cases
+- `layer_cases`: conv_mask, the losses, our_vl_simplenn, network_init, getConvNetPara;
+- `training_cases`: our_cnn_train runs (replayed batches) and checkpoints;
+- `evaluation_cases`: getDistSqrtVar, computeStability, step_drawRF pieces;
+- `data_cases`: getI, getImdb, getImdb_cub200, produceIMDB (with the GNU Octave numerics the cases
   were recorded under: Octave's linspace and single-precision mean, which only these adapters use).
 
 A new golden case: record it (../shared/golden/README.md), then add `@register("<case_fn>")`
@@ -18,12 +18,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from legacy_compat import parity
-from reproduce.golden import data_cases as data
-from reproduce.golden import evaluation_cases as evaluate
-from reproduce.golden import layer_cases as core
-from reproduce.golden import training_cases as train
+from reproduce.golden import data_cases, evaluation_cases, layer_cases, training_cases
 
-__all__ = ["main", "core", "data", "evaluate", "train"]
+__all__ = ["main", "layer_cases", "training_cases", "evaluation_cases", "data_cases"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_prep.facts import GOLDFISH
 from data_prep.ilsvrc import ilsvrc_conf
 from legacy_compat.mattypes import MatStruct, cell_items, scalar
 from legacy_compat.parity import CaseContext, register
@@ -98,7 +99,7 @@ def golden_compute_stability_multiclass(inputs: MatStruct, ctx: CaseContext) -> 
     sources = []
     for k, name in enumerate(names):
         files = [str(f) for f in truth[k].reshape(-1)]
-        parts = (1,) if name == li.GOLDFISH else part_list
+        parts = (1,) if name == GOLDFISH else part_list
         sources.append(_ilsvrc_source(ctx, name, image_root, min_area, files, parts[:len(files)]))
     value, _ = li.compute_stability_multiclass(
         net, sources, li.MeasuredLayer(int(scalar(inputs["layerID"])), image_size=size),

@@ -81,7 +81,7 @@ __all__ = [
     "SLICE_MAG_FILL_COLUMN1", "SLICE_MAG_FILL_OWN_COLUMN", "BatchInfo", "TrainData", "TrainSettings",
     "MatConvNetSGD", "train", "learning_rate_for_epoch", "epoch_orders", "split_into_batches", "replayed_batches",
     "label_density", "check_labels", "update_slice_mag", "update_slice_mags", "batch_errors",
-    "error_name_for", "resolve_device", "validation_error",
+    "error_name_for", "validation_error",
 ]
 
 # sliceMag update, where a class's new per-filter mean is exactly 0:
