@@ -325,10 +325,13 @@ def test_command_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 def test_multiclass_runs_assign_filters_per_category(tmp_path, capsys):
     """reproduce.paper --multiclass --part-interpretability: every filter measured on the held-out images
-    of one of the net's categories (no longer the first category's alone), its category recorded."""
+    of one of the net's categories (no longer the first category's alone), its category recorded.
+    Seed 0: with seed 3, one epoch on these 10 + 10 toy images ran into an all-±Inf filter-loss block
+    (FilterLossError, where the original stops too) under one CPU thread (OMP_NUM_THREADS=1) and not
+    under 2 or 4; seed 0 trains under 1, 2 and 4 threads. The test is about the assignment, not training."""
     argv = ["--dataset", "toy", "--categories", "toy01", "toy02", "--multiclass", "--models", "tiny", "--cnn",
             "interpretable", "--epochs", "1", "--device", "cpu", "--toy-option", "n_pos=10", "--toy-option",
-            "n_neg=10", "--no-progress", "--seed", "3", "--part-interpretability", "--out", str(tmp_path / "p"),
+            "n_neg=10", "--no-progress", "--seed", "0", "--part-interpretability", "--out", str(tmp_path / "p"),
             "--data-root", str(tmp_path / "data")]
     assert paper.main(argv) == 0
     (run,) = json.loads((tmp_path / "p" / "results.json").read_text())["runs"]
