@@ -38,7 +38,7 @@ from reproduce.training.checkpoints import load_checkpoint, load_mat_checkpoint
 
 __all__ = [
     "PART_LISTS", "EvaluationError", "EvaluationResult", "EvaluationSettings",
-    "layer_id_for_model", "part_list_for", "format_result_line", "final_val_error",
+    "layer_id_for_model", "measured_layer_id", "part_list_for", "format_result_line", "final_val_error",
     "load_net_for_evaluation", "evaluate_net", "evaluate_checkpoint",
 ]
 
@@ -167,17 +167,18 @@ class EvaluationSettings:
     image_size: Sequence[int] | None = None
 
 
-def _measured_layer_id(net: SimpleNN, settings: EvaluationSettings) -> int:
-    """The layerID showResults.m measures: explicit, else the model's, else the first conv_mask layer."""
-    if settings.layer_id is not None:
-        return int(settings.layer_id)
-    layer_id = default_layer_id(settings.model)
-    if layer_id is None:
-        layer_id = first_conv_mask_layer_id(net.layer_types)
-    if layer_id is None:
+def measured_layer_id(net: SimpleNN, layer_id: int | None = None, model: str | None = None) -> int:
+    """The layerID showResults.m measures: `layer_id` when given, else the model's row's, else the
+    net's first conv_mask layer (EvaluationError for a plain net of an unregistered model)."""
+    if layer_id is not None:
+        return int(layer_id)
+    found = default_layer_id(model)
+    if found is None:
+        found = first_conv_mask_layer_id(net.layer_types)
+    if found is None:
         raise EvaluationError("the net has no conv_mask layer (a plain-CNN baseline): pass model= (one of "
                               f"{', '.join(MODELS)}) or layer_id= to say which conv layer to measure")
-    return layer_id
+    return found
 
 
 def evaluate_net(net: SimpleNN, stats: Any, sources: Sequence[CategorySource], mean_data: np.ndarray,
@@ -194,7 +195,7 @@ def evaluate_net(net: SimpleNN, stats: Any, sources: Sequence[CategorySource], m
     reports 0 for a net it cannot evaluate, errors are raised here.
     """
     is_baseline = "conv_mask" not in net.layer_types
-    layer_id = _measured_layer_id(net, settings)
+    layer_id = measured_layer_id(net, settings.layer_id, settings.model)
     binary_error = final_val_error(stats, settings.error_name)
     multiclass = len(sources) > 1 if settings.multiclass is None else settings.multiclass
     layer = MeasuredLayer(layer_id, image_size=settings.image_size)

@@ -55,9 +55,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from data_prep.facts import DATASETS, has_parts
-from data_prep.readers import default_readcode
-from data_prep.setup import dataset_paths, default_data_root
+from data_prep.facts import has_parts
+from data_prep.setup import default_data_root
 from legacy_compat.atomic import TMP_PREFIX, writer_tag
 from legacy_compat.cli import UserError, add_data_root, positive_int, run_cli
 from legacy_compat.numerics import mmax_reduce, mround, sort_descend_stable
@@ -75,9 +74,10 @@ from reproduce.evaluation.net_evaluation import (
     evaluate_net,
     final_val_error,
     load_net_for_evaluation,
+    measured_layer_id,
 )
 from reproduce.evaluation.net_features import (
-    first_conv_mask_layer_id,
+    EvaluationError,
     iterate_patch_batches,
     layer_output,
     read_mean_data,
@@ -108,10 +108,10 @@ from reproduce.evaluation.receptive_fields import (
     tau_from_masked,
 )
 from reproduce.experiments.ablation import cached_source, masks_off
+from reproduce.experiments.grid import resolve_paths
 from reproduce.experiments.options import add_common, add_no_progress, start_device
-from reproduce.experiments.pipeline import Experiment, prepare_dataset
+from reproduce.experiments.pipeline import Experiment
 from reproduce.layers.geometry import get_conv_net_para
-from reproduce.models.registry import default_layer_id
 from reproduce.runtime.device import resolve_device
 from reproduce.training import checkpoints as ckpt
 
@@ -294,7 +294,7 @@ def _load(folder: RunFolder, data_root: Path | None, device: str, progress: bool
                           f"where demo.py or reproduce.paper put it; give it with --imdb")
     net, stats, _ = load_net_for_evaluation(path, device)
     size = (int(exp.image_size), int(exp.image_size))
-    paths = _dataset(replace(exp, progress=progress), size[0])
+    paths = resolve_paths(replace(exp, progress=progress))
     conf = paths.data_conf()
     part_list = sorted(set(paths.parts_for(exp.categories[0])) | {1})
     sources = [CategorySource.from_conf(c, conf, part_list) for c in exp.categories]
@@ -305,24 +305,13 @@ def _load(folder: RunFolder, data_root: Path | None, device: str, progress: bool
     return _Measured(net.eval(), stats, exp, paths, sources, read_mean_data(imdb), size, indices)
 
 
-def _dataset(exp: Experiment, size: int) -> Any:
-    """The dataset's paths, offline: `pipeline.prepare_dataset`, or, when the part truth files sit
-    where ../shared/data keeps them (original/data_input_...: `data_prep.readers.default_readcode`),
-    `data_prep.setup.dataset_paths` with that folder, as reproduce.paper's resolve_paths."""
-    if not exp.facts.generated and exp.data_root is not None:
-        standard = Path(exp.data_root) / DATASETS[exp.dataset].truth_dir
-        found = default_readcode(Path(exp.data_root), standard.name)
-        if found != standard:
-            return dataset_paths(exp.dataset, Path(exp.data_root), exp.categories, truth_dir=found)
-    return prepare_dataset(exp, size)
-
-
 def _layer_id(m: _Measured, layer_id: int | None) -> int:
-    """showResults.m's layerID for the model (its row's `layer_id`), else the first conv_mask layer."""
-    found = layer_id or default_layer_id(m.exp.model) or first_conv_mask_layer_id(m.net.layer_types)
-    if found is None:
-        raise ReportError(f"model {m.exp.model!r} without conv_mask layers: give a run whose ICNN says which layer")
-    return int(found)
+    """showResults.m's layerID (`net_evaluation.measured_layer_id`)."""
+    try:
+        return measured_layer_id(m.net, layer_id, m.exp.model)
+    except EvaluationError:
+        raise ReportError(f"model {m.exp.model!r} without conv_mask layers: give a run whose ICNN says which "
+                          "layer") from None
 
 
 @torch.no_grad()

@@ -331,13 +331,12 @@ def _plan(x: torch.Tensor, state: ConvMaskState, context: FilterLossContext | No
         return _Plan(state, consts)
     labels, density = _loss_inputs(context, x, state)
     slice_mag = state.slice_mag if state.slice_mag is not None and state.slice_mag.numel() > 0 else None
-    if context.whole_batch is None:
-        facts = FilterLossFacts(consts.filter_type, slice_mag, context.epoch, density, state.mag,
-                                state.all_inf_fallback, where)
+    whole = context.whole_batch     # several ranks: the density and labels are gathered as given
+    facts = FilterLossFacts(consts.filter_type, slice_mag, context.epoch, density if whole is None else context.density,
+                            state.mag, state.all_inf_fallback, where)
+    if whole is None:
         return _Plan(state, consts, True, loss_blocks(labels, consts.channels, facts, x.dtype))
-    facts = FilterLossFacts(consts.filter_type, slice_mag, context.epoch, context.density, state.mag,
-                            state.all_inf_fallback, where)
-    return _Plan(state, consts, True, None, context.whole_batch, facts, context.labels_2d(x.shape[0], where))
+    return _Plan(state, consts, True, None, whole, facts, context.labels_2d(x.shape[0], where))
 
 
 def conv_mask(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, beta: torch.Tensor,
